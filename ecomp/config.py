@@ -1,0 +1,224 @@
+"""The configuration schema (structured configs) and the one place where values are range-checked.
+
+The dataclasses are the schema Hydra merges every YAML into, so a typo or a
+wrong type fails at composition. :func:`validate` then checks ranges and
+cross-field rules and raises :class:`ConfigError` with one line naming the
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+
+
+@dataclass
+class ParentConf:
+    input_dim: int = 784
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    classes: int = 10
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 100
+    seed: int = 0
+    cache_dir: Optional[str] = None   # default: <repo>/.cache/parents
+
+
+@dataclass
+class DataConf:
+    name: str = "fashion_mnist"
+    root: Optional[str] = None        # default: <repo>/data
+    download: bool = False
+    train_size: int = 10_000
+    test_size: int = 10_000
+    batch_size: int = 100
+
+
+@dataclass
+class KeepRatioConf:
+    high: float = 0.9
+    low: float = 0.207
+
+
+@dataclass
+class PopulationConf:
+    size: int = 100
+    keep_ratio: KeepRatioConf = field(default_factory=KeepRatioConf)
+
+
+@dataclass
+class MutationConf:
+    rate: float = 0.01
+    low: float = 0.9
+    high: float = 1.1
+
+
+@dataclass
+class OperatorsConf:
+    mutation: MutationConf = field(default_factory=MutationConf)
+
+
+@dataclass
+class SimilarityConf:
+    perplexity: float = 30.0
+    layers: Optional[list[int]] = None   # hidden layers compared; None: all
+    tol: float = 1e-5
+
+
+@dataclass
+class FitnessConf:
+    w_acc: float = 1.0
+    w_sim: float = 2.0
+    w_comp: float = 1.0
+
+
+@dataclass
+class EvolutionConf:
+    epochs: int = 1
+    evaluator: str = "fast"              # fast | reference
+
+
+@dataclass
+class TrackingConf:
+    enabled: bool = True
+    uri: Optional[str] = None            # default: sqlite:///<repo>/mlruns/mlflow.db
+    experiment: str = "ecomp"
+    artifact_location: Optional[str] = None  # default for a local store: <repo>/mlruns/artifacts
+    skip_finished: bool = True
+    flush_every: int = 25
+    timeout_s: float = 10.0
+
+
+@dataclass
+class Config:
+    parent: ParentConf = field(default_factory=ParentConf)
+    data: DataConf = field(default_factory=DataConf)
+    population: PopulationConf = field(default_factory=PopulationConf)
+    operators: OperatorsConf = field(default_factory=OperatorsConf)
+    similarity: SimilarityConf = field(default_factory=SimilarityConf)
+    fitness: FitnessConf = field(default_factory=FitnessConf)
+    evolution: EvolutionConf = field(default_factory=EvolutionConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    seed: int = 0
+    device: str = "cpu"
+    threads: Optional[int] = None        # torch threads; default: all cores (or cores / jobs)
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (``conf/config.yaml`` lists it first)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="ecomp_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message is one line."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"invalid config: {key}={value!r}: {allowed}")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every range and cross-field rule; raise :class:`ConfigError` on the first violation."""
+    f = cfg.fitness
+    for k in ("w_acc", "w_sim", "w_comp"):
+        if not _finite(f[k]) or f[k] < 0:
+            _fail(f"fitness.{k}", f[k], "a finite number >= 0")
+    if f.w_acc == 0 and f.w_sim == 0 and f.w_comp == 0:
+        _fail("fitness", "w_acc=w_sim=w_comp=0", "at least one weight must be > 0")
+    p = cfg.population
+    if p.size < 2 or p.size % 2:
+        _fail("population.size", p.size, "an even integer >= 2 (pairs make two children each)")
+    kr = p.keep_ratio
+    for k in ("low", "high"):
+        if not _finite(kr[k]) or not 0 < kr[k] <= 1:
+            _fail(f"population.keep_ratio.{k}", kr[k], "a ratio in (0, 1]")
+    if kr.low > kr.high:
+        _fail("population.keep_ratio", f"low={kr.low} > high={kr.high}", "low <= high")
+    m = cfg.operators.mutation
+    if not _finite(m.rate) or not 0 <= m.rate <= 1:
+        _fail("operators.mutation.rate", m.rate, "a probability in [0, 1]")
+    if not (_finite(m.low) and _finite(m.high)) or m.low > m.high:
+        _fail("operators.mutation", f"low={m.low} > high={m.high}", "finite factors with low <= high")
+    d = cfg.data
+    if not 1 <= d.train_size <= TRAIN_IMAGES:
+        _fail("data.train_size", d.train_size, f"an integer in [1, {TRAIN_IMAGES}]")
+    if not 1 <= d.test_size <= TEST_IMAGES:
+        _fail("data.test_size", d.test_size, f"an integer in [1, {TEST_IMAGES}]")
+    if not 2 <= d.batch_size <= d.train_size:
+        _fail("data.batch_size", d.batch_size, f"an integer in [2, data.train_size={d.train_size}]")
+    if d.train_size % d.batch_size:
+        _fail("data.batch_size", d.batch_size,
+              f"must divide data.train_size={d.train_size} (every generation sees a full batch)")
+    s = cfg.similarity
+    if not _finite(s.perplexity) or not 1 <= s.perplexity < d.batch_size - 1:
+        _fail("similarity.perplexity", s.perplexity, f"a number in [1, data.batch_size - 1 = {d.batch_size - 1})")
+    if not _finite(s.tol) or s.tol <= 0:
+        _fail("similarity.tol", s.tol, "a number > 0")
+    hidden = list(cfg.parent.hidden)
+    if not hidden or any(h < 1 for h in hidden):
+        _fail("parent.hidden", hidden, "a non-empty list of positive widths")
+    if len(set(hidden)) != 1:
+        _fail("parent.hidden", hidden, "equal widths (EComp's crossover needs balanced networks)")
+    if s.layers is not None:
+        for layer in s.layers:
+            if not 0 <= layer < len(hidden):
+                _fail("similarity.layers", list(s.layers), f"hidden layer indices in [0, {len(hidden) - 1}]")
+        if not len(s.layers):
+            _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
+    for k in ("input_dim", "classes", "epochs", "batch_size"):
+        if cfg.parent[k] < 1:
+            _fail(f"parent.{k}", cfg.parent[k], "an integer >= 1")
+    if not _finite(cfg.parent.lr) or cfg.parent.lr <= 0:
+        _fail("parent.lr", cfg.parent.lr, "a number > 0")
+    if cfg.evolution.epochs < 1:
+        _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
+    if cfg.evolution.evaluator not in ("fast", "reference"):
+        _fail("evolution.evaluator", cfg.evolution.evaluator, "one of fast, reference")
+    if cfg.threads is not None and cfg.threads < 1:
+        _fail("threads", cfg.threads, "null (all cores) or an integer >= 1")
+    if cfg.tracking.flush_every < 1:
+        _fail("tracking.flush_every", cfg.tracking.flush_every, "an integer >= 1")
+    _check_device(cfg.device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        return
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            _fail("device", device, "cpu (no CUDA GPU is available on this machine)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            _fail("device", device, f"cpu or cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return
+    _fail("device", device, "cpu, cuda or cuda:<index>")
+
+
+# Keys that do not change a run's numbers: excluded from the config hash that
+# identifies a run for resuming sweeps.
+_HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short, stable hash of the effective config (without tracking and launcher keys)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in _HASH_EXCLUDED:
+        c.pop(k, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,92 @@
+"""The EComp loop: select -> recombine -> mutate -> evaluate, one generation per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .fitness import Evaluator, Parts, Weights
+from .mutation import mutate_
+from .population import Population
+from .recombination import recombine
+from .selection import select_pairs
+from .timing import NullTimer, PhaseTimer
+
+MEASURES = ("fitness", "accuracy", "similarity", "compression")
+# "best" is the max for these, the min for the others (lower similarity and compression are better)
+HIGHER_IS_BETTER = {"fitness": True, "accuracy": True, "similarity": False, "compression": False}
+
+
+@dataclass(frozen=True)
+class MutationSpec:
+    rate: float = 0.01
+    low: float = 0.9
+    high: float = 1.1
+
+
+@dataclass
+class GenerationRecord:
+    generation: int
+    batch: int
+    metrics: dict[str, float]   # "<measure>_<mean|best|worst>" -> value
+
+
+def summarise(generation: int, batch: int, parts: Parts, fitness: Tensor) -> GenerationRecord:
+    values = {"fitness": fitness, "accuracy": parts.accuracy,
+              "similarity": parts.similarity, "compression": parts.compression}
+    metrics = {}
+    for name, v in values.items():
+        v = v.double()
+        hi, lo = float(v.max()), float(v.min())
+        best, worst = (hi, lo) if HIGHER_IS_BETTER[name] else (lo, hi)
+        metrics.update({f"{name}_mean": float(v.mean()), f"{name}_best": best, f"{name}_worst": worst})
+    return GenerationRecord(generation, batch, metrics)
+
+
+class EComp:
+    """Runs the evolution; ``population`` and ``fitness`` hold the latest generation."""
+
+    def __init__(self, evaluator: Evaluator, weights: Weights, mutation: MutationSpec,
+                 generator: torch.Generator, timer: PhaseTimer | None = None):
+        self.evaluator = evaluator
+        self.weights = weights
+        self.mutation = mutation
+        self.generator = generator
+        self.timer = timer or NullTimer()
+        self.population: Population | None = None
+        self.fitness: Tensor | None = None
+
+    def _evaluate(self, pop: Population, k: int, generation: int) -> GenerationRecord:
+        parts = self.evaluator.evaluate(pop, k)
+        self.population, self.fitness = pop, parts.fitness(self.weights)
+        return summarise(generation, k, parts, self.fitness)
+
+    def run(self, population: Population, epochs: int) -> Iterator[GenerationRecord]:
+        """Yield generation 0 (the initial population on batch 0), then one record per batch."""
+        yield self._evaluate(population, 0, 0)
+        generation = 0
+        for _ in range(epochs):
+            for k in range(len(self.evaluator.batches)):
+                generation += 1
+                with self.timer.phase("operators"):
+                    pairs = select_pairs(self.fitness, self.generator)
+                    children = recombine(self.population, pairs, self.generator)
+                    m = self.mutation
+                    mutate_(children, m.rate, m.low, m.high, self.generator)
+                yield self._evaluate(children, k, generation)
+
+    def pick_best(self, on_batch: Callable[[int], None] | None = None) -> tuple[int, Tensor]:
+        """Index of the final individual with the best fitness averaged over all batches.
+
+        Returns ``(index, mean fitness per individual)``.
+        """
+        total = torch.zeros(self.population.size, dtype=torch.float64)
+        for k in range(len(self.evaluator.batches)):
+            total += self.evaluator.evaluate(self.population, k).fitness(self.weights).double()
+            if on_batch:
+                on_batch(k)
+        mean = total / len(self.evaluator.batches)
+        return int(mean.argmax()), mean

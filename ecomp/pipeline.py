@@ -1,0 +1,224 @@
+"""From a composed config to a tracked EComp run: the glue between the algorithm and the tools."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import data as data_mod
+from .config import config_hash, validate
+from .evolution import EComp, MutationSpec
+from .fitness import Evaluator, ReferenceEvaluator, Weights
+from .initialiser import l1_population
+from .network import Architecture, accuracy, save_network
+from .parent import TrainSpec, cached_parent
+from .timing import NullTimer, PhaseTimer
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_root() -> Path:
+    """The checkout holding ``conf/`` (editable install), else the working directory."""
+    return REPO_ROOT if (REPO_ROOT / "conf").is_dir() else Path.cwd()
+
+
+def scenario_name(cfg: DictConfig) -> str:
+    f = cfg.fitness
+    return "".join(f"{w:g}" for w in (f.w_acc, f.w_sim, f.w_comp))
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    from .tracking import default_uri
+
+    return cfg.tracking.uri or default_uri(repo_root())
+
+
+def artifact_location(cfg: DictConfig, uri: str) -> str | None:
+    from .tracking import default_artifact_location
+
+    if cfg.tracking.artifact_location:
+        return cfg.tracking.artifact_location
+    return default_artifact_location(repo_root()) if uri.startswith("sqlite:") else None
+
+
+def prepare_store(cfg: DictConfig) -> tuple[str, str]:
+    """Check the store answers and create the experiment; returns ``(uri, experiment_id)``."""
+    from .tracking import check_reachable, ensure_experiment
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri, cfg.tracking.timeout_s)
+    return uri, ensure_experiment(uri, cfg.tracking.experiment, artifact_location(cfg, uri))
+
+
+def data_root(cfg: DictConfig) -> Path:
+    return Path(cfg.data.root) if cfg.data.root else repo_root() / "data"
+
+
+def train_spec(cfg: DictConfig) -> TrainSpec:
+    p = cfg.parent
+    return TrainSpec(Architecture(p.input_dim, tuple(p.hidden), p.classes), p.epochs, p.lr, p.batch_size, p.seed)
+
+
+def prepare_parent(cfg: DictConfig):
+    """Data and parent network (trained once, then read from the cache)."""
+    train = data_mod.load(data_root(cfg), train=True, download=cfg.data.download)
+    cache = Path(cfg.parent.cache_dir) if cfg.parent.cache_dir else repo_root() / ".cache" / "parents"
+    t = time.perf_counter()
+    layers, trained = cached_parent(train_spec(cfg), cache, train)
+    if trained:
+        log.info("trained the parent in %.1f s", time.perf_counter() - t)
+    return train, layers
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    skipped: bool
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+
+def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | None = None,
+                   timer: PhaseTimer | None = None) -> RunResult:
+    """Validate, build, evolve, pick, track. The single entry point behind ``run.py``."""
+    validate(cfg)
+    _set_threads(cfg)
+    torch.set_flush_denormal(True)
+    scenario = scenario or scenario_name(cfg)
+    timer = timer or NullTimer()
+    chash = config_hash(cfg)
+    tracker = None
+    if cfg.tracking.enabled:
+        from .tracking import RunTracker, TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, client_for, find_runs
+
+        uri, exp_id = prepare_store(cfg)
+        client = client_for(uri)
+        for stale in find_runs(client, exp_id, chash, "RUNNING"):
+            # A run of this very config left RUNNING was killed hard (SIGKILL, lost machine).
+            log.warning("marking stale RUNNING run %s as KILLED", stale.info.run_id)
+            client.set_tag(stale.info.run_id, "error", "left RUNNING by a killed process; marked KILLED by a later sweep")
+            client.set_terminated(stale.info.run_id, status="KILLED")
+        if cfg.tracking.skip_finished:
+            done = find_runs(client, exp_id, chash, "FINISHED")
+            if done:
+                log.info("skipping %s-seed%s: FINISHED run %s has this config", scenario, cfg.seed, done[0].info.run_id)
+                return RunResult(done[0].info.run_id, True, dict(done[0].data.metrics), [])
+        root = repo_root()
+        tags = {TAG_SCENARIO: scenario, TAG_SEED: str(cfg.seed), TAG_HASH: chash,
+                "git_commit": git_commit(root), "mlflow.source.git.commit": git_commit(root).removesuffix("-dirty")}
+        if sweep:
+            tags[TAG_SWEEP] = sweep
+        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        params["tracking.uri"] = uri
+        tracker = RunTracker(uri, exp_id, f"{scenario}-seed{cfg.seed}", tags, params, cfg.tracking.flush_every)
+
+    train, parent = prepare_parent(cfg)
+    device = torch.device(cfg.device)
+    test = data_mod.load(data_root(cfg), train=False, download=cfg.data.download)
+    if tracker is None:
+        return _evolve(cfg, train, test, parent, device, scenario, timer, None)
+    with tracker:
+        return _evolve(cfg, train, test, parent, device, scenario, timer, tracker)
+
+
+def _evolve(cfg, train, test, parent, device, scenario, timer, tracker) -> RunResult:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    torch.manual_seed(int(cfg.seed))
+    subset = data_mod.random_subset(train, cfg.data.train_size, gen)
+    bs = cfg.data.batch_size
+    batches = [(subset.x[s:s + bs].to(device), subset.y[s:s + bs].to(device))
+               for s in range(0, cfg.data.train_size, bs)]
+    parent = [(w.to(device), b.to(device)) for w, b in parent]
+    kr = cfg.population.keep_ratio
+    pop = l1_population(parent, cfg.population.size, kr.high, kr.low)
+    cls = ReferenceEvaluator if cfg.evolution.evaluator == "reference" else Evaluator
+    evaluator = cls(parent, batches, cfg.similarity.perplexity,
+                    None if cfg.similarity.layers is None else list(cfg.similarity.layers),
+                    cfg.similarity.tol, timer)
+    f, m = cfg.fitness, cfg.operators.mutation
+    ecomp = EComp(evaluator, Weights(f.w_acc, f.w_sim, f.w_comp), MutationSpec(m.rate, m.low, m.high), gen, timer)
+    n_gen = cfg.evolution.epochs * len(batches) + 1
+    history = []
+    bar = tqdm(total=n_gen + len(batches), desc=f"{scenario}-seed{cfg.seed}", disable=not cfg.progress,
+               leave=False, dynamic_ncols=True)
+    try:
+        for rec in ecomp.run(pop, cfg.evolution.epochs):
+            history.append(rec.metrics)
+            if tracker is not None:
+                with timer.phase("tracking"):
+                    tracker.log_generation(rec)
+            bar.update(1)
+            bar.set_postfix(gen=rec.generation, acc=f"{rec.metrics['accuracy_mean']:.3f}",
+                            comp=f"{rec.metrics['compression_mean']:.3f}",
+                            sim=f"{rec.metrics['similarity_mean']:.3f}", refresh=False)
+        bar.set_postfix_str("picking the best network")
+        best, mean_fit = ecomp.pick_best(on_batch=lambda k: bar.update(1))
+    finally:
+        bar.close()
+    best_layers = [(w.detach().cpu().clone(), b.detach().cpu().clone())
+                   for w, b in ecomp.population.individual(best)]
+    parent_cpu = [(w.cpu(), b.cpu()) for w, b in parent]
+    tx, ty = test.x[:cfg.data.test_size], test.y[:cfg.data.test_size]
+    metrics = {
+        "best_test_accuracy": accuracy(best_layers, tx, ty),
+        "best_compression": float(ecomp.population.hidden_units()[best] / evaluator.parent_units),
+        "best_hidden_units": float(sum(ecomp.population.widths[best])),
+        "best_mean_fitness": float(mean_fit[best]),
+        "parent_test_accuracy": accuracy(parent_cpu, tx, ty),
+    }
+    metrics["run_seconds"] = time.perf_counter() - t0
+    if tracker is not None:
+        with timer.phase("tracking"):
+            with tempfile.TemporaryDirectory() as tmp:
+                Path(tmp, "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                save_network(best_layers, Path(tmp) / "best_network.pt",
+                             extra={"scenario": scenario, "seed": int(cfg.seed),
+                                    "test_accuracy": metrics["best_test_accuracy"]})
+                tracker.log_artifacts(Path(tmp))
+            metrics["run_seconds"] = time.perf_counter() - t0
+            metrics["tracking_seconds"] = tracker.seconds
+            tracker.log_metrics(metrics)
+    log.info("%s-seed%s: best test accuracy %.4f, compression %.3f, parent %.4f, %.1f s", scenario, cfg.seed,
+             metrics["best_test_accuracy"], metrics["best_compression"], metrics["parent_test_accuracy"],
+             metrics["run_seconds"])
+    return RunResult(tracker.run_id if tracker else None, False, metrics, history)

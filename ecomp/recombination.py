@@ -1,0 +1,73 @@
+"""Single-cut, layer-wise crossover that inherits the parents' weights.
+
+For a layer with weights ``W1`` (parent 1) and ``W2`` (parent 2) and a cut
+``c``, child 1 is ``W2`` with its top-left ``c x c`` block taken from ``W1``
+(rows ``[:c]`` = ``W1[:c, :c] ++ W2[:c, c:]``, then ``W2[c:]``) and child 2 is
+the mirror image; biases follow the rows (``b1[:c] ++ b2[c:]``). So child 1
+has parent 2's shape and child 2 has parent 1's. The cut is drawn uniformly
+from ``[1, min(both parents' in and out sizes)]`` (inclusive), independently
+per layer and per pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .population import Population
+
+
+def draw_cuts(pop: Population, pairs: Tensor, generator: torch.Generator) -> Tensor:
+    """``(n_pairs, n_layers)`` cut points, each uniform on ``[1, limit]``."""
+    n_layers = len(pop.widths[0]) + 1
+    in_dim = pop.first_w.shape[1]
+    classes = pop.rest[0][-1][0].shape[0]
+    limits = []
+    for a, b in pairs.tolist():
+        dims_a = (in_dim, *pop.widths[a], classes)
+        dims_b = (in_dim, *pop.widths[b], classes)
+        limits.append([min(dims_a[l], dims_a[l + 1], dims_b[l], dims_b[l + 1]) for l in range(n_layers)])
+    lim = torch.tensor(limits, dtype=torch.float64)                       # (n_pairs, n_layers)
+    u = torch.rand(lim.shape, generator=generator, dtype=torch.float64)
+    return (1 + (u * lim).floor()).clamp_(max=lim).to(torch.int64)
+
+
+def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: int) -> None:
+    dst_w[:c, :c] = src_w[:c, :c]
+    dst_b[:c] = src_b[:c]
+
+
+@torch.no_grad()
+def recombine(pop: Population, pairs: Tensor, generator: torch.Generator) -> Population:
+    """Two children per pair; the result has ``2 * len(pairs)`` individuals.
+
+    Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
+    are never modified; the children own fresh storage.
+    """
+    cuts = draw_cuts(pop, pairs, generator).tolist()
+    pl = pairs.tolist()
+    # child 2k copies parent b, child 2k + 1 copies parent a; the block comes from the other one
+    bulk = [i for a, b in pl for i in (b, a)]
+    donor = [i for a, b in pl for i in (a, b)]
+    child_cuts = [c for c in cuts for _ in (0, 1)]
+
+    # First layer: gather the bulk parents' packed rows in one index_select, then swap blocks.
+    rows = torch.cat([torch.arange(pop.offsets[s], pop.offsets[s + 1]) for s in bulk]).to(pop.device)
+    first_w = pop.first_w.index_select(0, rows)
+    first_b = pop.first_b.index_select(0, rows)
+    widths = [pop.widths[s] for s in bulk]
+    children = Population(widths, first_w, first_b, rest=[])
+    for j, (d, c) in enumerate(zip(donor, child_cuts)):
+        w, b = children.first(j)
+        dw, db = pop.first(d)
+        _swap_block(w, b, dw, db, c[0])
+
+    # Later layers: copy the bulk parent's tensors, swap the block from the donor.
+    for j, (s, d, c) in enumerate(zip(bulk, donor, child_cuts)):
+        layers = []
+        for l, ((w, b), (dw, db)) in enumerate(zip(pop.rest[s], pop.rest[d])):
+            w, b = w.clone(), b.clone()
+            _swap_block(w, b, dw, db, c[l + 1])
+            layers.append((w, b))
+        children.rest.append(layers)
+    return children

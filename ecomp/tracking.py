@@ -1,0 +1,171 @@
+"""MLflow tracking: one run per EComp run, metrics buffered and sent in batches.
+
+Only this module, ``pipeline`` and the experiment scripts import MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .evolution import GenerationRecord
+
+log = logging.getLogger(__name__)
+
+# Fail fast on an unreachable server instead of MLflow's minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line."""
+
+
+def default_uri(root: Path) -> str:
+    return f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def default_artifact_location(root: Path) -> str:
+    return (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
+
+
+def check_reachable(uri: str, timeout: float) -> None:
+    """Raise :class:`TrackingError` within ``timeout`` seconds if ``uri`` cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"tracking.uri={uri!r}: server answered {r.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"tracking.uri={uri!r}: MLflow server unreachable ({reason}); "
+                                f"start it or use a sqlite:/// URI") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking.uri={uri!r}: cannot create {path.parent} ({exc})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise TrackingError(f"tracking.uri={uri!r}: folder {path.parent} is not writable")
+    elif "://" not in uri or uri.startswith("file:"):
+        raise TrackingError(f"tracking.uri={uri!r}: MLflow 3 needs a database or server URI "
+                            f"(sqlite:///path/to/mlflow.db or http://host:port), not a file store")
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
+    """Create the store and the experiment if missing; return the experiment id (race-safe)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    for _ in range(5):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage != "active":
+                raise TrackingError(f"tracking.experiment={name!r} is deleted in {uri}; restore it or pick another name")
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:   # another job created it first
+            time.sleep(0.2)
+    raise TrackingError(f"tracking.experiment={name!r}: cannot be created in {uri}")
+
+
+def find_runs(client, experiment_id: str, config_hash: str, status: str) -> list:
+    return client.search_runs([experiment_id], f"tags.{TAG_HASH} = '{config_hash}' and attributes.status = '{status}'",
+                              max_results=100)
+
+
+class RunTracker:
+    """Context manager around one MLflow run.
+
+    Metrics are buffered and sent with ``log_batch`` every ``flush_every``
+    generations and at the end. Leaving the ``with`` block by an exception
+    flushes what was logged, records the error, and ends the run FAILED
+    (KILLED on Ctrl-C / SIGTERM); it is never left RUNNING.
+    """
+
+    def __init__(self, uri: str, experiment_id: str, run_name: str, tags: dict[str, str],
+                 params: dict[str, Any], flush_every: int = 25):
+        self.client = client_for(uri)
+        self.experiment_id = experiment_id
+        self.run_name = run_name
+        self.tags = tags
+        self.params = params
+        self.flush_every = flush_every
+        self.buffer: list = []
+        self.run_id: str | None = None
+        self.seconds = 0.0   # time spent in MLflow calls
+
+    def __enter__(self) -> "RunTracker":
+        from mlflow.entities import Param
+
+        t = time.perf_counter()
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
+        for s in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[s:s + 100])
+        self.seconds += time.perf_counter() - t
+        return self
+
+    def log_generation(self, record: GenerationRecord) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.buffer.extend(Metric(k, v, ts, record.generation) for k, v in record.metrics.items())
+        if (record.generation + 1) % self.flush_every == 0:
+            self.flush()
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.buffer.extend(Metric(k, float(v), ts, 0) for k, v in metrics.items())
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def flush(self) -> None:
+        t = time.perf_counter()
+        while self.buffer:
+            chunk, self.buffer = self.buffer[:MAX_METRICS_PER_BATCH], self.buffer[MAX_METRICS_PER_BATCH:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self.seconds += time.perf_counter() - t
+
+    def log_artifacts(self, folder: Path) -> None:
+        t = time.perf_counter()
+        self.client.log_artifacts(self.run_id, str(folder))
+        self.seconds += time.perf_counter() - t
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        status = "FINISHED"
+        try:
+            self.flush()
+        except Exception as flush_exc:  # noqa: BLE001 - the run must still be closed
+            log.error("could not flush metrics: %s", flush_exc)
+            status = "FAILED"
+        if exc_type is not None:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            message = f"{exc_type.__name__}: {exc}"[:5000]
+            try:
+                self.client.set_tag(self.run_id, "error", message)
+            except Exception:  # noqa: BLE001
+                pass
+        self.client.set_terminated(self.run_id, status=status)
+        return False

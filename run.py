@@ -1,0 +1,33 @@
+"""Run EComp: ``python run.py fitness=120 seed=3`` or ``python run.py -m fitness=glob(*) seed=range(10)``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ecomp.cli import check_overrides, fail
+from ecomp.config import ConfigError, register_configs
+from ecomp.pipeline import run_experiment
+
+log = logging.getLogger("ecomp")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    sweep = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
+    try:
+        result = run_experiment(cfg, scenario=hc.runtime.choices.get("fitness"), sweep=sweep)
+    except ConfigError as exc:
+        fail(str(exc))
+    return result.metrics.get("best_test_accuracy", float("nan"))
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = check_overrides(sys.argv[1:])
+    main()
