@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -102,7 +103,7 @@ class ReferenceEvaluator(Evaluator):
     def _joint(self, acts: list[Tensor]) -> Tensor:
         mats = [joint_probabilities_reference(squared_distances([a.double()])[0].cpu().numpy(),
                                               self.perplexity) for a in acts]
-        return torch.as_tensor(torch.tensor(mats if len(mats) > 1 else mats[0][None]))
+        return torch.from_numpy(np.stack(mats))
 
     @torch.no_grad()
     def evaluate(self, pop: Population, k: int) -> Parts:

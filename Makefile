@@ -1,0 +1,51 @@
+# EComp: `make run` and `make test` work on a fresh machine (Python >= 3.10 with venv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+EXTRAS ?= test,joblib,ray
+
+.PHONY: setup data parent run test test-fast bench grid figures clean-store
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+# FashionMNIST offline: Debian's dataset-fashion-mnist, installed when missing and we can.
+data:
+	@if [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ] || [ -f $(DEBIAN_DATA)/train-images-idx3-ubyte.gz ]; then \
+	  echo "FashionMNIST: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "FashionMNIST: not installed; run.py will download it only with data.download=true"; \
+	fi
+
+# Unpack the data and train (or find cached) the parent network.
+parent: setup data
+	$(BIN)/python -m ecomp.prepare
+
+run: parent
+	$(BIN)/python run.py
+
+test: parent
+	$(BIN)/python -m pytest
+
+test-fast: setup data
+	$(BIN)/python -m pytest -m "not slow and not distributed"
+
+bench: parent
+	$(BIN)/python benchmarks/bench_run.py
+
+grid: parent
+	$(BIN)/python run.py -m 'fitness=glob(*)' 'seed=range(10)'
+
+figures: setup
+	$(BIN)/python experiments/figures.py

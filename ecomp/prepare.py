@@ -1,0 +1,39 @@
+"""``python -m ecomp.prepare [overrides...]``: unpack the data and train (or find) the parent.
+
+Used by ``make run``/``make test`` and by sweeps before jobs start, so that the
+parent is trained once, never once per job.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from hydra import compose, initialize_config_dir
+
+from .cli import CONF_DIR, check_overrides, fail
+from .config import ConfigError, register_configs, validate
+from .data import DataError
+
+
+def main(argv: list[str]) -> None:
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=check_overrides(argv))
+    from .network import accuracy
+    from .pipeline import data_root, prepare_parent
+    from .data import load
+
+    try:
+        validate(cfg)
+        t = time.perf_counter()
+        _, parent = prepare_parent(cfg)
+        test = load(data_root(cfg), train=False)
+        print(f"parent ready ({time.perf_counter() - t:.1f} s): test accuracy "
+              f"{accuracy(parent, test.x, test.y):.4f}")
+    except (ConfigError, DataError) as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

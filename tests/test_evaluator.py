@@ -1,0 +1,65 @@
+"""The fast evaluator gives the reference path's numbers; the whole loop is reproducible."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import random_layers
+from ecomp.evolution import EComp, MutationSpec
+from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.initialiser import l1_population
+
+
+def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 24, 5)):
+    g = torch.Generator().manual_seed(seed)
+    parent = random_layers(list(widths), g)
+    batches = [(torch.rand(batch, widths[0], generator=g), torch.randint(0, widths[-1], (batch,), generator=g))
+               for _ in range(n_batches)]
+    return parent, batches
+
+
+def history(evaluator_cls, seed=0, **kw):
+    parent, batches = problem(**kw)
+    ev = evaluator_cls(parent, batches, perplexity=10.0)
+    ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.2, 0.9, 1.1), torch.Generator().manual_seed(seed))
+    pop = l1_population(parent, 8, 0.9, 0.3)
+    hist = [r.metrics for r in ecomp.run(pop, epochs=2)]
+    return hist, ecomp.pick_best()[0]
+
+
+def test_fast_parts_equal_reference_parts():
+    parent, batches = problem()
+    pop = l1_population(parent, 8, 0.9, 0.3)
+    fast = Evaluator(parent, batches, 10.0).evaluate(pop, 1)
+    ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, 1)
+    assert torch.equal(fast.accuracy, ref.accuracy.float())
+    assert torch.equal(fast.compression, ref.compression)
+    assert torch.allclose(fast.similarity.double(), ref.similarity.double(), rtol=1e-4, atol=1e-7)
+    assert (ref.similarity[:-1] >= 0).all()
+
+
+def test_fast_history_equals_reference_history():
+    fast, best_fast = history(Evaluator)
+    ref, best_ref = history(ReferenceEvaluator)
+    assert len(fast) == len(ref) == 7       # generation 0 + 2 epochs x 3 batches
+    for f, r in zip(fast, ref):
+        for k in f:
+            assert abs(f[k] - r[k]) <= 1e-4 * max(1.0, abs(r[k])), k
+    assert best_fast == best_ref
+
+
+def test_same_seed_same_history_different_seed_differs():
+    a, _ = history(Evaluator, seed=1)
+    b, _ = history(Evaluator, seed=1)
+    c, _ = history(Evaluator, seed=2)
+    assert a == b
+    assert a != c
+
+
+def test_similarity_layer_subset_and_three_hidden_layers():
+    parent, batches = problem(widths=(30, 16, 16, 16, 5))
+    pop = l1_population(parent, 6, 1.0, 0.4)
+    full = Evaluator(parent, batches, 10.0).evaluate(pop, 0).similarity
+    parts = [Evaluator(parent, batches, 10.0, layers=[l]).evaluate(pop, 0).similarity for l in range(3)]
+    assert torch.allclose(full, sum(parts), rtol=1e-5)
+    assert float(full[0]) < 1e-3     # the first individual keeps every neuron: identical to the parent

@@ -1,0 +1,137 @@
+"""Selection, recombination and mutation on tiny populations: shapes, invariants, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_layers
+from ecomp.initialiser import l1_population
+from ecomp.mutation import mutate_
+from ecomp.population import Population
+from ecomp.recombination import recombine
+from ecomp.selection import select_pairs, selection_probabilities
+
+
+def tiny_population(seed: int = 0, size: int = 6, n_hidden: int = 2) -> Population:
+    g = torch.Generator().manual_seed(seed)
+    parent = random_layers([12, *[8] * n_hidden, 3], g)
+    return l1_population(parent, size, 1.0, 0.25)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_selection_pairs_shape_and_determinism():
+    f = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.0, 0.3])
+    a, b = select_pairs(f, gen(1)), select_pairs(f, gen(1))
+    assert a.shape == (3, 2) and torch.equal(a, b)
+    assert ((a >= 0) & (a < 6)).all()
+    assert not torch.equal(a, select_pairs(f, gen(2))) or not torch.equal(a, select_pairs(f, gen(3)))
+
+
+def test_selection_follows_softmax():
+    f = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    counts = torch.zeros(4)
+    g = gen(0)
+    for _ in range(2000):
+        counts += torch.bincount(select_pairs(f, g).flatten(), minlength=4)
+    expected = torch.softmax(f.double(), 0).float()
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.01)
+
+
+@pytest.mark.parametrize("weight", [1.0, 1000.0, 1e6])
+def test_selection_huge_fitness_stays_finite(weight):
+    f = torch.tensor([0.1, 0.5, 0.2, 0.9]) * weight
+    p = selection_probabilities(f)
+    assert torch.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-12
+    assert select_pairs(f, gen(0)).shape == (2, 2)
+
+
+def test_selection_rejects_nan():
+    with pytest.raises(FloatingPointError):
+        select_pairs(torch.tensor([0.1, float("nan")]), gen(0))
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_recombination_children_take_parents_shapes(n_hidden):
+    pop = tiny_population(n_hidden=n_hidden)
+    pairs = torch.tensor([[0, 5], [2, 3], [4, 4]])
+    children = recombine(pop, pairs, gen(0))
+    assert children.size == 6
+    for k, (a, b) in enumerate(pairs.tolist()):
+        assert children.widths[2 * k] == pop.widths[b]       # child 1 has parent 2's shape
+        assert children.widths[2 * k + 1] == pop.widths[a]   # child 2 has parent 1's shape
+        for child, shape_parent in ((2 * k, b), (2 * k + 1, a)):
+            for (cw, cb), (pw, pb) in zip(children.individual(child), pop.individual(shape_parent)):
+                assert cw.shape == pw.shape and cb.shape == pb.shape
+
+
+def test_recombination_block_layout_matches_definition():
+    pop = tiny_population()
+    pairs = torch.tensor([[1, 4]])
+    g = gen(3)
+    from ecomp.recombination import draw_cuts
+    cuts = draw_cuts(pop, pairs, gen(3))[0].tolist()
+    children = recombine(pop, pairs, g)
+    p1, p2 = pop.individual(1), pop.individual(4)
+    c1, c2 = children.individual(0), children.individual(1)
+    for l, c in enumerate(cuts):
+        (w1, b1), (w2, b2) = p1[l], p2[l]
+        expected_1 = torch.cat([torch.cat([w1[:c, :c], w2[:c, c:]], 1), w2[c:]], 0)
+        expected_2 = torch.cat([torch.cat([w2[:c, :c], w1[:c, c:]], 1), w1[c:]], 0)
+        assert torch.equal(c1[l][0], expected_1) and torch.equal(c2[l][0], expected_2)
+        assert torch.equal(c1[l][1], torch.cat([b1[:c], b2[c:]]))
+        assert torch.equal(c2[l][1], torch.cat([b2[:c], b1[c:]]))
+
+
+def test_recombination_cut_ranges_and_parents_untouched():
+    pop = tiny_population()
+    before = [[t.clone() for wb in pop.individual(i) for t in wb] for i in range(pop.size)]
+    from ecomp.recombination import draw_cuts
+    pairs = torch.tensor([[0, 5], [1, 2], [3, 4]])
+    for s in range(50):
+        cuts = draw_cuts(pop, pairs, gen(s))
+        for (a, b), c in zip(pairs.tolist(), cuts.tolist()):
+            h = min(pop.widths[a][0], pop.widths[b][0])
+            assert 1 <= c[0] <= min(h, 12) and 1 <= c[1] <= h and 1 <= c[2] <= min(h, 3)
+        recombine(pop, pairs, gen(s))
+    after = [[t for wb in pop.individual(i) for t in wb] for i in range(pop.size)]
+    assert all(torch.equal(x, y) for bx, by in zip(before, after) for x, y in zip(bx, by))
+
+
+def test_recombination_same_seed_same_children():
+    pop = tiny_population()
+    pairs = torch.tensor([[0, 5], [1, 2], [3, 4]])
+    a, b = recombine(pop, pairs, gen(9)), recombine(pop, pairs, gen(9))
+    assert torch.equal(a.first_w, b.first_w)
+    assert all(torch.equal(x[0], y[0]) for i in range(a.size) for x, y in zip(a.rest[i], b.rest[i]))
+
+
+def test_mutation_scales_weights_within_range_and_not_biases():
+    pop = tiny_population()
+    before = [[(w.clone(), b.clone()) for w, b in pop.individual(i)] for i in range(pop.size)]
+    chosen = mutate_(pop, 1.0, 0.9, 1.1, gen(0))
+    assert chosen == list(range(pop.size))
+    for i in range(pop.size):
+        for (w0, b0), (w1, b1) in zip(before[i], pop.individual(i)):
+            ratio = w1[w0 != 0] / w0[w0 != 0]
+            assert ((ratio >= 0.9 - 1e-6) & (ratio <= 1.1 + 1e-6)).all()
+            assert ratio.std() > 0            # each weight has its own factor
+            assert torch.equal(b0, b1)
+
+
+def test_mutation_rate_zero_changes_nothing_and_rate_is_respected():
+    pop = tiny_population(size=100)
+    w = pop.first_w.clone()
+    assert mutate_(pop, 0.0, 0.9, 1.1, gen(0)) == [] and torch.equal(w, pop.first_w)
+    n = sum(len(mutate_(tiny_population(size=100), 0.1, 0.9, 1.1, gen(s))) for s in range(20))
+    assert 120 < n < 280   # 2000 draws at rate 0.1
+
+
+def test_mutation_same_seed_same_result():
+    a, b = tiny_population(), tiny_population()
+    mutate_(a, 0.5, 0.9, 1.1, gen(4))
+    mutate_(b, 0.5, 0.9, 1.1, gen(4))
+    assert torch.equal(a.first_w, b.first_w)
