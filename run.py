@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 
 from ecomp.cli import check_overrides, fail
 from ecomp.config import ConfigError, register_configs
+from ecomp.data import DataError
+from ecomp.tracking import TrackingError
 from ecomp.pipeline import run_experiment
 
 log = logging.getLogger("ecomp")
@@ -23,7 +25,7 @@ def main(cfg: DictConfig) -> float:
     sweep = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
     try:
         result = run_experiment(cfg, scenario=hc.runtime.choices.get("fitness"), sweep=sweep)
-    except ConfigError as exc:
+    except (ConfigError, DataError, TrackingError) as exc:
         fail(str(exc))
     return result.metrics.get("best_test_accuracy", float("nan"))
 

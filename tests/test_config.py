@@ -1,0 +1,106 @@
+"""Bad configuration fails at start: one line naming key, value and what is allowed; no run created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+
+CASES = [
+    (["fitness=999"], "fitness='999'"),
+    (["fitness.w_acc=-1"], "fitness.w_acc=-1"),
+    (["fitness.w_sim=nan"], "fitness.w_sim=nan"),
+    (["population.size=1"], "population.size=1"),
+    (["population.size=7"], "population.size=7"),
+    (["operators.mutation.rate=1.5"], "operators.mutation.rate=1.5"),
+    (["operators.mutation.rate=-0.1"], "operators.mutation.rate=-0.1"),
+    (["operators.mutation.low=1.2"], "operators.mutation"),
+    (["population.keep_ratio.high=1.5"], "population.keep_ratio.high=1.5"),
+    (["population.keep_ratio.low=0"], "population.keep_ratio.low=0"),
+    (["population.keep_ratio.low=0.8", "population.keep_ratio.high=0.5"], "population.keep_ratio"),
+    (["data.batch_size=1000"], "data.batch_size=1000"),
+    (["data.batch_size=300"], "data.batch_size=300"),
+    (["similarity.perplexity=100"], "similarity.perplexity=100"),
+    (["similarity.layers=[5]"], "similarity.layers=[5]"),
+    (["parent.hidden=[32,16]"], "parent.hidden=[32, 16]"),
+    (["evolution.epochs=0"], "evolution.epochs=0"),
+    (["device=cuda"], "device='cuda'"),
+    (["device=tpu"], "device='tpu'"),
+    (["tracking.uri=http://127.0.0.1:9"], "tracking.uri='http://127.0.0.1:9'"),
+    (["tracking.uri=./mlruns"], "tracking.uri='./mlruns'"),
+]
+
+
+@pytest.mark.parametrize("overrides,needle", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_config_fails_in_one_line_before_any_run(overrides, needle, tmp_path, parent_cache):
+    import torch
+
+    if overrides == ["device=cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present: device=cuda is valid here")
+    db = tmp_path / "mlflow.db"
+    proc = run_cli("run.py", *TINY, f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{db}",
+                   f"hydra.run.dir={tmp_path / 'out'}", *overrides, timeout=60)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    # nothing was created: no store (so no run, RUNNING or otherwise), no parent trained
+    if "tracking.uri" not in " ".join(overrides):
+        assert not db.exists()
+
+
+def test_typo_in_key_fails_at_composition(tmp_path):
+    proc = run_cli("run.py", "population.sizee=10", f"hydra.run.dir={tmp_path}", timeout=60)
+    assert proc.returncode != 0
+    assert "sizee" in proc.stderr
+
+
+def test_wrong_type_fails_at_composition(tmp_path):
+    proc = run_cli("run.py", "population.size=many", f"hydra.run.dir={tmp_path}", timeout=60)
+    assert proc.returncode != 0
+    assert "population.size" in proc.stderr
+
+
+def test_missing_dataset_names_both_remedies(tmp_path, monkeypatch, parent_cache):
+    from ecomp import data
+
+    with pytest.raises(data.DataError) as err:
+        data.prepare(tmp_path / "nowhere", download=False, debian_dir=tmp_path / "no-debian")
+    msg = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and "data.download=true" in msg
+
+
+def test_truncated_dataset_file_is_named(tmp_path):
+    from ecomp import data
+
+    raw = data.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    src = data.raw_dir(Path(__file__).resolve().parents[1] / "data")
+    for name in data.RAW_FILES:
+        (raw / name).write_bytes((src / name).read_bytes())
+    with open(raw / "train-labels-idx1-ubyte", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte is truncated"):
+        data.load(tmp_path, train=True)
+
+
+def test_corrupt_or_mismatched_parent_is_retrained(tmp_path):
+    import torch
+
+    from ecomp.data import Split
+    from ecomp.network import Architecture, load_network
+    from ecomp.parent import TrainSpec, cached_parent
+
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.rand(200, 784, generator=g), torch.randint(0, 10, (200,), generator=g))
+    spec = TrainSpec(Architecture(784, (8, 8), 10), epochs=1)
+    layers, trained = cached_parent(spec, tmp_path, split)
+    assert trained
+    path = tmp_path / f"parent-{spec.key()}.pt"
+    assert not cached_parent(spec, tmp_path, split)[1]          # read from the cache
+    path.write_bytes(b"not a checkpoint")                       # corrupt
+    assert cached_parent(spec, tmp_path, split)[1]              # retrained, not used
+    with pytest.raises(ValueError, match=str(path.name)):
+        load_network(path, expected=Architecture(784, (16, 16), 10))
