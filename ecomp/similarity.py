@@ -140,7 +140,8 @@ def conditional_probabilities(sqdist: Tensor, perplexity: float, tol: float = 1e
     buf = torch.empty_like(d)
     # Start where the second-order expansion H(beta) ~ log(N-1) - beta^2 Var0[d] / 2 meets the
     # target (Var0: the row's plain variance): 3 to 4 Newton steps from the answer in practice.
-    var0 = d.var(1, unbiased=False).double()
+    mean0 = d.mean(1).double()
+    var0 = (torch.einsum("rn,rn->r", d, d).double() / (n - 1) - mean0 * mean0).clamp(min=0.0)
     gap = max(math.log(n - 1) - target, 1e-3)
     beta = torch.sqrt(2.0 * gap / var0.clamp(min=1e-30))
     lo = torch.zeros_like(beta)                               # bracket on beta
