@@ -39,8 +39,8 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
             continue  # Hydra reports syntax errors itself
         key = ov.key_or_group
         group = conf_dir / key
-        if ov.package is not None or not group.is_dir() or ov.is_delete():
-            continue
+        if ov.package is not None or not group.is_dir() or ov.is_delete() or key.startswith("hydra/"):
+            continue  # hydra/* groups (launchers, sweepers) live in plugins: Hydra checks them
         options = sorted(p.stem for p in group.glob("*.yaml"))
         if ov.is_sweep_override():
             try:

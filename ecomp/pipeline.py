@@ -120,7 +120,6 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     """Validate, build, evolve, pick, track. The single entry point behind ``run.py``."""
     validate(cfg)
     _set_threads(cfg)
-    torch.set_flush_denormal(True)
     scenario = scenario or scenario_name(cfg)
     timer = timer or NullTimer()
     chash = config_hash(cfg)

@@ -1,0 +1,217 @@
+"""Regenerate the paper's Figures 2-5 and its results table from MLflow, in one command.
+
+    python experiments/figures.py
+    python experiments/figures.py tracking.uri=sqlite:///path/to/mlflow.db output_dir=reports/run2
+
+Writes into ``output_dir`` (default ``<repo>/reports``), overwriting earlier files:
+``fig2_accuracy``, ``fig3_compression``, ``fig4_similarity`` (population means
+every third generation, one panel per seed), ``fig5_best_networks`` (box plots
+of the returned networks), ``pareto_best_networks`` (beyond the paper), each as
+PNG and PDF, and ``summary.csv`` / ``summary.md``. The same files are logged as
+artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]   # this script always runs from its checkout
+if __package__ in (None, ""):  # `python experiments/figures.py` puts experiments/, not the repo, on sys.path
+    sys.path.insert(0, str(REPO))
+
+import hydra
+import matplotlib
+from omegaconf import MISSING, DictConfig
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ecomp.cli import check_overrides, fail  # noqa: E402
+from ecomp.config import TrackingConf  # noqa: E402
+from ecomp.tracking import TrackingError, client_for, default_uri  # noqa: E402
+from experiments.report_data import (SUMMARY_TAG, ReportError, grid_gaps, load_history, load_runs,  # noqa: E402
+                                     pareto_mask, per_run_results, pick_newest, summary_markdown, summary_table)
+
+log = logging.getLogger("ecomp.figures")
+
+# (file stem, history column, y label, title) for Figures 2-4
+POPULATION_FIGURES = (
+    ("fig2_accuracy", "accuracy_mean", "mean accuracy", "Population mean accuracy (higher is better)"),
+    ("fig3_compression", "compression_mean", "mean relative size",
+     "Population mean size relative to the parent (lower is better)"),
+    ("fig4_similarity", "similarity_mean", "mean similarity loss", "Population mean similarity loss (lower is better)"),
+)
+LEGEND_TITLE = "weights\n(acc, sim, comp)"
+
+
+@dataclass
+class GridConf:
+    scenarios: list[str] = MISSING   # the expected scenarios, in legend order
+    seeds: list[int] = MISSING
+
+
+@dataclass
+class FiguresConf:
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    grid: GridConf = field(default_factory=GridConf)
+    output_dir: Optional[str] = None      # default: <repo>/reports
+    omit_from_figures: list[str] = field(default_factory=list)
+    every: int = 3
+    run_filter: Optional[str] = None
+    log_summary_run: bool = True
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="figures_schema", node=FiguresConf)
+
+
+def save(fig, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` (no creation date, so reruns give the same PDF) and close ``fig``."""
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def population_figure(history: pd.DataFrame, column: str, ylabel: str, title: str, order: list[str],
+                      palette: dict, every: int):
+    """One panel per seed (5 a row), one line per scenario: ``column`` every ``every`` generations."""
+    data = history[history.generation % every == 0]
+    seeds = sorted(data.seed.unique())
+    grid = sns.relplot(data=data, x="generation", y=column, hue="scenario", hue_order=order, palette=palette,
+                       col="seed", col_order=seeds, col_wrap=min(5, len(seeds)), kind="line", errorbar=None,
+                       height=2.6, aspect=1.15, facet_kws={"sharey": True})
+    grid.set_titles("seed {col_name}")
+    grid.set_axis_labels("generation", ylabel)
+    grid.legend.set_title(LEGEND_TITLE)
+    grid.figure.suptitle(f"{title}; every {every} generations", y=1.03)
+    return grid.figure
+
+
+def best_network_figure(results: pd.DataFrame, order: list[str], palette: dict):
+    """Box plots over seeds of the returned networks' test accuracy and relative size, per scenario."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, column, label in ((left, "best_test_accuracy", "test accuracy (higher is better)"),
+                              (right, "best_compression", "relative size (lower is better)")):
+        sns.boxplot(data=results, x="scenario", y=column, hue="scenario", order=order, hue_order=order,
+                    palette=palette, legend=False, ax=ax)
+        ax.set(xlabel="weights (accuracy, similarity, compression)", ylabel=label)
+    parent = results.parent_test_accuracy.mean()
+    left.axhline(parent, color="black", linestyle="--", linewidth=1, label=f"parent network ({parent:.3f})")
+    left.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(results: pd.DataFrame, order: list[str], palette: dict):
+    """The returned networks in (relative size, test accuracy), one colour per scenario, with the Pareto front."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    sns.scatterplot(data=results, x="best_compression", y="best_test_accuracy", hue="scenario", hue_order=order,
+                    palette=palette, s=40, ax=ax)
+    front = results[pareto_mask(results.best_compression.to_numpy(), results.best_test_accuracy.to_numpy())]
+    front = front.sort_values("best_compression")
+    ax.step(front.best_compression, front.best_test_accuracy, where="post", color="black", linewidth=1,
+            label="Pareto front")
+    ax.axhline(results.parent_test_accuracy.mean(), color="grey", linestyle="--", linewidth=1, label="parent network")
+    ax.set(xlabel="relative size of the returned network (lower is smaller)", ylabel="test accuracy")
+    ax.legend(title=LEGEND_TITLE, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def make_figures(results: pd.DataFrame, history: pd.DataFrame, out_dir: Path, order: list[str],
+                 omit: list[str] = (), every: int = 3) -> list[Path]:
+    """Figures 2-5 without the scenarios in ``omit`` (the paper leaves out 001) and the Pareto plot with all."""
+    present = [s for s in order if s in set(results.scenario)]
+    palette = dict(zip(present, sns.color_palette("tab10", len(present))))
+    shown = [s for s in present if s not in omit]
+    paths: list[Path] = []
+    with sns.axes_style("whitegrid"):
+        if shown:
+            data = history[history.scenario.isin(shown)]
+            for stem, column, ylabel, title in POPULATION_FIGURES:
+                paths += save(population_figure(data, column, ylabel, title, shown, palette, every), out_dir, stem)
+            paths += save(best_network_figure(results[results.scenario.isin(shown)], shown, palette),
+                          out_dir, "fig5_best_networks")
+        else:
+            log.warning("nothing left for Figures 2-5 after omit_from_figures=%s; drawing the Pareto plot only",
+                        list(omit))
+        paths += save(pareto_figure(results, present, palette), out_dir, "pareto_best_networks")
+    return paths
+
+
+def log_summary_run(uri: str, experiment: str, files: list[Path], description: str, n_runs: int) -> str:
+    """Log ``files`` as artifacts (under ``report/``) of a new FINISHED run tagged ``ecomp.kind=summary``."""
+    client = client_for(uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    tags = {SUMMARY_TAG: "summary", "mlflow.note.content": description, "n_runs": str(n_runs)}
+    run_id = client.create_run(exp_id, run_name="figures", tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path="report")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def build_report(cfg: DictConfig) -> list[Path]:
+    """Read the store, write every figure and table, log them; returns the files written."""
+    uri = cfg.tracking.uri or default_uri(REPO)
+    scenarios, seeds = [str(s) for s in cfg.grid.scenarios], [int(k) for k in cfg.grid.seeds]
+    runs, notes = pick_newest(load_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s))
+    missing, outside = grid_gaps(runs, scenarios, seeds)
+    if outside:
+        notes.append(f"left out {len(outside)} runs outside the grid: {', '.join(outside)}")
+    runs = runs[runs.scenario.isin(scenarios) & runs.seed.isin(seeds)]
+    if runs.empty:
+        raise ReportError(f"none of the FINISHED runs in {uri} is in the grid (grid.scenarios={scenarios}, "
+                          f"grid.seeds={seeds}; found {', '.join(outside)})")
+    history = load_history(uri, runs)
+    results = per_run_results(runs, history)
+    table = summary_table(results, scenarios)
+    markdown = summary_markdown(table, results.parent_test_accuracy.mean(), missing, notes)
+
+    out = Path(cfg.output_dir) if cfg.output_dir else REPO / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown)
+    files = [out / "summary.csv", out / "summary.md"]
+    files += make_figures(results, history, out, scenarios, list(cfg.omit_from_figures), cfg.every)
+
+    for note in notes:
+        log.warning(note)
+    if missing:
+        log.warning("missing from the grid (%d of %d): %s", len(missing), len(scenarios) * len(seeds),
+                    ", ".join(missing))
+    if cfg.log_summary_run:
+        run_id = log_summary_run(uri, cfg.tracking.experiment, files, markdown, len(runs))
+        log.info("logged the report as run %s (tag %s=summary)", run_id, SUMMARY_TAG)
+    log.info("%d runs; wrote %d files to %s", len(runs), len(files), out)
+    return files
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="figures")
+def main(cfg: DictConfig) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        build_report(cfg)
+    except (ReportError, TrackingError, OSError, MlflowException) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+if __name__ == "__main__":
+    register_configs()
+    sys.argv[1:] = check_overrides(sys.argv[1:])
+    main()

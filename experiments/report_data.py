@@ -1,0 +1,204 @@
+"""From an MLflow experiment to the tables behind the paper's figures.
+
+No Hydra and no plotting here: :func:`load_runs` reads the FINISHED runs,
+:func:`pick_newest` keeps one run per (scenario, seed), :func:`load_history`
+reads the per-generation population means, :func:`summary_table` makes the
+results table. Every failure to find data raises :class:`ReportError` with a
+one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecomp.tracking import TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, check_reachable, client_for
+
+SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
+HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
+FINAL_KEYS = ("best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy")
+CONVERGENCE_TOL = 0.01
+# summary.csv columns: (column stem, source column); each gives <stem>_mean and <stem>_sd
+SUMMARY_COLUMNS = (
+    ("final_pop_accuracy", "accuracy_mean"),
+    ("final_pop_compression", "compression_mean"),
+    ("final_pop_similarity", "similarity_mean"),
+    ("best_test_accuracy", "best_test_accuracy"),
+    ("best_compression", "best_compression"),
+    ("convergence_generation", "convergence_generation"),
+)
+
+
+class ReportError(RuntimeError):
+    """There is nothing to report on; the message is one line."""
+
+
+def open_store(uri: str, timeout: float):
+    """An MLflow client for ``uri``, after checking the store exists (a sqlite file is never created)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise ReportError(f"tracking.uri={uri!r}: no MLflow store at {path} (run `python run.py` first)")
+    else:
+        check_reachable(uri, timeout)   # TrackingError for a dead server or a file store
+    return client_for(uri)
+
+
+def _experiment_id(client, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"tracking.experiment={name!r} not found in {uri} "
+                          f"(experiments there: {', '.join(names) or 'none'})")
+    return exp.experiment_id
+
+
+def _search(client, exp_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:
+    """One row per FINISHED data run of ``experiment``, duplicates included, newest first.
+
+    Columns: run_id, scenario, seed, start_time, config_hash, sweep and the final
+    metrics in :data:`FINAL_KEYS`. Summary runs (tag ``ecomp.kind``) and runs
+    without scenario/seed tags are left out. ``run_filter`` is an extra MLflow
+    search filter, e.g. ``tags.sweep = 'multirun/2025-01-01/12-00-00'``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = open_store(uri, timeout)
+    try:
+        exp_id = _experiment_id(client, uri, experiment)
+        extra = f" and {run_filter}" if run_filter else ""
+        finished = _search(client, exp_id, "attributes.status = 'FINISHED'" + extra)
+        rows = [{"run_id": r.info.run_id, "scenario": r.data.tags[TAG_SCENARIO], "seed": int(r.data.tags[TAG_SEED]),
+                 "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
+                 "config_hash": r.data.tags.get(TAG_HASH, ""), "sweep": r.data.tags.get(TAG_SWEEP, ""),
+                 **{k: r.data.metrics.get(k, math.nan) for k in FINAL_KEYS}}
+                for r in finished
+                if SUMMARY_TAG not in r.data.tags and TAG_SCENARIO in r.data.tags
+                and r.data.tags.get(TAG_SEED, "").lstrip("-").isdigit()]
+        if not rows:
+            others = _search(client, exp_id, run_filter or "")
+            states = pd.Series([r.info.status for r in others], dtype=object).value_counts()
+            found = ", ".join(f"{n} {s}" for s, n in states.items()) or "no runs"
+            raise ReportError(f"no FINISHED EComp runs in experiment {experiment!r} at {uri}"
+                              f"{' matching ' + repr(run_filter) if run_filter else ''} ({found})")
+    except MlflowException as exc:
+        raise ReportError(f"tracking.uri={uri!r}: {str(exc).splitlines()[0]}") from None
+    return pd.DataFrame(rows).sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def pick_newest(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the newest run of each (scenario, seed); the notes say which pairs had several."""
+    runs = runs.sort_values("start_time", ascending=False, kind="stable")
+    notes = []
+    for (scenario, seed), group in runs.groupby(["scenario", "seed"], sort=True):
+        if len(group) > 1:
+            newest = group.iloc[0]
+            hashes = group.config_hash.unique()
+            same = "the same config" if len(hashes) == 1 else f"different configs ({', '.join(hashes)})"
+            notes.append(f"{scenario}-seed{seed}: {len(group)} FINISHED runs with {same}; "
+                         f"using the newest, {newest.run_id} started {newest.start_time:%Y-%m-%d %H:%M:%S}")
+    return runs.drop_duplicates(["scenario", "seed"]).reset_index(drop=True), notes
+
+
+def grid_gaps(runs: pd.DataFrame, scenarios: list[str], seeds: list[int]) -> tuple[list[str], list[str]]:
+    """``(missing, outside)``: grid cells with no run, and runs' ``scenario-seed`` names outside the grid."""
+    have = set(zip(runs.scenario, runs.seed))
+    missing = [f"{s}-seed{k}" for s in scenarios for k in seeds if (s, k) not in have]
+    inside = runs.scenario.isin(scenarios) & runs.seed.isin(seeds)
+    outside = [f"{s}-seed{k}" for s, k in zip(runs.scenario[~inside], runs.seed[~inside])]
+    return missing, outside
+
+
+def load_history(uri: str, runs: pd.DataFrame, keys: tuple[str, ...] = HISTORY_KEYS) -> pd.DataFrame:
+    """Per-generation metrics of ``runs``: columns run_id, scenario, seed, generation and ``keys``."""
+    client = client_for(uri)
+    frames = []
+    for run in runs.itertuples():
+        for key in keys:
+            points = client.get_metric_history(run.run_id, key)
+            frames.append(pd.DataFrame({"run_id": run.run_id, "key": key,
+                                        "generation": [m.step for m in points],
+                                        "timestamp": [m.timestamp for m in points],
+                                        "value": [m.value for m in points]}))
+    long = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
+    wide = long.pivot_table(index=["run_id", "generation"], columns="key", values="value", aggfunc="last")
+    wide = wide.reindex(columns=list(keys)).reset_index()
+    wide.columns.name = None
+    return runs[["run_id", "scenario", "seed"]].merge(wide, on="run_id").sort_values(
+        ["scenario", "seed", "generation"], kind="stable").reset_index(drop=True)
+
+
+def convergence_generation(generations: np.ndarray, accuracy: np.ndarray, tol: float = CONVERGENCE_TOL) -> int:
+    """The first generation g with ``|accuracy(g) - final| <= tol * final``.
+
+    ``final`` is the population mean accuracy at the last generation; ``tol=0.01``
+    is "within 1 % of its final value". It is the first entry into that band,
+    even if the curve leaves it again later.
+    """
+    order = np.argsort(generations)
+    gens, acc = np.asarray(generations)[order], np.asarray(accuracy)[order]
+    close = np.abs(acc - acc[-1]) <= tol * abs(acc[-1])
+    return int(gens[np.argmax(close)])
+
+
+def per_run_results(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` plus the last generation's population means and the convergence generation."""
+    last = history.sort_values("generation").groupby("run_id").tail(1).set_index("run_id")[list(HISTORY_KEYS)]
+    conv = {rid: convergence_generation(h.generation.to_numpy(), h.accuracy_mean.to_numpy())
+            for rid, h in history.dropna(subset=["accuracy_mean"]).groupby("run_id")}
+    out = runs.join(last, on="run_id")
+    out["convergence_generation"] = out.run_id.map(conv).astype(float)
+    return out
+
+
+def summary_table(results: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per scenario (in ``order``): n_runs and mean and sd (ddof=1) over runs of each of :data:`SUMMARY_COLUMNS`."""
+    groups = results.groupby("scenario")
+    table = pd.DataFrame({"n_runs": groups.size()})
+    for stem, column in SUMMARY_COLUMNS:
+        table[f"{stem}_mean"] = groups[column].mean()
+        table[f"{stem}_sd"] = groups[column].std(ddof=1)
+    present = [s for s in order if s in table.index] + sorted(set(table.index) - set(order))
+    return table.loc[present].rename_axis("scenario").reset_index()
+
+
+def summary_markdown(table: pd.DataFrame, parent_accuracy: float, missing: list[str], notes: list[str]) -> str:
+    """``summary.md``: the table as ``mean ± sd`` cells, then the parent's accuracy, gaps and notes."""
+    head = ["scenario", "n runs"] + [stem.replace("_", " ") for stem, _ in SUMMARY_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.itertuples(index=False):
+        row = row._asdict()
+        cells = [str(row["scenario"]), str(row["n_runs"])]
+        for stem, _ in SUMMARY_COLUMNS:
+            digits = 1 if stem == "convergence_generation" else 4
+            mean, sd = row[f"{stem}_mean"], row[f"{stem}_sd"]
+            cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Scenario = fitness weights (accuracy, similarity, compression). Mean ± sd over runs (seeds).",
+              "final pop = population mean at the last generation; best = the returned network on the test set;",
+              f"convergence generation = first generation whose population mean accuracy is within "
+              f"{CONVERGENCE_TOL:.0%} of its final value.",
+              f"Parent network test accuracy: {parent_accuracy:.4f}.",
+              "", f"Missing from the grid ({len(missing)}): {', '.join(missing) or 'none'}."]
+    lines += [f"Note: {n}." for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_mask(compression: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """True where no other point is at least as small and as accurate, and strictly better in one."""
+    c, a = np.asarray(compression)[:, None], np.asarray(accuracy)[:, None]
+    dominated = (c.T <= c) & (a.T >= a) & ((c.T < c) | (a.T > a))   # [i, j]: j dominates i
+    return ~dominated.any(axis=1)
