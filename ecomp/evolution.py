@@ -68,12 +68,16 @@ class EComp:
         """Yield generation 0 (the initial population on batch 0), then one record per batch."""
         yield self._evaluate(population, 0, 0)
         generation = 0
+        # Two recycled first-layer buffers, alternating, so children never overlap their parents.
+        # Widths never grow (children take their parents' shapes): size x widest rows suffice.
+        capacity = population.size * max(w[0] for w in population.widths)
+        buffers = [population.first_w.new_empty(capacity, population.first_w.shape[1]) for _ in range(2)]
         for _ in range(epochs):
             for k in range(len(self.evaluator.batches)):
                 generation += 1
                 with self.timer.phase("operators"):
                     pairs = select_pairs(self.fitness, self.generator)
-                    children = recombine(self.population, pairs, self.generator)
+                    children = recombine(self.population, pairs, self.generator, out=buffers[generation % 2])
                     m = self.mutation
                     mutate_(children, m.rate, m.low, m.high, self.generator)
                 yield self._evaluate(children, k, generation)

@@ -38,11 +38,15 @@ def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: i
 
 
 @torch.no_grad()
-def recombine(pop: Population, pairs: Tensor, generator: torch.Generator) -> Population:
+def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
+              out: Tensor | None = None) -> Population:
     """Two children per pair; the result has ``2 * len(pairs)`` individuals.
 
     Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
-    are never modified; the children own fresh storage.
+    are never modified. ``out``, if given, is storage of at least the children's
+    first-layer rows that must not overlap the parents' (the loop passes a
+    recycled buffer: writing into touched memory is about 3x faster than
+    into a fresh 40 MB allocation).
     """
     cuts = draw_cuts(pop, pairs, generator).tolist()
     pl = pairs.tolist()
@@ -51,11 +55,22 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator) -> Pop
     donor = [i for a, b in pl for i in (a, b)]
     child_cuts = [c for c in cuts for _ in (0, 1)]
 
-    # First layer: gather the bulk parents' packed rows in one index_select, then swap blocks.
-    rows = torch.cat([torch.arange(pop.offsets[s], pop.offsets[s + 1]) for s in bulk]).to(pop.device)
-    first_w = pop.first_w.index_select(0, rows)
-    first_b = pop.first_b.index_select(0, rows)
+    # First layer: copy the bulk parents' packed rows slab by slab (each parent's rows are
+    # contiguous: memcpy speed, unlike a row gather), then swap the blocks.
     widths = [pop.widths[s] for s in bulk]
+    n_rows = sum(w[0] for w in widths)
+    shape = (n_rows, pop.first_w.shape[1])
+    if out is not None and out.shape[0] >= n_rows:
+        first_w = out[:n_rows]
+    else:
+        first_w = pop.first_w.new_empty(shape)
+    first_b = pop.first_b.new_empty(n_rows)
+    o = 0
+    for s in bulk:
+        a, b = pop.offsets[s], pop.offsets[s + 1]
+        first_w[o:o + b - a].copy_(pop.first_w[a:b])
+        first_b[o:o + b - a].copy_(pop.first_b[a:b])
+        o += b - a
     children = Population(widths, first_w, first_b, rest=[])
     for j, (d, c) in enumerate(zip(donor, child_cuts)):
         w, b = children.first(j)

@@ -60,18 +60,18 @@ def test_same_seed_same_numbers_different_seed_differs(make_cfg):
 
 
 def test_multirun_two_scenarios_two_seeds(parent_cache, store, tmp_path):
-    proc = run_cli("run.py", "-m", "fitness=120,021", "seed=0,1", *TINY, f"parent.cache_dir={parent_cache}",
+    proc = run_cli("run.py", "-m", "fitness=glob(12*)", "seed=0,1", *TINY, f"parent.cache_dir={parent_cache}",
                    f"tracking.uri={store}", f"hydra.sweep.dir={tmp_path / 'multirun'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, runs = runs_of(store)
-    assert sorted(r.info.run_name for r in runs) == ["021-seed0", "021-seed1", "120-seed0", "120-seed1"]
+    assert sorted(r.info.run_name for r in runs) == ["120-seed0", "120-seed1", "121-seed0", "121-seed1"]
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.tags["sweep"] == str(tmp_path / "multirun")
         for key in STATS:
             assert len(client.get_metric_history(r.info.run_id, key)) == 6, key
     # rerunning the same sweep skips what is FINISHED
-    proc = run_cli("run.py", "-m", "fitness=120,021", "seed=0,1", *TINY, f"parent.cache_dir={parent_cache}",
+    proc = run_cli("run.py", "-m", "fitness=glob(12*)", "seed=0,1", *TINY, f"parent.cache_dir={parent_cache}",
                    f"tracking.uri={store}", f"hydra.sweep.dir={tmp_path / 'multirun2'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(runs_of(store)[1]) == 4
