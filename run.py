@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ecomp.callbacks import record_failure
 from ecomp.cli import check_overrides, fail
 from ecomp.config import ConfigError, register_configs
 from ecomp.data import DataError
@@ -26,7 +27,16 @@ def main(cfg: DictConfig) -> float:
     try:
         result = run_experiment(cfg, scenario=hc.runtime.choices.get("fitness"), sweep=sweep)
     except (ConfigError, DataError, TrackingError) as exc:
-        fail(str(exc))
+        if sweep is None:
+            fail(str(exc))
+        record_failure(sweep, hc.job.override_dirname, exc)
+        return float("nan")
+    except Exception as exc:  # noqa: BLE001 - in a sweep, one job's crash must not end the others
+        if sweep is None:
+            raise
+        log.exception("job %s failed", hc.job.override_dirname)
+        record_failure(sweep, hc.job.override_dirname, exc)
+        return float("nan")
     return result.metrics.get("best_test_accuracy", float("nan"))
 
 

@@ -12,7 +12,9 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -23,6 +25,18 @@ log = logging.getLogger(__name__)
 # Config groups whose values shape what is prepared before the jobs start:
 # the store (tracking.*), the unpacked data (data.*) and the parent network (parent.*).
 SETUP_GROUPS = ("tracking", "data", "parent")
+
+
+FAILURES_FILE = "failed_jobs.txt"
+
+
+def record_failure(sweep_dir: str, job: str, exc: BaseException) -> None:
+    """Append one line for a failed job to ``<sweep dir>/failed_jobs.txt`` (read at the sweep's end)."""
+    path = Path(sweep_dir) / FAILURES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    message = f"{job or '(no overrides)'}: {type(exc).__name__}: {exc}".replace("\n", " ")
+    with open(path, "a") as f:   # one short append per line: safe across parallel jobs
+        f.write(message[:2000] + "\n")
 
 
 def available_cores() -> int:
@@ -193,3 +207,14 @@ class SweepSetup(Callback):
 
             torch.set_num_threads(n)
             log.info("torch threads for this job: %d (pid %d)", n, os.getpid())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Report the jobs that failed (their MLflow runs are FAILED; the others are kept) and exit 1."""
+        path = Path(config.hydra.sweep.dir) / FAILURES_FILE
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        print(f"error: {len(lines)} job(s) of the sweep failed (the others finished; see {path}):", file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1)

@@ -63,3 +63,20 @@ def test_similarity_layer_subset_and_three_hidden_layers():
     parts = [Evaluator(parent, batches, 10.0, layers=[l]).evaluate(pop, 0).similarity for l in range(3)]
     assert torch.allclose(full, sum(parts), rtol=1e-5)
     assert float(full[0]) < 1e-3     # the first individual keeps every neuron: identical to the parent
+
+
+def test_degenerate_networks_and_huge_weights_stay_finite():
+    """Width-1 children, dead ReLUs (all-zero activations) and fitness weights of 1000."""
+    parent, batches = problem(widths=(30, 16, 16, 5))
+    w0, b0 = parent[0]
+    parent[0] = (w0, b0 - 100.0)            # every first-layer unit dead on every input
+    pop = l1_population(parent, 6, 1.0, 1 / 16)
+    assert pop.widths[-1] == (1, 1)
+    ev = Evaluator(parent, batches, 10.0)
+    for k in range(len(batches)):
+        parts = ev.evaluate(pop, k)
+        fit = parts.fitness(Weights(1000.0, 1000.0, 1000.0))
+        assert torch.isfinite(parts.similarity).all() and torch.isfinite(fit).all()
+    ecomp = EComp(ev, Weights(1000.0, 1000.0, 1000.0), MutationSpec(0.5, 0.9, 1.1), torch.Generator().manual_seed(0))
+    records = list(ecomp.run(pop, epochs=1))
+    assert all(all(v == v and abs(v) != float("inf") for v in r.metrics.values()) for r in records)

@@ -118,3 +118,16 @@ def test_cli_single_run_from_another_directory(parent_cache, store, tmp_path):
     runs = runs_of(store)[1]
     assert [(r.info.run_name, r.info.status) for r in runs] == [("121-seed1", "FINISHED")]
     assert torch.isfinite(torch.tensor(runs[0].data.metrics["best_test_accuracy"]))
+
+
+def test_multirun_keeps_other_jobs_when_one_fails(parent_cache, store, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU, where the device=cuda job fails")
+    sweep = tmp_path / "multirun"
+    proc = run_cli("run.py", "-m", "device=cpu,cuda", *TINY, f"parent.cache_dir={parent_cache}",
+                   f"tracking.uri={store}", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1
+    assert "1 job(s) of the sweep failed" in proc.stderr and "device=cuda" in proc.stderr
+    runs = runs_of(store)[1]
+    assert [(r.data.tags["scenario"], r.info.status) for r in runs] == [("121", "FINISHED")]
+    assert (sweep / "failed_jobs.txt").read_text().count("\n") == 1
