@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ecomp.callbacks import record_failure
-from ecomp.cli import check_overrides, fail
+from ecomp.cli import check_composition, check_overrides, fail
 from ecomp.config import ConfigError, register_configs
 from ecomp.data import DataError
 from ecomp.tracking import TrackingError
@@ -42,4 +42,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv[1:] = check_overrides(sys.argv[1:])
+    check_composition(sys.argv[1:])
     main()

@@ -62,3 +62,35 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
         if not ov.is_sweep_override() or ov.is_discrete_sweep() or isinstance(value, Glob):
             out[pos] = f"{arg.split('=', 1)[0]}=" + ",".join(f"'{v}'" for v in values)
     return out
+
+
+def check_composition(argv: list[str], conf_dir: Path = CONF_DIR, config_name: str = "config") -> None:
+    """Compose once before Hydra does, so a typo or a wrong type fails in one line.
+
+    Hydra's own report of the same error spans six lines. Only plain
+    overrides are checked (sweeps are composed job by job by Hydra itself).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import register_configs
+
+    register_configs()
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("-") and a not in ("-m",) for a in argv):
+        return
+    try:
+        with initialize_config_dir(str(conf_dir), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        text = str(exc)
+        cause = exc.__cause__
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if cause is not None:
+            lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+        reason = next((ln for ln in lines if not ln.startswith(("full_key", "reference_type", "object_type",
+                                                                "To append", "Could not override",
+                                                                "Error merging"))), lines[0] if lines else text)
+        fail(f"invalid config: {key + ': ' if key else ''}{reason}")
