@@ -137,10 +137,6 @@ class RunTracker:
         ts = int(time.time() * 1000)
         self.buffer.extend(Metric(k, float(v), ts, 0) for k, v in metrics.items())
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
-
     def flush(self) -> None:
         t = time.perf_counter()
         while self.buffer:
