@@ -20,6 +20,7 @@ from .fitness import Evaluator, ReferenceEvaluator, Weights
 from .initialiser import l1_population
 from .network import Architecture, accuracy, save_network
 from .parent import TrainSpec, cached_parent
+from .runtime import keep_freed_memory
 from .timing import NullTimer, PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     """Validate, build, evolve, pick, track. The single entry point behind ``run.py``."""
     validate(cfg)
     _set_threads(cfg)
+    keep_freed_memory()
     scenario = scenario or scenario_name(cfg)
     timer = timer or NullTimer()
     chash = config_hash(cfg)

@@ -60,14 +60,33 @@ class Population:
         )
 
 
+FIRST_LAYER_CHUNK = 512   # rows of the packed first layer per GEMM call (see first_layer)
+
+
+def first_layer(pop: Population, x: Tensor, chunk: int = FIRST_LAYER_CHUNK) -> Tensor:
+    """``(sum of widths, batch)``: every individual's first-layer pre-activations, transposed.
+
+    One ``(14k, 784) x (784, 100)`` product would be a single call, but BLAS then packs
+    the whole 44 MB weight matrix and runs at about half its speed on the small side
+    of 100; blocks of a few hundred rows stay in cache (benchmarks/bench_kernels.py
+    measures both).
+    """
+    xt = x.T.contiguous()                                      # (input, batch)
+    z = x.new_empty(pop.first_w.shape[0], x.shape[0])
+    for s in range(0, z.shape[0], chunk):
+        e = min(s + chunk, z.shape[0])
+        torch.addmm(pop.first_b[s:e, None], pop.first_w[s:e], xt, out=z[s:e])
+    return z
+
+
 @torch.no_grad()
 def forward(pop: Population, x: Tensor) -> tuple[Tensor, list[list[Tensor]]]:
     """Logits ``(pop, batch, classes)`` and post-ReLU hidden activations.
 
     ``hidden[l][i]`` is individual ``i``'s layer-``l`` activation ``(batch, width)``;
-    layer-0 activations are column views of one ``(batch, sum of widths)`` matrix.
+    layer-0 activations are transposed row blocks of one ``(sum of widths, batch)`` matrix.
     """
-    z0 = torch.addmm(pop.first_b, x, pop.first_w.T).relu_()  # (batch, sum_h)
+    z0 = first_layer(pop, x).relu_().T                         # (batch, sum_h), a view
     n_hidden = len(pop.widths[0])
     classes = pop.rest[0][-1][0].shape[0]
     logits = x.new_empty(pop.size, x.shape[0], classes)
