@@ -65,10 +65,18 @@ class Evaluator:
         self.parent_units = float(sum(w.shape[0] for w, _ in parent[:-1]))
         self._parent: dict[int, tuple[Tensor, Tensor]] = {}
 
-    def _parent_batch(self, k: int) -> tuple[Tensor, Tensor]:
+    def _parent_batch(self, k: int, group: int = 10) -> tuple[Tensor, Tensor | None]:
+        """Parent joint P ``(L, N, N)`` and ``beta * mean distance`` ``(L * N,)`` on batch ``k``;
+        computed for ``group`` batches at a time (one forward, one perplexity search)."""
         if k not in self._parent:
-            acts = _hidden_acts(self.parent, self.batches[k][0])
-            self._parent[k] = self._joint([acts[l] for l in self.layers])
+            ks = [j for j in range(k, min(k + group, len(self.batches))) if j not in self._parent]
+            n = self.batches[k][0].shape[0]
+            acts = _hidden_acts(self.parent, torch.cat([self.batches[j][0] for j in ks]))
+            joint, beta_mean = self._joint([acts[l][g * n:(g + 1) * n] for g in range(len(ks)) for l in self.layers])
+            n_layers = len(self.layers)
+            for g, j in enumerate(ks):
+                bm = None if beta_mean is None else beta_mean.view(len(ks), -1)[g]
+                self._parent[j] = (joint[g * n_layers:(g + 1) * n_layers], bm)
         return self._parent[k]
 
     def parent_p(self, k: int) -> Tensor:
@@ -103,18 +111,21 @@ class Evaluator:
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
             logits, hidden = forward(pop, x)                   # (pop, sum of batch sizes, C)
-        out, start = [], 0
-        for k in ks:
+        n, n_layers = self.batches[ks[0]][0].shape[0], len(self.layers)
+        with self.timer.phase("similarity"):
+            # one batched Gram product per network and layer for all the batches
+            stacks = [a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]]
+            d = shifted_distances(stacks).view(len(ks), -1, n - 1)          # (G, L * pop * N, N - 1)
+        out = []
+        for g, k in enumerate(ks):
             p, parent_bm = self._parent_batch(k)               # (L, N, N), (L * N,): cached per batch
             y = self.batches[k][1]
-            rows = slice(start, start + y.shape[0])
-            start += y.shape[0]
             with self.timer.phase("forward"):
-                acc = (logits[:, rows].argmax(2) == y).float().mean(1)      # (pop,)
+                acc = (logits[:, g * n:(g + 1) * n].argmax(2) == y).float().mean(1)    # (pop,)
             with self.timer.phase("similarity"):
-                acts = [a[rows] for l in self.layers for a in hidden[l]]    # layer-major
-                guess = parent_bm.view(len(self.layers), 1, -1).expand(-1, pop.size, -1).reshape(-1)
-                sim = kl_from_conditionals(p, self._conditionals(acts, guess)[0]).sum(0)   # (pop,)
+                guess = parent_bm.view(n_layers, 1, -1).expand(-1, pop.size, -1).reshape(-1)
+                cond, _ = calibrate(d[g], self.perplexity, self.tol, beta_mean=guess)
+                sim = kl_from_conditionals(p, cond.view(-1, n, n - 1)).sum(0)     # (pop,)
             out.append(Parts(acc.cpu(), sim.cpu(), self.compression(pop)))
         return out
 

@@ -45,9 +45,13 @@ def squared_distances(points: list[Tensor], out: Tensor | None = None) -> Tensor
 
 
 def off_diagonal(a: Tensor) -> Tensor:
-    """``(M, N, N) -> (M, N, N - 1)``: each row without its diagonal entry (a copy)."""
-    m, n, _ = a.shape
-    return a.reshape(m, n * n)[:, 1:].reshape(m, n - 1, n + 1)[:, :, :n].reshape(m, n, n - 1)
+    """``(..., N, N) -> (prod(...), N, N - 1)``: each row without its diagonal entry (a copy).
+
+    Only each ``(N, N)`` matrix needs to be contiguous (a transposed stack is fine).
+    """
+    n = a.shape[-1]
+    flat = a.flatten(-2)[..., 1:].unflatten(-1, (n - 1, n + 1))[..., :n]     # views
+    return flat.reshape(-1, n, n - 1)
 
 
 def with_diagonal(offdiag: Tensor, fill: float = 0.0) -> Tensor:
@@ -122,21 +126,25 @@ def similarity_reference(parent_acts: list[Tensor], child_acts: list[Tensor], pe
 
 # --------------------------------------------------------------------------- fast path
 def shifted_distances(points: list[Tensor]) -> Tensor:
-    """``(M * N, N - 1)``: each point's squared distances to the other points of its set,
-    shifted so that each row's minimum is 0 (``M`` sets of ``N`` points, any widths).
+    """Each point's squared distances to the other points of its set, shifted so that each
+    row's minimum is 0: ``M`` point sets of ``(N, width)`` -> ``(M * N, N - 1)``, or ``M``
+    stacks of ``G`` sets ``(G, N, width)`` -> ``(G * M * N, N - 1)`` ordered by ``g`` first
+    (set ``m`` of stack ``g`` is matrix ``g * M + m``). Widths may differ between entries.
 
     ``d_ij - min_j d_ij`` does not depend on ``|x_i|^2``, so it is computed as
     ``t_ij - min_j t_ij`` with ``t_ij = |x_j|^2 - 2 <x_i, x_j>``: one Gram product per
-    set and three passes (``t``, the off-diagonal copy, the shift). The shift leaves
-    the conditional probabilities and entropies unchanged and keeps ``Z >= 1``.
+    entry (a batched one for a stack) and three passes (``t``, the off-diagonal copy,
+    the shift). The shift leaves the conditional probabilities and entropies unchanged
+    and keeps ``Z >= 1``.
     """
-    n = points[0].shape[0]
-    g = points[0].new_empty(len(points), n, n)
-    for m, a in enumerate(points):
-        torch.mm(a, a.T, out=g[m])                             # Gram (N, N)
-    sq = g.diagonal(dim1=1, dim2=2).clone()                    # (M, N) squared norms
-    torch.add(sq.unsqueeze(1), g, alpha=-2.0, out=g)           # t_ij = |x_j|^2 - 2 <x_i, x_j>
-    d = off_diagonal(g).view(len(points) * n, n - 1)
+    stacks = [a if a.dim() == 3 else a.unsqueeze(0) for a in points]
+    n_stack, n = stacks[0].shape[0], stacks[0].shape[1]
+    g = stacks[0].new_empty(len(stacks), n_stack, n, n)
+    for m, a in enumerate(stacks):
+        torch.bmm(a, a.transpose(1, 2), out=g[m])              # Gram (G, N, N)
+    sq = g.diagonal(dim1=2, dim2=3).clone()                    # (M, G, N) squared norms
+    torch.add(sq.unsqueeze(2), g, alpha=-2.0, out=g)           # t_ij = |x_j|^2 - 2 <x_i, x_j>
+    d = off_diagonal(g.transpose(0, 1)).view(-1, n - 1)        # (G * M * N, N - 1)
     return d.sub_(d.min(1, keepdim=True).values)
 
 

@@ -80,3 +80,15 @@ def test_degenerate_networks_and_huge_weights_stay_finite():
     ecomp = EComp(ev, Weights(1000.0, 1000.0, 1000.0), MutationSpec(0.5, 0.9, 1.1), torch.Generator().manual_seed(0))
     records = list(ecomp.run(pop, epochs=1))
     assert all(all(v == v and abs(v) != float("inf") for v in r.metrics.values()) for r in records)
+
+
+def test_evaluate_many_equals_one_batch_at_a_time():
+    """The final pick forwards several batches at once; the per-batch numbers must not change."""
+    parent, batches = problem(n_batches=4)
+    pop = l1_population(parent, 8, 0.9, 0.3)
+    ev = Evaluator(parent, batches, 10.0)
+    many = ev.evaluate_many(pop, [0, 1, 2, 3])
+    for k, parts in enumerate(many):
+        one = Evaluator(parent, batches, 10.0).evaluate(pop, k)
+        assert torch.equal(parts.accuracy, one.accuracy)
+        assert torch.allclose(parts.similarity, one.similarity, rtol=1e-4, atol=1e-6)

@@ -8,8 +8,8 @@ import torch
 from scipy.spatial.distance import squareform
 from sklearn.manifold._t_sne import _joint_probabilities
 
-from ecomp.similarity import (MACHINE_EPSILON, joint_probabilities, joint_probabilities_reference,
-                              kl_divergence, off_diagonal, squared_distances, with_diagonal)
+from ecomp.similarity import (MACHINE_EPSILON, calibrate, joint_probabilities, joint_probabilities_reference,
+                              kl_divergence, off_diagonal, shifted_distances, squared_distances, with_diagonal)
 
 
 def sklearn_p(points: torch.Tensor, perplexity: float) -> np.ndarray:
@@ -81,3 +81,25 @@ def test_degenerate_activations_stay_finite(case):
     parent = embeddings(64, 1)
     kl = kl_divergence(torch.from_numpy(sklearn_p(parent, 30.0)), p.double())
     assert torch.isfinite(kl)
+
+
+def test_shifted_distances_of_stacks_equal_set_by_set():
+    """Stacked (G, N, width) inputs give the same rows as one set at a time, g-major."""
+    sets = [[embeddings(w, 10 * g + w) for g in range(3)] for w in (4, 33)]           # M = 2, G = 3
+    stacked = shifted_distances([torch.stack(s) for s in sets])
+    one_by_one = torch.cat([shifted_distances([sets[m][g]]) for g in range(3) for m in range(2)])
+    assert torch.allclose(stacked, one_by_one, rtol=1e-5, atol=1e-4)
+    d = squared_distances([sets[1][2].double()])[0]
+    off = off_diagonal(d[None])[0]
+    assert torch.allclose(one_by_one[500:600].double(), off - off.min(1, keepdim=True).values, rtol=1e-4, atol=1e-2)
+
+
+def test_calibrate_from_a_guess_gives_the_same_probabilities():
+    xs = [embeddings(w, w) for w in (5, 60, 200)]
+    d = shifted_distances(xs)
+    plain, beta = calibrate(d, 30.0)
+    guess = beta * d.mean(1).double() * 1.3                    # a 30 % wrong guess
+    guessed, _ = calibrate(d, 30.0, beta_mean=guess)
+    assert torch.allclose(plain, guessed, rtol=1e-3, atol=1e-7)
+    bad = torch.full_like(guess, float("nan"))                  # unusable guesses fall back
+    assert torch.allclose(plain, calibrate(d, 30.0, beta_mean=bad)[0])
