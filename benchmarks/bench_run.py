@@ -2,7 +2,7 @@
 
     python benchmarks/bench_run.py              # full run (100 generations + final pick), 3 repeats
     python benchmarks/bench_run.py --short      # 20 generations, for quick iterations
-    python benchmarks/bench_run.py --device cuda
+    python benchmarks/bench_run.py --device cuda  # only the GPU (default: the CPU, then the GPU if there is one)
 
 Reports medians over repeats: seconds per run; per-evaluation seconds of the
 forward passes, similarity, operators and tracking; the ratio of everything
@@ -85,26 +85,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="20 generations instead of 100")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when available)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the reference-path baseline")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
 
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        bench_device(args, device)
+
+
+def bench_device(args, device: str) -> None:
     register_configs()
     tmp = tempfile.mkdtemp(prefix="ecomp-bench-")
-    ov = ["progress=false", f"device={args.device}", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+    ov = ["progress=false", f"device={device}", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
           "tracking.skip_finished=false"]
     if args.short:
         ov.append("data.train_size=2000")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(ov + args.overrides))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    print(f"\n== {device}: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
     run_experiment(cfg)  # warm-up: parent cache, data, MLflow store, allocator
     runs, phases = [], []
     widths = []
     for r in range(args.repeats):
-        timer = PhaseTimer(args.device)
+        timer = PhaseTimer(device)
         t = time.perf_counter()
         res = run_experiment(cfg, timer=timer)
         runs.append(time.perf_counter() - t)
@@ -123,10 +130,10 @@ def main() -> None:
     print("per evaluation (ms):  " + "  ".join(f"{k} {1e3 * v / evaluations:.1f}" for k, v in med.items()))
     print(f"rest / forward: {rest / med['forward']:.2f}  (rest = whole run - forward = {rest:.2f} s; "
           f"similarity {med['similarity']:.2f} s, operators {med['operators']:.2f} s, tracking {med['tracking']:.2f} s)")
-    print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(args.device):.1f} GFLOP/s")
+    print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(device):.1f} GFLOP/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory (max RSS of this process): {peak:.2f} GiB")
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB")
     if not args.no_baseline:
         ref = reference_seconds_per_generation(cfg)

@@ -1,0 +1,140 @@
+"""Time each optimised kernel against the plainer way of doing the same thing, in one process.
+
+    python benchmarks/bench_kernels.py             # paper-default shapes, real parent and data
+    python benchmarks/bench_kernels.py --reps 50
+
+Every line is ``name: plain -> optimised (median ms over reps), ratio``, measured on
+the initial L1 population of the cached paper parent (``python -m ecomp.prepare``
+makes it) and one batch of 100 FashionMNIST images. The optimised versions are the
+ones the evaluator uses; the plain ones are what they replaced. Results of each pair
+are checked to agree before anything is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from ecomp import similarity as S  # noqa: E402
+from ecomp.cli import CONF_DIR  # noqa: E402
+from ecomp.config import register_configs  # noqa: E402
+from ecomp.fitness import Evaluator  # noqa: E402
+from ecomp.initialiser import l1_population  # noqa: E402
+from ecomp.pipeline import prepare_parent  # noqa: E402
+from ecomp.population import first_layer, forward  # noqa: E402
+from ecomp.runtime import keep_freed_memory  # noqa: E402
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    keep_freed_memory()
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config")
+    train, parent = prepare_parent(cfg)
+    g = torch.Generator().manual_seed(0)
+    x, y = train.x[:1000], train.y[:1000]
+    batches = [(x[s:s + 100], y[s:s + 100]) for s in range(0, 1000, 100)]
+    pop = l1_population(parent, cfg.population.size, cfg.population.keep_ratio.high, cfg.population.keep_ratio.low)
+    perplexity = float(cfg.similarity.perplexity)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; population {pop.size}, "
+          f"{pop.first_w.shape[0]} first-layer rows; median of {args.reps} reps\n")
+
+    def report(name, plain, fast, check):
+        check()
+        a, b = median_ms(plain, args.reps), median_ms(fast, args.reps)
+        print(f"{name:66s} {a:8.2f} -> {b:7.2f} ms   {a / b:5.2f}x")
+
+    xb = batches[0][0]
+
+    def same_first_layer():
+        one = torch.addmm(pop.first_b, xb, pop.first_w.T)
+        assert torch.allclose(one.T, first_layer(pop, xb), rtol=1e-4, atol=1e-4)
+    report("first layer: one (100 x 784)(784 x 14k) GEMM -> 512-row blocks",
+           lambda: torch.addmm(pop.first_b, xb, pop.first_w.T), lambda: first_layer(pop, xb), same_first_layer)
+
+    def fwd_each():
+        for k in range(10):
+            forward(pop, batches[k][0])
+    def same_forward():
+        assert torch.allclose(forward(pop, x)[0][:, 300:400], forward(pop, batches[3][0])[0], rtol=1e-4, atol=1e-4)
+    report("forward of 10 batches: one at a time -> 1,000 images at once", fwd_each, lambda: forward(pop, x),
+           same_forward)
+
+    perm = torch.randperm(pop.size, generator=g).tolist()          # parents in a shuffled order
+    rows = torch.cat([torch.arange(pop.offsets[i], pop.offsets[i + 1]) for i in perm])
+    buf = torch.empty_like(pop.first_w)
+
+    def slabs():
+        o = 0
+        for i in perm:
+            a, b = pop.offsets[i], pop.offsets[i + 1]
+            buf[o:o + b - a].copy_(pop.first_w[a:b])
+            o += b - a
+    def same_gather():
+        slabs()
+        assert torch.equal(buf, pop.first_w[rows])
+    report("recombination: copy parents' first layers slab by slab -> one index_select", slabs,
+           lambda: torch.index_select(pop.first_w, 0, rows, out=buf), same_gather)
+
+    _, hidden = forward(pop, xb)
+    acts = [a for layer in hidden for a in layer]
+
+    def distances_plain():
+        full = S.squared_distances(acts)
+        d = S.off_diagonal(full).reshape(-1, full.shape[1] - 1)
+        return d.sub_(d.min(1, keepdim=True).values)
+
+    def same_distances():
+        assert torch.allclose(distances_plain(), S.shifted_distances(acts), rtol=1e-3, atol=1e-2)
+    report("distances: full matrix, clamp, off-diagonal, shift -> shifted", distances_plain,
+           lambda: S.shifted_distances(acts), same_distances)
+
+    ev = Evaluator(parent, batches, perplexity)
+    d = S.shifted_distances(acts)
+    guess = ev._parent_batch(0)[1].view(len(hidden), 1, -1).expand(-1, pop.size, -1).reshape(-1)
+
+    def same_calibration():
+        a, b = S.calibrate(d, perplexity)[0], S.calibrate(d, perplexity, beta_mean=guess)[0]
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-7)
+    report(f"perplexity search, {d.shape[0]} rows: second-order start -> parent's beta",
+           lambda: S.calibrate(d, perplexity), lambda: S.calibrate(d, perplexity, beta_mean=guess), same_calibration)
+
+    ref_rows = 200                                   # the float64 scikit-learn-exact search, two matrices
+
+    def reference():
+        for m in range(2):
+            S.conditional_probabilities_reference(S.squared_distances([acts[m].double()])[0].numpy(), perplexity)
+    ref_ms = median_ms(reference, max(3, args.reps // 10)) * d.shape[0] / ref_rows
+    fast_ms = median_ms(lambda: S.calibrate(d, perplexity, beta_mean=guess), args.reps)
+    name = "perplexity search: reference (float64, per matrix) -> fast"
+    print(f"{name:66s} {ref_ms:8.2f} -> {fast_ms:7.2f} ms"
+          f"   {ref_ms / fast_ms:5.2f}x   (reference timed on 2 matrices, scaled to {d.shape[0] // 100})")
+    print(f"\nlog(perplexity) = {math.log(perplexity):.3f}; one generation has {d.shape[0]} rows to calibrate")
+
+
+if __name__ == "__main__":
+    main()
