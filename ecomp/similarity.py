@@ -161,14 +161,16 @@ def calibrate(d: Tensor, perplexity: float, tol: float = 1e-5, max_iter: int = 6
 
     Overwrites nothing in ``d``. Safeguarded Halley iteration on ``beta``: ``H(beta) = log Z +
     beta E[d]``, ``dH/dbeta = -beta Var[d]``. Each row keeps a bracket (``H`` decreases
-    in ``beta``); a Newton step that leaves it bisects instead. Exponents are clamped
+    in ``beta``); a step that leaves it bisects instead. Exponents are clamped
     at ``-80`` (``e^-80`` is far below the ``eps`` floor of ``P``, and denormal results
     make ``exp`` six times slower). Rows whose distances are all equal (dead ReLUs, a
     width-1 layer with identical values) have a uniform conditional for every ``beta``.
 
     The step is Halley's (cubic convergence; it needs ``E[d^3]``, one cheap pass more):
-    on a paper-default generation, 3 evaluations on all rows and a 4th on about 60 % of
-    them, where Newton took 4 full ones and a tail of 6. One iteration is nine passes over the active rows:
+    on the first generation of a paper-default run, 3 evaluations on all rows and a 4th on
+    about 60 % of them from the second-order start (Newton took 4 full ones and a tail of
+    6), and 2 on all rows and a 3rd on about half from the parent's guess (measured with
+    ``stats``). One iteration is nine passes over the active rows:
     ``-beta d``, clamp, ``exp``, and four row sums (``Z`` and ``sum e d^j``, j = 1..3). A
     converged row keeps its ``beta``, so its exponentials are already final: they are
     kept (no extra ``exp`` pass at the end). While more than 80 % of the rows are active,
