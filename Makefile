@@ -43,6 +43,7 @@ test-fast: setup data
 
 bench: parent
 	$(BIN)/python benchmarks/bench_run.py
+	$(BIN)/python benchmarks/bench_kernels.py
 
 grid: parent
 	$(BIN)/python run.py -m 'fitness=glob(*)' 'seed=range(10)'
