@@ -100,7 +100,7 @@ def main() -> None:
     report("recombination: copy parents' first layers slab by slab -> one index_select", slabs,
            lambda: torch.index_select(pop.first_w, 0, rows, out=buf), same_gather)
 
-    _, hidden = forward(pop, xb)
+    _, hidden, _ = forward(pop, xb)
     acts = [a for layer in hidden for a in layer]
 
     def distances_plain():

@@ -22,7 +22,8 @@ from torch import Tensor
 from .network import Layers, model_from_layers
 from .population import Population, forward
 from .similarity import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
-                         shifted_distances, squared_distances, symmetrise, with_diagonal)
+                         shifted_distances, shifted_distances_stacked, squared_distances, symmetrise,
+                         with_diagonal)
 from .timing import NullTimer, PhaseTimer
 
 
@@ -110,12 +111,14 @@ class Evaluator:
         """
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
-            logits, hidden = forward(pop, x)                   # (pop, sum of batch sizes, C)
+            logits, hidden, stacked = forward(pop, x)          # (pop, sum of batch sizes, C)
         n, n_layers = self.batches[ks[0]][0].shape[0], len(self.layers)
         with self.timer.phase("similarity"):
-            # one batched Gram product per network and layer for all the batches
-            stacks = [a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]]
-            d = shifted_distances(stacks).view(len(ks), -1, n - 1)          # (G, L * pop * N, N - 1)
+            if stacked is not None:                            # one architecture: Grams batched over networks
+                d = shifted_distances_stacked([stacked[l] for l in self.layers], n)
+            else:                                              # one batched Gram per network over the batches
+                d = shifted_distances([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
+            d = d.view(len(ks), -1, n - 1)                     # (G, L * pop * N, N - 1)
         out = []
         for g, k in enumerate(ks):
             p, parent_bm = self._parent_batch(k)               # (L, N, N), (L * N,): cached per batch

@@ -142,9 +142,39 @@ def shifted_distances(points: list[Tensor]) -> Tensor:
     g = stacks[0].new_empty(len(stacks), n_stack, n, n)
     for m, a in enumerate(stacks):
         torch.bmm(a, a.transpose(1, 2), out=g[m])              # Gram (G, N, N)
-    sq = g.diagonal(dim1=2, dim2=3).clone()                    # (M, G, N) squared norms
-    torch.add(sq.unsqueeze(2), g, alpha=-2.0, out=g)           # t_ij = |x_j|^2 - 2 <x_i, x_j>
-    d = off_diagonal(g.transpose(0, 1)).view(-1, n - 1)        # (G * M * N, N - 1)
+    return _shift_rows(_gram_to_t(g).transpose(0, 1))          # (G * M * N, N - 1)
+
+
+def shifted_distances_stacked(stacked: list[Tensor], n: int) -> Tensor:
+    """:func:`shifted_distances` for a population whose networks all have the same widths.
+
+    ``stacked[l]`` is layer ``l`` of all ``C`` networks, ``(C, width_l, G * N)`` (the
+    batched forward pass returns it: each network's activations on ``G`` batches of ``N``
+    points, transposed). Returns ``(G * L * C * N, N - 1)`` in the same order as
+    :func:`shifted_distances` given the ``L * C`` sets layer-major: one batched Gram
+    product per layer and batch instead of one per network.
+    """
+    c, _, gn = stacked[0].shape
+    n_stack = gn // n
+    g = stacked[0].new_empty(n_stack, len(stacked), c, n, n)
+    for l, t in enumerate(stacked):
+        v = t.view(c, t.shape[1], n_stack, n)
+        for s in range(n_stack):
+            a = v[:, :, s, :]                                  # (C, width, N)
+            torch.bmm(a.transpose(1, 2), a, out=g[s, l])       # Gram (C, N, N)
+    return _shift_rows(_gram_to_t(g))
+
+
+def _gram_to_t(g: Tensor) -> Tensor:
+    """In place, Gram matrices ``(..., N, N)`` -> ``t_ij = |x_j|^2 - 2 <x_i, x_j>``."""
+    sq = g.diagonal(dim1=-2, dim2=-1).clone()                  # (..., N) squared norms
+    return torch.add(sq.unsqueeze(-2), g, alpha=-2.0, out=g)
+
+
+def _shift_rows(t: Tensor) -> Tensor:
+    """``(..., N, N)`` -> ``(prod(...) * N, N - 1)``: off-diagonal rows minus their minimum."""
+    n = t.shape[-1]
+    d = off_diagonal(t).view(-1, n - 1)
     return d.sub_(d.min(1, keepdim=True).values)
 
 

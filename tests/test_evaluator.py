@@ -8,6 +8,8 @@ from conftest import random_layers
 from ecomp.evolution import EComp, MutationSpec
 from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.initialiser import l1_population
+from ecomp.mutation import mutate_
+from ecomp.population import forward
 
 
 def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 24, 5)):
@@ -92,3 +94,24 @@ def test_evaluate_many_equals_one_batch_at_a_time():
         one = Evaluator(parent, batches, 10.0).evaluate(pop, k)
         assert torch.equal(parts.accuracy, one.accuracy)
         assert torch.allclose(parts.similarity, one.similarity, rtol=1e-4, atol=1e-6)
+
+
+def test_one_architecture_population_uses_the_batched_path_and_matches_the_oracle():
+    """Once every network has the same widths, forward and Gram products run batched over
+    the population; the numbers must stay those of the loop and of the reference path."""
+    parent, batches = problem(widths=(30, 16, 16, 16, 5))
+    pop = l1_population(parent, 6, 0.75, 0.75)                 # six 12-12-12 networks
+    mutate_(pop, 1.0, 0.5, 1.5, torch.Generator().manual_seed(3))   # make them differ
+    x = batches[0][0]
+    logits_b, hidden_b, stacked = forward(pop, x)
+    logits_l, hidden_l, none = forward(pop, x, batched=False)
+    assert stacked is not None and none is None
+    assert torch.allclose(logits_b, logits_l, rtol=1e-5, atol=1e-5)
+    for lb, ll in zip(hidden_b, hidden_l):
+        for a, b in zip(lb, ll):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    fast = Evaluator(parent, batches, 10.0).evaluate_many(pop, [0, 1, 2])
+    for k, parts in enumerate(fast):
+        ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, k)
+        assert torch.equal(parts.accuracy, ref.accuracy.float())
+        assert torch.allclose(parts.similarity.double(), ref.similarity.double(), rtol=1e-4, atol=1e-6)

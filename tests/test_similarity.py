@@ -9,7 +9,8 @@ from scipy.spatial.distance import squareform
 from sklearn.manifold._t_sne import _joint_probabilities
 
 from ecomp.similarity import (MACHINE_EPSILON, calibrate, joint_probabilities, joint_probabilities_reference,
-                              kl_divergence, off_diagonal, shifted_distances, squared_distances, with_diagonal)
+                              kl_divergence, off_diagonal, shifted_distances, shifted_distances_stacked,
+                              squared_distances, with_diagonal)
 
 
 def sklearn_p(points: torch.Tensor, perplexity: float) -> np.ndarray:
@@ -103,3 +104,12 @@ def test_calibrate_from_a_guess_gives_the_same_probabilities():
     assert torch.allclose(plain, guessed, rtol=1e-3, atol=1e-7)
     bad = torch.full_like(guess, float("nan"))                  # unusable guesses fall back
     assert torch.allclose(plain, calibrate(d, 30.0, beta_mean=bad)[0])
+
+
+def test_stacked_distances_equal_set_by_set():
+    """One architecture: (C, width, G * N) stacks give the rows of C * G separate sets, g-major."""
+    c, width, g_n, n = 3, 9, 2, 100
+    layers = [torch.relu(torch.randn(c, width, g_n * n, generator=torch.Generator().manual_seed(l))) for l in range(2)]
+    stacked = shifted_distances_stacked(layers, n)
+    sets = [layers[l][i, :, s * n:(s + 1) * n].T for s in range(g_n) for l in range(2) for i in range(c)]
+    assert torch.allclose(stacked, shifted_distances(sets), rtol=1e-5, atol=1e-4)
