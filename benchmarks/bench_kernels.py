@@ -3,7 +3,8 @@
     python benchmarks/bench_kernels.py             # paper-default shapes, real parent and data
     python benchmarks/bench_kernels.py --reps 50
 
-Every line is ``name: plain -> optimised (median ms over reps), ratio``, measured on
+Every line is ``name: plain -> optimised (median ms over reps, the two timed
+alternately), ratio``, measured on
 the initial L1 population of the cached paper parent (``python -m ecomp.prepare``
 makes it) and one batch of 100 FashionMNIST images. The optimised versions are the
 ones the evaluator uses; the plain ones are what they replaced. Results of each pair
@@ -46,6 +47,19 @@ def median_ms(fn, reps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def paired_median_ms(plain, fast, reps: int) -> tuple[float, float]:
+    """Medians of ``plain`` and ``fast`` timed alternately, so that the machine's drift
+    (these VMs change speed from minute to minute) hits both alike."""
+    plain(), fast()
+    a, b = [], []
+    for _ in range(reps):
+        for fn, times in ((plain, a), (fast, b)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(a), 1e3 * statistics.median(b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=30)
@@ -65,7 +79,7 @@ def main() -> None:
 
     def report(name, plain, fast, check):
         check()
-        a, b = median_ms(plain, args.reps), median_ms(fast, args.reps)
+        a, b = paired_median_ms(plain, fast, args.reps)
         print(f"{name:66s} {a:8.2f} -> {b:7.2f} ms   {a / b:5.2f}x")
 
     xb = batches[0][0]
@@ -122,6 +136,21 @@ def main() -> None:
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-7)
     report(f"perplexity search, {d.shape[0]} rows: second-order start -> parent's beta",
            lambda: S.calibrate(d, perplexity), lambda: S.calibrate(d, perplexity, beta_mean=guess), same_calibration)
+
+    uni = l1_population(parent, cfg.population.size, 0.8, 0.8)          # one architecture, as late in a run
+    _, _, stacked = forward(uni, xb)
+    _, uni_hidden, _ = forward(uni, xb, batched=False)
+    uni_acts = [a for layer in uni_hidden for a in layer]
+
+    def same_uniform():
+        assert stacked is not None
+        assert torch.allclose(forward(uni, xb)[0], forward(uni, xb, batched=False)[0], rtol=1e-4, atol=1e-4)
+        assert torch.allclose(S.shifted_distances_stacked(stacked, 100), S.shifted_distances(uni_acts),
+                              rtol=1e-3, atol=1e-2)
+    report("one architecture: forward, a GEMM per network -> batched", lambda: forward(uni, xb, batched=False),
+           lambda: forward(uni, xb), same_uniform)
+    report("one architecture: distances, a Gram per network -> batched", lambda: S.shifted_distances(uni_acts),
+           lambda: S.shifted_distances_stacked(stacked, 100), lambda: None)
 
     ref_rows = 200                                   # the float64 scikit-learn-exact search, two matrices
 
