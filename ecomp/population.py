@@ -61,8 +61,9 @@ class Population:
 
 
 # Above this many images per network, one GEMM per network is already near BLAS speed and the
-# stacked path loses (measured on the converged population of a paper-default run: at 100
-# images, forward 51 vs 63 ms and distances 11 vs 18 ms; at 1,000, forward 390 vs 352 ms).
+# stacked path loses. Measured on 100 networks of one architecture (204-209 wide): at 100 images
+# the batched path took 42.6-52 ms against 43.2-56 ms for the forward pass and 14 against 17 ms
+# for the distances (benchmarks/bench_kernels.py); at 1,000 images, 390 against 352 ms forward.
 BATCHED_MAX_ROWS = 256
 FIRST_LAYER_CHUNK = 512   # rows of the packed first layer per GEMM call (see first_layer)
 
@@ -94,10 +95,10 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
     (every individual with the same widths, typically within a third of a run, and
     usually in the final pick); then, for batches of up to ``BATCHED_MAX_ROWS`` images,
     the later layers run as one batched product per layer instead of one small GEMM
-    per individual, and ``stacked[l]`` is the
-    ``(pop, width, batch)`` tensor the views come from. ``batched``: ``None`` picks the
-    batched path when all widths are equal and the batch is small; ``False`` forces the
-    loop (the oracle for the batched path in the tests).
+    per individual, and ``stacked[l]`` is the ``(pop, width, batch)`` tensor the views
+    come from. ``batched``: ``None`` picks the batched path when all widths are equal
+    and the batch is small; ``False`` forces the loop (the oracle for the batched path
+    in the tests).
     """
     z0t = first_layer(pop, x).relu_()                          # (sum_h, batch)
     classes = pop.rest[0][-1][0].shape[0]
