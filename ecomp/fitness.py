@@ -119,7 +119,7 @@ class Evaluator:
             else:                                              # one batched Gram per network over the batches
                 d = shifted_distances([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
             d = d.view(len(ks), -1, n - 1)                     # (G, L * pop * N, N - 1)
-        out = []
+        compression, out = self.compression(pop), []
         for g, k in enumerate(ks):
             p, parent_bm = self._parent_batch(k)               # (L, N, N), (L * N,): cached per batch
             y = self.batches[k][1]
@@ -129,7 +129,7 @@ class Evaluator:
                 guess = parent_bm.view(n_layers, 1, -1).expand(-1, pop.size, -1).reshape(-1)
                 cond, _ = calibrate(d[g], self.perplexity, self.tol, beta_mean=guess)
                 sim = kl_from_conditionals(p, cond.view(-1, n, n - 1)).sum(0)     # (pop,)
-            out.append(Parts(acc.cpu(), sim.cpu(), self.compression(pop)))
+            out.append(Parts(acc.cpu(), sim.cpu(), compression))
         return out
 
 
