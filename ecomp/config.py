@@ -70,6 +70,7 @@ class SimilarityConf:
     perplexity: float = 30.0
     layers: Optional[list[int]] = None   # hidden layers compared; None: all
     tol: float = 1e-5
+    kernels: str = "auto"                # auto | native | torch (ecomp.native)
 
 
 @dataclass
@@ -186,6 +187,8 @@ def validate(cfg: DictConfig) -> None:
         _fail("parent.lr", cfg.parent.lr, "a number > 0")
     if cfg.evolution.epochs < 1:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
+    if s.kernels not in ("auto", "native", "torch"):
+        _fail("similarity.kernels", s.kernels, "one of auto, native, torch")
     if cfg.evolution.evaluator not in ("fast", "reference"):
         _fail("evolution.evaluator", cfg.evolution.evaluator, "one of fast, reference")
     if cfg.threads is not None and cfg.threads < 1:
@@ -193,6 +196,17 @@ def validate(cfg: DictConfig) -> None:
     if cfg.tracking.flush_every < 1:
         _fail("tracking.flush_every", cfg.tracking.flush_every, "an integer >= 1")
     _check_device(cfg.device)
+
+
+def resolve_kernels(cfg) -> str:
+    """``similarity.kernels`` -> the kernels this run will use (``native`` or ``torch``);
+    :class:`ConfigError` if ``native`` was asked for and cannot be had here."""
+    from . import native
+
+    try:
+        return native.resolve(cfg.similarity.kernels, cfg.device)
+    except (native.NativeUnavailable, ValueError) as exc:
+        _fail("similarity.kernels", cfg.similarity.kernels, f"{str(exc).splitlines()[0]}; use auto or torch")
 
 
 def _check_device(device: str) -> None:

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import native
 from .network import Layers, model_from_layers
 from .population import Population, forward
-from .similarity import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
-                         shifted_distances, shifted_distances_stacked, squared_distances, symmetrise,
+from .similarity import (_gram_to_t, _shift_rows, calibrate, grams, grams_stacked, joint_probabilities_reference,
+                         kl_divergence, kl_from_conditionals, shifted_distances, squared_distances, symmetrise,
                          with_diagonal)
 from .timing import NullTimer, PhaseTimer
 
@@ -53,10 +54,18 @@ def _hidden_acts(layers: Layers, x: Tensor) -> list[Tensor]:
 
 
 class Evaluator:
-    """Fast population evaluation on batch ``k`` of a fixed list of batches."""
+    """Fast population evaluation on batch ``k`` of a fixed list of batches.
+
+    ``kernels`` (``similarity.kernels``): ``native`` runs everything after the Gram
+    products in the fused C kernels of :mod:`ecomp.native`, ``torch`` in the batched
+    PyTorch code of :mod:`ecomp.similarity`, ``auto`` picks native where it builds and
+    the tensors are on the CPU. ``self.kernels`` is the one in use.
+    """
 
     def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], perplexity: float,
-                 layers: list[int] | None = None, tol: float = 1e-5, timer: PhaseTimer | None = None):
+                 layers: list[int] | None = None, tol: float = 1e-5, timer: PhaseTimer | None = None,
+                 kernels: str = "auto"):
+        self.kernels = native.resolve(kernels, parent[0][0].device)
         self.parent = parent
         self.batches = batches
         self.perplexity = perplexity
@@ -93,6 +102,9 @@ class Evaluator:
         return cond.view(len(acts), n, n - 1), beta * d.mean(1).double()
 
     def _joint(self, acts: list[Tensor]) -> tuple[Tensor, Tensor]:
+        if self.kernels == "native":
+            cond, beta_mean = native.conditionals(grams(acts)[:, 0], self.perplexity, self.tol)
+            return native.joint(cond), beta_mean.view(-1)
         cond, beta_mean = self._conditionals(acts)
         return symmetrise(with_diagonal(cond)), beta_mean
 
@@ -112,29 +124,60 @@ class Evaluator:
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
             logits, hidden, stacked = forward(pop, x)          # (pop, sum of batch sizes, C)
-        n, n_layers = self.batches[ks[0]][0].shape[0], len(self.layers)
+        n, n_layers, size = self.batches[ks[0]][0].shape[0], len(self.layers), pop.size
+        parents = [self._parent_batch(k) for k in ks]          # (L, N, N), (L * N,): cached per batch
         with self.timer.phase("similarity"):
             if stacked is not None:                            # one architecture: Grams batched over networks
-                d = shifted_distances_stacked([stacked[l] for l in self.layers], n)
+                g = grams_stacked([stacked[l] for l in self.layers], n)            # (G, L, pop, N, N)
             else:                                              # one batched Gram per network over the batches
-                d = shifted_distances([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
-            d = d.view(len(ks), -1, n - 1)                     # (G, L * pop * N, N - 1)
+                g = grams([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])  # (L*pop, G, N, N)
+            if self.kernels == "native":
+                sims = self._native_similarity(g, stacked is not None, parents, size)              # (G, pop)
+            else:
+                t = _gram_to_t(g)
+                d = _shift_rows(t if stacked is not None else t.transpose(0, 1))
+                d = d.view(len(ks), -1, n - 1)                 # (G, L * pop * N, N - 1)
+        with self.timer.phase("forward"):
+            accs = [(logits[:, g_ * n:(g_ + 1) * n].argmax(2) == self.batches[k][1]).float().mean(1)
+                    for g_, k in enumerate(ks)]                # (pop,) per batch
         compression, out = self.compression(pop), []
-        for g, k in enumerate(ks):
-            p, parent_bm = self._parent_batch(k)               # (L, N, N), (L * N,): cached per batch
-            y = self.batches[k][1]
-            with self.timer.phase("forward"):
-                acc = (logits[:, g * n:(g + 1) * n].argmax(2) == y).float().mean(1)    # (pop,)
-            with self.timer.phase("similarity"):
-                guess = parent_bm.view(n_layers, 1, -1).expand(-1, pop.size, -1).reshape(-1)
-                cond, _ = calibrate(d[g], self.perplexity, self.tol, beta_mean=guess)
-                sim = kl_from_conditionals(p, cond.view(-1, n, n - 1)).sum(0)     # (pop,)
-            out.append(Parts(acc.cpu(), sim.cpu(), compression))
+        for g_, (p, parent_bm) in enumerate(parents):
+            if self.kernels == "native":
+                sim = sims[g_]
+            else:
+                with self.timer.phase("similarity"):
+                    guess = parent_bm.view(n_layers, 1, -1).expand(-1, size, -1).reshape(-1)
+                    cond, _ = calibrate(d[g_], self.perplexity, self.tol, beta_mean=guess)
+                    sim = kl_from_conditionals(p, cond.view(-1, n, n - 1)).sum(0)     # (pop,)
+            out.append(Parts(accs[g_].cpu(), sim.cpu(), compression))
         return out
+
+    def _native_similarity(self, g: Tensor, batched: bool, parents: list[tuple[Tensor, Tensor]],
+                           size: int) -> Tensor:
+        """``(G, pop)`` similarities from the Gram matrices: ``(G, L, pop, N, N)`` if
+        ``batched`` else ``(L * pop, G, N, N)``; set ``m`` of the flattened stack is compared
+        with parent set ``g * L + l``."""
+        n, n_layers, n_stack = g.shape[-1], len(self.layers), len(parents)
+        p = torch.stack([pp for pp, _ in parents]).view(-1, n, n)                 # (G * L, N, N)
+        guess = torch.stack([bm for _, bm in parents]).view(-1, n)                # (G * L, N)
+        gl = torch.arange(n_stack * n_layers, device=g.device)
+        if batched:                                            # m = (g L + l) pop + c
+            parent = gl.repeat_interleave(size)
+        else:                                                  # m = (l pop + c) G + g
+            parent = (torch.arange(n_stack).view(1, 1, -1) * n_layers
+                      + torch.arange(n_layers).view(-1, 1, 1)).expand(-1, size, -1).reshape(-1)
+        kl = native.similarity(g.view(-1, n, n), p, parent, self.perplexity, self.tol, guess=guess)
+        if batched:
+            return kl.view(n_stack, n_layers, size).sum(1).float()
+        return kl.view(n_layers, size, n_stack).sum(0).T.float()
 
 
 class ReferenceEvaluator(Evaluator):
     """One module per individual, float64 scikit-learn-exact probabilities (slow; the oracle)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["kernels"] = "torch"                            # its own float64 code; the kernels are unused
+        super().__init__(*args, **kwargs)
 
     def _joint(self, acts: list[Tensor]) -> tuple[Tensor, None]:
         mats = [joint_probabilities_reference(squared_distances([a.double()])[0].cpu().numpy(),

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as data_mod
-from .config import config_hash, validate
+from .config import config_hash, resolve_kernels, validate
 from .evolution import EComp, MutationSpec
 from .fitness import Evaluator, ReferenceEvaluator, Weights
 from .initialiser import l1_population
@@ -120,6 +120,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
                    timer: PhaseTimer | None = None) -> RunResult:
     """Validate, build, evolve, pick, track. The single entry point behind ``run.py``."""
     validate(cfg)
+    kernels = resolve_kernels(cfg)
     _set_threads(cfg)
     keep_freed_memory()
     scenario = scenario or scenario_name(cfg)
@@ -143,7 +144,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
                 return RunResult(done[0].info.run_id, True, dict(done[0].data.metrics), [])
         root = repo_root()
         tags = {TAG_SCENARIO: scenario, TAG_SEED: str(cfg.seed), TAG_HASH: chash,
-                "git_commit": git_commit(root), "mlflow.source.git.commit": git_commit(root).removesuffix("-dirty")}
+                "git_commit": git_commit(root), "mlflow.source.git.commit": git_commit(root).removesuffix("-dirty"),
+                "kernels": kernels if cfg.evolution.evaluator == "fast" else "reference"}
         if sweep:
             tags[TAG_SWEEP] = sweep
         params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -175,7 +177,7 @@ def _evolve(cfg, train, test, parent, device, scenario, timer, tracker) -> RunRe
     cls = ReferenceEvaluator if cfg.evolution.evaluator == "reference" else Evaluator
     evaluator = cls(parent, batches, cfg.similarity.perplexity,
                     None if cfg.similarity.layers is None else list(cfg.similarity.layers),
-                    cfg.similarity.tol, timer)
+                    cfg.similarity.tol, timer, kernels=cfg.similarity.kernels)
     f, m = cfg.fitness, cfg.operators.mutation
     ecomp = EComp(evaluator, Weights(f.w_acc, f.w_sim, f.w_comp), MutationSpec(m.rate, m.low, m.high), gen, timer)
     n_gen = cfg.evolution.epochs * len(batches) + 1

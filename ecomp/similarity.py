@@ -125,6 +125,35 @@ def similarity_reference(parent_acts: list[Tensor], child_acts: list[Tensor], pe
 
 
 # --------------------------------------------------------------------------- fast path
+def grams(points: list[Tensor]) -> Tensor:
+    """Gram matrices ``(M, G, N, N)`` of ``M`` stacks of ``G`` point sets ``(G, N, width)``
+    (an ``(N, width)`` entry is a stack of one). Widths may differ between entries; one
+    batched product per entry."""
+    stacks = [a if a.dim() == 3 else a.unsqueeze(0) for a in points]
+    n_stack, n = stacks[0].shape[0], stacks[0].shape[1]
+    g = stacks[0].new_empty(len(stacks), n_stack, n, n)
+    for m, a in enumerate(stacks):
+        torch.bmm(a, a.transpose(1, 2), out=g[m])              # Gram (G, N, N)
+    return g
+
+
+def grams_stacked(stacked: list[Tensor], n: int) -> Tensor:
+    """Gram matrices ``(G, L, C, N, N)`` of a population whose ``C`` networks all have the
+    same widths: ``stacked[l]`` is layer ``l`` of all of them, ``(C, width_l, G * N)`` (what
+    the batched forward pass returns: each network's activations on ``G`` batches of ``N``
+    points, transposed). One batched product per layer and batch instead of one per network.
+    """
+    c, _, gn = stacked[0].shape
+    n_stack = gn // n
+    g = stacked[0].new_empty(n_stack, len(stacked), c, n, n)
+    for l, t in enumerate(stacked):
+        v = t.view(c, t.shape[1], n_stack, n)
+        for s in range(n_stack):
+            a = v[:, :, s, :]                                  # (C, width, N)
+            torch.bmm(a.transpose(1, 2), a, out=g[s, l])       # Gram (C, N, N)
+    return g
+
+
 def shifted_distances(points: list[Tensor]) -> Tensor:
     """Each point's squared distances to the other points of its set, shifted so that each
     row's minimum is 0: ``M`` point sets of ``(N, width)`` -> ``(M * N, N - 1)``, or ``M``
@@ -137,32 +166,15 @@ def shifted_distances(points: list[Tensor]) -> Tensor:
     the shift). The shift leaves the conditional probabilities and entropies unchanged
     and keeps ``Z >= 1``.
     """
-    stacks = [a if a.dim() == 3 else a.unsqueeze(0) for a in points]
-    n_stack, n = stacks[0].shape[0], stacks[0].shape[1]
-    g = stacks[0].new_empty(len(stacks), n_stack, n, n)
-    for m, a in enumerate(stacks):
-        torch.bmm(a, a.transpose(1, 2), out=g[m])              # Gram (G, N, N)
-    return _shift_rows(_gram_to_t(g).transpose(0, 1))          # (G * M * N, N - 1)
+    return _shift_rows(_gram_to_t(grams(points)).transpose(0, 1))   # (G * M * N, N - 1)
 
 
 def shifted_distances_stacked(stacked: list[Tensor], n: int) -> Tensor:
-    """:func:`shifted_distances` for a population whose networks all have the same widths.
-
-    ``stacked[l]`` is layer ``l`` of all ``C`` networks, ``(C, width_l, G * N)`` (the
-    batched forward pass returns it: each network's activations on ``G`` batches of ``N``
-    points, transposed). Returns ``(G * L * C * N, N - 1)`` in the same order as
-    :func:`shifted_distances` given the ``L * C`` sets layer-major: one batched Gram
-    product per layer and batch instead of one per network.
+    """:func:`shifted_distances` for a population whose networks all have the same widths
+    (see :func:`grams_stacked`). Returns ``(G * L * C * N, N - 1)`` in the same order as
+    :func:`shifted_distances` given the ``L * C`` sets layer-major.
     """
-    c, _, gn = stacked[0].shape
-    n_stack = gn // n
-    g = stacked[0].new_empty(n_stack, len(stacked), c, n, n)
-    for l, t in enumerate(stacked):
-        v = t.view(c, t.shape[1], n_stack, n)
-        for s in range(n_stack):
-            a = v[:, :, s, :]                                  # (C, width, N)
-            torch.bmm(a.transpose(1, 2), a, out=g[s, l])       # Gram (C, N, N)
-    return _shift_rows(_gram_to_t(g))
+    return _shift_rows(_gram_to_t(grams_stacked(stacked, n)))
 
 
 def _gram_to_t(g: Tensor) -> Tensor:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import random_layers
+from ecomp import native
 from ecomp.evolution import EComp, MutationSpec
 from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.initialiser import l1_population
 from ecomp.mutation import mutate_
 from ecomp.population import forward
+
+
+# Every test of the fast evaluator runs with both similarity kernels (ecomp.native and the
+# PyTorch path): each must give the reference path's numbers.
+KERNELS = pytest.mark.parametrize("kernels", [
+    pytest.param("native", marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), "torch"])
 
 
 def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 24, 5)):
@@ -20,19 +28,20 @@ def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 
     return parent, batches
 
 
-def history(evaluator_cls, seed=0, **kw):
+def history(evaluator_cls, seed=0, kernels="auto", **kw):
     parent, batches = problem(**kw)
-    ev = evaluator_cls(parent, batches, perplexity=10.0)
+    ev = evaluator_cls(parent, batches, perplexity=10.0, kernels=kernels)
     ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.2, 0.9, 1.1), torch.Generator().manual_seed(seed))
     pop = l1_population(parent, 8, 0.9, 0.3)
     hist = [r.metrics for r in ecomp.run(pop, epochs=2)]
     return hist, ecomp.pick_best()[0]
 
 
-def test_fast_parts_equal_reference_parts():
+@KERNELS
+def test_fast_parts_equal_reference_parts(kernels):
     parent, batches = problem()
     pop = l1_population(parent, 8, 0.9, 0.3)
-    fast = Evaluator(parent, batches, 10.0).evaluate(pop, 1)
+    fast = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, 1)
     ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, 1)
     assert torch.equal(fast.accuracy, ref.accuracy.float())
     assert torch.equal(fast.compression, ref.compression)
@@ -40,8 +49,9 @@ def test_fast_parts_equal_reference_parts():
     assert (ref.similarity[:-1] >= 0).all()
 
 
-def test_fast_history_equals_reference_history():
-    fast, best_fast = history(Evaluator)
+@KERNELS
+def test_fast_history_equals_reference_history(kernels):
+    fast, best_fast = history(Evaluator, kernels=kernels)
     ref, best_ref = history(ReferenceEvaluator)
     assert len(fast) == len(ref) == 7       # generation 0 + 2 epochs x 3 batches
     for f, r in zip(fast, ref):
@@ -50,31 +60,34 @@ def test_fast_history_equals_reference_history():
     assert best_fast == best_ref
 
 
-def test_same_seed_same_history_different_seed_differs():
-    a, _ = history(Evaluator, seed=1)
-    b, _ = history(Evaluator, seed=1)
-    c, _ = history(Evaluator, seed=2)
+@KERNELS
+def test_same_seed_same_history_different_seed_differs(kernels):
+    a, _ = history(Evaluator, seed=1, kernels=kernels)
+    b, _ = history(Evaluator, seed=1, kernels=kernels)
+    c, _ = history(Evaluator, seed=2, kernels=kernels)
     assert a == b
     assert a != c
 
 
-def test_similarity_layer_subset_and_three_hidden_layers():
+@KERNELS
+def test_similarity_layer_subset_and_three_hidden_layers(kernels):
     parent, batches = problem(widths=(30, 16, 16, 16, 5))
     pop = l1_population(parent, 6, 1.0, 0.4)
-    full = Evaluator(parent, batches, 10.0).evaluate(pop, 0).similarity
-    parts = [Evaluator(parent, batches, 10.0, layers=[l]).evaluate(pop, 0).similarity for l in range(3)]
+    full = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, 0).similarity
+    parts = [Evaluator(parent, batches, 10.0, layers=[l], kernels=kernels).evaluate(pop, 0).similarity for l in range(3)]
     assert torch.allclose(full, sum(parts), rtol=1e-5)
     assert float(full[0]) < 1e-3     # the first individual keeps every neuron: identical to the parent
 
 
-def test_degenerate_networks_and_huge_weights_stay_finite():
+@KERNELS
+def test_degenerate_networks_and_huge_weights_stay_finite(kernels):
     """Width-1 children, dead ReLUs (all-zero activations) and fitness weights of 1000."""
     parent, batches = problem(widths=(30, 16, 16, 5))
     w0, b0 = parent[0]
     parent[0] = (w0, b0 - 100.0)            # every first-layer unit dead on every input
     pop = l1_population(parent, 6, 1.0, 1 / 16)
     assert pop.widths[-1] == (1, 1)
-    ev = Evaluator(parent, batches, 10.0)
+    ev = Evaluator(parent, batches, 10.0, kernels=kernels)
     for k in range(len(batches)):
         parts = ev.evaluate(pop, k)
         fit = parts.fitness(Weights(1000.0, 1000.0, 1000.0))
@@ -84,19 +97,21 @@ def test_degenerate_networks_and_huge_weights_stay_finite():
     assert all(all(v == v and abs(v) != float("inf") for v in r.metrics.values()) for r in records)
 
 
-def test_evaluate_many_equals_one_batch_at_a_time():
+@KERNELS
+def test_evaluate_many_equals_one_batch_at_a_time(kernels):
     """The final pick forwards several batches at once; the per-batch numbers must not change."""
     parent, batches = problem(n_batches=4)
     pop = l1_population(parent, 8, 0.9, 0.3)
-    ev = Evaluator(parent, batches, 10.0)
+    ev = Evaluator(parent, batches, 10.0, kernels=kernels)
     many = ev.evaluate_many(pop, [0, 1, 2, 3])
     for k, parts in enumerate(many):
-        one = Evaluator(parent, batches, 10.0).evaluate(pop, k)
+        one = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, k)
         assert torch.equal(parts.accuracy, one.accuracy)
         assert torch.allclose(parts.similarity, one.similarity, rtol=1e-4, atol=1e-6)
 
 
-def test_one_architecture_population_uses_the_batched_path_and_matches_the_oracle():
+@KERNELS
+def test_one_architecture_population_uses_the_batched_path_and_matches_the_oracle(kernels):
     """Once every network has the same widths, forward and Gram products run batched over
     the population; the numbers must stay those of the loop and of the reference path."""
     parent, batches = problem(widths=(30, 16, 16, 16, 5))
@@ -110,7 +125,7 @@ def test_one_architecture_population_uses_the_batched_path_and_matches_the_oracl
     for lb, ll in zip(hidden_b, hidden_l):
         for a, b in zip(lb, ll):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
-    fast = Evaluator(parent, batches, 10.0).evaluate_many(pop, [0, 1, 2])
+    fast = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate_many(pop, [0, 1, 2])
     for k, parts in enumerate(fast):
         ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, k)
         assert torch.equal(parts.accuracy, ref.accuracy.float())

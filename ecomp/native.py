@@ -1,0 +1,261 @@
+"""Fused C kernels for the similarity: compiled on first use, loaded with :mod:`ctypes`.
+
+Why: after the Gram products, the PyTorch path (:mod:`ecomp.similarity`) makes a dozen
+passes over every ``(N, N)`` matrix per perplexity iteration and as many again for the KL,
+each a separate kernel over 2 million entries per generation. ``ecomp/csrc/tsne.c`` does
+all of it, row by row, while the row sits in L1 cache: shift the distances, run the
+Halley search with a vectorised ``exp``, symmetrise and take the KL with a vectorised
+``log`` (``benchmarks/bench_kernels.py`` measures both paths on the same input).
+
+How it is built: the system C compiler (``$CC``, else ``cc``) compiles the two files in
+``ecomp/csrc`` once into a cache directory (``$ECOMP_CACHE_DIR``, else
+``~/.cache/ecomp``), under a name that hashes the sources, the flags, the compiler's
+version and the machine, so a changed source or compiler gets a fresh build and parallel
+jobs or cluster nodes sharing a home directory never load a stale or half-written one
+(each build is written to a temporary name and renamed). No ``-march=native``: the
+library carries a baseline and an AVX2 + FMA copy of every kernel and picks one at run
+time, so one build serves every x86-64 node. No ``-ffast-math``: IEEE arithmetic, only the
+marked sums are reordered, so results are the same from run to run.
+
+``similarity.kernels`` chooses: ``auto`` (native where it builds, on CPU tensors; else
+PyTorch, with one warning), ``native`` (an error if it cannot be built) or ``torch``.
+The ctypes calls release the GIL, so the point sets are split over
+``torch.get_num_threads()`` threads; a set's arithmetic does not depend on the split.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).with_name("csrc")
+SOURCES = ("tsne.c", "tsne_body.h")
+FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
+ABI_VERSION = 1
+KERNELS = ("auto", "native", "torch")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_pool: ThreadPoolExecutor | None = None
+_warned = False
+
+_f32 = ctypes.POINTER(ctypes.c_float)
+_f64 = ctypes.POINTER(ctypes.c_double)
+_i64 = ctypes.POINTER(ctypes.c_int64)
+
+
+class NativeUnavailable(RuntimeError):
+    """The C kernels could not be compiled or loaded here (the message says why)."""
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC") or "cc")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ECOMP_CACHE_DIR") or Path.home() / ".cache" / "ecomp") / "kernels"
+
+
+def _build_key(cc: str) -> str:
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((SOURCE_DIR / name).read_bytes())
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    h.update("\0".join([*FLAGS, cc, version, platform.machine(), platform.system()]).encode())
+    return h.hexdigest()[:16]
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise NativeUnavailable(f"no C compiler found ({os.environ.get('CC') or 'cc'} is not on PATH; set CC)")
+    target = cache_dir() / f"tsne-{_build_key(cc)}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            cmd = [cc, *FLAGS, str(SOURCE_DIR / "tsne.c"), "-o", tmp, "-lm"]
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                log.debug("%s failed:\n%s", " ".join(cmd), res.stderr)
+                first = (res.stderr.strip().splitlines() or ["no output"])[0]
+                raise NativeUnavailable(f"compiling {SOURCE_DIR / 'tsne.c'} with {cc} failed: {first}")
+            os.replace(tmp, target)
+            log.info("compiled the native similarity kernels into %s", target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    if lib.ecomp_abi_version() != ABI_VERSION:
+        raise NativeUnavailable(f"{target} has ABI {lib.ecomp_abi_version()}, expected {ABI_VERSION}")
+    lib.ecomp_conditionals.argtypes = [_f32, ctypes.c_int, _f64, ctypes.c_double, ctypes.c_double, ctypes.c_int,
+                                       _f32, _f64, ctypes.c_int64, ctypes.c_int64]
+    lib.ecomp_conditionals.restype = ctypes.c_int
+    lib.ecomp_joint.argtypes = [_f32, ctypes.c_int, _f32, ctypes.c_int64, ctypes.c_int64]
+    lib.ecomp_joint.restype = None
+    lib.ecomp_similarity.argtypes = [_f32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double, ctypes.c_double,
+                                     ctypes.c_int, _f64, ctypes.c_int64, ctypes.c_int64]
+    lib.ecomp_similarity.restype = ctypes.c_int
+    lib.ecomp_exp_log.argtypes = [_f32, _f32, _f32, ctypes.c_int64]
+    lib.ecomp_exp_log.restype = None
+    return lib
+
+
+def load() -> ctypes.CDLL:
+    """The compiled library (built on the first call); :class:`NativeUnavailable` if it cannot be."""
+    global _lib, _error
+    with _lock:
+        if _lib is None and _error is None:
+            try:
+                _lib = _build()
+            except (OSError, subprocess.SubprocessError, NativeUnavailable) as exc:
+                _error = str(exc)
+        if _lib is None:
+            raise NativeUnavailable(f"native similarity kernels unavailable: {_error}")
+        return _lib
+
+
+def available() -> bool:
+    try:
+        load()
+        return True
+    except NativeUnavailable:
+        return False
+
+
+def isa() -> str:
+    """The instruction set the kernels run with here: ``avx2`` or ``baseline``."""
+    return "avx2" if load().ecomp_isa() else "baseline"
+
+
+def resolve(kernels: str, device: torch.device | str = "cpu") -> str:
+    """``similarity.kernels`` -> ``native`` or ``torch`` for tensors on ``device``."""
+    global _warned
+    if kernels not in KERNELS:
+        raise ValueError(f"similarity.kernels={kernels!r}: expected one of {', '.join(KERNELS)}")
+    if kernels == "torch":
+        return "torch"
+    on_cpu = torch.device(device).type == "cpu"
+    if kernels == "native":
+        if not on_cpu:
+            raise ValueError(f"similarity.kernels=native: the C kernels run on the CPU, not on {device}; "
+                             "use auto or torch")
+        load()
+        return "native"
+    if not on_cpu:
+        return "torch"
+    if available():
+        return "native"
+    if not _warned:
+        _warned = True
+        log.warning("%s; using the PyTorch similarity path (slower, same results within float rounding)", _error)
+    return "torch"
+
+
+def _ptr(t: Tensor | None, kind):
+    return None if t is None else ctypes.cast(t.data_ptr(), kind)
+
+
+def _split(fn, m: int, *args) -> int:
+    """``fn(*args, m0, m1)`` over ``[0, m)`` in contiguous chunks, one per thread."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), m))
+    bounds = [m * t // threads for t in range(threads + 1)]
+    if threads == 1:
+        results = [fn(*args, 0, m)]
+    else:
+        with _lock:
+            if _pool is None or _pool._max_workers < threads - 1:
+                _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="ecomp-native")
+            pool = _pool
+        futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(1, threads)]
+        results = [fn(*args, bounds[0], bounds[1])] + [f.result() for f in futures]
+    if any(r is not None and r < 0 for r in results):
+        raise MemoryError("native similarity kernels: could not allocate scratch memory")
+    return sum(r or 0 for r in results)
+
+
+def _check(name: str, t: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected a CPU {dtype} tensor of shape {shape}, "
+                         f"got {t.device.type} {t.dtype} {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def conditionals(gram: Tensor, perplexity: float, tol: float = 1e-5, max_iter: int = 60,
+                 guess: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(M, N, N)`` Gram matrices -> ``(M, N, N)`` conditionals (0 on the diagonal) and
+    ``beta * mean distance`` ``(M, N)`` of each row; ``guess`` ``(M, N)``: the start, as in
+    :func:`ecomp.similarity.calibrate`."""
+    lib = load()
+    m, n, _ = gram.shape
+    gram = _check("gram", gram, torch.float32, (m, n, n))
+    guess = None if guess is None else _check("guess", guess, torch.float64, (m, n))
+    cond = torch.empty_like(gram)
+    bm = torch.empty(m, n, dtype=torch.float64)
+    _split(lib.ecomp_conditionals, m, _ptr(gram, _f32), n, _ptr(guess, _f64), _target(perplexity), tol,
+           max_iter, _ptr(cond, _f32), _ptr(bm, _f64))
+    return cond, bm
+
+
+def joint(cond: Tensor) -> Tensor:
+    """``(M, N, N)`` conditionals -> joint probabilities, as :func:`ecomp.similarity.symmetrise`."""
+    lib = load()
+    m, n, _ = cond.shape
+    cond = _check("cond", cond, torch.float32, (m, n, n))
+    p = torch.empty_like(cond)
+    _split(lib.ecomp_joint, m, _ptr(cond, _f32), n, _ptr(p, _f32))
+    return p
+
+
+def similarity(gram: Tensor, parent_p: Tensor, parent: Tensor, perplexity: float, tol: float = 1e-5,
+               max_iter: int = 60, guess: Tensor | None = None) -> Tensor:
+    """``KL(P_parent || Q)`` ``(M,)`` float64 for ``M`` Gram matrices ``(M, N, N)``.
+
+    Set ``m`` is compared with ``parent_p[parent[m]]`` (``(Q, N, N)`` joints from
+    :func:`joint`) and, if ``guess`` ``(Q, N)`` is given, starts its perplexity search from
+    ``guess[parent[m]]``. The conditionals never leave the cache.
+    """
+    lib = load()
+    m, n, _ = gram.shape
+    q = parent_p.shape[0]
+    gram = _check("gram", gram, torch.float32, (m, n, n))
+    parent_p = _check("parent_p", parent_p, torch.float32, (q, n, n))
+    parent = _check("parent", parent, torch.int64, (m,))
+    if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
+        raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
+    guess = None if guess is None else _check("guess", guess, torch.float64, (q, n))
+    kl = torch.empty(m, dtype=torch.float64)
+    _split(lib.ecomp_similarity, m, _ptr(gram, _f32), n, _ptr(parent_p, _f32), _ptr(guess, _f64),
+           _ptr(parent, _i64), _target(perplexity), tol, max_iter, _ptr(kl, _f64))
+    return kl
+
+
+def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The kernels' own ``e^-x`` and ``log x``, elementwise (to test them against libm)."""
+    lib = load()
+    x = _check("x", x, torch.float32, tuple(x.shape))
+    ex, lg = torch.empty_like(x), torch.empty_like(x)
+    lib.ecomp_exp_log(_ptr(x, _f32), _ptr(ex, _f32), _ptr(lg, _f32), x.numel())
+    return ex, lg
+
+
+def _target(perplexity: float) -> float:
+    return math.log(perplexity)

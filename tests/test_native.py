@@ -1,0 +1,169 @@
+"""The fused C kernels (ecomp.native) against the float64 reference and scikit-learn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ecomp import native
+from ecomp.similarity import (conditional_probabilities_reference, joint_probabilities_reference, kl_divergence,
+                              squared_distances)
+from test_similarity import embeddings, sklearn_p
+
+# Only a machine without a C compiler skips these; a compiler that fails to build them is a failure.
+pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compiler (set CC)")
+
+
+def gram(points: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([a @ a.T for a in points]).contiguous()
+
+
+def ref_conditionals(x: torch.Tensor, perplexity: float) -> np.ndarray:
+    return conditional_probabilities_reference(squared_distances([x.double()])[0].numpy(), perplexity)
+
+
+def test_exp_and_log_match_libm():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(100_000, generator=g) * 80, torch.tensor([0.0, 1e-8, 79.99, 80.0])])
+    ex, _ = native.exp_log(x)
+    want = torch.exp(-x.double())
+    assert ((ex.double() - want).abs() / want).max() < 4e-7
+    y = torch.cat([torch.exp(torch.rand(100_000, generator=g) * 140 - 70), torch.tensor([1.0, 2.0, 0.5, 1e-30])])
+    _, lg = native.exp_log(y)
+    want = torch.log(y.double())
+    assert ((lg.double() - want).abs() / want.abs().clamp(min=1.0)).max() < 4e-7
+    assert float(native.exp_log(torch.ones(1))[1]) == 0.0          # log 1 is exactly 0
+
+
+@pytest.mark.parametrize("n, width, perplexity", [(100, 2, 30.0), (100, 64, 30.0), (100, 256, 5.0),
+                                                  (37, 17, 10.0), (12, 5, 3.0)])
+def test_conditionals_equal_the_reference(n, width, perplexity):
+    xs = [embeddings(width, s, n) for s in range(3)]
+    cond, bm = native.conditionals(gram(xs), perplexity)
+    assert cond.shape == (3, n, n) and bm.shape == (3, n)
+    for k, x in enumerate(xs):
+        ref = ref_conditionals(x, perplexity)
+        assert np.abs(cond[k].double().numpy() - ref).max() <= 1e-4 * ref.max()
+        assert torch.equal(cond[k].diagonal(), torch.zeros(n))
+        assert torch.allclose(cond[k].sum(1), torch.ones(n), atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [2, 17, 64, 256])
+def test_joint_equals_sklearn(width):
+    xs = [embeddings(width, s) for s in range(4)]
+    p = native.joint(native.conditionals(gram(xs), 30.0)[0]).double().numpy()
+    for k, x in enumerate(xs):
+        ref = sklearn_p(x, 30.0)
+        assert np.abs(p[k] - ref).max() <= 1e-4 * ref.max()
+
+
+def test_a_guess_changes_the_start_not_the_probabilities():
+    xs = [embeddings(w, w) for w in (5, 60, 200)]
+    plain, bm = native.conditionals(gram(xs), 30.0)
+    guessed, _ = native.conditionals(gram(xs), 30.0, guess=bm * 1.3)                 # 30 % wrong
+    assert torch.allclose(plain, guessed, rtol=1e-3, atol=1e-7)
+    nan = torch.full_like(bm, float("nan"))                                           # unusable: fall back
+    assert torch.equal(plain, native.conditionals(gram(xs), 30.0, guess=nan)[0])
+
+
+@pytest.mark.parametrize("case", ["dead", "identical_rows", "width1_identical", "duplicates", "huge_scale"])
+def test_degenerate_activations_stay_finite(case):
+    n = 100
+    g = torch.Generator().manual_seed(0)
+    x = {
+        "dead": torch.zeros(n, 40),
+        "identical_rows": torch.ones(n, 7) * 3.0,
+        "width1_identical": torch.full((n, 1), 0.5),
+        "duplicates": torch.randn(5, 8, generator=g).repeat(20, 1),
+        "huge_scale": torch.randn(n, 8, generator=g) * 1e4,
+    }[case]
+    p = native.joint(native.conditionals(gram([x]), 30.0)[0])[0]
+    assert torch.isfinite(p).all() and (p > 0).all()
+    assert abs(float(p.sum()) - 1.0) < 1e-4
+    assert torch.allclose(p, torch.from_numpy(sklearn_p(x, 30.0)).float(), rtol=1e-3, atol=1e-7)
+    parent = [embeddings(64, 1)]
+    pp = native.joint(native.conditionals(gram(parent), 30.0)[0])
+    kl = native.similarity(gram([x]), pp, torch.zeros(1, dtype=torch.int64), 30.0)
+    assert torch.isfinite(kl).all()
+
+
+def test_similarity_within_1e4_relative_of_the_float64_reference():
+    parents = [embeddings(256, 0), embeddings(128, 9)]
+    children = [embeddings(w, s + 1) for s, w in enumerate([5, 40, 100, 200])]
+    p_ref = [joint_probabilities_reference(squared_distances([x.double()])[0].numpy(), 30.0) for x in parents]
+    cond, bm = native.conditionals(gram(parents), 30.0)
+    pp = native.joint(cond)
+    # every child against both parents: set m = 2 c + q is compared with parent q
+    sets = [c for c in children for _ in parents]
+    index = torch.tensor([q for _ in children for q in range(2)])
+    for guess in (None, bm):
+        kl = native.similarity(gram(sets), pp, index, 30.0, guess=guess)
+        for m, c in enumerate(sets):
+            q_ref = joint_probabilities_reference(squared_distances([c.double()])[0].numpy(), 30.0)
+            ref = float(kl_divergence(torch.from_numpy(p_ref[m % 2]), torch.from_numpy(q_ref)))
+            assert abs(float(kl[m]) - ref) <= 1e-4 * abs(ref), (m, float(kl[m]), ref)
+
+
+def test_a_child_identical_to_its_parent_has_similarity_exactly_zero():
+    parent = [embeddings(64, 3), embeddings(32, 4)]
+    cond, bm = native.conditionals(gram(parent), 30.0)
+    kl = native.similarity(gram(parent), native.joint(cond), torch.arange(2), 30.0, guess=bm)
+    assert torch.equal(kl, torch.zeros(2, dtype=torch.float64))
+
+
+def test_results_do_not_depend_on_the_thread_split():
+    xs = [embeddings(w, s) for s, w in enumerate([3, 50, 120, 7, 64])]
+    pp = native.joint(native.conditionals(gram(xs[:1]), 30.0)[0])
+    index = torch.zeros(len(xs), dtype=torch.int64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.similarity(gram(xs), pp, index, 30.0), native.conditionals(gram(xs), 30.0)
+        torch.set_num_threads(3)
+        three = native.similarity(gram(xs), pp, index, 30.0), native.conditionals(gram(xs), 30.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], three[0])
+    assert torch.equal(one[1][0], three[1][0]) and torch.equal(one[1][1], three[1][1])
+
+
+def test_bad_arguments_get_one_line_errors():
+    g = gram([embeddings(4, 0)])
+    with pytest.raises(ValueError, match=r"^gram: expected a CPU torch.float32 tensor"):
+        native.conditionals(g.double(), 30.0)
+    pp = native.joint(native.conditionals(g, 30.0)[0])
+    with pytest.raises(ValueError, match=r"^parent: indices must lie in \[0, 1\)"):
+        native.similarity(g, pp, torch.tensor([1]), 30.0)
+    with pytest.raises(ValueError, match=r"similarity.kernels='fast': expected one of auto, native, torch"):
+        native.resolve("fast")
+    with pytest.raises(ValueError, match=r"run on the CPU, not on cuda"):
+        native.resolve("native", "cuda")
+    assert native.resolve("auto", "cuda") == "torch" and native.resolve("torch") == "torch"
+
+
+def _in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
+    code = "from ecomp import native; print(native.resolve('auto'), native.isa() if native.available() else '-')"
+    built = _in_subprocess(code, ECOMP_CACHE_DIR=str(tmp_path / "a"))
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.split()[0] == "native" and list((tmp_path / "a" / "kernels").glob("tsne-*.so"))
+    missing = _in_subprocess(code, ECOMP_CACHE_DIR=str(tmp_path / "b"), CC="/nonexistent/cc")
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stdout.split() == ["torch", "-"]
+    assert "no C compiler found" in missing.stderr and "using the PyTorch similarity path" in missing.stderr
+    strict = _in_subprocess(
+        "from omegaconf import OmegaConf; from ecomp.config import resolve_kernels; "
+        "resolve_kernels(OmegaConf.create({'similarity': {'kernels': 'native'}, 'device': 'cpu'}))",
+        ECOMP_CACHE_DIR=str(tmp_path / "c"), CC="/nonexistent/cc")
+    assert strict.returncode != 0
+    assert "invalid config: similarity.kernels='native': native similarity kernels unavailable: no C compiler" \
+        in strict.stderr.strip().splitlines()[-1]
