@@ -44,7 +44,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-SOURCES = ("tsne.c", "tsne_body.h")
+SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 ABI_VERSION = 1
 KERNELS = ("auto", "native", "torch")
@@ -91,7 +91,7 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            cmd = [cc, *FLAGS, str(SOURCE_DIR / "tsne.c"), "-o", tmp, "-lm"]
+            cmd = [cc, *FLAGS, *(str(SOURCE_DIR / f) for f in SOURCES if f.endswith(".c")), "-o", tmp, "-lm"]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if res.returncode != 0:
                 log.debug("%s failed:\n%s", " ".join(cmd), res.stderr)
@@ -115,6 +115,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_similarity.restype = ctypes.c_int
     lib.ecomp_exp_log.argtypes = [_f32, _f32, _f32, ctypes.c_int64]
     lib.ecomp_exp_log.restype = None
+    lib.ecomp_crossover.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int]
+    lib.ecomp_crossover.restype = None
     return lib
 
 
@@ -255,6 +257,31 @@ def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:
     ex, lg = torch.empty_like(x), torch.empty_like(x)
     lib.ecomp_exp_log(_ptr(x, _f32), _ptr(ex, _f32), _ptr(lg, _f32), x.numel())
     return ex, lg
+
+
+def crossover(children: list[tuple[Tensor, Tensor]], bulk: list[tuple[Tensor, Tensor]] | None,
+              donor: list[tuple[Tensor, Tensor]], cuts: list[int]) -> None:
+    """In place, for each child ``j``: ``(w, b) = bulk[j]`` (unless ``bulk`` is None: the
+    child already holds it), then ``w[:c, :c] = donor_w[:c, :c]`` and ``b[:c] = donor_b[:c]``
+    with ``c = cuts[j]``. One call for a whole layer of children; float32 CPU tensors with
+    contiguous rows, shapes as in :mod:`ecomp.recombination` (not checked here: the caller
+    builds them)."""
+    lib = load()
+    n = len(children)
+    src = bulk if bulk is not None else children
+
+    def addresses(ts):
+        return torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64)
+
+    cw, cb = addresses([w for w, _ in children]), addresses([b for _, b in children])
+    bw, bb = addresses([w for w, _ in src]), addresses([b for _, b in src])
+    dw, db = addresses([w for w, _ in donor]), addresses([b for _, b in donor])
+    rows = torch.tensor([w.shape[0] for w, _ in children], dtype=torch.int64)
+    cols = torch.tensor([w.stride(0) for w, _ in children], dtype=torch.int64)
+    dcols = torch.tensor([w.stride(0) for w, _ in donor], dtype=torch.int64)
+    c = torch.tensor(cuts, dtype=torch.int64)
+    lib.ecomp_crossover(n, *(_ptr(t, _i64) for t in (cw, cb, bw, bb, dw, db, rows, cols, dcols, c)),
+                        int(bulk is not None))
 
 
 def _target(perplexity: float) -> float:

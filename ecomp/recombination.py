@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import native
 from .population import Population
 
 
@@ -39,7 +40,7 @@ def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: i
 
 @torch.no_grad()
 def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
-              out: Tensor | None = None) -> Population:
+              out: Tensor | None = None, use_native: bool | None = None) -> Population:
     """Two children per pair; the result has ``2 * len(pairs)`` individuals.
 
     Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
@@ -47,7 +48,15 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     first-layer rows that must not overlap the parents' (the loop passes a
     recycled buffer: writing into touched memory is about 3x faster than
     into a fresh 40 MB allocation, which glibc always maps anew).
+
+    The block swaps and the later layers' copies are a few hundred small tensor
+    operations per generation; ``ecomp.native.crossover`` does each layer's in one
+    call (``use_native``: None = when the C kernels are available and the population is
+    float32 on the CPU). Both paths only copy, so their children are bit for bit equal.
     """
+    if use_native is None:
+        use_native = (pop.device.type == "cpu" and pop.first_w.dtype == torch.float32
+                      and native.available())
     cuts = draw_cuts(pop, pairs, generator).tolist()
     pl = pairs.tolist()
     # child 2k copies parent b, child 2k + 1 copies parent a; the block comes from the other one
@@ -69,6 +78,11 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     torch.index_select(pop.first_w, 0, rows, out=first_w)
     first_b = pop.first_b.index_select(0, rows)
     children = Population(widths, first_w, first_b, rest=[])
+    if use_native:
+        native.crossover([children.first(j) for j in range(len(bulk))], None, [pop.first(d) for d in donor],
+                         [c[0] for c in child_cuts])
+        _later_layers_native(pop, children, bulk, donor, child_cuts)
+        return children
     for j, (d, c) in enumerate(zip(donor, child_cuts)):
         w, b = children.first(j)
         dw, db = pop.first(d)
@@ -83,3 +97,21 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
             layers.append((w, b))
         children.rest.append(layers)
     return children
+
+
+def _later_layers_native(pop: Population, children: Population, bulk: list[int], donor: list[int],
+                         child_cuts: list[list[int]]) -> None:
+    """The children's later layers as views into one weight and one bias buffer per layer,
+    filled by one :func:`ecomp.native.crossover` call per layer."""
+    layers: list[list[tuple[Tensor, Tensor]]] = [[] for _ in bulk]
+    for l in range(len(pop.rest[0])):
+        src = [pop.rest[s][l] for s in bulk]
+        shapes = [tuple(w.shape) for w, _ in src]
+        w_all = src[0][0].new_empty(sum(r * c for r, c in shapes))
+        b_all = src[0][1].new_empty(sum(r for r, _ in shapes))
+        ws = [v.view(shape) for v, shape in zip(torch.split(w_all, [r * c for r, c in shapes]), shapes)]
+        bs = torch.split(b_all, [r for r, _ in shapes])
+        native.crossover(list(zip(ws, bs)), src, [pop.rest[d][l] for d in donor], [c[l + 1] for c in child_cuts])
+        for j in range(len(bulk)):
+            layers[j].append((ws[j], bs[j]))
+    children.rest.extend(layers)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import random_layers
+from ecomp import native
 from ecomp.initialiser import l1_population
 from ecomp.mutation import mutate_
 from ecomp.population import Population
@@ -21,6 +22,11 @@ def tiny_population(seed: int = 0, size: int = 6, n_hidden: int = 2) -> Populati
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+# Recombination runs through ecomp.native when it is built, else through PyTorch slices: both are tested.
+PATHS = pytest.mark.parametrize("use_native", [
+    pytest.param(True, marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), False])
 
 
 def test_selection_pairs_shape_and_determinism():
@@ -68,13 +74,14 @@ def test_recombination_children_take_parents_shapes(n_hidden):
                 assert cw.shape == pw.shape and cb.shape == pb.shape
 
 
-def test_recombination_block_layout_matches_definition():
+@PATHS
+def test_recombination_block_layout_matches_definition(use_native):
     pop = tiny_population()
     pairs = torch.tensor([[1, 4]])
     g = gen(3)
     from ecomp.recombination import draw_cuts
     cuts = draw_cuts(pop, pairs, gen(3))[0].tolist()
-    children = recombine(pop, pairs, g)
+    children = recombine(pop, pairs, g, use_native=use_native)
     p1, p2 = pop.individual(1), pop.individual(4)
     c1, c2 = children.individual(0), children.individual(1)
     for l, c in enumerate(cuts):
@@ -86,7 +93,8 @@ def test_recombination_block_layout_matches_definition():
         assert torch.equal(c2[l][1], torch.cat([b2[:c], b1[c:]]))
 
 
-def test_recombination_cut_ranges_and_parents_untouched():
+@PATHS
+def test_recombination_cut_ranges_and_parents_untouched(use_native):
     pop = tiny_population()
     before = [[t.clone() for wb in pop.individual(i) for t in wb] for i in range(pop.size)]
     from ecomp.recombination import draw_cuts
@@ -96,7 +104,7 @@ def test_recombination_cut_ranges_and_parents_untouched():
         for (a, b), c in zip(pairs.tolist(), cuts.tolist()):
             h = min(pop.widths[a][0], pop.widths[b][0])
             assert 1 <= c[0] <= min(h, 12) and 1 <= c[1] <= h and 1 <= c[2] <= min(h, 3)
-        recombine(pop, pairs, gen(s))
+        recombine(pop, pairs, gen(s), use_native=use_native)
     after = [[t for wb in pop.individual(i) for t in wb] for i in range(pop.size)]
     assert all(torch.equal(x, y) for bx, by in zip(before, after) for x, y in zip(bx, by))
 
@@ -107,6 +115,24 @@ def test_recombination_same_seed_same_children():
     a, b = recombine(pop, pairs, gen(9)), recombine(pop, pairs, gen(9))
     assert torch.equal(a.first_w, b.first_w)
     assert all(torch.equal(x[0], y[0]) for i in range(a.size) for x, y in zip(a.rest[i], b.rest[i]))
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_native_and_torch_recombination_give_identical_generations(n_hidden):
+    """Ten generations (children become parents, mutation in between) through both paths."""
+    pops = {True: tiny_population(size=8, n_hidden=n_hidden), False: tiny_population(size=8, n_hidden=n_hidden)}
+    gens = {True: gen(5), False: gen(5)}
+    for _ in range(10):
+        for use_native in (True, False):
+            pairs = select_pairs(torch.randn(8, generator=gen(_)), gens[use_native])
+            child = recombine(pops[use_native], pairs, gens[use_native], use_native=use_native)
+            mutate_(child, 0.3, 0.9, 1.1, gens[use_native])
+            pops[use_native] = child
+        a, b = pops[True], pops[False]
+        assert a.widths == b.widths and torch.equal(a.first_w, b.first_w) and torch.equal(a.first_b, b.first_b)
+        assert all(torch.equal(x, y) for i in range(a.size) for la, lb in zip(a.rest[i], b.rest[i])
+                   for x, y in zip(la, lb))
 
 
 def test_mutation_scales_weights_within_range_and_not_biases():
