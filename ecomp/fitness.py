@@ -103,7 +103,8 @@ class Evaluator:
 
     def _joint(self, acts: list[Tensor]) -> tuple[Tensor, Tensor]:
         if self.kernels == "native":
-            cond, beta_mean = native.conditionals(grams(acts)[:, 0], self.perplexity, self.tol)
+            gram = native.grams_acts(acts, acts[0].shape[0])
+            cond, beta_mean = native.conditionals(gram, self.perplexity, self.tol)
             return native.joint(cond), beta_mean.view(-1)
         cond, beta_mean = self._conditionals(acts)
         return symmetrise(with_diagonal(cond)), beta_mean
@@ -127,14 +128,14 @@ class Evaluator:
         n, n_layers, size = self.batches[ks[0]][0].shape[0], len(self.layers), pop.size
         parents = [self._parent_batch(k) for k in ks]          # (L, N, N), (L * N,): cached per batch
         with self.timer.phase("similarity"):
-            if stacked is not None:                            # one architecture: Grams batched over networks
-                g = grams_stacked([stacked[l] for l in self.layers], n)            # (G, L, pop, N, N)
-            else:                                              # one batched Gram per network over the batches
-                g = grams([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])  # (L*pop, G, N, N)
-            if self.kernels == "native":
-                sims = self._native_similarity(g, stacked is not None, parents, size)              # (G, pop)
+            if self.kernels == "native":                       # Grams, search and KL fused, per set
+                sims = self._native_similarity(hidden, parents, size, n)          # (G, pop)
             else:
-                t = _gram_to_t(g)
+                if stacked is not None:                        # one architecture: Grams batched over networks
+                    g = grams_stacked([stacked[l] for l in self.layers], n)        # (G, L, pop, N, N)
+                else:                                          # one batched Gram per network over the batches
+                    g = grams([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
+                t = _gram_to_t(g)                              # (L * pop, G, N, N) in the loop's case
                 d = _shift_rows(t if stacked is not None else t.transpose(0, 1))
                 d = d.view(len(ks), -1, n - 1)                 # (G, L * pop * N, N - 1)
         with self.timer.phase("forward"):
@@ -152,23 +153,17 @@ class Evaluator:
             out.append(Parts(accs[g_].cpu(), sim.cpu(), compression))
         return out
 
-    def _native_similarity(self, g: Tensor, batched: bool, parents: list[tuple[Tensor, Tensor]],
-                           size: int) -> Tensor:
-        """``(G, pop)`` similarities from the Gram matrices: ``(G, L, pop, N, N)`` if
-        ``batched`` else ``(L * pop, G, N, N)``; set ``m`` of the flattened stack is compared
-        with parent set ``g * L + l``."""
-        n, n_layers, n_stack = g.shape[-1], len(self.layers), len(parents)
+    def _native_similarity(self, hidden: list[list[Tensor]], parents: list[tuple[Tensor, Tensor]],
+                           size: int, n: int) -> Tensor:
+        """``(G, pop)`` similarities straight from the activations: set ``(l, c, g)`` is
+        network ``c``'s layer ``l`` on batch ``g``, compared with parent set ``g * L + l``."""
+        n_layers, n_stack = len(self.layers), len(parents)
         p = torch.stack([pp for pp, _ in parents]).view(-1, n, n)                 # (G * L, N, N)
         guess = torch.stack([bm for _, bm in parents]).view(-1, n)                # (G * L, N)
-        gl = torch.arange(n_stack * n_layers, device=g.device)
-        if batched:                                            # m = (g L + l) pop + c
-            parent = gl.repeat_interleave(size)
-        else:                                                  # m = (l pop + c) G + g
-            parent = (torch.arange(n_stack).view(1, 1, -1) * n_layers
-                      + torch.arange(n_layers).view(-1, 1, 1)).expand(-1, size, -1).reshape(-1)
-        kl = native.similarity(g.view(-1, n, n), p, parent, self.perplexity, self.tol, guess=guess)
-        if batched:
-            return kl.view(n_stack, n_layers, size).sum(1).float()
+        parent = (torch.arange(n_stack).view(1, 1, -1) * n_layers
+                  + torch.arange(n_layers).view(-1, 1, 1)).expand(-1, size, -1).reshape(-1)
+        acts = [a for l in self.layers for a in hidden[l]]                        # set (l, c, g): l-major
+        kl = native.similarity_acts(acts, n, p, parent, self.perplexity, self.tol, guess=guess)
         return kl.view(n_layers, size, n_stack).sum(0).T.float()
 
 

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
-ABI_VERSION = 1
+OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
+ABI_VERSION = 3
 KERNELS = ("auto", "native", "torch")
 
 _lock = threading.Lock()
@@ -72,49 +73,67 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ECOMP_CACHE_DIR") or Path.home() / ".cache" / "ecomp") / "kernels"
 
 
-def _build_key(cc: str) -> str:
+def _build_key(cc: str, flags: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for name in SOURCES:
         h.update((SOURCE_DIR / name).read_bytes())
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    h.update("\0".join([*FLAGS, cc, version, platform.machine(), platform.system()]).encode())
+    h.update("\0".join([*flags, cc, version, platform.machine(), platform.system()]).encode())
     return h.hexdigest()[:16]
+
+
+def _compile(cc: str, flags: tuple[str, ...]) -> Path:
+    """The cached library built with ``flags`` (compiled now if it is not there yet)."""
+    target = cache_dir() / f"tsne-{_build_key(cc, flags)}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, *flags, *(str(SOURCE_DIR / f) for f in SOURCES if f.endswith(".c")), "-o", tmp, "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            log.debug("%s failed:\n%s", " ".join(cmd), res.stderr)
+            first = (res.stderr.strip().splitlines() or ["no output"])[0]
+            raise NativeUnavailable(f"compiling {SOURCE_DIR / 'tsne.c'} with {cc} failed: {first}")
+        os.replace(tmp, target)                      # atomic: a parallel job sees all of it or nothing
+        log.info("compiled the native similarity kernels into %s", target)
+        return target
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise NativeUnavailable(f"no C compiler found ({os.environ.get('CC') or 'cc'} is not on PATH; set CC)")
-    target = cache_dir() / f"tsne-{_build_key(cc)}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            cmd = [cc, *FLAGS, *(str(SOURCE_DIR / f) for f in SOURCES if f.endswith(".c")), "-o", tmp, "-lm"]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if res.returncode != 0:
-                log.debug("%s failed:\n%s", " ".join(cmd), res.stderr)
-                first = (res.stderr.strip().splitlines() or ["no output"])[0]
-                raise NativeUnavailable(f"compiling {SOURCE_DIR / 'tsne.c'} with {cc} failed: {first}")
-            os.replace(tmp, target)
-            log.info("compiled the native similarity kernels into %s", target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    try:
+        target = _compile(cc, FLAGS + OPENMP)
+    except NativeUnavailable as exc:
+        log.info("%s; building without OpenMP", exc)
+        target = _compile(cc, FLAGS)
     lib = ctypes.CDLL(str(target))
     if lib.ecomp_abi_version() != ABI_VERSION:
         raise NativeUnavailable(f"{target} has ABI {lib.ecomp_abi_version()}, expected {ABI_VERSION}")
+    span = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]        # m0, m1, nthreads
     lib.ecomp_conditionals.argtypes = [_f32, ctypes.c_int, _f64, ctypes.c_double, ctypes.c_double, ctypes.c_int,
-                                       _f32, _f64, ctypes.c_int64, ctypes.c_int64]
+                                       _f32, _f64, *span]
     lib.ecomp_conditionals.restype = ctypes.c_int
-    lib.ecomp_joint.argtypes = [_f32, ctypes.c_int, _f32, ctypes.c_int64, ctypes.c_int64]
-    lib.ecomp_joint.restype = None
+    lib.ecomp_joint.argtypes = [_f32, ctypes.c_int, _f32, *span]
+    lib.ecomp_joint.restype = ctypes.c_int
     lib.ecomp_similarity.argtypes = [_f32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double, ctypes.c_double,
-                                     ctypes.c_int, _f64, ctypes.c_int64, ctypes.c_int64]
+                                     ctypes.c_int, _f64, *span]
     lib.ecomp_similarity.restype = ctypes.c_int
     lib.ecomp_exp_log.argtypes = [_f32, _f32, _f32, ctypes.c_int64]
     lib.ecomp_exp_log.restype = None
+    _i32 = ctypes.POINTER(ctypes.c_int32)
+    lib.ecomp_similarity_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double,
+                                          ctypes.c_double, ctypes.c_int, _f64, *span]
+    lib.ecomp_similarity_acts.restype = ctypes.c_int
+    lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, *span]
+    lib.ecomp_grams_acts.restype = ctypes.c_int
     lib.ecomp_crossover.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int]
     lib.ecomp_crossover.restype = None
     return lib
@@ -143,8 +162,9 @@ def available() -> bool:
 
 
 def isa() -> str:
-    """The instruction set the kernels run with here: ``avx2`` or ``baseline``."""
-    return "avx2" if load().ecomp_isa() else "baseline"
+    """How the kernels run here: ``avx2`` or ``baseline``, ``+openmp`` if threaded by OpenMP."""
+    lib = load()
+    return ("avx2" if lib.ecomp_isa() else "baseline") + ("+openmp" if lib.ecomp_openmp() else "")
 
 
 def resolve(kernels: str, device: torch.device | str = "cpu") -> str:
@@ -176,19 +196,23 @@ def _ptr(t: Tensor | None, kind):
 
 
 def _split(fn, m: int, *args) -> int:
-    """``fn(*args, m0, m1)`` over ``[0, m)`` in contiguous chunks, one per thread."""
+    """``fn(*args, m0, m1, nthreads)`` over ``[0, m)`` with ``torch.get_num_threads()``
+    threads: OpenMP's inside the library when it has it, else one Python thread per chunk
+    (ctypes releases the GIL)."""
     global _pool
     threads = max(1, min(torch.get_num_threads(), m))
-    bounds = [m * t // threads for t in range(threads + 1)]
-    if threads == 1:
-        results = [fn(*args, 0, m)]
+    if _lib is not None and _lib.ecomp_openmp():
+        results = [fn(*args, 0, m, threads)]
+    elif threads == 1:
+        results = [fn(*args, 0, m, 1)]
     else:
         with _lock:
             if _pool is None or _pool._max_workers < threads - 1:
                 _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="ecomp-native")
             pool = _pool
-        futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(1, threads)]
-        results = [fn(*args, bounds[0], bounds[1])] + [f.result() for f in futures]
+        bounds = [m * t // threads for t in range(threads + 1)]
+        futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1], 1) for t in range(1, threads)]
+        results = [fn(*args, bounds[0], bounds[1], 1)] + [f.result() for f in futures]
     if any(r is not None and r < 0 for r in results):
         raise MemoryError("native similarity kernels: could not allocate scratch memory")
     return sum(r or 0 for r in results)
@@ -248,6 +272,70 @@ def similarity(gram: Tensor, parent_p: Tensor, parent: Tensor, perplexity: float
     _split(lib.ecomp_similarity, m, _ptr(gram, _f32), n, _ptr(parent_p, _f32), _ptr(guess, _f64),
            _ptr(parent, _i64), _target(perplexity), tol, max_iter, _ptr(kl, _f64))
     return kl
+
+
+def _point_sets(acts: list[Tensor], n: int) -> tuple[Tensor, ...]:
+    """Describe ``G = rows // n`` sets of ``n`` points in each ``(rows, width)`` activation
+    view, in place, set ``s * G + g`` = rows ``[g n, (g + 1) n)`` of ``acts[s]``: the address of
+    its first point, the stride between features or points (ld), whether points are
+    columns (trans) and the width. Returns int64/int32 tensors the C side reads."""
+    rows = acts[0].shape[0]
+    if rows % n:
+        raise ValueError(f"acts: {rows} rows are not whole sets of {n} points")
+    base, point_step, ld, trans, width = [], [], [], [], []
+    for a in acts:
+        if a.device.type != "cpu" or a.dtype != torch.float32 or a.shape[0] != rows:
+            raise ValueError(f"acts: expected CPU float32 views of {rows} rows, got {a.device.type} {a.dtype} "
+                             f"{tuple(a.shape)}")
+        if a.stride(0) == 1 or a.shape[0] == 1:            # points are columns of a (width, ld) block
+            trans.append(1), ld.append(a.stride(1) if a.shape[1] > 1 else rows)
+        elif a.stride(1) == 1 or a.shape[1] == 1:          # points are rows
+            trans.append(0), ld.append(a.stride(0))
+        else:
+            raise ValueError("acts: each view needs unit stride along points or features")
+        base.append(a.data_ptr()), point_step.append(a.stride(0) * a.element_size()), width.append(a.shape[1])
+    g = torch.arange(rows // n, dtype=torch.int64) * n
+    addr = (torch.tensor(base)[:, None] + torch.tensor(point_step)[:, None] * g).reshape(-1)
+    per = rows // n
+
+    def each(v, dtype):
+        return torch.tensor(v, dtype=dtype).repeat_interleave(per)
+
+    return addr, each(ld, torch.int64), each(trans, torch.int32), each(width, torch.int32)
+
+
+def similarity_acts(acts: list[Tensor], n: int, parent_p: Tensor, parent: Tensor, perplexity: float,
+                    tol: float = 1e-5, max_iter: int = 60, guess: Tensor | None = None) -> Tensor:
+    """:func:`similarity` straight from activations: ``acts`` are ``S`` views ``(G * n, width)``
+    (any widths, points along either unit stride), set ``s * G + g`` is rows
+    ``[g n, (g + 1) n)`` of ``acts[s]``. The Gram matrices are computed in the kernel
+    (:func:`grams_acts`) and never written out. Returns ``(S * G,)`` float64."""
+    lib = load()
+    desc = _point_sets(acts, n)
+    m, q = desc[0].shape[0], parent_p.shape[0]
+    parent_p = _check("parent_p", parent_p, torch.float32, (q, n, n))
+    parent = _check("parent", parent, torch.int64, (m,))
+    if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
+        raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
+    guess = None if guess is None else _check("guess", guess, torch.float64, (q, n))
+    kl = torch.empty(m, dtype=torch.float64)
+    _split(lib.ecomp_similarity_acts, m, *(_ptr(t, _i64 if t.dtype == torch.int64 else ctypes.POINTER(ctypes.c_int32))
+                                           for t in desc),
+           n, _ptr(parent_p, _f32), _ptr(guess, _f64), _ptr(parent, _i64), _target(perplexity), tol, max_iter,
+           _ptr(kl, _f64))
+    return kl
+
+
+def grams_acts(acts: list[Tensor], n: int) -> Tensor:
+    """Gram matrices ``(S * G, n, n)`` of the point sets of :func:`similarity_acts`, by the
+    kernel it uses (so a parent's and an identical child's agree bit for bit)."""
+    lib = load()
+    desc = _point_sets(acts, n)
+    g = torch.empty(desc[0].shape[0], n, n)
+    _split(lib.ecomp_grams_acts, g.shape[0], *(_ptr(t, _i64 if t.dtype == torch.int64
+                                                      else ctypes.POINTER(ctypes.c_int32)) for t in desc),
+           n, _ptr(g, _f32))
+    return g
 
 
 def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:

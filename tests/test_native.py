@@ -167,3 +167,31 @@ def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
     assert strict.returncode != 0
     assert "invalid config: similarity.kernels='native': native similarity kernels unavailable: no C compiler" \
         in strict.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("n, g", [(100, 1), (37, 3), (16, 2), (5, 4)])
+def test_grams_from_activations_in_either_layout(n, g):
+    """Points as rows (contiguous (G n, w)) or as columns (a transposed (w, G n) block), any width."""
+    gen = torch.Generator().manual_seed(n)
+    rows = [torch.randn(g * n, w, generator=gen).relu() for w in (1, 7, 33, 142)]
+    cols = [torch.randn(w, g * n, generator=gen).relu().T for w in (1, 16, 50)]
+    acts = rows + cols
+    want = torch.stack([a[k * n:(k + 1) * n].double() @ a[k * n:(k + 1) * n].double().T
+                        for a in acts for k in range(g)])
+    got = native.grams_acts(acts, n)
+    assert got.shape == (len(acts) * g, n, n)
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
+    assert torch.equal(got, got.transpose(1, 2))                       # mirrored exactly
+
+
+def test_similarity_from_activations_equals_similarity_from_grams():
+    n, g = 100, 2
+    gen = torch.Generator().manual_seed(1)
+    parents = [torch.randn(n, 64, generator=gen).relu() for _ in range(g)]
+    pp = native.joint(native.conditionals(native.grams_acts(parents, n), 30.0)[0])
+    acts = [torch.randn(w, g * n, generator=gen).relu().T for w in (3, 40, 120)]
+    index = torch.arange(g).repeat(len(acts))                          # set s * G + k vs parent k
+    fused = native.similarity_acts(acts, n, pp, index, 30.0)
+    assert torch.equal(fused, native.similarity(native.grams_acts(acts, n), pp, index, 30.0))
+    with pytest.raises(ValueError, match=r"^acts: 200 rows are not whole sets of 30 points"):
+        native.similarity_acts(acts, 30, pp, index, 30.0)

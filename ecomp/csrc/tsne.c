@@ -2,11 +2,19 @@
  * use). See tsne_body.h for the arithmetic and ecomp/native.py for the contract; the
  * PyTorch path in ecomp/similarity.py computes the same quantities and is their test oracle.
  *
- * Callers split the sets [0, M) across threads; each call allocates its own scratch. */
+ * Every entry point works on the point sets [m0, m1) with `nthreads` threads, each taking
+ * a contiguous share and its own scratch; a set's arithmetic does not depend on the split.
+ * Threads come from OpenMP when built with -fopenmp: loaded into a process where PyTorch's
+ * libgomp.so.1 is already loaded, this library binds to that same runtime, so its threads
+ * are PyTorch's (two runtimes would spin against each other on the same cores).
+ * Without OpenMP the range runs serially and ecomp.native splits it over Python threads. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define KFN(name) name##_base
 #include "tsne_body.h"
@@ -36,55 +44,126 @@ static int use_avx2(void) { return 0; }
 /* Which instruction set the kernels run with: 1 AVX2 + FMA, 0 baseline. */
 int ecomp_isa(void) { return use_avx2(); }
 
-int ecomp_abi_version(void) { return 1; }
+int ecomp_abi_version(void) { return 3; }
 
-/* Returns the number of rows that did not converge, or -1 if scratch could not be allocated. */
-int ecomp_conditionals(const float *gram, int n, const double *guess, double target, double tol,
-                       int max_iter, float *cond, double *bm, int64_t m0, int64_t m1) {
-    float *work = malloc(sizeof(float) * 3 * (size_t)n);
-    if (!work) return -1;
-    int bad;
-#if ECOMP_HAVE_AVX2
-    if (use_avx2())
-        bad = conditionals_avx2(gram, n, guess, target, tol, max_iter, cond, bm, m0, m1, work);
-    else
+/* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
+int ecomp_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
 #endif
-        bad = conditionals_base(gram, n, guess, target, tol, max_iter, cond, bm, m0, m1, work);
-    free(work);
-    return bad;
+}
+
+/* This thread's share [*a, *b) of [m0, m1). */
+static void share(int64_t m0, int64_t m1, int64_t *a, int64_t *b) {
+    int64_t t = 0, nt = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    nt = omp_get_num_threads();
+#endif
+    *a = m0 + (m1 - m0) * t / nt;
+    *b = m0 + (m1 - m0) * (t + 1) / nt;
+}
+
+static int64_t max_width(const int32_t *width, int64_t m0, int64_t m1) {
+    int64_t w = 1;
+    for (int64_t m = m0; m < m1; m++) w = width[m] > w ? width[m] : w;
+    return w;
+}
+
+#if ECOMP_HAVE_AVX2
+#define DISPATCH(fn, ...) (use_avx2() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
+#else
+#define DISPATCH(fn, ...) fn##_base(__VA_ARGS__)
+#endif
+
+/* Gram (M, N, N) -> conditionals (M, N, N) and beta * mean distance (M, N) (bm may be NULL),
+ * starting from guess (M, N) (may be NULL). Returns the number of rows that did not
+ * converge, or -1 if scratch could not be allocated. */
+int ecomp_conditionals(const float *gram, int n, const double *guess, double target, double tol,
+                       int max_iter, float *cond, double *bm, int64_t m0, int64_t m1, int nthreads) {
+    int bad = 0, failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
+    {
+        int64_t a, b;
+        share(m0, m1, &a, &b);
+        float *work = malloc(sizeof(float) * 3 * (size_t)n);
+        if (!work) failed++;
+        else bad += DISPATCH(conditionals, gram, n, guess, target, tol, max_iter, cond, bm, a, b, work);
+        free(work);
+    }
+    return failed ? -1 : bad;
 }
 
 /* Joint probabilities of the conditionals of sets [m0, m1) (both (M, N, N)). */
-void ecomp_joint(const float *cond, int n, float *p, int64_t m0, int64_t m1) {
+int ecomp_joint(const float *cond, int n, float *p, int64_t m0, int64_t m1, int nthreads) {
     const size_t nn = (size_t)n * n;
-    for (int64_t m = m0; m < m1; m++) {
-#if ECOMP_HAVE_AVX2
-        if (use_avx2()) { joint_set_avx2(cond + m * nn, n, p + m * nn); continue; }
-#endif
-        joint_set_base(cond + m * nn, n, p + m * nn);
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t a, b;
+        share(m0, m1, &a, &b);
+        for (int64_t m = a; m < b; m++) DISPATCH(joint_set, cond + m * nn, n, p + m * nn);
     }
+    return 0;
 }
 
-/* KL(P_parent || Q_child) of sets [m0, m1); see similarity in tsne_body.h. */
+/* KL(P_parent || Q_child) of sets [m0, m1) from their Gram matrices; see similarity in tsne_body.h. */
 int ecomp_similarity(const float *gram, int n, const float *p, const double *guess, const int64_t *parent,
-                     double target, double tol, int max_iter, double *kl, int64_t m0, int64_t m1) {
-    float *work = malloc(sizeof(float) * (3 * (size_t)n + 2 * (size_t)n * n));
-    if (!work) return -1;
-    int bad;
-#if ECOMP_HAVE_AVX2
-    if (use_avx2())
-        bad = similarity_avx2(gram, n, p, guess, parent, target, tol, max_iter, kl, m0, m1, work);
-    else
-#endif
-        bad = similarity_base(gram, n, p, guess, parent, target, tol, max_iter, kl, m0, m1, work);
-    free(work);
-    return bad;
+                     double target, double tol, int max_iter, double *kl, int64_t m0, int64_t m1, int nthreads) {
+    int bad = 0, failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
+    {
+        int64_t a, b;
+        share(m0, m1, &a, &b);
+        float *work = malloc(sizeof(float) * (3 * (size_t)n + 2 * (size_t)n * n));
+        if (!work) failed++;
+        else bad += DISPATCH(similarity, gram, n, p, guess, parent, target, tol, max_iter, kl, a, b, work);
+        free(work);
+    }
+    return failed ? -1 : bad;
+}
+
+/* KL(P_parent || Q_child) of sets [m0, m1) given as activations: address of point 0 feature 0,
+ * ld, trans and width per set; see similarity_acts in tsne_body.h. */
+int ecomp_similarity_acts(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width,
+                          int n, const float *p, const double *guess, const int64_t *parent, double target,
+                          double tol, int max_iter, double *kl, int64_t m0, int64_t m1, int nthreads) {
+    const size_t np = ((size_t)n + 15) & ~(size_t)15;
+    const size_t w = (size_t)max_width(width, m0, m1);
+    int bad = 0, failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
+    {
+        int64_t a, b;
+        share(m0, m1, &a, &b);
+        float *work = malloc(sizeof(float) * (3 * (size_t)n + 3 * (size_t)n * n + w * np + 16));
+        if (!work) failed++;
+        else bad += DISPATCH(similarity_acts, addr, ld, trans, width, n, p, guess, parent, target, tol, max_iter,
+                             kl, a, b, work);
+        free(work);
+    }
+    return failed ? -1 : bad;
+}
+
+/* Gram matrices (M, N, N) of sets [m0, m1) given as activations. */
+int ecomp_grams_acts(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width, int n,
+                     float *g, int64_t m0, int64_t m1, int nthreads) {
+    const size_t np = ((size_t)n + 15) & ~(size_t)15;
+    const size_t w = (size_t)max_width(width, m0, m1);
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:failed)
+    {
+        int64_t a, b;
+        share(m0, m1, &a, &b);
+        float *pad = malloc(sizeof(float) * (w * np + 16));
+        if (!pad) failed++;
+        else DISPATCH(grams_acts, addr, ld, trans, width, n, g, a, b, pad);
+        free(pad);
+    }
+    return failed ? -1 : 0;
 }
 
 /* ex = e^-x (x clamped to <= 80), lg = log x (x > 0 normal): the kernels' own approximations. */
 void ecomp_exp_log(const float *x, float *ex, float *lg, int64_t n) {
-#if ECOMP_HAVE_AVX2
-    if (use_avx2()) { exp_log_avx2(x, ex, lg, n); return; }
-#endif
-    exp_log_base(x, ex, lg, n);
+    DISPATCH(exp_log, x, ex, lg, n);
 }

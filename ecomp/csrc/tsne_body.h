@@ -52,6 +52,52 @@ static inline float KFN(log_pos)(float x) {
     return (float)e * 0.69314718056f + 2.0f * s * t;
 }
 
+/* Gram matrix of one set of n points with w features, read in place: point j, feature f
+ * at a[j * ld + f] (points are rows, trans = 0) or a[f * ld + j] (points are columns,
+ * trans = 1). The set is first copied into pad as (w, np) with np = n rounded up to 16
+ * and zeros beyond n; then 6 x 16 blocks of G = pad^T pad on and above the diagonal
+ * blocks, 12 vector accumulators each; the rest of G is mirrored. pad: w * np + 16 floats.
+ * Each entry is a plain sum over f in order of a product, whatever the blocking. */
+typedef float KFN(v8) __attribute__((vector_size(32)));
+
+static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, float *g, float *pad) {
+    const int np = (n + 15) & ~15;
+    for (int f = 0; f < w; f++) {
+        float *row = pad + (size_t)f * np;
+        if (trans) memcpy(row, a + (size_t)f * ld, sizeof(float) * (size_t)n);
+        else for (int j = 0; j < n; j++) row[j] = a[(size_t)j * ld + f];
+        for (int j = n; j < np; j++) row[j] = 0.0f;
+    }
+    for (int j = 0; j < 16; j++) pad[(size_t)w * np + j] = 0.0f;   /* rows i0 + r past np read here */
+    for (int i0 = 0; i0 < n; i0 += 6) {
+        for (int j0 = (i0 / 16) * 16; j0 < n; j0 += 16) {
+            KFN(v8) acc[6][2];
+            memset(acc, 0, sizeof acc);
+            for (int f = 0; f < w; f++) {
+                const float *row = pad + (size_t)f * np;
+                KFN(v8) b0, b1;
+                memcpy(&b0, row + j0, sizeof b0);
+                memcpy(&b1, row + j0 + 8, sizeof b1);
+                for (int r = 0; r < 6; r++) {
+                    const float x = row[i0 + r];
+                    acc[r][0] += x * b0;
+                    acc[r][1] += x * b1;
+                }
+            }
+            for (int r = 0; r < 6 && i0 + r < n; r++) {
+                float out[16];
+                memcpy(out, acc[r], sizeof out);
+                const int m = n - j0 < 16 ? n - j0 : 16;
+                memcpy(g + (size_t)(i0 + r) * n + j0, out, sizeof(float) * (size_t)m);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {                                  /* mirror what was skipped */
+        const int start = ((i / 6) * 6 / 16) * 16;
+        for (int j = 0; j < start; j++) g[(size_t)i * n + j] = g[(size_t)j * n + i];
+    }
+}
+
 /* One point set: Gram -> conditionals with perplexity exp(target) per row.
  * Row i: t_j = |x_j|^2 - 2 <x_i, x_j> (j != i), d_j = t_j - min t (the shift leaves the
  * conditional unchanged), then the safeguarded Halley iteration of
@@ -229,4 +275,30 @@ static void KFN(exp_log)(const float *x, float *ex, float *lg, int64_t n) {
         ex[i] = KFN(exp_neg)(-v < -80.0f ? -80.0f : -v);
         lg[i] = KFN(log_pos)(v);
     }
+}
+
+/* Sets [m0, m1) given as activations (see gram_set: address, ld, trans, width per set)
+ * against parent joints p (Q, N, N): Gram, conditionals and KL per set without leaving
+ * the cache. work: 3 N + 3 N * N + max width * (np + 1) + 16 floats. */
+static int KFN(similarity_acts)(const int64_t *addr, const int64_t *ld, const int32_t *trans,
+                                const int32_t *width, int n, const float *p, const double *guess,
+                                const int64_t *parent, double target, double tol, int max_iter,
+                                double *kl, int64_t m0, int64_t m1, float *work) {
+    int bad = 0;
+    const size_t nn = (size_t)n * n;
+    float *cond = work + 3 * (size_t)n, *sym = cond + nn, *g = sym + nn, *pad = g + nn;
+    for (int64_t m = m0; m < m1; m++) {
+        const int64_t q = parent[m];
+        KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g, pad);
+        bad += KFN(calibrate_set)(g, n, guess ? guess + q * n : NULL, target, tol, max_iter, cond, NULL, work);
+        kl[m] = KFN(kl_set)(cond, p + q * nn, n, sym);
+    }
+    return bad;
+}
+
+/* Gram matrices of sets [m0, m1) given as activations, into g (M, N, N). */
+static void KFN(grams_acts)(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width,
+                            int n, float *g, int64_t m0, int64_t m1, float *pad) {
+    for (int64_t m = m0; m < m1; m++)
+        KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g + m * (size_t)n * n, pad);
 }
