@@ -120,20 +120,18 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
         logits = a.transpose(1, 2)                                            # (pop, batch, classes)
         hidden = [[t[i].T for i in range(pop.size)] for t in stacked]
         return logits, hidden, stacked
-    # The loop keeps every activation as (width, batch), the layout of the packed first
-    # layer: each network's hidden[l][i] is then a transposed view whose points are
-    # columns of contiguous rows, as in the batched path (ecomp.native reads them in place).
+    z0 = z0t.T                                                 # (batch, sum_h), a view
     logits = x.new_empty(pop.size, x.shape[0], classes)
     hidden: list[list[Tensor]] = [[] for _ in range(n_hidden)]
     for i in range(pop.size):
         o = pop.offsets[i]
-        a = z0t[o:o + pop.widths[i][0]]                        # (h, batch)
-        hidden[0].append(a.T)
+        a = z0[:, o:o + pop.widths[i][0]]                      # (batch, h)
+        hidden[0].append(a)
         layers = pop.rest[i]
         for l in range(len(layers) - 1):
             w, b = layers[l]
-            a = torch.addmm(b.unsqueeze(1), w, a).relu_()      # (h, batch)
-            hidden[l + 1].append(a.T)
+            a = torch.addmm(b, a, w.T).relu_()                 # (batch, h)
+            hidden[l + 1].append(a)
         w, b = layers[-1]
-        torch.addmm(b, a.T, w.T, out=logits[i])                # (batch, classes)
+        torch.addmm(b, a, w.T, out=logits[i])                  # (batch, classes)
     return logits, hidden, None

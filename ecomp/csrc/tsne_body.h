@@ -62,12 +62,16 @@ typedef float KFN(v8) __attribute__((vector_size(32)));
 
 static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, float *g, float *pad) {
     const int np = (n + 15) & ~15;
-    for (int f = 0; f < w; f++) {
-        float *row = pad + (size_t)f * np;
-        if (trans) memcpy(row, a + (size_t)f * ld, sizeof(float) * (size_t)n);
-        else for (int j = 0; j < n; j++) row[j] = a[(size_t)j * ld + f];
-        for (int j = n; j < np; j++) row[j] = 0.0f;
+    if (trans) {
+        for (int f = 0; f < w; f++) memcpy(pad + (size_t)f * np, a + (size_t)f * ld, sizeof(float) * (size_t)n);
+    } else {                                                       /* transpose: read rows, write columns */
+        for (int j = 0; j < n; j++) {
+            const float *src = a + (size_t)j * ld;
+            for (int f = 0; f < w; f++) pad[(size_t)f * np + j] = src[f];
+        }
     }
+    for (int f = 0; f < w; f++)
+        for (int j = n; j < np; j++) pad[(size_t)f * np + j] = 0.0f;
     for (int j = 0; j < 16; j++) pad[(size_t)w * np + j] = 0.0f;   /* rows i0 + r past np read here */
     for (int i0 = 0; i0 < n; i0 += 6) {
         for (int j0 = (i0 / 16) * 16; j0 < n; j0 += 16) {
