@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from ecomp import native  # noqa: E402
 from ecomp import similarity as S  # noqa: E402
 from ecomp.cli import CONF_DIR  # noqa: E402
 from ecomp.config import register_configs  # noqa: E402
@@ -34,6 +35,8 @@ from ecomp.fitness import Evaluator  # noqa: E402
 from ecomp.initialiser import l1_population  # noqa: E402
 from ecomp.pipeline import prepare_parent  # noqa: E402
 from ecomp.population import first_layer, forward  # noqa: E402
+from ecomp.recombination import recombine  # noqa: E402
+from ecomp.selection import select_pairs  # noqa: E402
 from ecomp.runtime import keep_freed_memory  # noqa: E402
 
 
@@ -151,6 +154,54 @@ def main() -> None:
            lambda: forward(uni, xb), same_uniform)
     report("one architecture: distances, a Gram per network -> batched", lambda: S.shifted_distances(uni_acts),
            lambda: S.shifted_distances_stacked(stacked, 100), lambda: None)
+
+    # The native kernels (ecomp.native) against the PyTorch path they replace by default.
+    if native.available():
+        n_layers = len(hidden)
+        ev_t, ev_n = Evaluator(parent, batches, perplexity, kernels="torch"), Evaluator(parent, batches, perplexity,
+                                                                                          kernels="native")
+        (p_t, bm_t), (p_n, bm_n) = ev_t._parent_batch(0), ev_n._parent_batch(0)
+        index = torch.arange(n_layers).repeat_interleave(pop.size)          # set (l, c) vs parent layer l
+
+        def sim_torch(sets, dist):
+            guess_t = bm_t.view(n_layers, 1, -1).expand(-1, pop.size, -1).reshape(-1)
+            cond, _ = S.calibrate(dist(), perplexity, beta_mean=guess_t)
+            return S.kl_from_conditionals(p_t, cond.view(-1, 100, 99)).flatten()
+
+        def sim_native(sets):
+            return native.similarity_acts(sets, 100, p_n, index, perplexity, guess=bm_n.view(n_layers, -1))
+
+        def agree(a, b):
+            a, b = a.double(), b.double()
+            assert ((a - b).abs() <= 1e-3 * a.abs() + 1e-6).all(), float((a - b).abs().max())
+
+        report("Gram matrices, 200 sets: a bmm per network -> native (6x16 blocks)",
+               lambda: S.grams(acts), lambda: native.grams_acts(acts, 100),
+               lambda: agree(S.grams(acts).flatten(), native.grams_acts(acts, 100).flatten()))
+        report("similarity of a generation (Grams, search, KL): PyTorch -> native fused",
+               lambda: sim_torch(acts, lambda: S.shifted_distances(acts)), lambda: sim_native(acts),
+               lambda: agree(sim_torch(acts, lambda: S.shifted_distances(acts)), sim_native(acts)))
+        _, uni_hidden_b, uni_stacked = forward(uni, xb)
+        uni_views = [a for layer in uni_hidden_b for a in layer]
+        report("one architecture, similarity: batched PyTorch -> native fused",
+               lambda: sim_torch(uni_views, lambda: S.shifted_distances_stacked(uni_stacked, 100)),
+               lambda: sim_native(uni_views),
+               lambda: agree(sim_torch(uni_views, lambda: S.shifted_distances_stacked(uni_stacked, 100)),
+                             sim_native(uni_views)))
+        pairs = select_pairs(torch.randn(pop.size, generator=g), g)
+        out = torch.empty_like(pop.first_w)
+
+        def same_children():
+            a = recombine(pop, pairs, torch.Generator().manual_seed(1), use_native=False)
+            b = recombine(pop, pairs, torch.Generator().manual_seed(1), use_native=True)
+            assert torch.equal(a.first_w, b.first_w)
+            assert all(torch.equal(x, y) for la, lb in zip(a.rest, b.rest) for pa, pb in zip(la, lb)
+                       for x, y in zip(pa, pb))
+        report("recombination of a generation: slice copies -> native crossover",
+               lambda: recombine(pop, pairs, g, out=out, use_native=False),
+               lambda: recombine(pop, pairs, g, out=out, use_native=True), same_children)
+    else:
+        print("native kernels unavailable here: their lines are skipped")
 
     ref_rows = 200                                   # the float64 scikit-learn-exact search, two matrices
 

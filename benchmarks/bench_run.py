@@ -105,8 +105,12 @@ def bench_device(args, device: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(ov + args.overrides))
 
+    from ecomp import native
+    kernels = native.resolve(cfg.similarity.kernels, device)
     print(f"\n== {device}: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
+          + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
+          + f"; similarity.kernels={cfg.similarity.kernels} -> {kernels}"
+          + (f" ({native.isa()})" if kernels == "native" else ""))
     run_experiment(cfg)  # warm-up: parent cache, data, MLflow store, allocator
     runs, phases = [], []
     widths = []
