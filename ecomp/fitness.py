@@ -56,10 +56,10 @@ def _hidden_acts(layers: Layers, x: Tensor) -> list[Tensor]:
 class Evaluator:
     """Fast population evaluation on batch ``k`` of a fixed list of batches.
 
-    ``kernels`` (``similarity.kernels``): ``native`` runs everything after the Gram
-    products in the fused C kernels of :mod:`ecomp.native`, ``torch`` in the batched
-    PyTorch code of :mod:`ecomp.similarity`, ``auto`` picks native where it builds and
-    the tensors are on the CPU. ``self.kernels`` is the one in use.
+    ``kernels`` (``similarity.kernels``): ``native`` computes the Gram products, the
+    perplexity search and the KL in the fused C kernels of :mod:`ecomp.native`, ``torch``
+    in the batched PyTorch code of :mod:`ecomp.similarity`, ``auto`` picks native where it
+    builds and the tensors are on the CPU. ``self.kernels`` is the one in use.
     """
 
     def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], perplexity: float,

@@ -1,26 +1,31 @@
-"""Fused C kernels for the similarity: compiled on first use, loaded with :mod:`ctypes`.
+"""Fused C kernels for the similarity (and crossover's copies): compiled on first use,
+loaded with :mod:`ctypes`.
 
-Why: after the Gram products, the PyTorch path (:mod:`ecomp.similarity`) makes a dozen
-passes over every ``(N, N)`` matrix per perplexity iteration and as many again for the KL,
-each a separate kernel over 2 million entries per generation. ``ecomp/csrc/tsne.c`` does
-all of it, row by row, while the row sits in L1 cache: shift the distances, run the
-Halley search with a vectorised ``exp``, symmetrise and take the KL with a vectorised
-``log`` (``benchmarks/bench_kernels.py`` measures both paths on the same input).
+Why: the PyTorch path (:mod:`ecomp.similarity`) makes a dozen passes over every ``(N, N)``
+matrix per perplexity iteration and as many again for the KL, each a separate kernel over
+2 million entries per generation. ``ecomp/csrc/tsne.c`` does all of it one point set at a
+time while the set sits in cache: the Gram matrix straight from the activations, the
+shifted distances, the Halley search with a vectorised ``exp``, the symmetrised joint and
+the KL with a vectorised ``log``. ``ecomp/csrc/ops.c`` does crossover's block copies, one
+call per layer (``benchmarks/bench_kernels.py`` times both against the PyTorch code).
 
-How it is built: the system C compiler (``$CC``, else ``cc``) compiles the two files in
-``ecomp/csrc`` once into a cache directory (``$ECOMP_CACHE_DIR``, else
-``~/.cache/ecomp``), under a name that hashes the sources, the flags, the compiler's
-version and the machine, so a changed source or compiler gets a fresh build and parallel
-jobs or cluster nodes sharing a home directory never load a stale or half-written one
-(each build is written to a temporary name and renamed). No ``-march=native``: the
-library carries a baseline and an AVX2 + FMA copy of every kernel and picks one at run
-time, so one build serves every x86-64 node. No ``-ffast-math``: IEEE arithmetic, only the
-marked sums are reordered, so results are the same from run to run.
+How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/csrc`` once
+into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
+hashes the sources, the flags, the compiler's version and the machine, so a changed source
+or compiler gets a fresh build and parallel jobs or cluster nodes sharing a home directory
+never load a stale or half-written one (each build is written to a temporary name and
+renamed). No ``-march=native``: the library carries a baseline and an AVX2 + FMA copy of
+every kernel and picks one at load time, so one build serves every x86-64 node. No
+``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
+same from run to run and do not depend on the number of threads.
+
+Threads: built with ``-fopenmp``, the library binds to the ``libgomp.so.1`` that PyTorch
+has already loaded and uses ``torch.get_num_threads()`` of its threads. A compiler without
+OpenMP gives a serial library; the point sets are then split over Python threads (ctypes
+releases the GIL).
 
 ``similarity.kernels`` chooses: ``auto`` (native where it builds, on CPU tensors; else
 PyTorch, with one warning), ``native`` (an error if it cannot be built) or ``torch``.
-The ctypes calls release the GIL, so the point sets are split over
-``torch.get_num_threads()`` threads; a set's arithmetic does not depend on the split.
 """
 
 from __future__ import annotations

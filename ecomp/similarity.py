@@ -17,6 +17,9 @@ Two implementations:
   float32, a safeguarded Halley iteration on ``beta`` with per-row convergence
   and an active set that shrinks as rows converge, on off-diagonal entries only,
   in as few passes over memory as we could make it.
+
+The same arithmetic, fused per point set in C, is :mod:`ecomp.native` (the default where a C
+compiler is found); this module's fast path is its fallback and, with the reference, its oracle.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ CASES = [
     (["data.batch_size=300"], "data.batch_size=300"),
     (["similarity.perplexity=100"], "similarity.perplexity=100"),
     (["similarity.layers=[5]"], "similarity.layers=[5]"),
+    (["similarity.kernels=fast"], "similarity.kernels='fast'"),
     (["parent.hidden=[32,16]"], "parent.hidden=[32, 16]"),
     (["evolution.epochs=0"], "evolution.epochs=0"),
     (["device=cuda"], "device='cuda'"),

@@ -116,7 +116,10 @@ def test_a_child_identical_to_its_parent_has_similarity_exactly_zero():
     assert torch.equal(kl, torch.zeros(2, dtype=torch.float64))
 
 
-def test_results_do_not_depend_on_the_thread_split():
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "python-threads"])
+def test_results_do_not_depend_on_the_thread_split(openmp, monkeypatch):
+    if not openmp:                       # the fallback of a library built without OpenMP
+        monkeypatch.setattr(native.load(), "ecomp_openmp", lambda: 0)
     xs = [embeddings(w, s) for s, w in enumerate([3, 50, 120, 7, 64])]
     pp = native.joint(native.conditionals(gram(xs[:1]), 30.0)[0])
     index = torch.zeros(len(xs), dtype=torch.int64)
