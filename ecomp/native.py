@@ -288,17 +288,22 @@ def _point_sets(acts: list[Tensor], n: int) -> tuple[Tensor, ...]:
     if rows % n:
         raise ValueError(f"acts: {rows} rows are not whole sets of {n} points")
     base, point_step, ld, trans, width = [], [], [], [], []
-    for a in acts:
-        if a.device.type != "cpu" or a.dtype != torch.float32 or a.shape[0] != rows:
+    for a in acts:                                        # about 200 views per generation: keep this lean
+        shape, (s0, s1) = a.shape, a.stride()
+        if not a.is_cpu or a.dtype is not torch.float32 or shape[0] != rows:
             raise ValueError(f"acts: expected CPU float32 views of {rows} rows, got {a.device.type} {a.dtype} "
-                             f"{tuple(a.shape)}")
-        if a.stride(0) == 1 or a.shape[0] == 1:            # points are columns of a (width, ld) block
-            trans.append(1), ld.append(a.stride(1) if a.shape[1] > 1 else rows)
-        elif a.stride(1) == 1 or a.shape[1] == 1:          # points are rows
-            trans.append(0), ld.append(a.stride(0))
+                             f"{tuple(shape)}")
+        if s0 == 1 or shape[0] == 1:                      # points are columns of a (width, ld) block
+            trans.append(1)
+            ld.append(s1 if shape[1] > 1 else rows)
+        elif s1 == 1 or shape[1] == 1:                    # points are rows
+            trans.append(0)
+            ld.append(s0)
         else:
             raise ValueError("acts: each view needs unit stride along points or features")
-        base.append(a.data_ptr()), point_step.append(a.stride(0) * a.element_size()), width.append(a.shape[1])
+        base.append(a.data_ptr())
+        point_step.append(4 * s0)
+        width.append(shape[1])
     g = torch.arange(rows // n, dtype=torch.int64) * n
     addr = (torch.tensor(base)[:, None] + torch.tensor(point_step)[:, None] * g).reshape(-1)
     per = rows // n

@@ -76,7 +76,7 @@ static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, f
     for (int i0 = 0; i0 < n; i0 += 6) {
         for (int j0 = (i0 / 16) * 16; j0 < n; j0 += 16) {
             KFN(v8) acc[6][2];
-            memset(acc, 0, sizeof acc);
+            for (int r = 0; r < 6; r++) acc[r][0] = acc[r][1] = (KFN(v8)){0.0f};
             for (int f = 0; f < w; f++) {
                 const float *row = pad + (size_t)f * np;
                 KFN(v8) b0, b1;
@@ -88,11 +88,17 @@ static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, f
                     acc[r][1] += x * b1;
                 }
             }
+            const int m = n - j0 < 16 ? n - j0 : 16;
             for (int r = 0; r < 6 && i0 + r < n; r++) {
-                float out[16];
-                memcpy(out, acc[r], sizeof out);
-                const int m = n - j0 < 16 ? n - j0 : 16;
-                memcpy(g + (size_t)(i0 + r) * n + j0, out, sizeof(float) * (size_t)m);
+                float *dst = g + (size_t)(i0 + r) * n + j0;
+                if (m == 16) {                                     /* two plain vector stores */
+                    memcpy(dst, &acc[r][0], sizeof acc[r][0]);
+                    memcpy(dst + 8, &acc[r][1], sizeof acc[r][1]);
+                } else {
+                    float out[16];
+                    memcpy(out, acc[r], sizeof out);
+                    for (int j = 0; j < m; j++) dst[j] = out[j];
+                }
             }
         }
     }
