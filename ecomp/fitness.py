@@ -22,9 +22,8 @@ from torch import Tensor
 from . import native
 from .network import Layers, model_from_layers
 from .population import Population, forward
-from .similarity import (_gram_to_t, _shift_rows, calibrate, grams, grams_stacked, joint_probabilities_reference,
-                         kl_divergence, kl_from_conditionals, shifted_distances, squared_distances, symmetrise,
-                         with_diagonal)
+from .similarity import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
+                         shifted_distances, shifted_distances_stacked, squared_distances, symmetrise, with_diagonal)
 from .timing import NullTimer, PhaseTimer
 
 
@@ -130,13 +129,10 @@ class Evaluator:
         with self.timer.phase("similarity"):
             if self.kernels == "native":                       # Grams, search and KL fused, per set
                 sims = self._native_similarity(hidden, parents, size, n)          # (G, pop)
-            else:
-                if stacked is not None:                        # one architecture: Grams batched over networks
-                    g = grams_stacked([stacked[l] for l in self.layers], n)        # (G, L, pop, N, N)
-                else:                                          # one batched Gram per network over the batches
-                    g = grams([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
-                t = _gram_to_t(g)                              # (L * pop, G, N, N) in the loop's case
-                d = _shift_rows(t if stacked is not None else t.transpose(0, 1))
+            elif stacked is not None:                          # one architecture: Grams batched over networks
+                d = shifted_distances_stacked([stacked[l] for l in self.layers], n).view(len(ks), -1, n - 1)
+            else:                                              # one batched Gram per network over the batches
+                d = shifted_distances([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
                 d = d.view(len(ks), -1, n - 1)                 # (G, L * pop * N, N - 1)
         with self.timer.phase("forward"):
             accs = [(logits[:, g_ * n:(g_ + 1) * n].argmax(2) == self.batches[k][1]).float().mean(1)

@@ -52,7 +52,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 3
+ABI_VERSION = 4
 KERNELS = ("auto", "native", "torch")
 
 _lock = threading.Lock()
@@ -64,6 +64,7 @@ _warned = False
 _f32 = ctypes.POINTER(ctypes.c_float)
 _f64 = ctypes.POINTER(ctypes.c_double)
 _i64 = ctypes.POINTER(ctypes.c_int64)
+_i32 = ctypes.POINTER(ctypes.c_int32)
 
 
 class NativeUnavailable(RuntimeError):
@@ -128,12 +129,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_conditionals.restype = ctypes.c_int
     lib.ecomp_joint.argtypes = [_f32, ctypes.c_int, _f32, *span]
     lib.ecomp_joint.restype = ctypes.c_int
-    lib.ecomp_similarity.argtypes = [_f32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double, ctypes.c_double,
-                                     ctypes.c_int, _f64, *span]
-    lib.ecomp_similarity.restype = ctypes.c_int
     lib.ecomp_exp_log.argtypes = [_f32, _f32, _f32, ctypes.c_int64]
     lib.ecomp_exp_log.restype = None
-    _i32 = ctypes.POINTER(ctypes.c_int32)
     lib.ecomp_similarity_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double,
                                           ctypes.c_double, ctypes.c_int, _f64, *span]
     lib.ecomp_similarity_acts.restype = ctypes.c_int
@@ -256,34 +253,12 @@ def joint(cond: Tensor) -> Tensor:
     return p
 
 
-def similarity(gram: Tensor, parent_p: Tensor, parent: Tensor, perplexity: float, tol: float = 1e-5,
-               max_iter: int = 60, guess: Tensor | None = None) -> Tensor:
-    """``KL(P_parent || Q)`` ``(M,)`` float64 for ``M`` Gram matrices ``(M, N, N)``.
-
-    Set ``m`` is compared with ``parent_p[parent[m]]`` (``(Q, N, N)`` joints from
-    :func:`joint`) and, if ``guess`` ``(Q, N)`` is given, starts its perplexity search from
-    ``guess[parent[m]]``. The conditionals never leave the cache.
-    """
-    lib = load()
-    m, n, _ = gram.shape
-    q = parent_p.shape[0]
-    gram = _check("gram", gram, torch.float32, (m, n, n))
-    parent_p = _check("parent_p", parent_p, torch.float32, (q, n, n))
-    parent = _check("parent", parent, torch.int64, (m,))
-    if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
-        raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
-    guess = None if guess is None else _check("guess", guess, torch.float64, (q, n))
-    kl = torch.empty(m, dtype=torch.float64)
-    _split(lib.ecomp_similarity, m, _ptr(gram, _f32), n, _ptr(parent_p, _f32), _ptr(guess, _f64),
-           _ptr(parent, _i64), _target(perplexity), tol, max_iter, _ptr(kl, _f64))
-    return kl
-
-
-def _point_sets(acts: list[Tensor], n: int) -> tuple[Tensor, ...]:
+def _point_sets(acts: list[Tensor], n: int) -> tuple[int, list[Tensor]]:
     """Describe ``G = rows // n`` sets of ``n`` points in each ``(rows, width)`` activation
     view, in place, set ``s * G + g`` = rows ``[g n, (g + 1) n)`` of ``acts[s]``: the address of
     its first point, the stride between features or points (ld), whether points are
-    columns (trans) and the width. Returns int64/int32 tensors the C side reads."""
+    columns (trans) and the width. Returns the number of sets and those four arrays (int64,
+    int64, int32, int32: keep them alive while the C side reads them)."""
     rows = acts[0].shape[0]
     if rows % n:
         raise ValueError(f"acts: {rows} rows are not whole sets of {n} points")
@@ -311,27 +286,35 @@ def _point_sets(acts: list[Tensor], n: int) -> tuple[Tensor, ...]:
     def each(v, dtype):
         return torch.tensor(v, dtype=dtype).repeat_interleave(per)
 
-    return addr, each(ld, torch.int64), each(trans, torch.int32), each(width, torch.int32)
+    return addr.shape[0], [addr, each(ld, torch.int64), each(trans, torch.int32), each(width, torch.int32)]
+
+
+def _set_pointers(desc: list[Tensor]) -> list:
+    return [_ptr(t, _i64 if t.dtype == torch.int64 else _i32) for t in desc]
 
 
 def similarity_acts(acts: list[Tensor], n: int, parent_p: Tensor, parent: Tensor, perplexity: float,
                     tol: float = 1e-5, max_iter: int = 60, guess: Tensor | None = None) -> Tensor:
-    """:func:`similarity` straight from activations: ``acts`` are ``S`` views ``(G * n, width)``
-    (any widths, points along either unit stride), set ``s * G + g`` is rows
-    ``[g n, (g + 1) n)`` of ``acts[s]``. The Gram matrices are computed in the kernel
-    (:func:`grams_acts`) and never written out. Returns ``(S * G,)`` float64."""
+    """``KL(P_parent || Q)`` ``(S * G,)`` float64 straight from activations: ``acts`` are ``S``
+    views ``(G * n, width)`` (any widths, points along either unit stride), set ``s * G + g``
+    is rows ``[g n, (g + 1) n)`` of ``acts[s]``.
+
+    Set ``m`` is compared with ``parent_p[parent[m]]`` (``(Q, n, n)`` joints from
+    :func:`joint`) and, if ``guess`` ``(Q, n)`` is given, starts its perplexity search from
+    ``guess[parent[m]]``. Gram matrices (as :func:`grams_acts`) and conditionals are made
+    per set in the kernel and never written out.
+    """
     lib = load()
-    desc = _point_sets(acts, n)
-    m, q = desc[0].shape[0], parent_p.shape[0]
+    m, desc = _point_sets(acts, n)
+    q = parent_p.shape[0]
     parent_p = _check("parent_p", parent_p, torch.float32, (q, n, n))
     parent = _check("parent", parent, torch.int64, (m,))
     if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
         raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
     guess = None if guess is None else _check("guess", guess, torch.float64, (q, n))
     kl = torch.empty(m, dtype=torch.float64)
-    _split(lib.ecomp_similarity_acts, m, *(_ptr(t, _i64 if t.dtype == torch.int64 else ctypes.POINTER(ctypes.c_int32))
-                                           for t in desc),
-           n, _ptr(parent_p, _f32), _ptr(guess, _f64), _ptr(parent, _i64), _target(perplexity), tol, max_iter,
+    _split(lib.ecomp_similarity_acts, m, *_set_pointers(desc), n, _ptr(parent_p, _f32), _ptr(guess, _f64),
+           _ptr(parent, _i64), _target(perplexity), tol, max_iter,
            _ptr(kl, _f64))
     return kl
 
@@ -340,11 +323,9 @@ def grams_acts(acts: list[Tensor], n: int) -> Tensor:
     """Gram matrices ``(S * G, n, n)`` of the point sets of :func:`similarity_acts`, by the
     kernel it uses (so a parent's and an identical child's agree bit for bit)."""
     lib = load()
-    desc = _point_sets(acts, n)
-    g = torch.empty(desc[0].shape[0], n, n)
-    _split(lib.ecomp_grams_acts, g.shape[0], *(_ptr(t, _i64 if t.dtype == torch.int64
-                                                      else ctypes.POINTER(ctypes.c_int32)) for t in desc),
-           n, _ptr(g, _f32))
+    m, desc = _point_sets(acts, n)
+    g = torch.empty(m, n, n)
+    _split(lib.ecomp_grams_acts, m, *_set_pointers(desc), n, _ptr(g, _f32))
     return g
 
 

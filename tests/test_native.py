@@ -23,6 +23,11 @@ def gram(points: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([a @ a.T for a in points]).contiguous()
 
 
+def parent_joints(points: list[torch.Tensor]) -> torch.Tensor:
+    """Parents' joints as the evaluator makes them: Grams by the kernel that the children's go through."""
+    return native.joint(native.conditionals(native.grams_acts(points, points[0].shape[0]), 30.0)[0])
+
+
 def ref_conditionals(x: torch.Tensor, perplexity: float) -> np.ndarray:
     return conditional_probabilities_reference(squared_distances([x.double()])[0].numpy(), perplexity)
 
@@ -86,9 +91,8 @@ def test_degenerate_activations_stay_finite(case):
     assert torch.isfinite(p).all() and (p > 0).all()
     assert abs(float(p.sum()) - 1.0) < 1e-4
     assert torch.allclose(p, torch.from_numpy(sklearn_p(x, 30.0)).float(), rtol=1e-3, atol=1e-7)
-    parent = [embeddings(64, 1)]
-    pp = native.joint(native.conditionals(gram(parent), 30.0)[0])
-    kl = native.similarity(gram([x]), pp, torch.zeros(1, dtype=torch.int64), 30.0)
+    pp = parent_joints([embeddings(64, 1)])
+    kl = native.similarity_acts([x], n, pp, torch.zeros(1, dtype=torch.int64), 30.0)
     assert torch.isfinite(kl).all()
 
 
@@ -96,13 +100,13 @@ def test_similarity_within_1e4_relative_of_the_float64_reference():
     parents = [embeddings(256, 0), embeddings(128, 9)]
     children = [embeddings(w, s + 1) for s, w in enumerate([5, 40, 100, 200])]
     p_ref = [joint_probabilities_reference(squared_distances([x.double()])[0].numpy(), 30.0) for x in parents]
-    cond, bm = native.conditionals(gram(parents), 30.0)
+    cond, bm = native.conditionals(native.grams_acts(parents, 100), 30.0)
     pp = native.joint(cond)
     # every child against both parents: set m = 2 c + q is compared with parent q
     sets = [c for c in children for _ in parents]
     index = torch.tensor([q for _ in children for q in range(2)])
     for guess in (None, bm):
-        kl = native.similarity(gram(sets), pp, index, 30.0, guess=guess)
+        kl = native.similarity_acts(sets, 100, pp, index, 30.0, guess=guess)
         for m, c in enumerate(sets):
             q_ref = joint_probabilities_reference(squared_distances([c.double()])[0].numpy(), 30.0)
             ref = float(kl_divergence(torch.from_numpy(p_ref[m % 2]), torch.from_numpy(q_ref)))
@@ -111,8 +115,8 @@ def test_similarity_within_1e4_relative_of_the_float64_reference():
 
 def test_a_child_identical_to_its_parent_has_similarity_exactly_zero():
     parent = [embeddings(64, 3), embeddings(32, 4)]
-    cond, bm = native.conditionals(gram(parent), 30.0)
-    kl = native.similarity(gram(parent), native.joint(cond), torch.arange(2), 30.0, guess=bm)
+    cond, bm = native.conditionals(native.grams_acts(parent, 100), 30.0)
+    kl = native.similarity_acts(parent, 100, native.joint(cond), torch.arange(2), 30.0, guess=bm)
     assert torch.equal(kl, torch.zeros(2, dtype=torch.float64))
 
 
@@ -121,14 +125,14 @@ def test_results_do_not_depend_on_the_thread_split(openmp, monkeypatch):
     if not openmp:                       # the fallback of a library built without OpenMP
         monkeypatch.setattr(native.load(), "ecomp_openmp", lambda: 0)
     xs = [embeddings(w, s) for s, w in enumerate([3, 50, 120, 7, 64])]
-    pp = native.joint(native.conditionals(gram(xs[:1]), 30.0)[0])
+    pp = parent_joints(xs[:1])
     index = torch.zeros(len(xs), dtype=torch.int64)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.similarity(gram(xs), pp, index, 30.0), native.conditionals(gram(xs), 30.0)
+        one = native.similarity_acts(xs, 100, pp, index, 30.0), native.conditionals(gram(xs), 30.0)
         torch.set_num_threads(3)
-        three = native.similarity(gram(xs), pp, index, 30.0), native.conditionals(gram(xs), 30.0)
+        three = native.similarity_acts(xs, 100, pp, index, 30.0), native.conditionals(gram(xs), 30.0)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one[0], three[0])
@@ -141,7 +145,7 @@ def test_bad_arguments_get_one_line_errors():
         native.conditionals(g.double(), 30.0)
     pp = native.joint(native.conditionals(g, 30.0)[0])
     with pytest.raises(ValueError, match=r"^parent: indices must lie in \[0, 1\)"):
-        native.similarity(g, pp, torch.tensor([1]), 30.0)
+        native.similarity_acts([embeddings(4, 0)], 100, pp, torch.tensor([1]), 30.0)
     with pytest.raises(ValueError, match=r"similarity.kernels='fast': expected one of auto, native, torch"):
         native.resolve("fast")
     with pytest.raises(ValueError, match=r"run on the CPU, not on cuda"):
@@ -187,14 +191,18 @@ def test_grams_from_activations_in_either_layout(n, g):
     assert torch.equal(got, got.transpose(1, 2))                       # mirrored exactly
 
 
-def test_similarity_from_activations_equals_similarity_from_grams():
+def test_fused_similarity_equals_its_steps():
+    """similarity_acts (Gram, search and KL per set in cache) = grams_acts, conditionals and
+    joint one after another, with the KL taken in float64 by PyTorch."""
     n, g = 100, 2
     gen = torch.Generator().manual_seed(1)
     parents = [torch.randn(n, 64, generator=gen).relu() for _ in range(g)]
-    pp = native.joint(native.conditionals(native.grams_acts(parents, n), 30.0)[0])
+    pp = parent_joints(parents)
     acts = [torch.randn(w, g * n, generator=gen).relu().T for w in (3, 40, 120)]
     index = torch.arange(g).repeat(len(acts))                          # set s * G + k vs parent k
     fused = native.similarity_acts(acts, n, pp, index, 30.0)
-    assert torch.equal(fused, native.similarity(native.grams_acts(acts, n), pp, index, 30.0))
+    q = native.joint(native.conditionals(native.grams_acts(acts, n), 30.0)[0])
+    steps = kl_divergence(pp[index].double(), q.double())
+    assert torch.allclose(fused, steps, rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match=r"^acts: 200 rows are not whole sets of 30 points"):
         native.similarity_acts(acts, 30, pp, index, 30.0)

@@ -44,7 +44,7 @@ static int use_avx2(void) { return 0; }
 /* Which instruction set the kernels run with: 1 AVX2 + FMA, 0 baseline. */
 int ecomp_isa(void) { return use_avx2(); }
 
-int ecomp_abi_version(void) { return 3; }
+int ecomp_abi_version(void) { return 4; }
 
 /* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
 int ecomp_openmp(void) {
@@ -106,22 +106,6 @@ int ecomp_joint(const float *cond, int n, float *p, int64_t m0, int64_t m1, int 
         for (int64_t m = a; m < b; m++) DISPATCH(joint_set, cond + m * nn, n, p + m * nn);
     }
     return 0;
-}
-
-/* KL(P_parent || Q_child) of sets [m0, m1) from their Gram matrices; see similarity in tsne_body.h. */
-int ecomp_similarity(const float *gram, int n, const float *p, const double *guess, const int64_t *parent,
-                     double target, double tol, int max_iter, double *kl, int64_t m0, int64_t m1, int nthreads) {
-    int bad = 0, failed = 0;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
-    {
-        int64_t a, b;
-        share(m0, m1, &a, &b);
-        float *work = malloc(sizeof(float) * (3 * (size_t)n + 2 * (size_t)n * n));
-        if (!work) failed++;
-        else bad += DISPATCH(similarity, gram, n, p, guess, parent, target, tol, max_iter, kl, a, b, work);
-        free(work);
-    }
-    return failed ? -1 : bad;
 }
 
 /* KL(P_parent || Q_child) of sets [m0, m1) given as activations: address of point 0 feature 0,

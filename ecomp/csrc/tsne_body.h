@@ -259,24 +259,6 @@ static int KFN(conditionals)(const float *gram, int n, const double *guess, doub
     return bad;
 }
 
-/* Sets [m0, m1) of `gram` (M, N, N) against parent joints p (Q, N, N): set m is compared
- * with parent set parent[m] and starts its search from that set's guess (Q, N) (NULL: no
- * guess). kl: (M,) */
-static int KFN(similarity)(const float *gram, int n, const float *p, const double *guess, const int64_t *parent,
-                           double target, double tol, int max_iter, double *kl, int64_t m0, int64_t m1,
-                           float *work) {
-    int bad = 0;
-    const size_t nn = (size_t)n * n;
-    float *cond = work + 3 * (size_t)n, *sym = cond + nn;
-    for (int64_t m = m0; m < m1; m++) {
-        const int64_t q = parent[m];
-        bad += KFN(calibrate_set)(gram + m * nn, n, guess ? guess + q * n : NULL, target, tol, max_iter,
-                                  cond, NULL, work);
-        kl[m] = KFN(kl_set)(cond, p + q * nn, n, sym);
-    }
-    return bad;
-}
-
 /* Elementwise, for the tests: the two approximations above against the C library's. */
 static void KFN(exp_log)(const float *x, float *ex, float *lg, int64_t n) {
     #pragma omp simd
