@@ -52,7 +52,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 4
+ABI_VERSION = 5
 KERNELS = ("auto", "native", "torch")
 
 _lock = threading.Lock()
@@ -136,8 +136,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_similarity_acts.restype = ctypes.c_int
     lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, *span]
     lib.ecomp_grams_acts.restype = ctypes.c_int
-    lib.ecomp_crossover.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int]
-    lib.ecomp_crossover.restype = None
+    lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int]
+    lib.ecomp_recombine.restype = None
     return lib
 
 
@@ -338,29 +338,25 @@ def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:
     return ex, lg
 
 
-def crossover(children: list[tuple[Tensor, Tensor]], bulk: list[tuple[Tensor, Tensor]] | None,
-              donor: list[tuple[Tensor, Tensor]], cuts: list[int]) -> None:
-    """In place, for each child ``j``: ``(w, b) = bulk[j]`` (unless ``bulk`` is None: the
-    child already holds it), then ``w[:c, :c] = donor_w[:c, :c]`` and ``b[:c] = donor_b[:c]``
-    with ``c = cuts[j]``. One call for a whole layer of children; float32 CPU tensors with
-    contiguous rows, shapes as in :mod:`ecomp.recombination` (not checked here: the caller
-    builds them)."""
+def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: tuple[Tensor, Tensor],
+              rows: list[int], cols: list[int], donor_cols: list[int], cuts: list[int]) -> None:
+    """One layer of crossover children, in one pass over their memory: child ``j`` (``rows[j]``
+    x ``cols[j]`` float32 weights and ``rows[j]`` biases at the addresses ``child[0][j]``,
+    ``child[1][j]``) becomes its bulk parent's layer (same shape, at ``bulk[.][j]``) with the
+    top-left ``c x c`` block and first ``c`` biases of its donor (row stride ``donor_cols[j]``,
+    at ``donor[.][j]``), ``c = cuts[j]``. Addresses are int64 tensors; the caller
+    (:mod:`ecomp.recombination`) builds them from live CPU tensors and keeps them alive.
+    Threads: ``torch.get_num_threads()`` when the library has OpenMP."""
     lib = load()
-    n = len(children)
-    src = bulk if bulk is not None else children
-
-    def addresses(ts):
-        return torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64)
-
-    cw, cb = addresses([w for w, _ in children]), addresses([b for _, b in children])
-    bw, bb = addresses([w for w, _ in src]), addresses([b for _, b in src])
-    dw, db = addresses([w for w, _ in donor]), addresses([b for _, b in donor])
-    rows = torch.tensor([w.shape[0] for w, _ in children], dtype=torch.int64)
-    cols = torch.tensor([w.stride(0) for w, _ in children], dtype=torch.int64)
-    dcols = torch.tensor([w.stride(0) for w, _ in donor], dtype=torch.int64)
-    c = torch.tensor(cuts, dtype=torch.int64)
-    lib.ecomp_crossover(n, *(_ptr(t, _i64) for t in (cw, cb, bw, bb, dw, db, rows, cols, dcols, c)),
-                        int(bulk is not None))
+    n = len(rows)
+    addrs = [*child, *bulk, *donor]
+    if any(a.dtype != torch.int64 or a.shape != (n,) for a in addrs) or not len(cols) == len(donor_cols) == len(cuts) == n:
+        raise ValueError(f"recombine: expected {n} addresses, shapes and cuts per argument")
+    sizes = [torch.tensor(v, dtype=torch.int64) for v in (rows, cols, donor_cols, cuts)]
+    if n and (int(sizes[3].min()) < 0 or bool((sizes[3] > torch.minimum(sizes[0], sizes[1])).any())):
+        raise ValueError("recombine: every cut must lie in [0, min(rows, cols)] of its child")
+    lib.ecomp_recombine(n, *(_ptr(t.contiguous(), _i64) for t in (*addrs, *sizes)),
+                        torch.get_num_threads() if lib.ecomp_openmp() else 1)
 
 
 def _target(perplexity: float) -> float:

@@ -2,8 +2,11 @@
 
 All first layers are packed into one ``(sum of widths, input)`` matrix so the
 whole population's first layer is a single GEMM on the shared input batch
-(it holds about 85 % of the FLOPs). The remaining layers of each individual are
-plain ``(weight, bias)`` tensors at their true sizes: no zero padding.
+(it holds about 85 % of the FLOPs). Each later layer is packed the same way:
+every individual's ``(out, in)`` weights, flattened at their true sizes (no zero
+padding), one after the other in one buffer, and its biases in another. So
+crossover reads and writes each layer of a generation as one block of memory,
+and a population of one architecture is a ``(pop, out, in)`` view of it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,29 @@ class Population:
     widths: list[tuple[int, ...]]          # hidden widths of each individual
     first_w: Tensor                        # (sum_i widths[i][0], input) packed first-layer weights
     first_b: Tensor                        # (sum_i widths[i][0],)
-    rest: list[Layers]                     # per individual: the layers after the first
+    layer_w: list[Tensor]                  # per later layer: every individual's (out, in) weights, flat
+    layer_b: list[Tensor]                  # per later layer: every individual's biases, flat
     offsets: list[int] = field(init=False)  # row of first_w where individual i starts
+    w_offsets: list[list[int]] = field(init=False)  # per later layer: where individual i starts in layer_w
+    b_offsets: list[list[int]] = field(init=False)
+    _rest: list[Layers] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.offsets = [0, *accumulate(w[0] for w in self.widths)]
         assert self.first_w.shape[0] == self.offsets[-1], "packed first layer does not match widths"
+        self.w_offsets, self.b_offsets = [], []
+        n_later, classes = len(self.layer_w), self.classes
+        for l in range(n_later):
+            if l + 1 < n_later:
+                w_sizes = [w[l + 1] * w[l] for w in self.widths]
+                b_sizes = [w[l + 1] for w in self.widths]
+            else:
+                w_sizes = [classes * w[l] for w in self.widths]
+                b_sizes = [classes] * self.size
+            self.w_offsets.append([0, *accumulate(w_sizes)])
+            self.b_offsets.append([0, *accumulate(b_sizes)])
+            assert self.layer_w[l].numel() == self.w_offsets[l][-1], f"packed layer {l + 1} does not match widths"
+            assert self.layer_b[l].numel() == self.b_offsets[l][-1], f"packed biases {l + 1} do not match widths"
 
     @property
     def size(self) -> int:
@@ -37,13 +57,40 @@ class Population:
     def device(self) -> torch.device:
         return self.first_w.device
 
+    @property
+    def classes(self) -> int:
+        return self.layer_b[-1].numel() // self.size
+
+    def layer_shape(self, i: int, l: int) -> tuple[int, int]:
+        """``(out, in)`` of individual ``i``'s later layer ``l`` (layer ``l + 1`` of the network)."""
+        w = self.widths[i]
+        return (w[l + 1] if l + 1 < len(w) else self.classes), w[l]
+
     def first(self, i: int) -> tuple[Tensor, Tensor]:
         o, h = self.offsets[i], self.widths[i][0]
         return self.first_w[o:o + h], self.first_b[o:o + h]
 
+    @property
+    def rest(self) -> list[Layers]:
+        """Per individual: its layers after the first, as views into the packed buffers."""
+        if self._rest is None:
+            self._rest = [[self._layer(i, l) for l in range(len(self.layer_w))] for i in range(self.size)]
+        return self._rest
+
+    def _layer(self, i: int, l: int) -> tuple[Tensor, Tensor]:
+        o, n = self.w_offsets[l][i], self.b_offsets[l][i]
+        out, inp = self.layer_shape(i, l)
+        return self.layer_w[l][o:o + out * inp].view(out, inp), self.layer_b[l][n:n + out]
+
+    def stacked(self, l: int) -> tuple[Tensor, Tensor]:
+        """Later layer ``l`` of a population of one architecture as ``(pop, out, in)``, ``(pop, out)`` views."""
+        out, inp = self.layer_shape(0, l)
+        return self.layer_w[l].view(self.size, out, inp), self.layer_b[l].view(self.size, out)
+
     def individual(self, i: int) -> Layers:
         """Individual ``i`` as ``(weight, bias)`` pairs (views, not copies)."""
-        return [self.first(i), *self.rest[i]]
+        later = self._rest[i] if self._rest is not None else [self._layer(i, l) for l in range(len(self.layer_w))]
+        return [self.first(i), *later]
 
     def hidden_units(self) -> Tensor:
         """(pop,) total hidden units of each individual."""
@@ -52,11 +99,13 @@ class Population:
     @classmethod
     def from_individuals(cls, individuals: list[Layers]) -> "Population":
         firsts = [ind[0] for ind in individuals]
+        n_later = len(individuals[0]) - 1
         return cls(
             widths=[tuple(w.shape[0] for w, _ in ind[:-1]) for ind in individuals],
             first_w=torch.cat([w for w, _ in firsts]),
             first_b=torch.cat([b for _, b in firsts]),
-            rest=[[(w, b) for w, b in ind[1:]] for ind in individuals],
+            layer_w=[torch.cat([ind[l + 1][0].reshape(-1) for ind in individuals]) for l in range(n_later)],
+            layer_b=[torch.cat([ind[l + 1][1] for ind in individuals]) for l in range(n_later)],
         )
 
 
@@ -101,7 +150,7 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
     in the tests).
     """
     z0t = first_layer(pop, x).relu_()                          # (sum_h, batch)
-    classes = pop.rest[0][-1][0].shape[0]
+    classes = pop.classes
     n_hidden = len(pop.widths[0])
     uniform = all(w == pop.widths[0] for w in pop.widths)
     if batched is None:
@@ -112,9 +161,8 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
         a = z0t.view(pop.size, pop.widths[0][0], x.shape[0])    # (pop, h0, batch), a view
         stacked = [a]
         for l in range(n_hidden):
-            w = torch.stack([layers[l][0] for layers in pop.rest])           # (pop, out, in)
-            b = torch.stack([layers[l][1] for layers in pop.rest]).unsqueeze(2)
-            a = torch.baddbmm(b, w, a)                                        # (pop, out, batch)
+            w, b = pop.stacked(l)                                             # (pop, out, in): views
+            a = torch.baddbmm(b.unsqueeze(2), w, a)                           # (pop, out, batch)
             if l < n_hidden - 1:
                 stacked.append(a.relu_())
         logits = a.transpose(1, 2)                                            # (pop, batch, classes)

@@ -49,10 +49,11 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     recycled buffer: writing into touched memory is about 3x faster than
     into a fresh 40 MB allocation, which glibc always maps anew).
 
-    The block swaps and the later layers' copies are a few hundred small tensor
-    operations per generation; ``ecomp.native.crossover`` does each layer's in one
-    call (``use_native``: None = when the C kernels are available and the population is
-    float32 on the CPU). Both paths only copy, so their children are bit for bit equal.
+    ``ecomp.native.recombine`` writes each layer's children in one threaded pass over
+    their memory (``use_native``: None = when the C kernels are available and the
+    population is float32 on the CPU); the fallback copies each bulk parent's layer and
+    then assigns the donor's block, a few hundred tensor operations per generation. Both
+    only copy, so their children are bit for bit equal.
     """
     if use_native is None:
         use_native = (pop.device.type == "cpu" and pop.first_w.dtype == torch.float32
@@ -64,54 +65,61 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     donor = [i for a, b in pl for i in (a, b)]
     child_cuts = [c for c in cuts for _ in (0, 1)]
 
-    # First layer: gather the bulk parents' packed rows in one index_select into the recycled
-    # buffer (benchmarks/bench_kernels.py: faster than a copy per parent), then swap the blocks.
     widths = [pop.widths[s] for s in bulk]
-    heights = torch.tensor([w[0] for w in widths])
-    n_rows = int(heights.sum())
-    starts = torch.tensor(pop.offsets[:-1])[torch.tensor(bulk)]               # each bulk parent's first row
-    dst_starts = torch.cumsum(heights, 0) - heights
-    rows = torch.arange(n_rows) + torch.repeat_interleave(starts - dst_starts, heights)
-    rows = rows.to(pop.first_w.device)
+    n_rows = sum(w[0] for w in widths)
     shape = (n_rows, pop.first_w.shape[1])
     first_w = out[:n_rows] if out is not None and out.shape[0] >= n_rows else pop.first_w.new_empty(shape)
-    torch.index_select(pop.first_w, 0, rows, out=first_w)
-    first_b = pop.first_b.index_select(0, rows)
-    children = Population(widths, first_w, first_b, rest=[])
+    layer_sizes = [(sum(o * i for o, i in shapes), sum(o for o, _ in shapes))
+                   for shapes in ([pop.layer_shape(s, l) for s in bulk] for l in range(len(pop.layer_w)))]
+    children = Population(widths, first_w, pop.first_b.new_empty(n_rows),
+                          layer_w=[pop.layer_w[0].new_empty(nw) for nw, _ in layer_sizes],
+                          layer_b=[pop.layer_b[0].new_empty(nb) for _, nb in layer_sizes])
     if use_native:
-        native.crossover([children.first(j) for j in range(len(bulk))], None, [pop.first(d) for d in donor],
-                         [c[0] for c in child_cuts])
-        _later_layers_native(pop, children, bulk, donor, child_cuts)
+        _recombine_native(pop, children, bulk, donor, child_cuts)
         return children
+
+    # First layer: gather the bulk parents' packed rows in one index_select, then swap the blocks.
+    heights = torch.tensor([w[0] for w in widths])
+    starts = torch.tensor(pop.offsets[:-1])[torch.tensor(bulk)]               # each bulk parent's first row
+    rows = torch.arange(n_rows) + torch.repeat_interleave(starts - (torch.cumsum(heights, 0) - heights), heights)
+    rows = rows.to(pop.first_w.device)
+    torch.index_select(pop.first_w, 0, rows, out=first_w)
+    torch.index_select(pop.first_b, 0, rows, out=children.first_b)
     for j, (d, c) in enumerate(zip(donor, child_cuts)):
         w, b = children.first(j)
         dw, db = pop.first(d)
         _swap_block(w, b, dw, db, c[0])
-
     # Later layers: copy the bulk parent's tensors, swap the block from the donor.
     for j, (s, d, c) in enumerate(zip(bulk, donor, child_cuts)):
-        layers = []
-        for l, ((w, b), (dw, db)) in enumerate(zip(pop.rest[s], pop.rest[d])):
-            w, b = w.clone(), b.clone()
+        for l, ((w, b), (sw, sb), (dw, db)) in enumerate(zip(children.rest[j], pop.rest[s], pop.rest[d])):
+            w.copy_(sw)
+            b.copy_(sb)
             _swap_block(w, b, dw, db, c[l + 1])
-            layers.append((w, b))
-        children.rest.append(layers)
     return children
 
 
-def _later_layers_native(pop: Population, children: Population, bulk: list[int], donor: list[int],
-                         child_cuts: list[list[int]]) -> None:
-    """The children's later layers as views into one weight and one bias buffer per layer,
-    filled by one :func:`ecomp.native.crossover` call per layer."""
-    layers: list[list[tuple[Tensor, Tensor]]] = [[] for _ in bulk]
-    for l in range(len(pop.rest[0])):
-        src = [pop.rest[s][l] for s in bulk]
-        shapes = [tuple(w.shape) for w, _ in src]
-        w_all = src[0][0].new_empty(sum(r * c for r, c in shapes))
-        b_all = src[0][1].new_empty(sum(r for r, _ in shapes))
-        ws = [v.view(shape) for v, shape in zip(torch.split(w_all, [r * c for r, c in shapes]), shapes)]
-        bs = torch.split(b_all, [r for r, _ in shapes])
-        native.crossover(list(zip(ws, bs)), src, [pop.rest[d][l] for d in donor], [c[l + 1] for c in child_cuts])
-        for j in range(len(bulk)):
-            layers[j].append((ws[j], bs[j]))
-    children.rest.extend(layers)
+def _recombine_native(pop: Population, children: Population, bulk: list[int], donor: list[int],
+                      child_cuts: list[list[int]]) -> None:
+    """Every layer of ``children`` by :func:`ecomp.native.recombine`, one call per layer, with
+    the addresses computed from the packed buffers' offsets."""
+    def at(t: Tensor, starts: list[int], step: int) -> Tensor:
+        return torch.tensor(starts, dtype=torch.int64) * (step * t.element_size()) + t.data_ptr()
+
+    inp = pop.first_w.shape[1]
+    first = [children.offsets[j] for j in range(len(bulk))]
+    src = [pop.offsets[s] for s in bulk]
+    don = [pop.offsets[d] for d in donor]
+    native.recombine((at(children.first_w, first, inp), at(children.first_b, first, 1)),
+                     (at(pop.first_w, src, inp), at(pop.first_b, src, 1)),
+                     (at(pop.first_w, don, inp), at(pop.first_b, don, 1)),
+                     [w[0] for w in children.widths], [inp] * len(bulk), [inp] * len(bulk),
+                     [c[0] for c in child_cuts])
+    for l in range(len(pop.layer_w)):
+        cw, cb, pw, pb = children.layer_w[l], children.layer_b[l], pop.layer_w[l], pop.layer_b[l]
+        wo, bo = pop.w_offsets[l], pop.b_offsets[l]
+        shapes = [pop.layer_shape(s, l) for s in bulk]
+        native.recombine((at(cw, children.w_offsets[l][:-1], 1), at(cb, children.b_offsets[l][:-1], 1)),
+                         (at(pw, [wo[s] for s in bulk], 1), at(pb, [bo[s] for s in bulk], 1)),
+                         (at(pw, [wo[d] for d in donor], 1), at(pb, [bo[d] for d in donor], 1)),
+                         [o for o, _ in shapes], [i for _, i in shapes], [pop.widths[d][l] for d in donor],
+                         [c[l + 1] for c in child_cuts])

@@ -1,31 +1,63 @@
-/* Crossover copies for ecomp.recombination (loaded with ctypes by ecomp.native).
+/* Crossover for ecomp.recombination (loaded with ctypes by ecomp.native).
  *
  * Child j of a crossover is its bulk parent's layer with the top-left c x c block and the
  * first c biases taken from its donor parent. The PyTorch fallback in
- * ecomp/recombination.py does the same with two slice assignments per layer and child;
- * here one call does every child of a layer. Plain copies: the results are bit for bit
- * those of the fallback. */
+ * ecomp/recombination.py copies the bulk parent and then assigns the block; here each
+ * child is written in one pass, every byte once, and the children of a layer are shared
+ * out over threads. Plain copies: the results are bit for bit those of the fallback. */
 #include <stdint.h>
 #include <string.h>
 
-/* For each child j < n (addresses as integers; weights row-major, contiguous rows of
- * `cols[j]` floats for the child and its bulk parent, `donor_cols[j]` for the donor):
- * if copy_bulk, child_w = bulk_w (rows[j] x cols[j]) and child_b = bulk_b (rows[j]);
- * then child_w[:c, :c] = donor_w[:c, :c] and child_b[:c] = donor_b[:c] with c = cut[j]. */
-void ecomp_crossover(int64_t n, const int64_t *child_w, const int64_t *child_b, const int64_t *bulk_w,
+/* Copies of whole rows go straight to memory (non-temporal stores) where the CPU has AVX:
+ * a generation's children are tens of MB, written once and read by the next forward pass
+ * long after they would have left the cache, so reading the destination lines in first
+ * (what a cached store does) only costs bandwidth. Same bytes either way. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx"))) static void stream_copy_avx(float *dst, const float *src, size_t n) {
+    size_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = src[i];
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    for (; i < n; i++) dst[i] = src[i];
+}
+static void stream_copy(float *dst, const float *src, size_t n) {
+    static int avx = -1;
+    if (avx < 0) {
+        __builtin_cpu_init();
+        avx = __builtin_cpu_supports("avx");
+    }
+    if (avx && n >= 64) stream_copy_avx(dst, src, n);
+    else memcpy(dst, src, sizeof(float) * n);
+}
+static void stream_fence(void) { _mm_sfence(); }
+#else
+static void stream_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, sizeof(float) * n); }
+static void stream_fence(void) {}
+#endif
+
+/* For each child j < n (addresses as integers; weights row-major with contiguous rows of
+ * cols[j] floats for the child and its bulk parent and dcols[j] for the donor, c = cut[j]):
+ *   child_w[r] = donor_w[r, :c] ++ bulk_w[r, c:]  for r < c,  bulk_w[r]  for c <= r < rows[j];
+ *   child_b    = donor_b[:c] ++ bulk_b[c:rows[j]].
+ * Children must not overlap their parents. Children go to `nthreads` OpenMP threads,
+ * interleaved (neighbouring children have similar sizes). */
+void ecomp_recombine(int64_t n, const int64_t *child_w, const int64_t *child_b, const int64_t *bulk_w,
                      const int64_t *bulk_b, const int64_t *donor_w, const int64_t *donor_b,
-                     const int64_t *rows, const int64_t *cols, const int64_t *donor_cols,
-                     const int64_t *cut, int copy_bulk) {
+                     const int64_t *rows, const int64_t *cols, const int64_t *dcols, const int64_t *cut,
+                     int nthreads) {
+    #pragma omp parallel for schedule(static, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t j = 0; j < n; j++) {
         float *w = (float *)(intptr_t)child_w[j], *b = (float *)(intptr_t)child_b[j];
+        const float *sw = (const float *)(intptr_t)bulk_w[j], *sb = (const float *)(intptr_t)bulk_b[j];
         const float *dw = (const float *)(intptr_t)donor_w[j], *db = (const float *)(intptr_t)donor_b[j];
-        if (copy_bulk) {
-            memcpy(w, (const float *)(intptr_t)bulk_w[j], sizeof(float) * (size_t)(rows[j] * cols[j]));
-            memcpy(b, (const float *)(intptr_t)bulk_b[j], sizeof(float) * (size_t)rows[j]);
+        const int64_t c = cut[j], k = cols[j], m = rows[j];
+        for (int64_t r = 0; r < c; r++) {
+            memcpy(w + r * k, dw + r * dcols[j], sizeof(float) * (size_t)c);
+            memcpy(w + r * k + c, sw + r * k + c, sizeof(float) * (size_t)(k - c));
         }
-        const int64_t c = cut[j];
-        for (int64_t r = 0; r < c; r++)
-            memcpy(w + r * cols[j], dw + r * donor_cols[j], sizeof(float) * (size_t)c);
+        stream_copy(w + c * k, sw + c * k, (size_t)((m - c) * k));
         memcpy(b, db, sizeof(float) * (size_t)c);
+        memcpy(b + c, sb + c, sizeof(float) * (size_t)(m - c));
     }
+    stream_fence();                                   /* the streamed stores are visible to all */
 }
