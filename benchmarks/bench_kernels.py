@@ -194,10 +194,10 @@ def main() -> None:
         def same_children():
             a = recombine(pop, pairs, torch.Generator().manual_seed(1), use_native=False)
             b = recombine(pop, pairs, torch.Generator().manual_seed(1), use_native=True)
-            assert torch.equal(a.first_w, b.first_w)
+            assert torch.equal(a.first_w, b.first_w) and torch.equal(a.first_b, b.first_b)
             assert all(torch.equal(x, y) for la, lb in zip(a.rest, b.rest) for pa, pb in zip(la, lb)
                        for x, y in zip(pa, pb))
-        report("recombination of a generation: slice copies -> native crossover",
+        report("recombination of a generation: slice copies -> native one pass",
                lambda: recombine(pop, pairs, g, out=out, use_native=False),
                lambda: recombine(pop, pairs, g, out=out, use_native=True), same_children)
     else:

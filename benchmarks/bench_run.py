@@ -132,8 +132,10 @@ def bench_device(args, device: str) -> None:
           f"{evaluations - n_batches} generations + {n_batches}-batch final pick), median of {args.repeats}: "
           f"{total:.2f} s   (all runs: {', '.join(f'{x:.2f}' for x in runs)})")
     print("per evaluation (ms):  " + "  ".join(f"{k} {1e3 * v / evaluations:.1f}" for k, v in med.items()))
+    ratios = [(t - p.get("forward", 0.0)) / p.get("forward", 1.0) for t, p in zip(runs, phases)]
     print(f"rest / forward: {rest / med['forward']:.2f}  (rest = whole run - forward = {rest:.2f} s; "
           f"similarity {med['similarity']:.2f} s, operators {med['operators']:.2f} s, tracking {med['tracking']:.2f} s)")
+    print(f"rest / forward of each run: {', '.join(f'{r:.2f}' for r in ratios)}  (median {statistics.median(ratios):.2f})")
     print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(device):.1f} GFLOP/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory (max RSS of this process): {peak:.2f} GiB")

@@ -6,8 +6,8 @@ matrix per perplexity iteration and as many again for the KL, each a separate ke
 2 million entries per generation. ``ecomp/csrc/tsne.c`` does all of it one point set at a
 time while the set sits in cache: the Gram matrix straight from the activations, the
 shifted distances, the Halley search with a vectorised ``exp``, the symmetrised joint and
-the KL with a vectorised ``log``. ``ecomp/csrc/ops.c`` does crossover's block copies, one
-call per layer (``benchmarks/bench_kernels.py`` times both against the PyTorch code).
+the KL with a vectorised ``log``. ``ecomp/csrc/ops.c`` writes each layer's crossover children in
+one threaded pass (``benchmarks/bench_kernels.py`` times both against the PyTorch code).
 
 How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/csrc`` once
 into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
@@ -136,7 +136,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_similarity_acts.restype = ctypes.c_int
     lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, *span]
     lib.ecomp_grams_acts.restype = ctypes.c_int
-    lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int]
+    lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int, ctypes.c_int]
     lib.ecomp_recombine.restype = None
     return lib
 
@@ -339,13 +339,16 @@ def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: tuple[Tensor, Tensor],
-              rows: list[int], cols: list[int], donor_cols: list[int], cuts: list[int]) -> None:
+              rows: list[int], cols: list[int], donor_cols: list[int], cuts: list[int],
+              stream: bool = False) -> None:
     """One layer of crossover children, in one pass over their memory: child ``j`` (``rows[j]``
     x ``cols[j]`` float32 weights and ``rows[j]`` biases at the addresses ``child[0][j]``,
     ``child[1][j]``) becomes its bulk parent's layer (same shape, at ``bulk[.][j]``) with the
     top-left ``c x c`` block and first ``c`` biases of its donor (row stride ``donor_cols[j]``,
     at ``donor[.][j]``), ``c = cuts[j]``. Addresses are int64 tensors; the caller
     (:mod:`ecomp.recombination`) builds them from live CPU tensors and keeps them alive.
+    ``stream``: write whole rows with non-temporal stores (for destination memory already
+    touched, as the recycled first-layer buffers; see ``ecomp/csrc/ops.c``).
     Threads: ``torch.get_num_threads()`` when the library has OpenMP."""
     lib = load()
     n = len(rows)
@@ -355,7 +358,7 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
     sizes = [torch.tensor(v, dtype=torch.int64) for v in (rows, cols, donor_cols, cuts)]
     if n and (int(sizes[3].min()) < 0 or bool((sizes[3] > torch.minimum(sizes[0], sizes[1])).any())):
         raise ValueError("recombine: every cut must lie in [0, min(rows, cols)] of its child")
-    lib.ecomp_recombine(n, *(_ptr(t.contiguous(), _i64) for t in (*addrs, *sizes)),
+    lib.ecomp_recombine(n, *(_ptr(t.contiguous(), _i64) for t in (*addrs, *sizes)), int(stream),
                         torch.get_num_threads() if lib.ecomp_openmp() else 1)
 
 

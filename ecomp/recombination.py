@@ -69,13 +69,15 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     n_rows = sum(w[0] for w in widths)
     shape = (n_rows, pop.first_w.shape[1])
     first_w = out[:n_rows] if out is not None and out.shape[0] >= n_rows else pop.first_w.new_empty(shape)
-    layer_sizes = [(sum(o * i for o, i in shapes), sum(o for o, _ in shapes))
-                   for shapes in ([pop.layer_shape(s, l) for s in bulk] for l in range(len(pop.layer_w)))]
+    # each later layer's total weights and biases: the bulk parents' sizes
+    layer_sizes = [(sum(wo[s + 1] - wo[s] for s in bulk), sum(bo[s + 1] - bo[s] for s in bulk))
+                   for wo, bo in zip(pop.w_offsets, pop.b_offsets)]
     children = Population(widths, first_w, pop.first_b.new_empty(n_rows),
                           layer_w=[pop.layer_w[0].new_empty(nw) for nw, _ in layer_sizes],
                           layer_b=[pop.layer_b[0].new_empty(nb) for _, nb in layer_sizes])
     if use_native:
-        _recombine_native(pop, children, bulk, donor, child_cuts)
+        recycled = out is not None and first_w.data_ptr() == out.data_ptr()
+        _recombine_native(pop, children, bulk, donor, child_cuts, recycled)
         return children
 
     # First layer: gather the bulk parents' packed rows in one index_select, then swap the blocks.
@@ -99,9 +101,10 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
 
 
 def _recombine_native(pop: Population, children: Population, bulk: list[int], donor: list[int],
-                      child_cuts: list[list[int]]) -> None:
+                      child_cuts: list[list[int]], recycled: bool) -> None:
     """Every layer of ``children`` by :func:`ecomp.native.recombine`, one call per layer, with
-    the addresses computed from the packed buffers' offsets."""
+    the addresses computed from the packed buffers' offsets. ``recycled``: the first layer goes
+    into a buffer already touched (streaming stores pay off there)."""
     def at(t: Tensor, starts: list[int], step: int) -> Tensor:
         return torch.tensor(starts, dtype=torch.int64) * (step * t.element_size()) + t.data_ptr()
 
@@ -113,13 +116,13 @@ def _recombine_native(pop: Population, children: Population, bulk: list[int], do
                      (at(pop.first_w, src, inp), at(pop.first_b, src, 1)),
                      (at(pop.first_w, don, inp), at(pop.first_b, don, 1)),
                      [w[0] for w in children.widths], [inp] * len(bulk), [inp] * len(bulk),
-                     [c[0] for c in child_cuts])
+                     [c[0] for c in child_cuts], stream=recycled)
     for l in range(len(pop.layer_w)):
         cw, cb, pw, pb = children.layer_w[l], children.layer_b[l], pop.layer_w[l], pop.layer_b[l]
         wo, bo = pop.w_offsets[l], pop.b_offsets[l]
-        shapes = [pop.layer_shape(s, l) for s in bulk]
+        rows = [bo[s + 1] - bo[s] for s in bulk]                  # out of each bulk parent
         native.recombine((at(cw, children.w_offsets[l][:-1], 1), at(cb, children.b_offsets[l][:-1], 1)),
                          (at(pw, [wo[s] for s in bulk], 1), at(pb, [bo[s] for s in bulk], 1)),
                          (at(pw, [wo[d] for d in donor], 1), at(pb, [bo[d] for d in donor], 1)),
-                         [o for o, _ in shapes], [i for _, i in shapes], [pop.widths[d][l] for d in donor],
+                         rows, [pop.widths[s][l] for s in bulk], [pop.widths[d][l] for d in donor],
                          [c[l + 1] for c in child_cuts])

@@ -107,3 +107,27 @@ def test_corrupt_or_mismatched_parent_is_retrained(tmp_path):
     assert cached_parent(spec, tmp_path, split)[1]              # retrained, not used
     with pytest.raises(ValueError, match=str(path.name)):
         load_network(path, expected=Architecture(784, (16, 16), 10))
+
+
+def test_dataset_is_read_once_per_process_until_its_files_change(tmp_path):
+    import os
+    import shutil
+
+    import torch
+
+    from ecomp import data
+    src = data.raw_dir(Path(__file__).resolve().parents[1] / "data")
+    raw = data.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in data.RAW_FILES:
+        shutil.copy(src / name, raw / name)
+    a, b = data.load(tmp_path, train=False), data.load(tmp_path, train=False)
+    assert a is b                                              # the same tensors, not read twice
+    f = raw / "t10k-labels-idx1-ubyte"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    c = data.load(tmp_path, train=False)
+    assert c is not a and torch.equal(c.y, a.y)                # re-read after the file changed
+    with open(f, "r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte is truncated"):
+        data.load(tmp_path, train=False)

@@ -161,3 +161,32 @@ def test_mutation_same_seed_same_result():
     mutate_(a, 0.5, 0.9, 1.1, gen(4))
     mutate_(b, 0.5, 0.9, 1.1, gen(4))
     assert torch.equal(a.first_w, b.first_w)
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_population_packs_each_layer_and_its_views_are_the_individuals(n_hidden):
+    g = gen(4)
+    individuals = [random_layers([12, *[w] * n_hidden, 3], g) for w in (5, 8, 2)]
+    pop = Population.from_individuals(individuals)
+    assert len(pop.layer_w) == n_hidden and pop.classes == 3
+    for i, ind in enumerate(individuals):
+        assert all(torch.equal(x, y) for (a, b), (c, d) in zip(pop.individual(i), ind) for x, y in ((a, c), (b, d)))
+    pop.rest[1][-1][0][0, 0] = 7.0                          # views: writing one writes the packed buffer
+    assert float(pop.layer_w[-1][pop.w_offsets[-1][1]]) == 7.0
+    with pytest.raises(AssertionError, match="does not match widths"):
+        Population(pop.widths, pop.first_w, pop.first_b, pop.layer_w[:-1] + [pop.layer_w[-1][:-1]], pop.layer_b)
+    uniform = Population.from_individuals([random_layers([12, *[4] * n_hidden, 3], g) for _ in range(3)])
+    for l in range(n_hidden):
+        w, b = uniform.stacked(l)                          # (pop, out, in) views of the packed layer
+        assert w.data_ptr() == uniform.layer_w[l].data_ptr()
+        assert all(torch.equal(w[i], uniform.rest[i][l][0]) and torch.equal(b[i], uniform.rest[i][l][1])
+                   for i in range(3))
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+def test_native_recombine_rejects_bad_arguments_in_one_line():
+    a = torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="expected 1 addresses"):
+        native.recombine((a, a), (a, a), (a, torch.zeros(2, dtype=torch.int64)), [1], [1], [1], [1])
+    with pytest.raises(ValueError, match=r"every cut must lie in \[0, min\(rows, cols\)\]"):
+        native.recombine((a, a), (a, a), (a, a), [2], [3], [3], [4])

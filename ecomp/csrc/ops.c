@@ -8,10 +8,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Copies of whole rows go straight to memory (non-temporal stores) where the CPU has AVX:
- * a generation's children are tens of MB, written once and read by the next forward pass
- * long after they would have left the cache, so reading the destination lines in first
- * (what a cached store does) only costs bandwidth. Same bytes either way. */
+/* With `stream`, copies of whole rows go straight to memory (non-temporal stores) where the
+ * CPU has AVX: a generation's first layers are tens of MB, written once and read by the next
+ * forward pass long after they would have left the cache, so reading the destination lines
+ * in first (what a cached store does) only costs bandwidth. Only for memory already touched
+ * (the recycled first-layer buffers): on fresh pages each fault clears the page through the
+ * cache and streaming stores then run several times slower than plain ones. Same bytes
+ * either way. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 __attribute__((target("avx"))) static void stream_copy_avx(float *dst, const float *src, size_t n) {
@@ -20,18 +23,21 @@ __attribute__((target("avx"))) static void stream_copy_avx(float *dst, const flo
     for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
     for (; i < n; i++) dst[i] = src[i];
 }
-static void stream_copy(float *dst, const float *src, size_t n) {
+static void stream_copy(float *dst, const float *src, size_t n, int stream) {
     static int avx = -1;
     if (avx < 0) {
         __builtin_cpu_init();
         avx = __builtin_cpu_supports("avx");
     }
-    if (avx && n >= 64) stream_copy_avx(dst, src, n);
+    if (stream && avx && n >= 64) stream_copy_avx(dst, src, n);
     else memcpy(dst, src, sizeof(float) * n);
 }
 static void stream_fence(void) { _mm_sfence(); }
 #else
-static void stream_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, sizeof(float) * n); }
+static void stream_copy(float *dst, const float *src, size_t n, int stream) {
+    (void)stream;
+    memcpy(dst, src, sizeof(float) * n);
+}
 static void stream_fence(void) {}
 #endif
 
@@ -39,12 +45,12 @@ static void stream_fence(void) {}
  * cols[j] floats for the child and its bulk parent and dcols[j] for the donor, c = cut[j]):
  *   child_w[r] = donor_w[r, :c] ++ bulk_w[r, c:]  for r < c,  bulk_w[r]  for c <= r < rows[j];
  *   child_b    = donor_b[:c] ++ bulk_b[c:rows[j]].
- * Children must not overlap their parents. Children go to `nthreads` OpenMP threads,
+ * Children must not overlap their parents; `stream`: see stream_copy. Children go to `nthreads` OpenMP threads,
  * interleaved (neighbouring children have similar sizes). */
 void ecomp_recombine(int64_t n, const int64_t *child_w, const int64_t *child_b, const int64_t *bulk_w,
                      const int64_t *bulk_b, const int64_t *donor_w, const int64_t *donor_b,
                      const int64_t *rows, const int64_t *cols, const int64_t *dcols, const int64_t *cut,
-                     int nthreads) {
+                     int stream, int nthreads) {
     #pragma omp parallel for schedule(static, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t j = 0; j < n; j++) {
         float *w = (float *)(intptr_t)child_w[j], *b = (float *)(intptr_t)child_b[j];
@@ -55,7 +61,7 @@ void ecomp_recombine(int64_t n, const int64_t *child_w, const int64_t *child_b, 
             memcpy(w + r * k, dw + r * dcols[j], sizeof(float) * (size_t)c);
             memcpy(w + r * k + c, sw + r * k + c, sizeof(float) * (size_t)(k - c));
         }
-        stream_copy(w + c * k, sw + c * k, (size_t)((m - c) * k));
+        stream_copy(w + c * k, sw + c * k, (size_t)((m - c) * k), stream);
         memcpy(b, db, sizeof(float) * (size_t)c);
         memcpy(b + c, sb + c, sizeof(float) * (size_t)(m - c));
     }

@@ -2,11 +2,12 @@
  * use). See tsne_body.h for the arithmetic and ecomp/native.py for the contract; the
  * PyTorch path in ecomp/similarity.py computes the same quantities and is their test oracle.
  *
- * Every entry point works on the point sets [m0, m1) with `nthreads` threads, each taking
- * a contiguous share and its own scratch; a set's arithmetic does not depend on the split.
- * Threads come from OpenMP when built with -fopenmp: loaded into a process where PyTorch's
- * libgomp.so.1 is already loaded, this library binds to that same runtime, so its threads
- * are PyTorch's (two runtimes would spin against each other on the same cores).
+ * Every entry point works on the point sets [m0, m1) with `nthreads` threads, each with its
+ * own scratch, taking sets as it finishes others; a set's arithmetic does not depend on
+ * which thread does it. Threads come from OpenMP when built with -fopenmp: loaded into a
+ * process where PyTorch's libgomp.so.1 is already loaded, this library binds to that same
+ * runtime, so its threads are PyTorch's (two runtimes would spin against each other on
+ * the same cores).
  * Without OpenMP the range runs serially and ecomp.native splits it over Python threads. */
 #include <math.h>
 #include <stdint.h>
@@ -15,6 +16,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+/* Scratch of calibrate_set: distances and exponentials of two rows, each padded to whole
+ * vectors, and the squared norms. */
+#define CAL_WORK_FLOATS(n) (5 * (size_t)(n) + 32)
 
 #define KFN(name) name##_base
 #include "tsne_body.h"
@@ -55,16 +60,11 @@ int ecomp_openmp(void) {
 #endif
 }
 
-/* This thread's share [*a, *b) of [m0, m1). */
-static void share(int64_t m0, int64_t m1, int64_t *a, int64_t *b) {
-    int64_t t = 0, nt = 1;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-    nt = omp_get_num_threads();
-#endif
-    *a = m0 + (m1 - m0) * t / nt;
-    *b = m0 + (m1 - m0) * (t + 1) / nt;
-}
+/* Sets are handed out to the threads a few at a time as they finish (OpenMP's dynamic
+ * schedule): a set's cost varies with its width and its search, and a static split left
+ * one core waiting at the end of every call. Each set's arithmetic is the same whichever
+ * thread does it. */
+#define SETS_PER_GRAB 4
 
 static int64_t max_width(const int32_t *width, int64_t m0, int64_t m1) {
     int64_t w = 1;
@@ -86,11 +86,11 @@ int ecomp_conditionals(const float *gram, int n, const double *guess, double tar
     int bad = 0, failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
     {
-        int64_t a, b;
-        share(m0, m1, &a, &b);
-        float *work = malloc(sizeof(float) * 3 * (size_t)n);
-        if (!work) failed++;
-        else bad += DISPATCH(conditionals, gram, n, guess, target, tol, max_iter, cond, bm, a, b, work);
+        float *work = malloc(sizeof(float) * CAL_WORK_FLOATS(n));
+        failed += !work;
+        #pragma omp for schedule(dynamic, SETS_PER_GRAB)
+        for (int64_t m = m0; m < m1; m++)
+            if (work) bad += DISPATCH(conditionals, gram, n, guess, target, tol, max_iter, cond, bm, m, m + 1, work);
         free(work);
     }
     return failed ? -1 : bad;
@@ -101,9 +101,8 @@ int ecomp_joint(const float *cond, int n, float *p, int64_t m0, int64_t m1, int 
     const size_t nn = (size_t)n * n;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        int64_t a, b;
-        share(m0, m1, &a, &b);
-        for (int64_t m = a; m < b; m++) DISPATCH(joint_set, cond + m * nn, n, p + m * nn);
+        #pragma omp for schedule(dynamic, SETS_PER_GRAB)
+        for (int64_t m = m0; m < m1; m++) DISPATCH(joint_set, cond + m * nn, n, p + m * nn);
     }
     return 0;
 }
@@ -118,12 +117,12 @@ int ecomp_similarity_acts(const int64_t *addr, const int64_t *ld, const int32_t 
     int bad = 0, failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
     {
-        int64_t a, b;
-        share(m0, m1, &a, &b);
-        float *work = malloc(sizeof(float) * (3 * (size_t)n + 3 * (size_t)n * n + w * np + 16));
-        if (!work) failed++;
-        else bad += DISPATCH(similarity_acts, addr, ld, trans, width, n, p, guess, parent, target, tol, max_iter,
-                             kl, a, b, work);
+        float *work = malloc(sizeof(float) * (CAL_WORK_FLOATS(n) + 3 * (size_t)n * n + w * np + 16));
+        failed += !work;
+        #pragma omp for schedule(dynamic, SETS_PER_GRAB)
+        for (int64_t m = m0; m < m1; m++)
+            if (work) bad += DISPATCH(similarity_acts, addr, ld, trans, width, n, p, guess, parent, target, tol,
+                                      max_iter, kl, m, m + 1, work);
         free(work);
     }
     return failed ? -1 : bad;
@@ -137,11 +136,11 @@ int ecomp_grams_acts(const int64_t *addr, const int64_t *ld, const int32_t *tran
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:failed)
     {
-        int64_t a, b;
-        share(m0, m1, &a, &b);
         float *pad = malloc(sizeof(float) * (w * np + 16));
-        if (!pad) failed++;
-        else DISPATCH(grams_acts, addr, ld, trans, width, n, g, a, b, pad);
+        failed += !pad;
+        #pragma omp for schedule(dynamic, SETS_PER_GRAB)
+        for (int64_t m = m0; m < m1; m++)
+            if (pad) DISPATCH(grams_acts, addr, ld, trans, width, n, g, m, m + 1, pad);
         free(pad);
     }
     return failed ? -1 : 0;
