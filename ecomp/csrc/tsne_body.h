@@ -73,7 +73,8 @@ static inline float KFN(hsum8)(KFN(v8) v) {
  * at a[j * ld + f] (points are rows, trans = 0) or a[f * ld + j] (points are columns,
  * trans = 1). The set is first copied into pad as (w, np) with np = n rounded up to 16
  * and zeros beyond n; then 6 x 16 blocks of G = pad^T pad on and above the diagonal
- * blocks, 12 vector accumulators each; the rest of G is mirrored. pad: w * np + 16 floats.
+ * blocks, 12 vector accumulators each (6 x 8 in a last panel of at most 8 columns: for
+ * n = 100 that panel holds 4 of 16); the rest of G is mirrored. pad: w * np + 16 floats.
  * Each entry is a plain sum over f in order of a product, whatever the blocking. */
 static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, float *g, float *pad) {
     const int np = (n + 15) & ~15;
@@ -90,6 +91,20 @@ static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, f
     for (int j = 0; j < 16; j++) pad[(size_t)w * np + j] = 0.0f;   /* rows i0 + r past np read here */
     for (int i0 = 0; i0 < n; i0 += 6) {
         for (int j0 = (i0 / 16) * 16; j0 < n; j0 += 16) {
+            const int m = n - j0 < 16 ? n - j0 : 16;
+            if (m <= 8) {                                          /* last panel, at most 8 columns: */
+                KFN(v8) acc[6];                                    /* 6 x 8 blocks, half the products */
+                for (int r = 0; r < 6; r++) acc[r] = (KFN(v8)){0.0f};
+                for (int f = 0; f < w; f++) {
+                    const float *row = pad + (size_t)f * np;
+                    KFN(v8) b0;
+                    memcpy(&b0, row + j0, sizeof b0);
+                    for (int r = 0; r < 6; r++) acc[r] += row[i0 + r] * b0;
+                }
+                for (int r = 0; r < 6 && i0 + r < n; r++)
+                    for (int j = 0; j < m; j++) g[(size_t)(i0 + r) * n + j0 + j] = acc[r][j];
+                continue;
+            }
             KFN(v8) acc[6][2];
             for (int r = 0; r < 6; r++) acc[r][0] = acc[r][1] = (KFN(v8)){0.0f};
             for (int f = 0; f < w; f++) {
@@ -103,7 +118,6 @@ static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, f
                     acc[r][1] += x * b1;
                 }
             }
-            const int m = n - j0 < 16 ? n - j0 : 16;
             for (int r = 0; r < 6 && i0 + r < n; r++) {
                 float *dst = g + (size_t)(i0 + r) * n + j0;
                 if (m == 16) {                                     /* two plain vector stores */
