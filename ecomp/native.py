@@ -355,7 +355,7 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
     addrs = [*child, *bulk, *donor]
     if any(a.dtype != torch.int64 or a.shape != (n,) for a in addrs) or not len(cols) == len(donor_cols) == len(cuts) == n:
         raise ValueError(f"recombine: expected {n} addresses, shapes and cuts per argument")
-    sizes = [torch.tensor(v, dtype=torch.int64) for v in (rows, cols, donor_cols, cuts)]
+    sizes = list(torch.tensor([rows, cols, donor_cols, cuts], dtype=torch.int64))
     if n and (int(sizes[3].min()) < 0 or bool((sizes[3] > torch.minimum(sizes[0], sizes[1])).any())):
         raise ValueError("recombine: every cut must lie in [0, min(rows, cols)] of its child")
     lib.ecomp_recombine(n, *(_ptr(t.contiguous(), _i64) for t in (*addrs, *sizes)), int(stream),

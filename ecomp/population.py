@@ -78,9 +78,9 @@ class Population:
         return self._rest
 
     def _layer(self, i: int, l: int) -> tuple[Tensor, Tensor]:
-        o, n = self.w_offsets[l][i], self.b_offsets[l][i]
-        out, inp = self.layer_shape(i, l)
-        return self.layer_w[l][o:o + out * inp].view(out, inp), self.layer_b[l][n:n + out]
+        wo, bo = self.w_offsets[l], self.b_offsets[l]
+        out = bo[i + 1] - bo[i]
+        return self.layer_w[l][wo[i]:wo[i + 1]].view(out, self.widths[i][l]), self.layer_b[l][bo[i]:bo[i + 1]]
 
     def stacked(self, l: int) -> tuple[Tensor, Tensor]:
         """Later layer ``l`` of a population of one architecture as ``(pop, out, in)``, ``(pop, out)`` views."""

@@ -22,7 +22,7 @@ def draw_cuts(pop: Population, pairs: Tensor, generator: torch.Generator) -> Ten
     """``(n_pairs, n_layers)`` cut points, each uniform on ``[1, limit]``."""
     n_layers = len(pop.widths[0]) + 1
     in_dim = pop.first_w.shape[1]
-    classes = pop.rest[0][-1][0].shape[0]
+    classes = pop.classes
     limits = []
     for a, b in pairs.tolist():
         dims_a = (in_dim, *pop.widths[a], classes)
@@ -105,24 +105,29 @@ def _recombine_native(pop: Population, children: Population, bulk: list[int], do
     """Every layer of ``children`` by :func:`ecomp.native.recombine`, one call per layer, with
     the addresses computed from the packed buffers' offsets. ``recycled``: the first layer goes
     into a buffer already touched (streaming stores pay off there)."""
-    def at(t: Tensor, starts: list[int], step: int) -> Tensor:
-        return torch.tensor(starts, dtype=torch.int64) * (step * t.element_size()) + t.data_ptr()
+    def addresses(tensors: list[Tensor], starts: list[list[int]], steps: list[int]) -> list[Tensor]:
+        """Address of element ``starts[k][j] * steps[k]`` of ``tensors[k]``, for each j: one tensor each."""
+        scale = torch.tensor([[s * t.element_size()] for s, t in zip(steps, tensors)], dtype=torch.int64)
+        base = torch.tensor([[t.data_ptr()] for t in tensors], dtype=torch.int64)
+        return list(torch.tensor(starts, dtype=torch.int64) * scale + base)
 
     inp = pop.first_w.shape[1]
-    first = [children.offsets[j] for j in range(len(bulk))]
+    first = children.offsets[:-1]
     src = [pop.offsets[s] for s in bulk]
     don = [pop.offsets[d] for d in donor]
-    native.recombine((at(children.first_w, first, inp), at(children.first_b, first, 1)),
-                     (at(pop.first_w, src, inp), at(pop.first_b, src, 1)),
-                     (at(pop.first_w, don, inp), at(pop.first_b, don, 1)),
-                     [w[0] for w in children.widths], [inp] * len(bulk), [inp] * len(bulk),
-                     [c[0] for c in child_cuts], stream=recycled)
+    cw, cb, sw, sb, dw, db = addresses(
+        [children.first_w, children.first_b, pop.first_w, pop.first_b, pop.first_w, pop.first_b],
+        [first, first, src, src, don, don], [inp, 1] * 3)
+    native.recombine((cw, cb), (sw, sb), (dw, db), [w[0] for w in children.widths], [inp] * len(bulk),
+                     [inp] * len(bulk), [c[0] for c in child_cuts], stream=recycled)
     for l in range(len(pop.layer_w)):
-        cw, cb, pw, pb = children.layer_w[l], children.layer_b[l], pop.layer_w[l], pop.layer_b[l]
         wo, bo = pop.w_offsets[l], pop.b_offsets[l]
-        rows = [bo[s + 1] - bo[s] for s in bulk]                  # out of each bulk parent
-        native.recombine((at(cw, children.w_offsets[l][:-1], 1), at(cb, children.b_offsets[l][:-1], 1)),
-                         (at(pw, [wo[s] for s in bulk], 1), at(pb, [bo[s] for s in bulk], 1)),
-                         (at(pw, [wo[d] for d in donor], 1), at(pb, [bo[d] for d in donor], 1)),
-                         rows, [pop.widths[s][l] for s in bulk], [pop.widths[d][l] for d in donor],
+        src_w, src_b = [wo[s] for s in bulk], [bo[s] for s in bulk]
+        cw, cb, sw, sb, dw, db = addresses(
+            [children.layer_w[l], children.layer_b[l], pop.layer_w[l], pop.layer_b[l], pop.layer_w[l],
+             pop.layer_b[l]],
+            [children.w_offsets[l][:-1], children.b_offsets[l][:-1], src_w, src_b,
+             [wo[d] for d in donor], [bo[d] for d in donor]], [1] * 6)
+        native.recombine((cw, cb), (sw, sb), (dw, db), [bo[s + 1] - bo[s] for s in bulk],   # out of each bulk parent
+                         [pop.widths[s][l] for s in bulk], [pop.widths[d][l] for d in donor],
                          [c[l + 1] for c in child_cuts])
