@@ -298,24 +298,14 @@ static int KFN(calibrate_set)(const float *gram, int n, const double *guess, dou
     return unconverged;
 }
 
-/* (c + c^T) into sym (N, N); returns its sum (float32 sums of rows, added in double). */
-static double KFN(symmetric_sum)(const float *cond, int n, float *sym) {
-    const int B = 32;                                         /* transpose in tiles */
-    for (int i0 = 0; i0 < n; i0 += B)
-        for (int j0 = 0; j0 < n; j0 += B)
-            for (int i = i0; i < i0 + B && i < n; i++)
-                for (int j = j0; j < j0 + B && j < n; j++)
-                    sym[(size_t)i * n + j] = cond[(size_t)j * n + i];
+/* The sum of the conditionals (float32 sums of rows, added in double); (c + c^T) sums to twice it. */
+static double KFN(cond_total)(const float *cond, int n) {
     double total = 0.0;
     for (int i = 0; i < n; i++) {
-        float *s = sym + (size_t)i * n;
         const float *c = cond + (size_t)i * n;
         float row = 0.0f;
         #pragma omp simd reduction(+:row)
-        for (int j = 0; j < n; j++) {
-            s[j] = c[j] + s[j];
-            row += s[j];
-        }
+        for (int j = 0; j < n; j++) row += c[j];
         total += row;
     }
     return total;
@@ -323,41 +313,50 @@ static double KFN(symmetric_sum)(const float *cond, int n, float *sym) {
 
 #define KL_EPS 2.220446049250313e-16f                          /* double machine epsilon */
 
-/* 1 / max(total, eps), the scale of (c + c^T) in the joint (a product is cheaper than a
+/* 1 / max(2 total, eps), the scale of (c + c^T) in the joint (a product is cheaper than a
  * division per entry; joint_set and kl_set both use it, so they stay bit for bit alike). */
-static inline float KFN(inverse_total)(double total) {
+static inline float KFN(inverse_total)(const float *cond, int n) {
+    const double total = 2.0 * KFN(cond_total)(cond, n);
     return (float)(1.0 / (total > 2.220446049250313e-16 ? total : 2.220446049250313e-16));
 }
 
 /* Joint probabilities of one set's conditionals: max((c + c^T) / sum, eps). */
 static void KFN(joint_set)(const float *cond, int n, float *p) {
-    const float itot = KFN(inverse_total)(KFN(symmetric_sum)(cond, n, p));
+    const float itot = KFN(inverse_total)(cond, n);
+    const int B = 32;                                         /* c^T in tiles */
+    for (int i0 = 0; i0 < n; i0 += B)
+        for (int j0 = 0; j0 < n; j0 += B)
+            for (int i = i0; i < i0 + B && i < n; i++)
+                for (int j = j0; j < j0 + B && j < n; j++)
+                    p[(size_t)i * n + j] = cond[(size_t)j * n + i];
     #pragma omp simd
     for (size_t j = 0; j < (size_t)n * n; j++) {
-        float q = p[j] * itot;
+        float q = (cond[j] + p[j]) * itot;
         p[j] = q > KL_EPS ? q : KL_EPS;
     }
 }
 
-/* KL(P || Q) = sum p log(p / q) over all entries (the diagonal adds eps log 1 = 0), with Q
- * the joint of cond, computed exactly as joint_set does: a child identical to the parent
- * gives exactly 0. sym: N * N floats of scratch. */
-static double KFN(kl_set)(const float *cond, const float *p, int n, float *sym) {
-    const float itot = KFN(inverse_total)(KFN(symmetric_sum)(cond, n, sym));
+/* KL(P || Q) = sum p log(p / q) over all entries, with Q the joint of cond, computed exactly as
+ * joint_set does: a child identical to the parent gives exactly 0. P and Q are symmetric and
+ * their diagonals are both eps (log 1 = 0), so this is twice the sum over j > i: half the
+ * logs, and only the column below each row to gather. col: N floats of scratch. */
+static double KFN(kl_set)(const float *cond, const float *p, int n, float *col) {
+    const float itot = KFN(inverse_total)(cond, n);
     double kl = 0.0;
-    for (int i = 0; i < n; i++) {
-        const float *pr = p + (size_t)i * n;
-        const float *sr = sym + (size_t)i * n;
+    for (int i = 0; i + 1 < n; i++) {
+        const int m = n - 1 - i;                              /* j = i + 1 .. n - 1 */
+        const float *cr = cond + (size_t)i * n + i + 1, *pr = p + (size_t)i * n + i + 1;
+        for (int t = 0; t < m; t++) col[t] = cond[(size_t)(i + 1 + t) * n + i];   /* c[j][i] */
         float row = 0.0f;
         #pragma omp simd reduction(+:row)
-        for (int j = 0; j < n; j++) {
-            float q = sr[j] * itot;
+        for (int t = 0; t < m; t++) {
+            float q = (cr[t] + col[t]) * itot;
             q = q > KL_EPS ? q : KL_EPS;
-            row += pr[j] * KFN(log_pos)(pr[j] / q);
+            row += pr[t] * KFN(log_pos)(pr[t] / q);
         }
         kl += row;
     }
-    return kl;
+    return 2.0 * kl;
 }
 
 /* Sets [m0, m1) of `gram` (M, N, N): conditionals into cond (M, N, N), beta * mean distance
