@@ -189,7 +189,8 @@ def main() -> None:
                lambda: agree(sim_torch(uni_views, lambda: S.shifted_distances_stacked(uni_stacked, 100)),
                              sim_native(uni_views)))
         pairs = select_pairs(torch.randn(pop.size, generator=g), g)
-        out = torch.empty_like(pop.first_w)
+        # as EComp.run: room for the widest possible children (a child takes its bulk parent's rows)
+        out = pop.first_w.new_empty(pop.size * max(w[0] for w in pop.widths), pop.first_w.shape[1])
 
         def same_children():
             a = recombine(pop, pairs, torch.Generator().manual_seed(1), use_native=False)
