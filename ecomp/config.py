@@ -187,8 +187,10 @@ def validate(cfg: DictConfig) -> None:
         _fail("parent.lr", cfg.parent.lr, "a number > 0")
     if cfg.evolution.epochs < 1:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
-    if s.kernels not in ("auto", "native", "torch"):
-        _fail("similarity.kernels", s.kernels, "one of auto, native, torch")
+    from .native import KERNELS                                # lazily: it imports torch
+
+    if s.kernels not in KERNELS:
+        _fail("similarity.kernels", s.kernels, f"one of {', '.join(KERNELS)}")
     if cfg.evolution.evaluator not in ("fast", "reference"):
         _fail("evolution.evaluator", cfg.evolution.evaluator, "one of fast, reference")
     if cfg.threads is not None and cfg.threads < 1:

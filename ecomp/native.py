@@ -353,7 +353,8 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
     lib = load()
     n = len(rows)
     addrs = [*child, *bulk, *donor]
-    if any(a.dtype != torch.int64 or a.shape != (n,) for a in addrs) or not len(cols) == len(donor_cols) == len(cuts) == n:
+    if (any(a.dtype != torch.int64 or a.shape != (n,) for a in addrs)
+            or not len(cols) == len(donor_cols) == len(cuts) == n):
         raise ValueError(f"recombine: expected {n} addresses, shapes and cuts per argument")
     sizes = list(torch.tensor([rows, cols, donor_cols, cuts], dtype=torch.int64))
     if n and (int(sizes[3].min()) < 0 or bool((sizes[3] > torch.minimum(sizes[0], sizes[1])).any())):

@@ -120,13 +120,19 @@ def test_recombination_same_seed_same_children():
 @pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
 def test_native_and_torch_recombination_give_identical_generations(n_hidden):
-    """Ten generations (children become parents, mutation in between) through both paths."""
+    """Ten generations (children become parents, mutation in between) through both paths,
+    into two recycled first-layer buffers as EComp.run passes them (the native path then
+    writes whole rows with streaming stores)."""
     pops = {True: tiny_population(size=8, n_hidden=n_hidden), False: tiny_population(size=8, n_hidden=n_hidden)}
     gens = {True: gen(5), False: gen(5)}
+    rows = 8 * max(w[0] for w in pops[True].widths)
+    buffers = {k: [torch.empty(rows, 12) for _ in range(2)] for k in (True, False)}
     for _ in range(10):
         for use_native in (True, False):
             pairs = select_pairs(torch.randn(8, generator=gen(_)), gens[use_native])
-            child = recombine(pops[use_native], pairs, gens[use_native], use_native=use_native)
+            child = recombine(pops[use_native], pairs, gens[use_native], out=buffers[use_native][_ % 2],
+                              use_native=use_native)
+            assert child.first_w.data_ptr() == buffers[use_native][_ % 2].data_ptr()
             mutate_(child, 0.3, 0.9, 1.1, gens[use_native])
             pops[use_native] = child
         a, b = pops[True], pops[False]

@@ -20,6 +20,8 @@
 /* Scratch of calibrate_set: distances and exponentials of two rows, each padded to whole
  * vectors, and the squared norms. */
 #define CAL_WORK_FLOATS(n) (5 * (size_t)(n) + 32)
+/* Scratch of gram_set: w feature rows of the set padded to whole 16-point panels, and one more. */
+#define GRAM_PAD(n, w) ((size_t)(w) * ((((size_t)(n) + 15) & ~(size_t)15)) + 16)
 
 #define KFN(name) name##_base
 #include "tsne_body.h"
@@ -87,10 +89,12 @@ int ecomp_conditionals(const float *gram, int n, const double *guess, double tar
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
     {
         float *work = malloc(sizeof(float) * CAL_WORK_FLOATS(n));
+        const size_t nn = (size_t)n * n;
         failed += !work;
         #pragma omp for schedule(dynamic, SETS_PER_GRAB)
         for (int64_t m = m0; m < m1; m++)
-            if (work) bad += DISPATCH(conditionals, gram, n, guess, target, tol, max_iter, cond, bm, m, m + 1, work);
+            if (work) bad += DISPATCH(calibrate_set, gram + m * nn, n, guess ? guess + m * n : NULL, target, tol,
+                                      max_iter, cond + m * nn, bm ? bm + m * n : NULL, work);
         free(work);
     }
     return failed ? -1 : bad;
@@ -108,21 +112,20 @@ int ecomp_joint(const float *cond, int n, float *p, int64_t m0, int64_t m1, int 
 }
 
 /* KL(P_parent || Q_child) of sets [m0, m1) given as activations: address of point 0 feature 0,
- * ld, trans and width per set; see similarity_acts in tsne_body.h. */
+ * ld, trans and width per set; see similarity_set in tsne_body.h. */
 int ecomp_similarity_acts(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width,
                           int n, const float *p, const double *guess, const int64_t *parent, double target,
                           double tol, int max_iter, double *kl, int64_t m0, int64_t m1, int nthreads) {
-    const size_t np = ((size_t)n + 15) & ~(size_t)15;
-    const size_t w = (size_t)max_width(width, m0, m1);
+    const size_t w = (size_t)max_width(width, m0, m1), nn = (size_t)n * n;
     int bad = 0, failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
     {
-        float *work = malloc(sizeof(float) * (CAL_WORK_FLOATS(n) + 3 * (size_t)n * n + w * np + 16));
+        float *work = malloc(sizeof(float) * (CAL_WORK_FLOATS(n) + 2 * nn + (size_t)n + GRAM_PAD(n, w)));
         failed += !work;
         #pragma omp for schedule(dynamic, SETS_PER_GRAB)
         for (int64_t m = m0; m < m1; m++)
-            if (work) bad += DISPATCH(similarity_acts, addr, ld, trans, width, n, p, guess, parent, target, tol,
-                                      max_iter, kl, m, m + 1, work);
+            if (work) kl[m] = DISPATCH(similarity_set, addr, ld, trans, width, n, p, guess, parent, target, tol,
+                                       max_iter, m, work, &bad);
         free(work);
     }
     return failed ? -1 : bad;
@@ -131,16 +134,16 @@ int ecomp_similarity_acts(const int64_t *addr, const int64_t *ld, const int32_t 
 /* Gram matrices (M, N, N) of sets [m0, m1) given as activations. */
 int ecomp_grams_acts(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width, int n,
                      float *g, int64_t m0, int64_t m1, int nthreads) {
-    const size_t np = ((size_t)n + 15) & ~(size_t)15;
-    const size_t w = (size_t)max_width(width, m0, m1);
+    const size_t w = (size_t)max_width(width, m0, m1), nn = (size_t)n * n;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:failed)
     {
-        float *pad = malloc(sizeof(float) * (w * np + 16));
+        float *pad = malloc(sizeof(float) * GRAM_PAD(n, w));
         failed += !pad;
         #pragma omp for schedule(dynamic, SETS_PER_GRAB)
         for (int64_t m = m0; m < m1; m++)
-            if (pad) DISPATCH(grams_acts, addr, ld, trans, width, n, g, m, m + 1, pad);
+            if (pad)
+                DISPATCH(gram_set, (const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g + m * nn, pad);
         free(pad);
     }
     return failed ? -1 : 0;

@@ -74,7 +74,7 @@ static inline float KFN(hsum8)(KFN(v8) v) {
  * trans = 1). The set is first copied into pad as (w, np) with np = n rounded up to 16
  * and zeros beyond n; then 6 x 16 blocks of G = pad^T pad on and above the diagonal
  * blocks, 12 vector accumulators each (6 x 8 in a last panel of at most 8 columns: for
- * n = 100 that panel holds 4 of 16); the rest of G is mirrored. pad: w * np + 16 floats.
+ * n = 100 that panel holds 4 of 16); the rest of G is mirrored. pad: GRAM_PAD(n, w) floats.
  * Each entry is a plain sum over f in order of a product, whatever the blocking. */
 static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, float *g, float *pad) {
     const int np = (n + 15) & ~15;
@@ -359,18 +359,6 @@ static double KFN(kl_set)(const float *cond, const float *p, int n, float *col) 
     return 2.0 * kl;
 }
 
-/* Sets [m0, m1) of `gram` (M, N, N): conditionals into cond (M, N, N), beta * mean distance
- * into bm (M, N) if not NULL; guess (M, N) or NULL. */
-static int KFN(conditionals)(const float *gram, int n, const double *guess, double target, double tol,
-                             int max_iter, float *cond, double *bm, int64_t m0, int64_t m1, float *work) {
-    int bad = 0;
-    const size_t nn = (size_t)n * n;
-    for (int64_t m = m0; m < m1; m++)
-        bad += KFN(calibrate_set)(gram + m * nn, n, guess ? guess + m * n : NULL, target, tol, max_iter,
-                                  cond + m * nn, bm ? bm + m * n : NULL, work);
-    return bad;
-}
-
 /* Elementwise, for the tests: the two approximations above against the C library's. */
 static void KFN(exp_log)(const float *x, float *ex, float *lg, int64_t n) {
     for (int64_t i0 = 0; i0 < n; i0 += 8) {
@@ -385,28 +373,18 @@ static void KFN(exp_log)(const float *x, float *ex, float *lg, int64_t n) {
     }
 }
 
-/* Sets [m0, m1) given as activations (see gram_set: address, ld, trans, width per set)
- * against parent joints p (Q, N, N): Gram, conditionals and KL per set without leaving
- * the cache. work: CAL_WORK_FLOATS(N) + 3 N * N + max width * (np + 1) + 16 floats. */
-static int KFN(similarity_acts)(const int64_t *addr, const int64_t *ld, const int32_t *trans,
-                                const int32_t *width, int n, const float *p, const double *guess,
-                                const int64_t *parent, double target, double tol, int max_iter,
-                                double *kl, int64_t m0, int64_t m1, float *work) {
-    int bad = 0;
+/* Set m given as activations (see gram_set: address, ld, trans, width per set) against its
+ * parent's joint p[parent[m]] (p: (Q, N, N)): Gram, conditionals and KL without leaving the
+ * cache; returns the KL and adds the unconverged rows to *bad.
+ * work: CAL_WORK_FLOATS(N) + 2 N * N + N + GRAM_PAD floats (see tsne.c). */
+static double KFN(similarity_set)(const int64_t *addr, const int64_t *ld, const int32_t *trans,
+                                  const int32_t *width, int n, const float *p, const double *guess,
+                                  const int64_t *parent, double target, double tol, int max_iter, int64_t m,
+                                  float *work, int *bad) {
     const size_t nn = (size_t)n * n;
-    float *cond = work + CAL_WORK_FLOATS(n), *sym = cond + nn, *g = sym + nn, *pad = g + nn;
-    for (int64_t m = m0; m < m1; m++) {
-        const int64_t q = parent[m];
-        KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g, pad);
-        bad += KFN(calibrate_set)(g, n, guess ? guess + q * n : NULL, target, tol, max_iter, cond, NULL, work);
-        kl[m] = KFN(kl_set)(cond, p + q * nn, n, sym);
-    }
-    return bad;
-}
-
-/* Gram matrices of sets [m0, m1) given as activations, into g (M, N, N). */
-static void KFN(grams_acts)(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width,
-                            int n, float *g, int64_t m0, int64_t m1, float *pad) {
-    for (int64_t m = m0; m < m1; m++)
-        KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g + m * (size_t)n * n, pad);
+    float *cond = work + CAL_WORK_FLOATS(n), *g = cond + nn, *col = g + nn, *pad = col + n;
+    const int64_t q = parent[m];
+    KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g, pad);
+    *bad += KFN(calibrate_set)(g, n, guess ? guess + q * n : NULL, target, tol, max_iter, cond, NULL, work);
+    return KFN(kl_set)(cond, p + q * nn, n, col);
 }
