@@ -33,8 +33,9 @@ from ecomp.cli import CONF_DIR  # noqa: E402
 from ecomp.config import register_configs  # noqa: E402
 from ecomp.fitness import Evaluator  # noqa: E402
 from ecomp.initialiser import l1_population  # noqa: E402
+from ecomp.mutation import mutate_  # noqa: E402
 from ecomp.pipeline import prepare_parent  # noqa: E402
-from ecomp.population import first_layer, forward  # noqa: E402
+from ecomp.population import Population, first_layer, forward  # noqa: E402
 from ecomp.recombination import recombine  # noqa: E402
 from ecomp.selection import select_pairs  # noqa: E402
 from ecomp.runtime import keep_freed_memory  # noqa: E402
@@ -201,6 +202,34 @@ def main() -> None:
         report("recombination of a generation: slice copies -> native one pass",
                lambda: recombine(pop, pairs, g, out=out, use_native=False),
                lambda: recombine(pop, pairs, g, out=out, use_native=True), same_children)
+
+        # One architecture, as from about generation 35 of a run: each side evolves a chain of
+        # its own, into two alternating buffers as before, or in place (over the parents' storage).
+        def fresh() -> Population:                   # uni's networks, made to differ
+            p = Population.from_individuals([[(w.clone(), b.clone()) for w, b in uni.individual(i)]
+                                             for i in range(uni.size)])
+            mutate_(p, 1.0, 0.5, 1.5, torch.Generator().manual_seed(0))
+            return p
+        chain = {"copy": fresh(), "in place": fresh(), "k": 0}
+        buffers = [torch.empty_like(uni.first_w) for _ in range(2)]
+
+        def copy_step():
+            chain["k"] += 1
+            chain["copy"] = recombine(chain["copy"], pairs, g, out=buffers[chain["k"] % 2])
+
+        def in_place_step():
+            chain["in place"] = recombine(chain["in place"], pairs, g, in_place=True)
+
+        def same_generations():
+            a, b = fresh(), fresh()
+            for k in range(3):
+                a = recombine(a, pairs, torch.Generator().manual_seed(k), out=buffers[k % 2])
+                b = recombine(b, pairs, torch.Generator().manual_seed(k), in_place=True)
+                assert b.slots is not None and all(torch.equal(x, y) for i in range(a.size)
+                                                   for la, lb in zip(a.individual(i), b.individual(i))
+                                                   for x, y in zip(la, lb))
+        report("one architecture, recombination: native one pass -> in place", copy_step, in_place_step,
+               same_generations)
     else:
         print("native kernels unavailable here: their lines are skipped")
 

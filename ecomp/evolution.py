@@ -51,7 +51,11 @@ class EComp:
     """Runs the evolution; ``population`` and ``fitness`` hold the latest generation."""
 
     def __init__(self, evaluator: Evaluator, weights: Weights, mutation: MutationSpec,
-                 generator: torch.Generator, timer: PhaseTimer | None = None):
+                 generator: torch.Generator, timer: PhaseTimer | None = None, in_place: bool = True):
+        """``in_place``: once the population has one architecture, crossover writes the children
+        over their parents' storage (``recombine(..., in_place=True)``; same numbers, fewer bytes
+        moved). False keeps every generation in storage of its own (the tests' oracle)."""
+        self.in_place = in_place
         self.evaluator = evaluator
         self.weights = weights
         self.mutation = mutation
@@ -71,6 +75,8 @@ class EComp:
         generation = 0
         # Two recycled first-layer buffers, alternating, so children never overlap their parents.
         # Widths never grow (children take their parents' shapes): size x widest rows suffice.
+        # Once the population has one architecture, crossover works in place instead (the
+        # children take over their parents' storage; see recombination.recombine).
         capacity = population.size * max(w[0] for w in population.widths)
         buffers = [population.first_w.new_empty(capacity, population.first_w.shape[1]) for _ in range(2)]
         for _ in range(epochs):
@@ -78,7 +84,8 @@ class EComp:
                 generation += 1
                 with self.timer.phase("operators"):
                     pairs = select_pairs(self.fitness, self.generator)
-                    children = recombine(self.population, pairs, self.generator, out=buffers[generation % 2])
+                    children = recombine(self.population, pairs, self.generator, out=buffers[generation % 2],
+                                         in_place=self.in_place)
                     m = self.mutation
                     mutate_(children, m.rate, m.low, m.high, self.generator)
                 yield self._evaluate(children, k, generation)

@@ -80,8 +80,11 @@ class Evaluator:
         if k not in self._parent:
             ks = [j for j in range(k, min(k + group, len(self.batches))) if j not in self._parent]
             n = self.batches[k][0].shape[0]
-            acts = _hidden_acts(self.parent, torch.cat([self.batches[j][0] for j in ks]))
-            joint, beta_mean = self._joint([acts[l][g * n:(g + 1) * n] for g in range(len(ks)) for l in self.layers])
+            with self.timer.phase("forward"):
+                acts = _hidden_acts(self.parent, torch.cat([self.batches[j][0] for j in ks]))
+            with self.timer.phase("similarity"):
+                joint, beta_mean = self._joint([acts[l][g * n:(g + 1) * n] for g in range(len(ks))
+                                                for l in self.layers])
             n_layers = len(self.layers)
             for g, j in enumerate(ks):
                 bm = None if beta_mean is None else beta_mean.view(len(ks), -1)[g]
@@ -130,7 +133,9 @@ class Evaluator:
             if self.kernels == "native":                       # Grams, search and KL fused, per set
                 sims = self._native_similarity(hidden, parents, size, n)          # (G, pop)
             elif stacked is not None:                          # one architecture: Grams batched over networks
-                d = shifted_distances_stacked([stacked[l] for l in self.layers], n).view(len(ks), -1, n - 1)
+                order = pop.slot_index()                       # stacked is in slot order
+                layers = [stacked[l] if order is None else stacked[l].index_select(0, order) for l in self.layers]
+                d = shifted_distances_stacked(layers, n).view(len(ks), -1, n - 1)
             else:                                              # one batched Gram per network over the batches
                 d = shifted_distances([a.unflatten(0, (len(ks), n)) for l in self.layers for a in hidden[l]])
                 d = d.view(len(ks), -1, n - 1)                 # (G, L * pop * N, N - 1)

@@ -52,7 +52,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 5
+ABI_VERSION = 6
 KERNELS = ("auto", "native", "torch")
 
 _lock = threading.Lock()
@@ -138,6 +138,10 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_grams_acts.restype = ctypes.c_int
     lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int, ctypes.c_int]
     lib.ecomp_recombine.restype = None
+    lib.ecomp_recombine_inplace.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                            ctypes.c_int64, *[_i64] * 4, ctypes.c_int64, _i64, ctypes.c_int,
+                                            ctypes.c_int]
+    lib.ecomp_recombine_inplace.restype = None
     return lib
 
 
@@ -365,3 +369,39 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
 
 def _target(perplexity: float) -> float:
     return math.log(perplexity)
+
+
+def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int], donors: list[int],
+                      cuts: list[int], stream: bool = False) -> None:
+    """One layer of crossover children written over their parents' storage, for a population of
+    one architecture: ``w`` is ``(slots, rows, cols)`` float32 (contiguous, on the CPU), ``b``
+    ``(slots, rows)``. Child ``j`` goes to slot ``slots[j]`` and is the layer at slot
+    ``sources[j]`` (its bulk parent) with the top-left ``c x c`` block and first ``c`` biases of
+    the layer at slot ``donors[j]``, ``c = cuts[j]``: bit for bit what :func:`recombine` writes
+    into separate storage. ``slots`` must be a permutation of the slots, and a child not in place
+    (``sources[j] != slots[j]``) must take a slot that is no child's source, so that no copy reads
+    what another writes (``ecomp/csrc/ops.c`` orders the rest). ``stream``: as in :func:`recombine`."""
+    lib = load()
+    n = len(slots)
+    if w.dtype != torch.float32 or b.dtype != torch.float32 or w.dim() != 3 or b.shape != w.shape[:2] \
+            or not (w.is_contiguous() and b.is_contiguous()) or w.device.type != "cpu":
+        raise ValueError("recombine_inplace: expected contiguous float32 CPU tensors w (slots, rows, cols) "
+                         f"and b (slots, rows); got {tuple(w.shape)} {w.dtype} and {tuple(b.shape)} {b.dtype}")
+    size, rows, cols = w.shape
+    if not (n == size and len(sources) == len(donors) == len(cuts) == n):
+        raise ValueError(f"recombine_inplace: expected {size} slots, sources, donors and cuts")
+    if sorted(slots) != list(range(size)):
+        raise ValueError(f"recombine_inplace: slots must be a permutation of 0..{size - 1}")
+    read = set(sources)
+    if any(not 0 <= s < size for s in (*sources, *donors)) \
+            or any(s != d and d in read for s, d in zip(sources, slots)):
+        raise ValueError("recombine_inplace: a child that is not in place must take a slot no child copies from")
+    if any(not 0 <= c <= min(rows, cols) for c in cuts):
+        raise ValueError(f"recombine_inplace: every cut must lie in [0, {min(rows, cols)}]")
+    sizes = [c * c + c for c in cuts]
+    offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)
+    scratch = torch.empty(sum(sizes), dtype=torch.float32)
+    idx = torch.tensor([slots, sources, donors, cuts], dtype=torch.int64)
+    lib.ecomp_recombine_inplace(n, w.data_ptr(), b.data_ptr(), rows, cols, *(_ptr(t, _i64) for t in idx),
+                                scratch.data_ptr(), _ptr(offsets, _i64), int(stream),
+                                torch.get_num_threads() if lib.ecomp_openmp() else 1)

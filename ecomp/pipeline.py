@@ -223,8 +223,10 @@ def _evolve(cfg, train, test, parent, device, scenario, timer, tracker) -> RunRe
                    for w, b in ecomp.population.individual(best)]
     parent_cpu = [(w.cpu(), b.cpu()) for w, b in parent]
     tx, ty = test.x[:cfg.data.test_size], test.y[:cfg.data.test_size]
+    with timer.phase("forward"):
+        best_test_accuracy = accuracy(best_layers, tx, ty)
     metrics = {
-        "best_test_accuracy": accuracy(best_layers, tx, ty),
+        "best_test_accuracy": best_test_accuracy,
         "best_compression": float(ecomp.population.hidden_units()[best] / evaluator.parent_units),
         "best_hidden_units": float(sum(ecomp.population.widths[best])),
         "best_mean_fitness": float(mean_fit[best]),

@@ -7,6 +7,14 @@ every individual's ``(out, in)`` weights, flattened at their true sizes (no zero
 padding), one after the other in one buffer, and its biases in another. So
 crossover reads and writes each layer of a generation as one block of memory,
 and a population of one architecture is a ``(pop, out, in)`` view of it.
+
+Storage slots: individual ``i`` is stored at slot ``slot(i)``. That is ``i`` unless
+``slots`` is given, which only a population of one architecture may have (all slots
+are then alike): crossover in place (:func:`ecomp.recombination.recombine`) leaves
+most children in their bulk parent's slot instead of copying them into child order.
+``offsets``, ``w_offsets``, ``b_offsets`` and ``stacked`` are in slot order; every
+per-individual accessor (``first``, ``rest``, ``individual``) and :func:`forward`'s
+results are in individual order.
 """
 
 from __future__ import annotations
@@ -30,9 +38,18 @@ class Population:
     offsets: list[int] = field(init=False)  # row of first_w where individual i starts
     w_offsets: list[list[int]] = field(init=False)  # per later layer: where individual i starts in layer_w
     b_offsets: list[list[int]] = field(init=False)
+    slots: list[int] | None = None          # storage slot of individual i (None: slot i)
+    retired: bool = field(init=False, default=False, repr=False)   # storage handed to its children
     _rest: list[Layers] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.slots is not None:
+            if sorted(self.slots) != list(range(self.size)):
+                raise ValueError(f"slots must be a permutation of 0..{self.size - 1}")
+            if not self.uniform:
+                raise ValueError("only a population of one architecture can store individuals out of order")
+            if self.slots == list(range(self.size)):
+                self.slots = None
         self.offsets = [0, *accumulate(w[0] for w in self.widths)]
         assert self.first_w.shape[0] == self.offsets[-1], "packed first layer does not match widths"
         self.w_offsets, self.b_offsets = [], []
@@ -61,34 +78,57 @@ class Population:
     def classes(self) -> int:
         return self.layer_b[-1].numel() // self.size
 
+    @property
+    def uniform(self) -> bool:
+        """Every individual has the same widths (one architecture)."""
+        return all(w == self.widths[0] for w in self.widths)
+
+    def slot(self, i: int) -> int:
+        """Storage slot of individual ``i``."""
+        return i if self.slots is None else self.slots[i]
+
+    def slot_index(self) -> Tensor | None:
+        """``(pop,)`` int64 slots in individual order, or None when slot ``i`` holds individual ``i``."""
+        return None if self.slots is None else torch.tensor(self.slots, device=self.device)
+
+    def _live(self) -> None:
+        if self.retired:
+            raise RuntimeError("this population's storage was reused by its children (crossover in place)")
+
     def layer_shape(self, i: int, l: int) -> tuple[int, int]:
         """``(out, in)`` of individual ``i``'s later layer ``l`` (layer ``l + 1`` of the network)."""
         w = self.widths[i]
         return (w[l + 1] if l + 1 < len(w) else self.classes), w[l]
 
     def first(self, i: int) -> tuple[Tensor, Tensor]:
-        o, h = self.offsets[i], self.widths[i][0]
+        self._live()
+        s = self.slot(i)
+        o, h = self.offsets[s], self.widths[i][0]
         return self.first_w[o:o + h], self.first_b[o:o + h]
 
     @property
     def rest(self) -> list[Layers]:
         """Per individual: its layers after the first, as views into the packed buffers."""
+        self._live()
         if self._rest is None:
             self._rest = [[self._layer(i, l) for l in range(len(self.layer_w))] for i in range(self.size)]
         return self._rest
 
     def _layer(self, i: int, l: int) -> tuple[Tensor, Tensor]:
-        wo, bo = self.w_offsets[l], self.b_offsets[l]
-        out = bo[i + 1] - bo[i]
-        return self.layer_w[l][wo[i]:wo[i + 1]].view(out, self.widths[i][l]), self.layer_b[l][bo[i]:bo[i + 1]]
+        wo, bo, s = self.w_offsets[l], self.b_offsets[l], self.slot(i)
+        out = bo[s + 1] - bo[s]
+        return self.layer_w[l][wo[s]:wo[s + 1]].view(out, self.widths[i][l]), self.layer_b[l][bo[s]:bo[s + 1]]
 
     def stacked(self, l: int) -> tuple[Tensor, Tensor]:
-        """Later layer ``l`` of a population of one architecture as ``(pop, out, in)``, ``(pop, out)`` views."""
+        """Later layer ``l`` of a population of one architecture as ``(pop, out, in)``, ``(pop, out)``
+        views, in slot order (individual ``i`` at ``slot(i)``)."""
+        self._live()
         out, inp = self.layer_shape(0, l)
         return self.layer_w[l].view(self.size, out, inp), self.layer_b[l].view(self.size, out)
 
     def individual(self, i: int) -> Layers:
         """Individual ``i`` as ``(weight, bias)`` pairs (views, not copies)."""
+        self._live()
         later = self._rest[i] if self._rest is not None else [self._layer(i, l) for l in range(len(self.layer_w))]
         return [self.first(i), *later]
 
@@ -145,14 +185,15 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
     traced, and so in its final pick); then, for batches of up to ``BATCHED_MAX_ROWS`` images,
     the later layers run as one batched product per layer instead of one small GEMM
     per individual, and ``stacked[l]`` is the ``(pop, width, batch)`` tensor the views
-    come from. ``batched``: ``None`` picks the batched path when all widths are equal
+    come from, in slot order (see :class:`Population`). ``batched``: ``None`` picks the batched path when all widths are equal
     and the batch is small; ``False`` forces the loop (the oracle for the batched path
     in the tests).
     """
-    z0t = first_layer(pop, x).relu_()                          # (sum_h, batch)
+    pop._live()
+    z0t = first_layer(pop, x).relu_()                          # (sum_h, batch), slot order
     classes = pop.classes
     n_hidden = len(pop.widths[0])
-    uniform = all(w == pop.widths[0] for w in pop.widths)
+    uniform = pop.uniform
     if batched is None:
         batched = uniform and pop.size > 1 and x.shape[0] <= BATCHED_MAX_ROWS
     if batched:
@@ -166,13 +207,16 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
             if l < n_hidden - 1:
                 stacked.append(a.relu_())
         logits = a.transpose(1, 2)                                            # (pop, batch, classes)
-        hidden = [[t[i].T for i in range(pop.size)] for t in stacked]
+        order = [pop.slot(i) for i in range(pop.size)]
+        if pop.slots is not None:                                             # slot order -> individual order
+            logits = logits.index_select(0, pop.slot_index())
+        hidden = [[t[s].T for s in order] for t in stacked]
         return logits, hidden, stacked
     z0 = z0t.T                                                 # (batch, sum_h), a view
     logits = x.new_empty(pop.size, x.shape[0], classes)
     hidden: list[list[Tensor]] = [[] for _ in range(n_hidden)]
     for i in range(pop.size):
-        o = pop.offsets[i]
+        o = pop.offsets[pop.slot(i)]
         a = z0[:, o:o + pop.widths[i][0]]                      # (batch, h)
         hidden[0].append(a)
         layers = pop.rest[i]

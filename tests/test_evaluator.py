@@ -130,3 +130,42 @@ def test_one_architecture_population_uses_the_batched_path_and_matches_the_oracl
         ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, k)
         assert torch.equal(parts.accuracy, ref.accuracy.float())
         assert torch.allclose(parts.similarity.double(), ref.similarity.double(), rtol=1e-4, atol=1e-6)
+
+
+@KERNELS
+def test_in_place_generations_give_the_history_of_copied_ones(kernels):
+    """A one-architecture population evolves in place (children stored out of order over their
+    parents): forward passes, similarities, fitness and the final pick must be those of the
+    loop that copies every generation into storage of its own."""
+    parent, batches = problem(widths=(30, 16, 16, 5))
+    results = {}
+    for in_place in (True, False):
+        ev = Evaluator(parent, batches, 10.0, kernels=kernels)
+        ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.2, 0.9, 1.1), torch.Generator().manual_seed(4),
+                      in_place=in_place)
+        pop = l1_population(parent, 8, 0.75, 0.75)              # one architecture from the start
+        hist = [r.metrics for r in ecomp.run(pop, epochs=3)]
+        results[in_place] = hist, ecomp.pick_best(), ecomp.population
+    (h_in, (best_in, fit_in), pop_in), (h_copy, (best_copy, fit_copy), pop_copy) = results[True], results[False]
+    assert pop_in.slots is not None and pop_copy.slots is None    # the in-place path really ran
+    assert h_in == h_copy and best_in == best_copy and torch.equal(fit_in, fit_copy)
+
+
+def test_forward_of_out_of_order_storage_is_in_individual_order():
+    from ecomp.population import Population
+    parent, batches = problem(widths=(30, 16, 16, 5))
+    pop = l1_population(parent, 6, 0.75, 0.75)
+    mutate_(pop, 1.0, 0.5, 1.5, torch.Generator().manual_seed(3))
+    order = [4, 2, 0, 5, 1, 3]
+    moved = Population(pop.widths, pop.first_w, pop.first_b, pop.layer_w, pop.layer_b, slots=order)
+    in_order = Population.from_individuals([moved.individual(i) for i in range(6)])
+    x = batches[0][0]
+    for batched in (True, False):
+        logits_m, hidden_m, _ = forward(moved, x, batched=batched)
+        logits_o, hidden_o, _ = forward(in_order, x, batched=batched)
+        assert torch.equal(logits_m, logits_o)
+        assert all(torch.equal(a, b) for lm, lo in zip(hidden_m, hidden_o) for a, b in zip(lm, lo))
+    for kernels in ("torch", "native") if native._compiler() else ("torch",):
+        ev = Evaluator(parent, batches, 10.0, kernels=kernels)
+        a, b = ev.evaluate(moved, 1), ev.evaluate(in_order, 1)
+        assert torch.equal(a.accuracy, b.accuracy) and torch.equal(a.similarity, b.similarity)

@@ -196,3 +196,83 @@ def test_native_recombine_rejects_bad_arguments_in_one_line():
         native.recombine((a, a), (a, a), (a, torch.zeros(2, dtype=torch.int64)), [1], [1], [1], [1])
     with pytest.raises(ValueError, match=r"every cut must lie in \[0, min\(rows, cols\)\]"):
         native.recombine((a, a), (a, a), (a, a), [2], [3], [3], [4])
+
+
+def uniform_population(size: int = 8, n_hidden: int = 2, seed: int = 0) -> Population:
+    """``size`` networks of one architecture (6 units per hidden layer), all different."""
+    g = gen(seed)
+    pop = l1_population(random_layers([12, *[8] * n_hidden, 3], g), size, 0.75, 0.75)
+    mutate_(pop, 1.0, 0.5, 1.5, g)
+    return pop
+
+
+def same_individuals(a: Population, b: Population) -> bool:
+    return a.widths == b.widths and all(torch.equal(x, y) for i in range(a.size)
+                                        for la, lb in zip(a.individual(i), b.individual(i)) for x, y in zip(la, lb))
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_in_place_recombination_gives_the_children_of_the_copy(n_hidden):
+    """Ten generations of a one-architecture population, in place (children over their parents'
+    storage, out of order) and by copy: the same individuals, bit for bit, every generation."""
+    pops = {True: uniform_population(n_hidden=n_hidden), False: uniform_population(n_hidden=n_hidden)}
+    gens = {True: gen(5), False: gen(5)}
+    shuffled = 0
+    for step in range(10):
+        pairs = select_pairs(torch.randn(8, generator=gen(step)), gen(100 + step))
+        parents = dict(pops)
+        for in_place in (True, False):
+            parent = pops[in_place]
+            child = recombine(parent, pairs, gens[in_place], in_place=in_place)
+            assert (child.first_w.data_ptr() == parent.first_w.data_ptr()) == in_place
+            assert all((c.data_ptr() == p.data_ptr()) == in_place for c, p in zip(child.layer_w, parent.layer_w))
+            mutate_(child, 0.3, 0.9, 1.1, gens[in_place])
+            pops[in_place] = child
+        assert same_individuals(pops[True], pops[False])
+        shuffled += pops[True].slots is not None
+        # the parent of an in-place generation is retired: its views would show the children
+        with pytest.raises(RuntimeError, match="reused by its children"):
+            parents[True].individual(0)
+        assert parents[False].individual(0)   # a copied generation's parents stay usable
+    assert shuffled >= 5                      # the test exercised out-of-order storage
+
+
+def test_in_place_is_ignored_for_several_architectures_and_without_native():
+    pop = tiny_population()                    # widths differ
+    pairs = torch.tensor([[0, 5], [1, 2], [3, 4]])
+    before = pop.first_w.clone()
+    children = recombine(pop, pairs, gen(1), in_place=True)
+    assert children.first_w.data_ptr() != pop.first_w.data_ptr() and torch.equal(pop.first_w, before)
+    assert same_individuals(children, recombine(pop, pairs, gen(1)))
+    uniform = uniform_population()
+    pairs = torch.tensor([[0, 5], [1, 2], [3, 4], [6, 6]])
+    children = recombine(uniform, pairs, gen(2), in_place=True, use_native=False)
+    assert children.slots is None and uniform.individual(0)    # the parents stay usable
+
+
+def test_population_slots_are_validated_and_views_follow_them():
+    pop = uniform_population(size=4)
+    order = [2, 0, 3, 1]
+    moved = Population(pop.widths, pop.first_w, pop.first_b, pop.layer_w, pop.layer_b, slots=order)
+    for i, s in enumerate(order):                 # individual i of `moved` is slot s, i.e. pop's individual s
+        assert all(torch.equal(x, y) for la, lb in zip(moved.individual(i), pop.individual(s)) for x, y in zip(la, lb))
+    assert Population(pop.widths, pop.first_w, pop.first_b, pop.layer_w, pop.layer_b, slots=[0, 1, 2, 3]).slots is None
+    with pytest.raises(ValueError, match="permutation of 0..3"):
+        Population(pop.widths, pop.first_w, pop.first_b, pop.layer_w, pop.layer_b, slots=[0, 0, 1, 2])
+    mixed = tiny_population(size=4)
+    with pytest.raises(ValueError, match="one architecture"):
+        Population(mixed.widths, mixed.first_w, mixed.first_b, mixed.layer_w, mixed.layer_b, slots=order)
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+def test_native_recombine_inplace_rejects_bad_arguments_in_one_line():
+    w, b = torch.zeros(3, 4, 5), torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="permutation of 0..2"):
+        native.recombine_inplace(w, b, [0, 0, 1], [0, 1, 2], [0, 1, 2], [1, 1, 1])
+    with pytest.raises(ValueError, match="no child copies from"):
+        native.recombine_inplace(w, b, [1, 0, 2], [0, 1, 2], [0, 1, 2], [1, 1, 1])
+    with pytest.raises(ValueError, match=r"every cut must lie in \[0, 4\]"):
+        native.recombine_inplace(w, b, [0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 5, 1])
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensors"):
+        native.recombine_inplace(w.double(), b, [0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 1, 1])

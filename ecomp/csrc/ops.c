@@ -67,3 +67,52 @@ void ecomp_recombine(int64_t n, const int64_t *child_w, const int64_t *child_b, 
     }
     stream_fence();                                   /* the streamed stores are visible to all */
 }
+
+/* Crossover in place, for a population of one architecture (every individual's layer is
+ * `rows` x `cols` at slot s: weights w + s * rows * cols, biases b + s * rows). Child j is
+ * stored at slot[j]; its bulk parent is at source[j] and its donor at donor[j]; c = cut[j].
+ * A child whose slot is its bulk parent's (source[j] == slot[j]) keeps that storage and only
+ * has its donor block written: that is most children (a parent picked k times as bulk leaves
+ * its slot to the first of them), so most of a generation's bytes are never moved. The others
+ * get the bulk parent's layer copied into a slot that no child reads from as bulk (the caller
+ * checks this and that the slots are a permutation). Three threaded phases:
+ *   1. every donor block (and its c biases) into scratch (sum of c * c + c floats), before
+ *      anything is written: donors' slots are overwritten below;
+ *   2. the copies for children not in place (their sources are only written in phase 3);
+ *   3. every child's block from scratch.
+ * The result is bit for bit that of ecomp_recombine into separate storage. */
+void ecomp_recombine_inplace(int64_t n, int64_t w_addr, int64_t b_addr, int64_t rows, int64_t cols,
+                             const int64_t *slot, const int64_t *source, const int64_t *donor,
+                             const int64_t *cut, int64_t scratch_addr, const int64_t *scratch_off,
+                             int stream, int nthreads) {
+    float *w = (float *)(intptr_t)w_addr, *b = (float *)(intptr_t)b_addr;
+    float *scratch = (float *)(intptr_t)scratch_addr;
+    const size_t lw = (size_t)(rows * cols);
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        #pragma omp for schedule(static, 1)
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t c = cut[j];
+            const float *dw = w + (size_t)donor[j] * lw;
+            float *s = scratch + scratch_off[j];
+            for (int64_t r = 0; r < c; r++) memcpy(s + r * c, dw + r * cols, sizeof(float) * (size_t)c);
+            memcpy(s + c * c, b + (size_t)(donor[j] * rows), sizeof(float) * (size_t)c);
+        }
+        #pragma omp for schedule(static, 1) nowait
+        for (int64_t j = 0; j < n; j++) {
+            if (source[j] == slot[j]) continue;
+            stream_copy(w + (size_t)slot[j] * lw, w + (size_t)source[j] * lw, lw, stream);
+            memcpy(b + (size_t)(slot[j] * rows), b + (size_t)(source[j] * rows), sizeof(float) * (size_t)rows);
+        }
+        stream_fence();                               /* each thread's streamed stores, then */
+        #pragma omp barrier                           /* all copies are done before phase 3 */
+        #pragma omp for schedule(static, 1)
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t c = cut[j];
+            float *cw = w + (size_t)slot[j] * lw;
+            const float *s = scratch + scratch_off[j];
+            for (int64_t r = 0; r < c; r++) memcpy(cw + r * cols, s + r * c, sizeof(float) * (size_t)c);
+            memcpy(b + (size_t)(slot[j] * rows), s + c * c, sizeof(float) * (size_t)c);
+        }
+    }
+}

@@ -51,7 +51,7 @@ static int use_avx2(void) { return 0; }
 /* Which instruction set the kernels run with: 1 AVX2 + FMA, 0 baseline. */
 int ecomp_isa(void) { return use_avx2(); }
 
-int ecomp_abi_version(void) { return 5; }
+int ecomp_abi_version(void) { return 6; }
 
 /* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
 int ecomp_openmp(void) {
