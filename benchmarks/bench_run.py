@@ -6,7 +6,8 @@
 
 Reports medians over repeats: seconds per run; per-evaluation seconds of the
 forward passes, similarity, operators and tracking; the ratio of everything
-else to the forward passes; the forward passes' GFLOP/s next to one large
+else to the forward passes (the median of each run's own ratio, and the ratio
+of the medians); the forward passes' GFLOP/s next to one large
 GEMM measured in the same process; peak memory; and, as the baseline measured
 in the same process, the straightforward reference evaluator on the same
 population (a few generations), as a per-generation speed-up.
@@ -136,10 +137,13 @@ def bench_device(args, device: str) -> None:
           f"{evaluations - n_batches} generations + {n_batches}-batch final pick), median of {args.repeats}: "
           f"{total:.2f} s   (all runs: {', '.join(f'{x:.2f}' for x in runs)})")
     print("per evaluation (ms):  " + "  ".join(f"{k} {1e3 * v / evaluations:.1f}" for k, v in med.items()))
+    # Each run's own ratio (its rest over its forward time) is the paired measure: on these VMs the
+    # speed drifts between runs, and a ratio of medians can pair one run's total with another's forward.
     ratios = [(t - p.get("forward", 0.0)) / p.get("forward", 1.0) for t, p in zip(runs, phases)]
-    print(f"rest / forward: {rest / med['forward']:.2f}  (rest = whole run - forward = {rest:.2f} s; "
-          f"similarity {med['similarity']:.2f} s, operators {med['operators']:.2f} s, tracking {med['tracking']:.2f} s)")
-    print(f"rest / forward of each run: {', '.join(f'{r:.2f}' for r in ratios)}  (median {statistics.median(ratios):.2f})")
+    print(f"rest / forward: {statistics.median(ratios):.2f}, median of the runs' own ratios "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}); of the medians: {rest / med['forward']:.2f}")
+    print(f"  rest = whole run - forward = {rest:.2f} s: similarity {med['similarity']:.2f} s, operators "
+          f"{med['operators']:.2f} s, tracking {med['tracking']:.2f} s, the rest outside these phases")
     print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(device):.1f} GFLOP/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory (max RSS of this process): {peak:.2f} GiB")
