@@ -35,8 +35,8 @@ class Population:
     first_b: Tensor                        # (sum_i widths[i][0],)
     layer_w: list[Tensor]                  # per later layer: every individual's (out, in) weights, flat
     layer_b: list[Tensor]                  # per later layer: every individual's biases, flat
-    offsets: list[int] = field(init=False)  # row of first_w where individual i starts
-    w_offsets: list[list[int]] = field(init=False)  # per later layer: where individual i starts in layer_w
+    offsets: list[int] = field(init=False)  # row of first_w where slot s starts (individual s, without slots)
+    w_offsets: list[list[int]] = field(init=False)  # per later layer: where slot s starts in layer_w
     b_offsets: list[list[int]] = field(init=False)
     slots: list[int] | None = None          # storage slot of individual i (None: slot i)
     retired: bool = field(init=False, default=False, repr=False)   # storage handed to its children
@@ -185,9 +185,9 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
     traced, and so in its final pick); then, for batches of up to ``BATCHED_MAX_ROWS`` images,
     the later layers run as one batched product per layer instead of one small GEMM
     per individual, and ``stacked[l]`` is the ``(pop, width, batch)`` tensor the views
-    come from, in slot order (see :class:`Population`). ``batched``: ``None`` picks the batched path when all widths are equal
-    and the batch is small; ``False`` forces the loop (the oracle for the batched path
-    in the tests).
+    come from, in slot order (see :class:`Population`). ``batched``: ``None`` picks the
+    batched path when all widths are equal and the batch is small; ``False`` forces the
+    loop (the oracle for the batched path in the tests).
     """
     pop._live()
     z0t = first_layer(pop, x).relu_()                          # (sum_h, batch), slot order
