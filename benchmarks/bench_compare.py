@@ -4,8 +4,9 @@
     python benchmarks/bench_compare.py HEAD~1 --repeats 5 threads=1 fitness=100
 
 For claims of the form "this change makes a run faster": the revision is checked
-out into a temporary git worktree, and the two trees' runs alternate (this tree,
-then the other, ``--repeats`` times), each in a fresh Python process that does
+out into a temporary git worktree, and the two trees' runs alternate, ``--repeats``
+pairs with the first of each pair alternating too (this tree first, then the other
+first, ...), each in a fresh Python process that does
 one untimed warm-up run and then one timed run, with the same Hydra overrides,
 the same FashionMNIST files and the same cached parent (both read from this
 tree's ``data.root`` and ``parent.cache_dir``), each into a temporary MLflow
@@ -105,7 +106,10 @@ def main() -> None:
         try:
             pairs = []
             for r in range(args.repeats):
-                mine, theirs = one_run(ROOT, overrides), one_run(other, overrides)
+                if r % 2 == 0:                   # ABBA: which tree goes first alternates
+                    mine, theirs = one_run(ROOT, overrides), one_run(other, overrides)
+                else:
+                    theirs, mine = one_run(other, overrides), one_run(ROOT, overrides)
                 pairs.append((mine, theirs))
                 print(f"pair {r + 1}: this tree {mine['total']:.2f} s, {args.rev} {theirs['total']:.2f} s "
                       f"(ratio {theirs['total'] / mine['total']:.2f})", flush=True)

@@ -167,12 +167,14 @@ def _recombine_in_place(pop: Population, bulk: list[int], donor: list[int],
     free = iter(s for s in range(pop.size) if s not in taken)
     slots = [next(free) if s is None else s for s in slots]
     size, inp = pop.size, pop.first_w.shape[1]
+    # Streaming stores for the first layers only (tens of MB, long out of cache when the next
+    # forward pass reads them), as the copying path does; the later layers are a fraction of that.
     native.recombine_inplace(pop.first_w.view(size, pop.widths[0][0], inp), pop.first_b.view(size, -1), slots,
                              sources, donors, [c[0] for c in child_cuts], stream=True)
     for l in range(len(pop.layer_w)):
         rows, cols = pop.layer_shape(0, l)
         native.recombine_inplace(pop.layer_w[l].view(size, rows, cols), pop.layer_b[l].view(size, rows), slots,
-                                 sources, donors, [c[l + 1] for c in child_cuts], stream=True)
+                                 sources, donors, [c[l + 1] for c in child_cuts])
     children = Population([pop.widths[s] for s in bulk], pop.first_w, pop.first_b, pop.layer_w, pop.layer_b,
                           slots=slots)
     pop.retired = True
