@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Run in each child process with the tree's root as argv[1]: that tree's ecomp, conf and kernels.
 CHILD = r"""
-import json, sys, tempfile, time
+import json, shutil, sys, tempfile, time
 root, overrides = sys.argv[1], sys.argv[2:]
 sys.path.insert(0, root)
 from hydra import compose, initialize_config_dir
@@ -40,15 +40,19 @@ from ecomp.config import register_configs
 from ecomp.pipeline import run_experiment
 from ecomp.timing import PhaseTimer
 register_configs()
-store = tempfile.mkdtemp(prefix="ecomp-compare-")
-base = ["progress=false", f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.skip_finished=false"]
-with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-    cfg = compose("config", overrides=check_overrides(base + overrides))
-run_experiment(cfg)                                   # warm-up: data, kernels, store, allocator
-timer = PhaseTimer("cpu")
-t = time.perf_counter()
-res = run_experiment(cfg, timer=timer)
-total = time.perf_counter() - t
+store = tempfile.mkdtemp(prefix="ecomp-compare-")       # store and artifacts, removed at the end
+base = ["progress=false", f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.skip_finished=false",
+        f"tracking.artifact_location=file://{store}/artifacts"]
+try:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=check_overrides(base + overrides))
+    run_experiment(cfg)                               # warm-up: data, kernels, store, allocator
+    timer = PhaseTimer(cfg.device)
+    t = time.perf_counter()
+    res = run_experiment(cfg, timer=timer)
+    total = time.perf_counter() - t
+finally:
+    shutil.rmtree(store, ignore_errors=True)
 print("RESULT " + json.dumps({"total": total, "phases": dict(timer.seconds),
                               "best_test_accuracy": res.metrics["best_test_accuracy"]}))
 """
@@ -114,7 +118,11 @@ def main() -> None:
                 print(f"pair {r + 1}: this tree {mine['total']:.2f} s, {args.rev} {theirs['total']:.2f} s "
                       f"(ratio {theirs['total'] / mine['total']:.2f})", flush=True)
         finally:
-            git("worktree", "remove", "--force", str(other))
+            try:
+                git("worktree", "remove", "--force", str(other))
+            except subprocess.CalledProcessError as exc:     # keep the run's own error visible
+                print(f"bench_compare: could not remove the worktree {other}: {exc.stderr.strip()}", file=sys.stderr)
+            git("worktree", "prune")
 
     def rest_ratio(run: dict) -> float:
         forward = run["phases"].get("forward", 0.0)

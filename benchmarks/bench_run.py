@@ -98,9 +98,10 @@ def main() -> None:
 
 def bench_device(args, device: str) -> None:
     register_configs()
-    tmp = tempfile.mkdtemp(prefix="ecomp-bench-")
+    tmpdir = tempfile.TemporaryDirectory(prefix="ecomp-bench-")   # store and artifacts; removed when done
+    tmp = tmpdir.name
     ov = ["progress=false", f"device={device}", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-          "tracking.skip_finished=false"]
+          f"tracking.artifact_location=file://{tmp}/artifacts", "tracking.skip_finished=false"]
     if args.short:
         ov.append("data.train_size=2000")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -34,6 +34,7 @@ import ctypes
 import hashlib
 import logging
 import math
+import operator
 import os
 import platform
 import shutil
@@ -383,11 +384,17 @@ def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int]
     what another writes (``ecomp/csrc/ops.c`` orders the rest). ``stream``: as in :func:`recombine`."""
     lib = load()
     n = len(slots)
+    try:                                     # plain ints: no float or tensor slips past the set checks
+        slots, sources, donors, cuts = ([operator.index(v) for v in seq] for seq in (slots, sources, donors, cuts))
+    except TypeError:
+        raise ValueError("recombine_inplace: slots, sources, donors and cuts must be integers") from None
     if w.dtype != torch.float32 or b.dtype != torch.float32 or w.dim() != 3 or b.shape != w.shape[:2] \
-            or not (w.is_contiguous() and b.is_contiguous()) or w.device.type != "cpu":
+            or not (w.is_contiguous() and b.is_contiguous()) or w.device.type != "cpu" or b.device.type != "cpu":
         raise ValueError("recombine_inplace: expected contiguous float32 CPU tensors w (slots, rows, cols) "
                          f"and b (slots, rows); got {tuple(w.shape)} {w.dtype} and {tuple(b.shape)} {b.dtype}")
     size, rows, cols = w.shape
+    if w.data_ptr() < b.data_ptr() + 4 * b.numel() and b.data_ptr() < w.data_ptr() + 4 * w.numel():
+        raise ValueError("recombine_inplace: the weights and biases overlap")
     if not (n == size and len(sources) == len(donors) == len(cuts) == n):
         raise ValueError(f"recombine_inplace: expected {size} slots, sources, donors and cuts")
     if sorted(slots) != list(range(size)):

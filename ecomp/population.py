@@ -165,6 +165,7 @@ def first_layer(pop: Population, x: Tensor, chunk: int = FIRST_LAYER_CHUNK) -> T
     of 100; blocks of a few hundred rows stay in cache (benchmarks/bench_kernels.py
     measures both).
     """
+    pop._live()
     xt = x.T.contiguous()                                      # (input, batch)
     z = x.new_empty(pop.first_w.shape[0], x.shape[0])
     for s in range(0, z.shape[0], chunk):
@@ -189,7 +190,6 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
     batched path when all widths are equal and the batch is small; ``False`` forces the
     loop (the oracle for the batched path in the tests).
     """
-    pop._live()
     z0t = first_layer(pop, x).relu_()                          # (sum_h, batch), slot order
     classes = pop.classes
     n_hidden = len(pop.widths[0])

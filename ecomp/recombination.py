@@ -68,6 +68,7 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     then assigns the donor's block, a few hundred tensor operations per generation. Both
     only copy, so their children are bit for bit equal.
     """
+    pop._live()
     if use_native is None:
         use_native = (pop.device.type == "cpu" and pop.first_w.dtype == torch.float32
                       and native.available())

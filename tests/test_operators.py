@@ -234,6 +234,8 @@ def test_in_place_recombination_gives_the_children_of_the_copy(n_hidden):
         # the parent of an in-place generation is retired: its views would show the children
         with pytest.raises(RuntimeError, match="reused by its children"):
             parents[True].individual(0)
+        with pytest.raises(RuntimeError, match="reused by its children"):
+            recombine(parents[True], pairs, gen(0), in_place=True)
         assert parents[False].individual(0)   # a copied generation's parents stay usable
     assert shuffled >= 5                      # the test exercised out-of-order storage
 
@@ -276,3 +278,7 @@ def test_native_recombine_inplace_rejects_bad_arguments_in_one_line():
         native.recombine_inplace(w, b, [0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 5, 1])
     with pytest.raises(ValueError, match="contiguous float32 CPU tensors"):
         native.recombine_inplace(w.double(), b, [0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 1, 1])
+    with pytest.raises(ValueError, match="must be integers"):            # 0.2 and 1.2 would pass as 0 and 1
+        native.recombine_inplace(w, b, [1, 0, 2], [0.2, 1.2, 2], [0, 1, 2], [1, 1, 1])
+    with pytest.raises(ValueError, match="overlap"):
+        native.recombine_inplace(w, w.view(-1)[:12].view(3, 4), [0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 1, 1])
