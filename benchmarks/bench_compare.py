@@ -78,12 +78,12 @@ def shared_paths(overrides: list[str]) -> list[str]:
 
     from ecomp.cli import CONF_DIR, check_overrides
     from ecomp.config import register_configs
-    from ecomp.pipeline import data_root, repo_root
+    from ecomp.pipeline import data_root, parent_cache_dir
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(list(overrides)))
-    cache = Path(cfg.parent.cache_dir) if cfg.parent.cache_dir else repo_root() / ".cache" / "parents"
+    cache = parent_cache_dir(cfg)
     given = {o.split("=", 1)[0] for o in overrides}
     extra = [] if "data.root" in given else [f"data.root={data_root(cfg).resolve()}"]
     return extra + ([] if "parent.cache_dir" in given else [f"parent.cache_dir={cache.resolve()}"])

@@ -368,10 +368,6 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
                         torch.get_num_threads() if lib.ecomp_openmp() else 1)
 
 
-def _target(perplexity: float) -> float:
-    return math.log(perplexity)
-
-
 def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int], donors: list[int],
                       cuts: list[int], stream: bool = False) -> None:
     """One layer of crossover children written over their parents' storage, for a population of
@@ -412,3 +408,7 @@ def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int]
     lib.ecomp_recombine_inplace(n, w.data_ptr(), b.data_ptr(), rows, cols, *(_ptr(t, _i64) for t in idx),
                                 scratch.data_ptr(), _ptr(offsets, _i64), int(stream),
                                 torch.get_num_threads() if lib.ecomp_openmp() else 1)
+
+
+def _target(perplexity: float) -> float:
+    return math.log(perplexity)

@@ -93,12 +93,16 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
     return TrainSpec(Architecture(p.input_dim, tuple(p.hidden), p.classes), p.epochs, p.lr, p.batch_size, p.seed)
 
 
+def parent_cache_dir(cfg: DictConfig) -> Path:
+    """Where trained parents are kept: ``parent.cache_dir``, else ``<repo>/.cache/parents``."""
+    return Path(cfg.parent.cache_dir) if cfg.parent.cache_dir else repo_root() / ".cache" / "parents"
+
+
 def prepare_parent(cfg: DictConfig):
     """Data and parent network (trained once, then read from the cache)."""
     train = data_mod.load(data_root(cfg), train=True, download=cfg.data.download)
-    cache = Path(cfg.parent.cache_dir) if cfg.parent.cache_dir else repo_root() / ".cache" / "parents"
     t = time.perf_counter()
-    layers, trained = cached_parent(train_spec(cfg), cache, train)
+    layers, trained = cached_parent(train_spec(cfg), parent_cache_dir(cfg), train)
     if trained:
         log.info("trained the parent in %.1f s", time.perf_counter() - t)
     return train, layers

@@ -41,6 +41,11 @@ static void stream_copy(float *dst, const float *src, size_t n, int stream) {
 static void stream_fence(void) {}
 #endif
 
+/* dst[r, :c] = src[r, :c] for r < rows, rows dst_ld and src_ld floats apart. */
+static void copy_block(float *dst, int64_t dst_ld, const float *src, int64_t src_ld, int64_t rows, int64_t c) {
+    for (int64_t r = 0; r < rows; r++) memcpy(dst + r * dst_ld, src + r * src_ld, sizeof(float) * (size_t)c);
+}
+
 /* For each child j < n (addresses as integers; weights row-major with contiguous rows of
  * cols[j] floats for the child and its bulk parent and dcols[j] for the donor, c = cut[j]):
  *   child_w[r] = donor_w[r, :c] ++ bulk_w[r, c:]  for r < c,  bulk_w[r]  for c <= r < rows[j];
@@ -57,10 +62,8 @@ void ecomp_recombine(int64_t n, const int64_t *child_w, const int64_t *child_b, 
         const float *sw = (const float *)(intptr_t)bulk_w[j], *sb = (const float *)(intptr_t)bulk_b[j];
         const float *dw = (const float *)(intptr_t)donor_w[j], *db = (const float *)(intptr_t)donor_b[j];
         const int64_t c = cut[j], k = cols[j], m = rows[j];
-        for (int64_t r = 0; r < c; r++) {
-            memcpy(w + r * k, dw + r * dcols[j], sizeof(float) * (size_t)c);
-            memcpy(w + r * k + c, sw + r * k + c, sizeof(float) * (size_t)(k - c));
-        }
+        copy_block(w, k, dw, dcols[j], c, c);                 /* the donor's block */
+        copy_block(w + c, k, sw + c, k, c, k - c);            /* the rest of those rows */
         stream_copy(w + c * k, sw + c * k, (size_t)((m - c) * k), stream);
         memcpy(b, db, sizeof(float) * (size_t)c);
         memcpy(b + c, sb + c, sizeof(float) * (size_t)(m - c));
@@ -95,7 +98,7 @@ void ecomp_recombine_inplace(int64_t n, int64_t w_addr, int64_t b_addr, int64_t 
             const int64_t c = cut[j];
             const float *dw = w + (size_t)donor[j] * lw;
             float *s = scratch + scratch_off[j];
-            for (int64_t r = 0; r < c; r++) memcpy(s + r * c, dw + r * cols, sizeof(float) * (size_t)c);
+            copy_block(s, c, dw, cols, c, c);
             memcpy(s + c * c, b + (size_t)(donor[j] * rows), sizeof(float) * (size_t)c);
         }
         #pragma omp for schedule(static, 1) nowait
@@ -111,7 +114,7 @@ void ecomp_recombine_inplace(int64_t n, int64_t w_addr, int64_t b_addr, int64_t 
             const int64_t c = cut[j];
             float *cw = w + (size_t)slot[j] * lw;
             const float *s = scratch + scratch_off[j];
-            for (int64_t r = 0; r < c; r++) memcpy(cw + r * cols, s + r * c, sizeof(float) * (size_t)c);
+            copy_block(cw, cols, s, c, c, c);
             memcpy(b + (size_t)(slot[j] * rows), s + c * c, sizeof(float) * (size_t)c);
         }
     }
