@@ -37,6 +37,7 @@ class DataConf:
     root: Optional[str] = None        # default: <repo>/data
     download: bool = False
     train_size: int = 10_000
+    val_size: int = 5_000             # held out from the training images outside the subset
     test_size: int = 10_000
     batch_size: int = 100
 
@@ -87,6 +88,20 @@ class EvolutionConf:
 
 
 @dataclass
+class MethodConf:
+    """Every ``method.*`` key any method has; each ``conf/method/<name>.yaml`` sets the ones it
+    reads and leaves the others null (setting one its method does not read is an error)."""
+    _target_: str = "ecomp.methods.ecomp.ECompMethod"
+    keep: Optional[float] = None          # kept fraction of every hidden layer
+    importance: Optional[str] = None      # pruning criterion (ecomp.methods.pruning.IMPORTANCES)
+    epochs: Optional[int] = None          # training epochs on the run's subset
+    lr: Optional[float] = None            # Adam learning rate
+    temperature: Optional[float] = None   # distillation temperature
+    alpha: Optional[float] = None         # distillation: weight of the soft targets (1 - alpha: labels)
+    finetune_epochs: Optional[int] = None  # ecomp: fine-tune the returned network (0 = the paper)
+
+
+@dataclass
 class TrackingConf:
     enabled: bool = True
     uri: Optional[str] = None            # default: sqlite:///<repo>/mlruns/mlflow.db
@@ -105,6 +120,7 @@ class Config:
     operators: OperatorsConf = field(default_factory=OperatorsConf)
     similarity: SimilarityConf = field(default_factory=SimilarityConf)
     fitness: FitnessConf = field(default_factory=FitnessConf)
+    method: MethodConf = field(default_factory=MethodConf)
     evolution: EvolutionConf = field(default_factory=EvolutionConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     seed: int = 0
@@ -157,6 +173,9 @@ def validate(cfg: DictConfig) -> None:
     d = cfg.data
     if not 1 <= d.train_size <= TRAIN_IMAGES:
         _fail("data.train_size", d.train_size, f"an integer in [1, {TRAIN_IMAGES}]")
+    if not 0 <= d.val_size <= TRAIN_IMAGES - d.train_size:
+        _fail("data.val_size", d.val_size, f"an integer in [0, {TRAIN_IMAGES} - data.train_size = "
+                                            f"{TRAIN_IMAGES - d.train_size}] (images outside the subset)")
     if not 1 <= d.test_size <= TEST_IMAGES:
         _fail("data.test_size", d.test_size, f"an integer in [1, {TEST_IMAGES}]")
     if not 2 <= d.batch_size <= d.train_size:
@@ -198,6 +217,37 @@ def validate(cfg: DictConfig) -> None:
     if cfg.tracking.flush_every < 1:
         _fail("tracking.flush_every", cfg.tracking.flush_every, "an integer >= 1")
     _check_device(cfg.device)
+    validate_method(cfg.method)
+
+
+def validate_method(m: DictConfig) -> None:
+    """The method exists, every ``method.*`` key set is one it reads, and each is in range."""
+    from .methods.base import SETTINGS, method_class
+    from .methods.pruning import IMPORTANCES
+
+    try:
+        cls = method_class(m._target_)
+    except ValueError as exc:
+        _fail("method._target_", m._target_, f"a compression method class ({exc})")
+    for key in SETTINGS:
+        if m[key] is not None and key not in cls.settings:
+            hint = "; fine-tuning after pruning is method=l1_finetune" if key == "finetune_epochs" else ""
+            _fail(f"method.{key}", m[key], f"not a setting of method={cls.name} "
+                                           f"(its settings: {', '.join(cls.settings) or 'none'}){hint}")
+        if key in cls.settings and m[key] is None and key not in ("lr",):
+            _fail(f"method.{key}", None, f"method={cls.name} needs a value")
+    checks = {
+        "keep": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+        "importance": (lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
+        "epochs": (lambda v: v >= 0, "an integer >= 0"),
+        "finetune_epochs": (lambda v: v >= 0, "an integer >= 0"),
+        "lr": (lambda v: _finite(v) and v > 0, "a number > 0"),
+        "temperature": (lambda v: _finite(v) and v > 0, "a number > 0"),
+        "alpha": (lambda v: _finite(v) and 0 <= v <= 1, "a weight in [0, 1]"),
+    }
+    for key, (ok, allowed) in checks.items():
+        if m[key] is not None and not ok(m[key]):
+            _fail(f"method.{key}", m[key], allowed)
 
 
 def resolve_kernels(cfg) -> str:
@@ -231,10 +281,11 @@ def _check_device(device: str) -> None:
 _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A short, stable hash of the effective config (without tracking and launcher keys)."""
+def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = ()) -> str:
+    """A short, stable hash of the effective config, without tracking and launcher keys and
+    without the groups in ``exclude`` (those the run's method does not read)."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    for k in _HASH_EXCLUDED:
+    for k in (*_HASH_EXCLUDED, *exclude):
         c.pop(k, None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -131,5 +131,36 @@ def load(root: Path, train: bool, download: bool = False) -> Split:
 
 def random_subset(split: Split, size: int, generator: torch.Generator) -> Split:
     """``size`` images drawn without replacement (not class-balanced, as the authors' code)."""
-    idx = torch.randperm(split.x.shape[0], generator=generator)[:size]
-    return Split(split.x[idx], split.y[idx])
+    return draw_run_data(split, size, 0, generator).train
+
+
+@dataclass
+class RunData:
+    """The training images one run may use, drawn once from one permutation of the training split.
+
+    ``train`` is the run's subset (EComp evolves on it, baselines fine-tune on it): the
+    first ``train_size`` images of the permutation, exactly the paper's subset. ``val`` is
+    the next ``val_size`` images: held out, no method trains or evolves on them. So the
+    validation split costs no extra random draw and leaves the paper's subsets, and with
+    them every EComp history, as they were.
+    """
+    all_train: Split
+    train: Split
+    val: Split
+    val_index: Tensor          # (val_size,) indices of the validation images in ``all_train``
+
+    def without_val(self) -> Split:
+        """Every training image except the validation ones, in their original order."""
+        keep = torch.ones(self.all_train.x.shape[0], dtype=torch.bool)
+        keep[self.val_index] = False
+        return Split(self.all_train.x[keep], self.all_train.y[keep])
+
+
+def draw_run_data(split: Split, train_size: int, val_size: int, generator: torch.Generator) -> RunData:
+    """A run's subset and validation images (disjoint), from one ``randperm`` of ``generator``."""
+    if train_size + val_size > split.x.shape[0]:
+        raise ValueError(f"train_size + val_size = {train_size + val_size} exceeds the "
+                         f"{split.x.shape[0]} training images")
+    perm = torch.randperm(split.x.shape[0], generator=generator)
+    idx, val_idx = perm[:train_size], perm[train_size:train_size + val_size]
+    return RunData(split, Split(split.x[idx], split.y[idx]), Split(split.x[val_idx], split.y[val_idx]), val_idx)

@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from .data import Split
 from .network import Architecture, Layers, build_mlp, layers_of, load_network, save_network
+from .training import fit
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,7 @@ def train(spec: TrainSpec, data: Split) -> Layers:
     """Adam + cross-entropy over the full training split (CPU, deterministic for a seed)."""
     g = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)  # nn.Linear's initialisation uses the global generator
-    model = build_mlp(spec.arch)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    n = data.x.shape[0]
-    for _ in range(spec.epochs):
-        order = torch.randperm(n, generator=g)
-        for s in range(0, n, spec.batch_size):
-            idx = order[s:s + spec.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(data.x[idx]), data.y[idx]).backward()
-            opt.step()
+    model = fit(build_mlp(spec.arch), data.x, data.y, spec.epochs, spec.lr, spec.batch_size, g)
     return [(w.clone(), b.clone()) for w, b in layers_of(model)]
 
 

@@ -1,9 +1,10 @@
-"""From a composed config to a tracked EComp run: the glue between the algorithm and the tools."""
+"""From a composed config to a tracked run of one compression method: the glue between the algorithms and the tools."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -16,9 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import data as data_mod
 from .config import config_hash, resolve_kernels, validate
-from .evolution import EComp, MutationSpec
-from .fitness import Evaluator, ReferenceEvaluator, Weights
-from .initialiser import l1_population
+from .measure import network_metrics
+from .methods import Method, Problem, method_class
 from .network import Architecture, accuracy, save_network
 from .parent import TrainSpec, cached_parent
 from .runtime import keep_freed_memory
@@ -121,19 +121,26 @@ def _set_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.threads))
 
 
+def build_method(cfg: DictConfig, scenario: str | None = None) -> Method:
+    """The method ``method._target_`` names, built from the config (already validated)."""
+    return method_class(cfg.method._target_).from_config(cfg, scenario)
+
+
 def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | None = None,
                    timer: PhaseTimer | None = None) -> RunResult:
-    """Validate, build, evolve, pick, track. The single entry point behind ``run.py``."""
+    """Validate, build, compress, measure, track. The single entry point behind ``run.py``."""
     validate(cfg)
-    kernels = resolve_kernels(cfg)
+    method = build_method(cfg, scenario or scenario_name(cfg))
+    is_ecomp = not method.groups_unused           # the evolution reads the similarity kernels
+    kernels = resolve_kernels(cfg) if is_ecomp else None
     _set_threads(cfg)
     keep_freed_memory()
-    scenario = scenario or scenario_name(cfg)
     timer = timer or NullTimer()
-    chash = config_hash(cfg)
+    chash = config_hash(cfg, exclude=method.groups_unused)
+    run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
-        from .tracking import RunTracker, TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, client_for, find_runs
+        from .tracking import RunTracker, TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, client_for, find_runs
 
         uri, exp_id = prepare_store(cfg)
         client = client_for(uri)
@@ -145,26 +152,34 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         if cfg.tracking.skip_finished:
             done = find_runs(client, exp_id, chash, "FINISHED")
             if done:
-                log.info("skipping %s-seed%s: FINISHED run %s has this config", scenario, cfg.seed, done[0].info.run_id)
+                log.info("skipping %s: FINISHED run %s has this config", run_name, done[0].info.run_id)
                 return RunResult(done[0].info.run_id, True, dict(done[0].data.metrics), [])
         root = repo_root()
         commit = git_commit(root)
-        tags = {TAG_SCENARIO: scenario, TAG_SEED: str(cfg.seed), TAG_HASH: chash,
-                "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                "kernels": kernels if cfg.evolution.evaluator == "fast" else "reference"}
+        tags = {TAG_METHOD: method.name, **method.labels(), TAG_SEED: str(cfg.seed), TAG_HASH: chash,
+                "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
+        if is_ecomp:
+            tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        params = flatten(used_config(cfg, method.groups_unused))
         params["tracking.uri"] = uri
-        tracker = RunTracker(uri, exp_id, f"{scenario}-seed{cfg.seed}", tags, params, cfg.tracking.flush_every)
+        tracker = RunTracker(uri, exp_id, run_name, tags, params, cfg.tracking.flush_every)
 
     train, parent = prepare_parent(cfg)
-    device = torch.device(cfg.device)
     test = data_mod.load(data_root(cfg), train=False, download=cfg.data.download)
     if tracker is None:
-        return _evolve(cfg, train, test, parent, device, scenario, timer, None)
+        return _compress(cfg, method, train, test, parent, run_name, timer, None)
     with tracker:
-        return _evolve(cfg, train, test, parent, device, scenario, timer, tracker)
+        return _compress(cfg, method, train, test, parent, run_name, timer, tracker)
+
+
+def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:
+    """The resolved config as a dict, without the groups the method does not read."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in unused:
+        c.pop(k, None)
+    return c
 
 
 # The parent's test accuracy, per process: every run of a sweep shares the parent and the
@@ -186,69 +201,60 @@ def parent_test_accuracy(parent: list, test: "data_mod.Split", size: int) -> flo
     return _PARENT_ACCURACY[key][0]
 
 
-def _evolve(cfg, train, test, parent, device, scenario, timer, tracker) -> RunResult:
+def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker) -> RunResult:
+    """Run ``method`` on this run's data and measure what it returns: the one tail every method shares."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    device = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     torch.manual_seed(int(cfg.seed))
-    subset = data_mod.random_subset(train, cfg.data.train_size, gen)
-    bs = cfg.data.batch_size
-    batches = [(subset.x[s:s + bs].to(device), subset.y[s:s + bs].to(device))
-               for s in range(0, cfg.data.train_size, bs)]
-    parent = [(w.to(device), b.to(device)) for w, b in parent]
-    kr = cfg.population.keep_ratio
-    pop = l1_population(parent, cfg.population.size, kr.high, kr.low)
-    cls = ReferenceEvaluator if cfg.evolution.evaluator == "reference" else Evaluator
-    evaluator = cls(parent, batches, cfg.similarity.perplexity,
-                    None if cfg.similarity.layers is None else list(cfg.similarity.layers),
-                    cfg.similarity.tol, timer, kernels=cfg.similarity.kernels)
-    f, m = cfg.fitness, cfg.operators.mutation
-    ecomp = EComp(evaluator, Weights(f.w_acc, f.w_sim, f.w_comp), MutationSpec(m.rate, m.low, m.high), gen, timer)
-    n_gen = cfg.evolution.epochs * len(batches) + 1
-    history = []
-    bar = tqdm(total=n_gen + len(batches), desc=f"{scenario}-seed{cfg.seed}", disable=not cfg.progress,
-               leave=False, dynamic_ncols=True)
+    run_data = data_mod.draw_run_data(train, cfg.data.train_size, cfg.data.val_size, gen)
+    test_all, test = test, data_mod.Split(test.x[:cfg.data.test_size], test.y[:cfg.data.test_size])
+    history: list[dict[str, float]] = []
+    problem = Problem(parent=[(w.to(device), b.to(device)) for w, b in parent], recipe=train_spec(cfg),
+                      data=run_data, batch_size=cfg.data.batch_size, generator=gen, seed=int(cfg.seed),
+                      device=device, timer=timer)
+    total = method.progress_total(problem)
+    bar = tqdm(total=total, desc=run_name, disable=not cfg.progress or total is None, leave=False,
+               dynamic_ncols=True)
+
+    def on_generation(rec) -> None:
+        history.append(rec.metrics)
+        if tracker is not None:
+            with timer.phase("tracking"):
+                tracker.log_generation(rec)
+        bar.update(1)
+        bar.set_postfix(gen=rec.generation, acc=f"{rec.metrics['accuracy_mean']:.3f}",
+                        comp=f"{rec.metrics['compression_mean']:.3f}",
+                        sim=f"{rec.metrics['similarity_mean']:.3f}", refresh=False)
+
+    problem.on_generation, problem.on_step = on_generation, lambda: bar.update(1)
     try:
-        for rec in ecomp.run(pop, cfg.evolution.epochs):
-            history.append(rec.metrics)
-            if tracker is not None:
-                with timer.phase("tracking"):
-                    tracker.log_generation(rec)
-            bar.update(1)
-            bar.set_postfix(gen=rec.generation, acc=f"{rec.metrics['accuracy_mean']:.3f}",
-                            comp=f"{rec.metrics['compression_mean']:.3f}",
-                            sim=f"{rec.metrics['similarity_mean']:.3f}", refresh=False)
-        bar.set_postfix_str("picking the best network")
-        best, mean_fit = ecomp.pick_best(on_batch=lambda k: bar.update(1))
+        outcome = method.run(problem)
     finally:
         bar.close()
-    best_layers = [(w.detach().cpu().clone(), b.detach().cpu().clone())
-                   for w, b in ecomp.population.individual(best)]
-    parent_cpu = [(w.cpu(), b.cpu()) for w, b in parent]
-    tx, ty = test.x[:cfg.data.test_size], test.y[:cfg.data.test_size]
+    best = [(w.detach().cpu(), b.detach().cpu()) for w, b in outcome.network]
     with timer.phase("forward"):
-        best_test_accuracy = accuracy(best_layers, tx, ty)
-    metrics = {
-        "best_test_accuracy": best_test_accuracy,
-        "best_compression": float(ecomp.population.hidden_units()[best] / evaluator.parent_units),
-        "best_hidden_units": float(sum(ecomp.population.widths[best])),
-        "best_mean_fitness": float(mean_fit[best]),
-        "parent_test_accuracy": parent_test_accuracy(parent_cpu, test, cfg.data.test_size),
-    }
+        metrics = network_metrics(best, parent, run_data.val, test)
+    metrics.update(outcome.metrics)
+    for stage, layers in outcome.stages.items():
+        metrics.update(network_metrics(layers, parent, run_data.val, test, prefix=f"{stage}_"))
+    metrics["parent_test_accuracy"] = parent_test_accuracy(parent, test_all, cfg.data.test_size)
+    metrics["parent_val_accuracy"] = accuracy(parent, run_data.val.x, run_data.val.y) if cfg.data.val_size else math.nan
     metrics["run_seconds"] = time.perf_counter() - t0
     if tracker is not None:
         with timer.phase("tracking"):
             with tempfile.TemporaryDirectory() as tmp:
                 Path(tmp, "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                save_network(best_layers, Path(tmp) / "best_network.pt",
-                             extra={"scenario": scenario, "seed": int(cfg.seed),
+                save_network(best, Path(tmp) / "best_network.pt",
+                             extra={"method": method.name, **method.labels(), "seed": int(cfg.seed),
                                     "test_accuracy": metrics["best_test_accuracy"]})
                 tracker.log_artifacts(Path(tmp))
             metrics["run_seconds"] = time.perf_counter() - t0
             metrics["tracking_seconds"] = tracker.seconds
             tracker.log_metrics(metrics)
-    log.info("%s-seed%s: best test accuracy %.4f, compression %.3f, parent %.4f, %.1f s", scenario, cfg.seed,
-             metrics["best_test_accuracy"], metrics["best_compression"], metrics["parent_test_accuracy"],
-             metrics["run_seconds"])
+    log.info("%s: test accuracy %.4f (validation %.4f), relative size %.3f, parent %.4f, %.1f s", run_name,
+             metrics["best_test_accuracy"], metrics["best_val_accuracy"], metrics["best_compression"],
+             metrics["parent_test_accuracy"], metrics["run_seconds"])
     return RunResult(tracker.run_id if tracker else None, False, metrics, history)

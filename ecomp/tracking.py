@@ -1,4 +1,4 @@
-"""MLflow tracking: one run per EComp run, metrics buffered and sent in batches.
+"""MLflow tracking: one run per compression run (EComp or a baseline), metrics buffered and sent in batches.
 
 Only this module, ``pipeline`` and the experiment scripts import MLflow.
 """
@@ -23,6 +23,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
+TAG_METHOD, TAG_KEEP = "method", "keep"
 
 
 class TrackingError(RuntimeError):

@@ -1,0 +1,32 @@
+"""``method=distill``: the pruned network trained on the parent's softened outputs (knowledge
+distillation at temperature ``method.temperature``) for ``method.epochs`` on the training subset.
+``method.alpha`` < 1 mixes in the labels' cross-entropy (1 = soft targets only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..network import model_from_layers
+from ..training import distillation_loss
+from .base import Problem
+from .l1_finetune import L1Finetune
+
+
+@dataclass
+class Distill(L1Finetune):
+    temperature: float = 4.0
+    alpha: float = 1.0
+
+    name = "distill"
+    settings = ("keep", "importance", "epochs", "lr", "temperature", "alpha")
+
+    @classmethod
+    def from_config(cls, cfg: Any, scenario: str | None = None) -> "Distill":
+        m = cfg.method
+        return cls(keep=m.keep, importance=m.importance, epochs=m.epochs, lr=m.lr,
+                   temperature=m.temperature, alpha=m.alpha)
+
+    def loss(self, problem: Problem):
+        teacher = model_from_layers(problem.parent).eval()
+        return distillation_loss(teacher, self.temperature, self.alpha)

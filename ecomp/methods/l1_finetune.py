@@ -1,0 +1,35 @@
+"""``method=l1_finetune``: ``l1_prune``, then ``method.epochs`` of Adam on the run's training subset
+(the images EComp evolves on), in batches of ``data.batch_size``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..training import cross_entropy, fine_tune
+from .base import Outcome, Problem
+from .l1_prune import L1Prune
+
+
+@dataclass
+class L1Finetune(L1Prune):
+    epochs: int = 1
+    lr: float = 1e-3
+
+    name = "l1_finetune"
+    settings = ("keep", "importance", "epochs", "lr")
+
+    @classmethod
+    def from_config(cls, cfg: Any, scenario: str | None = None) -> "L1Finetune":
+        m = cfg.method
+        return cls(keep=m.keep, importance=m.importance, epochs=m.epochs, lr=m.lr)
+
+    def loss(self, problem: Problem):
+        return cross_entropy
+
+    def run(self, problem: Problem) -> Outcome:
+        pruned = self.pruned(problem)
+        t, dev = problem.data.train, problem.device
+        tuned = fine_tune(pruned, t.x.to(dev), t.y.to(dev), self.epochs, self.lr, problem.batch_size,
+                          problem.generator, self.loss(problem))
+        return Outcome(tuned, stages={"pruned": pruned})

@@ -1,0 +1,34 @@
+"""``method=scratch``: the pruned architecture trained from a fresh initialisation with the
+parent's own recipe (epochs, Adam learning rate, batch size), on every training image except the
+run's validation images. It asks whether the parent's knowledge is worth anything at this size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..initialiser import pruned_width
+from ..parent import train
+from .base import Method, Outcome, Problem, keep_label
+
+
+@dataclass
+class Scratch(Method):
+    keep: float
+
+    name = "scratch"
+    settings = ("keep",)
+
+    @classmethod
+    def from_config(cls, cfg: Any, scenario: str | None = None) -> "Scratch":
+        return cls(keep=cfg.method.keep)
+
+    def labels(self) -> dict[str, str]:
+        return {"keep": keep_label(self.keep)}
+
+    def run(self, problem: Problem) -> Outcome:
+        arch = problem.recipe.arch
+        small = replace(arch, hidden=tuple(pruned_width(h, self.keep) for h in arch.hidden))
+        # The run's seed, not the parent's: each seed is a different initialisation.
+        spec = replace(problem.recipe, arch=small, seed=problem.seed)
+        return Outcome(train(spec, problem.data.without_val()))
