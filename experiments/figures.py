@@ -7,7 +7,10 @@ Writes into ``output_dir`` (default ``<repo>/reports``), overwriting earlier fil
 ``fig2_accuracy``, ``fig3_compression``, ``fig4_similarity`` (population means
 every third generation, one panel per seed), ``fig5_best_networks`` (box plots
 of the returned networks), ``pareto_best_networks`` (beyond the paper), each as
-PNG and PDF, and ``summary.csv`` / ``summary.md``. The same files are logged as
+PNG and PDF, and ``summary.csv`` / ``summary.md``. When the store holds baseline
+runs: ``frontier`` (PNG, PDF, and ``frontier.csv``: test accuracy vs size of every
+baseline with 95 % bands, EComp's networks as points) and ``verdict.csv`` /
+``verdict.md`` (experiments/verdict.py). The same files are logged as
 artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read.
 """
 
@@ -35,8 +38,10 @@ import seaborn as sns  # noqa: E402
 from ecomp.cli import check_overrides, fail  # noqa: E402
 from ecomp.config import TrackingConf  # noqa: E402
 from ecomp.tracking import TrackingError, client_for, default_uri  # noqa: E402
-from experiments.report_data import (SUMMARY_TAG, ReportError, grid_gaps, load_history, load_runs,  # noqa: E402
-                                     pareto_mask, per_run_results, pick_newest, summary_markdown, summary_table)
+from experiments.report_data import (SUMMARY_TAG, ReportError, grid_gaps, load_all_runs, load_history,  # noqa: E402
+                                     paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
+                                     summary_table)
+from experiments.verdict import frontier_table, split_runs, verdict_markdown, verdict_table  # noqa: E402
 
 log = logging.getLogger("ecomp.figures")
 
@@ -128,6 +133,35 @@ def pareto_figure(results: pd.DataFrame, order: list[str], palette: dict):
     return fig
 
 
+def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str], palette: dict,
+                    parent_accuracy: float):
+    """Test accuracy vs relative size: each baseline's mean over seeds with its 95 % band, EComp's
+    returned networks as points by scenario (fine-tuned ones as crosses), the parent as a line."""
+    fig, ax = plt.subplots(figsize=(8, 5.4))
+    colours = dict(zip(sorted(frontier.variant.unique()), sns.color_palette("dark", frontier.variant.nunique())))
+    for variant, f in frontier.groupby("variant", sort=True):
+        f = f.sort_values("size_mean")
+        ax.plot(f.size_mean, f.test_accuracy_mean, color=colours[variant], marker=".", linewidth=1.5,
+                label=f"{variant} (mean, 95 % CI)")
+        ax.fill_between(f.size_mean, f.ci_low, f.ci_high, color=colours[variant], alpha=0.2, linewidth=0)
+    for fine_tuned, marker in ((False, "o"), (True, "X")):
+        e = ecomp[(ecomp.finetune_epochs > 0) == fine_tuned]
+        for scenario in [s for s in order if s in set(e.scenario)]:
+            pts = e[e.scenario == scenario]
+            label = f"EComp {scenario}" + (f" + fine-tune {int(pts.finetune_epochs.iloc[0])} ep." if fine_tuned else "")
+            ax.scatter(pts.best_compression, pts.best_test_accuracy, color=palette.get(scenario, "grey"),
+                       marker=marker, s=28 if fine_tuned else 22, alpha=0.8, edgecolor="none", label=label)
+    ax.axhline(parent_accuracy, color="black", linestyle="--", linewidth=1, label=f"parent ({parent_accuracy:.3f})")
+    ax.set(xlabel="relative size (hidden units / parent's)", ylabel="test accuracy",
+           title="Accuracy vs size: EComp against the baselines")
+    lows = [v for v in (frontier.ci_low.min(), ecomp.best_test_accuracy.min()) if pd.notna(v)]
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(parent_accuracy, ecomp.best_test_accuracy.max()) + 0.01))
+    ax.legend(fontsize="x-small", loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def make_figures(results: pd.DataFrame, history: pd.DataFrame, out_dir: Path, order: list[str],
                  omit: list[str] = (), every: int = 3) -> list[Path]:
     """Figures 2-5 without the scenarios in ``omit`` (the paper leaves out 001) and the Pareto plot with all."""
@@ -169,36 +203,72 @@ def build_report(cfg: DictConfig) -> list[Path]:
     """Read the store, write every figure and table, log them; returns the files written."""
     uri = cfg.tracking.uri or default_uri(REPO)
     scenarios, seeds = [str(s) for s in cfg.grid.scenarios], [int(k) for k in cfg.grid.seeds]
-    runs, notes = pick_newest(load_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s))
-    missing, outside = grid_gaps(runs, scenarios, seeds)
-    if outside:
-        notes.append(f"left out {len(outside)} runs outside the grid: {', '.join(outside)}")
-    runs = runs[runs.scenario.isin(scenarios) & runs.seed.isin(seeds)]
-    if runs.empty:
-        raise ReportError(f"none of the FINISHED runs in {uri} is in the grid (grid.scenarios={scenarios}, "
-                          f"grid.seeds={seeds}; found {', '.join(outside)})")
-    history = load_history(uri, runs)
-    results = per_run_results(runs, history)
-    table = summary_table(results, scenarios)
-    markdown = summary_markdown(table, results.parent_test_accuracy.mean(), missing, notes)
-
+    everything = load_all_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s)
     out = Path(cfg.output_dir) if cfg.output_dir else REPO / "reports"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(markdown)
-    files = [out / "summary.csv", out / "summary.md"]
-    files += make_figures(results, history, out, scenarios, list(cfg.omit_from_figures), cfg.every)
-
+    files: list[Path] = []
+    notes: list[str] = []
+    runs = paper_runs(everything)
+    if runs.empty:
+        notes.append("no EComp runs of the paper's configuration: Figures 2-5 and summary.* are not drawn")
+    else:
+        runs, newest_notes = pick_newest(runs)
+        notes += newest_notes
+        missing, outside = grid_gaps(runs, scenarios, seeds)
+        if outside:
+            notes.append(f"left out {len(outside)} runs outside the grid: {', '.join(outside)}")
+        runs = runs[runs.scenario.isin(scenarios) & runs.seed.isin(seeds)]
+        if runs.empty:
+            raise ReportError(f"none of the FINISHED runs in {uri} is in the grid (grid.scenarios={scenarios}, "
+                              f"grid.seeds={seeds}; found {', '.join(outside)})")
+        history = load_history(uri, runs)
+        results = per_run_results(runs, history)
+        table = summary_table(results, scenarios)
+        markdown = summary_markdown(table, results.parent_test_accuracy.mean(), missing, notes)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "summary.csv", index=False)
+        (out / "summary.md").write_text(markdown)
+        files += [out / "summary.csv", out / "summary.md"]
+        files += make_figures(results, history, out, scenarios, list(cfg.omit_from_figures), cfg.every)
+        if missing:
+            log.warning("missing from the grid (%d of %d): %s", len(missing), len(scenarios) * len(seeds),
+                        ", ".join(missing))
+    files += verdict_files(everything, scenarios, out, notes)
     for note in notes:
         log.warning(note)
-    if missing:
-        log.warning("missing from the grid (%d of %d): %s", len(missing), len(scenarios) * len(seeds),
-                    ", ".join(missing))
     if cfg.log_summary_run:
-        run_id = log_summary_run(uri, cfg.tracking.experiment, files, markdown, len(runs))
+        texts = [p.read_text() for p in (out / "verdict.md", out / "summary.md") if p in files]
+        description = "\n".join(texts) or "frontier of the baselines (no EComp runs)"
+        run_id = log_summary_run(uri, cfg.tracking.experiment, files, description, len(everything))
         log.info("logged the report as run %s (tag %s=summary)", run_id, SUMMARY_TAG)
-    log.info("%d runs; wrote %d files to %s", len(runs), len(files), out)
+    log.info("%d runs; wrote %d files to %s", len(everything), len(files), out)
     return files
+
+
+def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: list[str]) -> list[Path]:
+    """``frontier.*``, ``frontier.csv`` and ``verdict.*`` when the store holds baseline runs (else none)."""
+    ecomp, baselines = split_runs(everything)
+    ecomp, _ = pick_newest(ecomp, by=("variant",))            # duplicates noted with the paper's grid
+    baselines, newest_notes = pick_newest(baselines, by=("variant", "keep"))
+    if baselines.empty:
+        notes.append("no baseline runs (method=l1_prune, l1_finetune, scratch, distill): no frontier or verdict")
+        return []
+    notes += newest_notes
+    frontier = frontier_table(baselines)
+    parent = float(everything.parent_test_accuracy.mean())
+    out.mkdir(parents=True, exist_ok=True)
+    frontier.to_csv(out / "frontier.csv", index=False)
+    files = [out / "frontier.csv"]
+    present = [s for s in order if s in set(ecomp.scenario)] + sorted(set(ecomp.scenario) - set(order))
+    palette = dict(zip(present, sns.color_palette("tab10", len(present))))
+    with sns.axes_style("whitegrid"):
+        files += save(frontier_figure(frontier, ecomp, present, palette, parent), out, "frontier")
+    if ecomp.empty:
+        notes.append("no EComp runs: the frontier has no points and there is no verdict")
+        return files
+    table = verdict_table(ecomp, baselines, order)
+    table.to_csv(out / "verdict.csv", index=False)
+    (out / "verdict.md").write_text(verdict_markdown(table, frontier, parent, notes))
+    return files + [out / "verdict.csv", out / "verdict.md"]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="figures")

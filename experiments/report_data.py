@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecomp.tracking import TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, check_reachable, client_for
+from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, check_reachable,
+                            client_for)
 
 SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
 HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
 FINAL_KEYS = ("best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy")
+# logged by every method since the baselines came (NaN for older runs)
+METHOD_KEYS = ("best_val_accuracy", "best_relative_parameters", "run_seconds")
 CONVERGENCE_TOL = 0.01
 # summary.csv columns: (column stem, source column); each gives <stem>_mean and <stem>_sd
 SUMMARY_COLUMNS = (
@@ -66,13 +69,17 @@ def _search(client, exp_id: str, filter_string: str) -> list:
             return runs
 
 
-def load_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:
-    """One row per FINISHED data run of ``experiment``, duplicates included, newest first.
+def load_all_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:
+    """One row per FINISHED data run of ``experiment``, every method, duplicates included, newest first.
 
-    Columns: run_id, scenario, seed, start_time, config_hash, sweep and the final
-    metrics in :data:`FINAL_KEYS`. Summary runs (tag ``ecomp.kind``) and runs
-    without scenario/seed tags are left out. ``run_filter`` is an extra MLflow
-    search filter, e.g. ``tags.sweep = 'multirun/2025-01-01/12-00-00'``.
+    Columns: run_id, method, variant, scenario, keep, finetune_epochs, seed, start_time,
+    config_hash, sweep and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
+    ``variant`` names what a line or point of the frontier stands for: an EComp scenario
+    (``121``, ``121+ft1`` when fine-tuned), or a baseline (``l1_finetune``,
+    ``l1_prune (taylor)`` for a criterion other than L1). Runs logged before methods
+    existed have no ``method`` tag and count as EComp. Summary runs (tag ``ecomp.kind``) and
+    runs without a seed are left out. ``run_filter`` is an extra MLflow search filter, e.g.
+    ``tags.sweep = 'multirun/2025-01-01/12-00-00'``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -81,36 +88,66 @@ def load_runs(uri: str, experiment: str, run_filter: str | None = None, timeout:
         exp_id = _experiment_id(client, uri, experiment)
         extra = f" and {run_filter}" if run_filter else ""
         finished = _search(client, exp_id, "attributes.status = 'FINISHED'" + extra)
-        rows = [{"run_id": r.info.run_id, "scenario": r.data.tags[TAG_SCENARIO], "seed": int(r.data.tags[TAG_SEED]),
-                 "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
-                 "config_hash": r.data.tags.get(TAG_HASH, ""), "sweep": r.data.tags.get(TAG_SWEEP, ""),
-                 **{k: r.data.metrics.get(k, math.nan) for k in FINAL_KEYS}}
-                for r in finished
-                if SUMMARY_TAG not in r.data.tags and TAG_SCENARIO in r.data.tags
-                and r.data.tags.get(TAG_SEED, "").lstrip("-").isdigit()]
+        rows = [_row(r) for r in finished if SUMMARY_TAG not in r.data.tags
+                and r.data.tags.get(TAG_SEED, "").lstrip("-").isdigit()
+                and (TAG_SCENARIO in r.data.tags or TAG_METHOD in r.data.tags)]
         if not rows:
             others = _search(client, exp_id, run_filter or "")
             states = pd.Series([r.info.status for r in others], dtype=object).value_counts()
             found = ", ".join(f"{n} {s}" for s, n in states.items()) or "no runs"
-            raise ReportError(f"no FINISHED EComp runs in experiment {experiment!r} at {uri}"
+            raise ReportError(f"no FINISHED runs in experiment {experiment!r} at {uri}"
                               f"{' matching ' + repr(run_filter) if run_filter else ''} ({found})")
     except MlflowException as exc:
         raise ReportError(f"tracking.uri={uri!r}: {str(exc).splitlines()[0]}") from None
     return pd.DataFrame(rows).sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def pick_newest(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Keep the newest run of each (scenario, seed); the notes say which pairs had several."""
+def _row(r) -> dict:
+    tags = r.data.tags
+    method = tags.get(TAG_METHOD, "ecomp")
+    finetune = int(tags.get("finetune_epochs", 0))
+    if method == "ecomp":
+        variant = tags.get(TAG_SCENARIO, "?") + (f"+ft{finetune}" if finetune else "")
+    else:
+        importance = tags.get("importance", "l1")
+        variant = method + ("" if importance == "l1" else f" ({importance})")
+    return {"run_id": r.info.run_id, "method": method, "variant": variant,
+            "scenario": tags.get(TAG_SCENARIO), "keep": float(tags.get(TAG_KEEP, "nan")),
+            "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
+            "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
+            "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
+            **{k: r.data.metrics.get(k, math.nan) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
+
+
+def paper_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the paper's experiment: EComp, not fine-tuned."""
+    return runs[(runs.method == "ecomp") & (runs.finetune_epochs == 0)].reset_index(drop=True)
+
+
+def load_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:
+    """:func:`load_all_runs` restricted to :func:`paper_runs`; :class:`ReportError` if there are none."""
+    runs = paper_runs(load_all_runs(uri, experiment, run_filter, timeout))
+    if runs.empty:
+        raise ReportError(f"no FINISHED EComp runs (method=ecomp, not fine-tuned) in experiment {experiment!r} "
+                          f"at {uri}{' matching ' + repr(run_filter) if run_filter else ''}")
+    return runs
+
+
+def pick_newest(runs: pd.DataFrame, by: tuple[str, ...] = ("scenario",)) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the newest run of each (``by``..., seed); the notes say which cells had several."""
     runs = runs.sort_values("start_time", ascending=False, kind="stable")
     notes = []
-    for (scenario, seed), group in runs.groupby(["scenario", "seed"], sort=True):
+    key = [*by, "seed"]
+    for cell, group in runs.groupby(key, sort=True, dropna=False):
+        *labels, seed = cell
+        scenario = "-".join(f"{v:g}" if isinstance(v, float) else str(v) for v in labels)
         if len(group) > 1:
             newest = group.iloc[0]
             hashes = group.config_hash.unique()
             same = "the same config" if len(hashes) == 1 else f"different configs ({', '.join(hashes)})"
             notes.append(f"{scenario}-seed{seed}: {len(group)} FINISHED runs with {same}; "
                          f"using the newest, {newest.run_id} started {newest.start_time:%Y-%m-%d %H:%M:%S}")
-    return runs.drop_duplicates(["scenario", "seed"]).reset_index(drop=True), notes
+    return runs.drop_duplicates(key).reset_index(drop=True), notes
 
 
 def grid_gaps(runs: pd.DataFrame, scenarios: list[str], seeds: list[int]) -> tuple[list[str], list[str]]:
