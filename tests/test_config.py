@@ -31,6 +31,21 @@ CASES = [
     (["device=tpu"], "device='tpu'"),
     (["tracking.uri=http://127.0.0.1:9"], "tracking.uri='http://127.0.0.1:9'"),
     (["tracking.uri=./mlruns"], "tracking.uri='./mlruns'"),
+    (["method=pruning"], "method='pruning'"),
+    (["method=l1_prune", "method.keep=0"], "method.keep=0.0: a fraction in (0, 1]"),
+    (["method=l1_finetune", "method.keep=1.5"], "method.keep=1.5: a fraction in (0, 1]"),
+    (["method=l1_finetune", "method.epochs=-1"], "method.epochs=-1: an integer >= 0"),
+    (["method=distill", "method.temperature=0"], "method.temperature=0.0: a number > 0"),
+    (["method=distill", "method.alpha=2"], "method.alpha=2.0: a weight in [0, 1]"),
+    (["method=l1_prune", "method.importance=l3"], "method.importance='l3': one of l1, l2, group_l1, taylor"),
+    (["method=l1_prune", "method.finetune_epochs=1"],
+     "method.finetune_epochs=1: not a setting of method=l1_prune (its settings: keep, importance); "
+     "fine-tuning after pruning is method=l1_finetune"),
+    (["method=scratch", "method.epochs=2"], "method.epochs=2: not a setting of method=scratch"),
+    (["method.finetune_epochs=-2"], "method.finetune_epochs=-2: an integer >= 0"),
+    (["method.keep=0.5"], "method.keep=0.5: not a setting of method=ecomp"),
+    (["method._target_=os.getcwd"], "method._target_='os.getcwd'"),
+    (["data.val_size=59501"], "data.val_size=59501: an integer in [0, 60000 - data.train_size = 59500]"),
 ]
 
 

@@ -192,10 +192,10 @@ def test_a_store_without_finished_runs_is_an_error_and_no_files(tmp_path):
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"
     client = MlflowClient(uri)
     exp_id = client.create_experiment("ecomp", artifact_location=(tmp_path / "artifacts").as_uri())
-    with pytest.raises(ReportError, match=r"no FINISHED EComp runs in experiment 'ecomp' at .*\(no runs\)$"):
+    with pytest.raises(ReportError, match=r"no FINISHED runs in experiment 'ecomp' at .*\(no runs\)$"):
         figures.build_report(compose_cfg(uri, out))
     log_run(client, exp_id, "121", 0, int(time.time() * 1000), {"accuracy_mean": [0.5]}, {}, status="FAILED")
-    with pytest.raises(ReportError, match=r"no FINISHED EComp runs in experiment 'ecomp' at .*\(1 FAILED\)$"):
+    with pytest.raises(ReportError, match=r"no FINISHED runs in experiment 'ecomp' at .*\(1 FAILED\)$"):
         figures.build_report(compose_cfg(uri, out))
     with pytest.raises(ReportError, match="tracking.experiment='other' not found"):
         figures.build_report(compose_cfg(uri, out, "tracking.experiment=other"))
