@@ -234,7 +234,7 @@ def validate_method(m: DictConfig) -> None:
             hint = "; fine-tuning after pruning is method=l1_finetune" if key == "finetune_epochs" else ""
             _fail(f"method.{key}", m[key], f"not a setting of method={cls.name} "
                                            f"(its settings: {', '.join(cls.settings) or 'none'}){hint}")
-        if key in cls.settings and m[key] is None and key not in ("lr",):
+        if key in cls.settings and m[key] is None and key not in cls.optional:
             _fail(f"method.{key}", None, f"method={cls.name} needs a value")
     checks = {
         "keep": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),

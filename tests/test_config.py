@@ -44,6 +44,7 @@ CASES = [
     (["method=scratch", "method.epochs=2"], "method.epochs=2: not a setting of method=scratch"),
     (["method.finetune_epochs=-2"], "method.finetune_epochs=-2: an integer >= 0"),
     (["method.keep=0.5"], "method.keep=0.5: not a setting of method=ecomp"),
+    (["method=l1_finetune", "method.lr=null"], "method.lr=None: method=l1_finetune needs a value"),
     (["method._target_=os.getcwd"], "method._target_='os.getcwd'"),
     (["data.val_size=59501"], "data.val_size=59501: an integer in [0, 60000 - data.train_size = 59500]"),
 ]

@@ -58,6 +58,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     settings: ClassVar[tuple[str, ...]]          # the ``method.*`` keys it reads
+    optional: ClassVar[tuple[str, ...]] = ()     # those of them that may be null
     groups_unused: ClassVar[tuple[str, ...]] = EVOLUTION_GROUPS
 
     @classmethod

@@ -31,6 +31,7 @@ class ECompMethod(Method):
 
     name = "ecomp"
     settings = ("finetune_epochs", "lr")
+    optional = ("lr",)                 # null: the parent's learning rate
     groups_unused = ()
 
     @classmethod
