@@ -133,31 +133,41 @@ def pareto_figure(results: pd.DataFrame, order: list[str], palette: dict):
     return fig
 
 
+BASELINE_STYLES = (("black", "-"), ("tab:gray", "--"), ("tab:olive", "-."), ("tab:cyan", ":"),
+                   ("darkgoldenrod", "-"), ("slategray", "--"))
+
+
 def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str], palette: dict,
-                    parent_accuracy: float):
+                    parent_accuracy: float, zoom: float = 0.1):
     """Test accuracy vs relative size: each baseline's mean over seeds with its 95 % band, EComp's
-    returned networks as points by scenario (fine-tuned ones as crosses), the parent as a line."""
-    fig, ax = plt.subplots(figsize=(8, 5.4))
-    colours = dict(zip(sorted(frontier.variant.unique()), sns.color_palette("dark", frontier.variant.nunique())))
-    for variant, f in frontier.groupby("variant", sort=True):
-        f = f.sort_values("size_mean")
-        ax.plot(f.size_mean, f.test_accuracy_mean, color=colours[variant], marker=".", linewidth=1.5,
-                label=f"{variant} (mean, 95 % CI)")
-        ax.fill_between(f.size_mean, f.ci_low, f.ci_high, color=colours[variant], alpha=0.2, linewidth=0)
-    for fine_tuned, marker in ((False, "o"), (True, "X")):
-        e = ecomp[(ecomp.finetune_epochs > 0) == fine_tuned]
-        for scenario in [s for s in order if s in set(e.scenario)]:
-            pts = e[e.scenario == scenario]
-            label = f"EComp {scenario}" + (f" + fine-tune {int(pts.finetune_epochs.iloc[0])} ep." if fine_tuned else "")
-            ax.scatter(pts.best_compression, pts.best_test_accuracy, color=palette.get(scenario, "grey"),
-                       marker=marker, s=28 if fine_tuned else 22, alpha=0.8, edgecolor="none", label=label)
-    ax.axhline(parent_accuracy, color="black", linestyle="--", linewidth=1, label=f"parent ({parent_accuracy:.3f})")
-    ax.set(xlabel="relative size (hidden units / parent's)", ylabel="test accuracy",
-           title="Accuracy vs size: EComp against the baselines")
-    lows = [v for v in (frontier.ci_low.min(), ecomp.best_test_accuracy.min()) if pd.notna(v)]
-    if lows:
-        ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(parent_accuracy, ecomp.best_test_accuracy.max()) + 0.01))
-    ax.legend(fontsize="x-small", loc="lower right", ncol=2)
+    returned networks as points by scenario (fine-tuned ones as crosses), the parent as a line.
+    Left: everything; right: the same, the top ``zoom`` of accuracy below the parent."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
+    variants = sorted(frontier.variant.unique())
+    styles = {v: BASELINE_STYLES[i % len(BASELINE_STYLES)] for i, v in enumerate(variants)}
+    for ax in axes:
+        for variant, f in frontier.groupby("variant", sort=True):
+            f = f.sort_values("size_mean")
+            colour, dash = styles[variant]
+            ax.plot(f.size_mean, f.test_accuracy_mean, color=colour, linestyle=dash, marker=".", linewidth=1.5,
+                    label=f"{variant} (mean, 95 % CI)")
+            ax.fill_between(f.size_mean, f.ci_low, f.ci_high, color=colour, alpha=0.15, linewidth=0)
+        for fine_tuned, marker in ((False, "o"), (True, "X")):
+            e = ecomp[(ecomp.finetune_epochs > 0) == fine_tuned]
+            for scenario in [s for s in order if s in set(e.scenario)]:
+                pts = e[e.scenario == scenario]
+                label = f"EComp {scenario}" + (f" + fine-tune {int(pts.finetune_epochs.iloc[0])} ep." if fine_tuned
+                                                else "")
+                ax.scatter(pts.best_compression, pts.best_test_accuracy, color=palette.get(scenario, "grey"),
+                           marker=marker, s=34 if fine_tuned else 24, alpha=0.85,
+                           edgecolor="black" if fine_tuned else "none", linewidth=0.4, label=label)
+        ax.axhline(parent_accuracy, color="black", linestyle=":", linewidth=1, label=f"parent ({parent_accuracy:.3f})")
+        ax.set(xlabel="relative size (hidden units / parent's)", ylabel="test accuracy")
+    axes[0].set_title("Accuracy vs size: EComp's networks against the baselines")
+    axes[1].set_ylim(parent_accuracy - zoom, parent_accuracy + 0.01)
+    axes[1].set_title(f"the same, within {zoom:.2f} of the parent")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 
