@@ -140,9 +140,11 @@ class RunData:
 
     ``train`` is the run's subset (EComp evolves on it, baselines fine-tune on it): the
     first ``train_size`` images of the permutation, exactly the paper's subset. ``val`` is
-    the next ``val_size`` images: held out, no method trains or evolves on them. So the
-    validation split costs no extra random draw and leaves the paper's subsets, and with
-    them every EComp history, as they were.
+    the next ``val_size`` images: no method trains or evolves on them. So the validation
+    split costs no extra random draw and leaves the paper's subsets, and with them every
+    EComp history, as they were. The parent, trained by the paper's recipe on all training
+    images, has seen them: validation accuracy of networks derived from the parent is a
+    little optimistic next to ``scratch``'s; the test split is unseen by all.
     """
     all_train: Split
     train: Split

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as data_mod
-from .config import config_hash, resolve_kernels, validate
+from .config import config_hash, resolve_kernels, setup_hash, validate
 from .measure import network_metrics
 from .methods import Method, Problem, method_class
 from .network import Architecture, accuracy, save_network
@@ -136,11 +136,13 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     _set_threads(cfg)
     keep_freed_memory()
     timer = timer or NullTimer()
-    chash = config_hash(cfg, exclude=method.groups_unused)
+    chash = config_hash(cfg, exclude=method.groups_unused,
+                        method={"name": method.name, **method.setting_values()})
     run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
-        from .tracking import RunTracker, TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, client_for, find_runs
+        from .tracking import (RunTracker, TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SETUP, TAG_SWEEP, TAG_VARIANT,
+                               client_for, find_runs)
 
         uri, exp_id = prepare_store(cfg)
         client = client_for(uri)
@@ -156,7 +158,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
                 return RunResult(done[0].info.run_id, True, dict(done[0].data.metrics), [])
         root = repo_root()
         commit = git_commit(root)
-        tags = {TAG_METHOD: method.name, **method.labels(), TAG_SEED: str(cfg.seed), TAG_HASH: chash,
+        tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(cfg.seed),
+                TAG_HASH: chash, TAG_SETUP: setup_hash(cfg),
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         if is_ecomp:
             tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"

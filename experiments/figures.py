@@ -256,9 +256,16 @@ def build_report(cfg: DictConfig) -> list[Path]:
 
 def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: list[str]) -> list[Path]:
     """``frontier.*``, ``frontier.csv`` and ``verdict.*`` when the store holds baseline runs (else none)."""
+    setups = everything.setup.value_counts()
+    if len(setups) > 1:                      # pairing by seed needs the same images and parent
+        counts = ", ".join(f"{k or 'untagged'}: {n}" for k, n in setups.items())
+        notes.append(f"runs of {len(setups)} data/parent setups ({counts}); the frontier and verdict "
+                     f"use the most common, {setups.index[0] or 'untagged'}")
+        everything = everything[everything.setup == setups.index[0]]
     ecomp, baselines = split_runs(everything)
-    ecomp, _ = pick_newest(ecomp, by=("variant",))            # duplicates noted with the paper's grid
+    ecomp, ecomp_notes = pick_newest(ecomp, by=("variant",))
     baselines, newest_notes = pick_newest(baselines, by=("variant", "keep"))
+    newest_notes += [n for n in ecomp_notes if "+ft" in n.split(":")[0]]   # the others are noted with the grid
     if baselines.empty:
         notes.append("no baseline runs (method=l1_prune, l1_finetune, scratch, distill): no frontier or verdict")
         return []

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, check_reachable,
-                            client_for)
+from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SETUP, TAG_SWEEP,
+                            TAG_VARIANT, check_reachable, client_for)
 
 SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
 HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
@@ -72,11 +72,12 @@ def _search(client, exp_id: str, filter_string: str) -> list:
 def load_all_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:
     """One row per FINISHED data run of ``experiment``, every method, duplicates included, newest first.
 
-    Columns: run_id, method, variant, scenario, keep, finetune_epochs, seed, start_time,
+    Columns: run_id, method, variant, setup, scenario, keep, finetune_epochs, seed, start_time,
     config_hash, sweep and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
     ``variant`` names what a line or point of the frontier stands for: an EComp scenario
-    (``121``, ``121+ft1`` when fine-tuned), or a baseline (``l1_finetune``,
-    ``l1_prune (taylor)`` for a criterion other than L1). Runs logged before methods
+    (``121``, ``121+ft1`` when fine-tuned), or a baseline with its non-default settings
+    (``l1_finetune``, ``l1_prune (importance=taylor)``); ``setup`` hashes the data and parent
+    settings (runs of one setup and seed saw the same images). Runs logged before methods
     existed have no ``method`` tag and count as EComp. Summary runs (tag ``ecomp.kind``) and
     runs without a seed are left out. ``run_filter`` is an extra MLflow search filter, e.g.
     ``tags.sweep = 'multirun/2025-01-01/12-00-00'``.
@@ -106,12 +107,14 @@ def _row(r) -> dict:
     tags = r.data.tags
     method = tags.get(TAG_METHOD, "ecomp")
     finetune = int(tags.get("finetune_epochs", 0))
-    if method == "ecomp":
-        variant = tags.get(TAG_SCENARIO, "?") + (f"+ft{finetune}" if finetune else "")
-    else:
-        importance = tags.get("importance", "l1")
-        variant = method + ("" if importance == "l1" else f" ({importance})")
-    return {"run_id": r.info.run_id, "method": method, "variant": variant,
+    variant = tags.get(TAG_VARIANT)
+    if variant is None:                       # logged before runs carried their variant
+        if method == "ecomp":
+            variant = tags.get(TAG_SCENARIO, "?") + (f"+ft{finetune}" if finetune else "")
+        else:
+            importance = tags.get("importance", "l1")
+            variant = method + ("" if importance == "l1" else f" (importance={importance})")
+    return {"run_id": r.info.run_id, "method": method, "variant": variant, "setup": tags.get(TAG_SETUP, ""),
             "scenario": tags.get(TAG_SCENARIO), "keep": float(tags.get(TAG_KEEP, "nan")),
             "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),

@@ -10,7 +10,9 @@ How a comparison is made. EComp run ``k`` (seed ``k``) returned a network of rel
 at ``s_k`` is read off that seed's frontier by linear interpolation between the two nearest
 kept fractions. The difference EComp minus baseline is paired by seed; its mean gets a
 bootstrap 95 % confidence interval (scipy.stats.bootstrap, BCa, 9,999 resamples, fixed
-seed). Sizes outside a baseline's measured range are not extrapolated: that pair is left out.
+seed). Sizes outside a baseline's measured range are not extrapolated: that pair is left out,
+and the row's sizes and accuracies are means over the pairs kept. Fewer than ``MIN_PAIRS``
+pairs give no interval and no reading.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 9_999
-MIN_PAIRS = 3          # fewer seeds than this: no interval, no reading
+MIN_PAIRS = 8          # fewer paired seeds: no interval, no reading (a bootstrap of fewer under-covers)
 SIZE, ACCURACY = "best_compression", "best_test_accuracy"
 
 
@@ -91,28 +93,37 @@ def accuracy_at(curve: pd.DataFrame, size: float) -> float:
 
 
 def compare(ecomp: pd.DataFrame, baseline: pd.DataFrame) -> dict:
-    """One EComp variant's runs against one baseline's runs, paired by seed (see the module's docstring)."""
+    """One EComp variant's runs against one baseline's runs, paired by seed (see the module's docstring).
+    Sizes and accuracies are means over the paired runs only, so every column speaks of the same runs."""
     curves = {seed: g for seed, g in baseline.groupby("seed")}
-    pairs = [(r[ACCURACY], accuracy_at(curves[r.seed], r[SIZE]))
+    pairs = [(r[SIZE], r[ACCURACY], accuracy_at(curves[r.seed], r[SIZE]))
              for _, r in ecomp.iterrows() if r.seed in curves]
-    pairs = [(e, b) for e, b in pairs if not math.isnan(b)]
-    diffs = np.array([e - b for e, b in pairs])
+    pairs = np.array([p for p in pairs if not math.isnan(p[2])]).reshape(-1, 3)
+    diffs = pairs[:, 1] - pairs[:, 2]
     low, high = bootstrap_ci(diffs) if len(diffs) >= MIN_PAIRS else (math.nan, math.nan)
-    return {"n_pairs": len(diffs),
-            "baseline_accuracy": float(np.mean([b for _, b in pairs])) if pairs else math.nan,
-            "difference": float(diffs.mean()) if len(diffs) else math.nan, "ci_low": low, "ci_high": high}
+    mean = (lambda v: float(v.mean()) if len(v) else math.nan)
+    return {"n_pairs": len(diffs), "size_mean": mean(pairs[:, 0]), "ecomp_accuracy": mean(pairs[:, 1]),
+            "baseline_accuracy": mean(pairs[:, 2]), "difference": mean(diffs), "ci_low": low, "ci_high": high}
 
 
-def reading(variant: str, baseline: str, size: float, row: dict) -> str:
+def points(x: float) -> str:
+    """An accuracy difference in points with its sign; two decimals where one would print 0.0."""
+    return f"{100 * x:+.1f}" if abs(100 * x) >= 0.05 or x == 0 else f"{100 * x:+.2f}"
+
+
+def reading(variant: str, baseline: str, n_runs: int, row: dict) -> str:
     """The comparison in words, in accuracy points (1 point = 0.01 test accuracy)."""
-    n, d, low, high = row["n_pairs"], row["difference"], row["ci_low"], row["ci_high"]
+    n, d, low, high, size = row["n_pairs"], row["difference"], row["ci_low"], row["ci_high"], row["size_mean"]
     if n < MIN_PAIRS or math.isnan(low):
-        return f"too few paired seeds ({n}) inside {baseline}'s measured sizes to say"
-    ci = f"95 % CI {100 * low:+.1f} to {100 * high:+.1f}"
+        return (f"too few seeds paired inside {baseline}'s measured sizes to say "
+                f"({n} of {n_runs}; at least {MIN_PAIRS} needed)")
+    ci = f"95 % CI {points(low)} to {points(high)}"
+    if n < n_runs:
+        ci += f"; {n} of {n_runs} runs inside {baseline}'s sizes"
     if low > 0:
-        return f"EComp {variant} beats {baseline} at size {size:.2f} by {100 * d:.1f} points ({ci})"
+        return f"EComp {variant} beats {baseline} at size {size:.2f} by {points(d)[1:]} points ({ci})"
     if high < 0:
-        return f"{baseline} beats EComp {variant} at size {size:.2f} by {-100 * d:.1f} points ({ci})"
+        return f"{baseline} beats EComp {variant} at size {size:.2f} by {points(-d)[1:]} points ({ci})"
     return f"no clear difference between EComp {variant} and {baseline} at size {size:.2f} ({ci}, includes 0)"
 
 
@@ -124,11 +135,10 @@ def verdict_table(ecomp: pd.DataFrame, baselines: pd.DataFrame, order: list[str]
     rows = []
     for variant in variants:
         e = ecomp[ecomp.variant == variant]
-        size, acc = e[SIZE].mean(), e[ACCURACY].mean()
         for baseline in sorted(baselines.variant.unique()):
             row = compare(e, baselines[baselines.variant == baseline])
-            rows.append({"ecomp": variant, "n_runs": len(e), "size_mean": size, "ecomp_accuracy": acc,
-                         "baseline": baseline, **row, "reading": reading(variant, baseline, size, row)})
+            rows.append({"ecomp": variant, "n_runs": len(e), "baseline": baseline, **row,
+                         "reading": reading(variant, baseline, len(e), row)})
     return pd.DataFrame(rows, columns=["ecomp", "n_runs", "size_mean", "ecomp_accuracy", "baseline", "n_pairs",
                                        "baseline_accuracy", "difference", "ci_low", "ci_high", "reading"])
 
@@ -138,14 +148,17 @@ def verdict_markdown(table: pd.DataFrame, frontier: pd.DataFrame, parent_accurac
     head = ["EComp", "runs", "mean size", "EComp test acc.", "baseline", "pairs", "baseline acc. at that size",
             "EComp - baseline (points)", "95 % CI (points)", "reading"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def num(x: float, fmt: str) -> str:
+        return "" if math.isnan(x) else format(x, fmt)
+
     for r in table.itertuples(index=False):
-        ci = "" if math.isnan(r.ci_low) else f"{100 * r.ci_low:+.1f} to {100 * r.ci_high:+.1f}"
-        diff = "" if math.isnan(r.difference) else f"{100 * r.difference:+.1f}"
-        base = "" if math.isnan(r.baseline_accuracy) else f"{r.baseline_accuracy:.4f}"
-        lines.append(f"| {r.ecomp} | {r.n_runs} | {r.size_mean:.3f} | {r.ecomp_accuracy:.4f} | {r.baseline} | "
-                     f"{r.n_pairs} | {base} | {diff} | {ci} | {r.reading} |")
+        ci = "" if math.isnan(r.ci_low) else f"{points(r.ci_low)} to {points(r.ci_high)}"
+        diff = "" if math.isnan(r.difference) else points(r.difference)
+        lines.append(f"| {r.ecomp} | {r.n_runs} | {num(r.size_mean, '.3f')} | {num(r.ecomp_accuracy, '.4f')} | "
+                     f"{r.baseline} | {r.n_pairs} | {num(r.baseline_accuracy, '.4f')} | {diff} | {ci} | {r.reading} |")
     keeps = ", ".join(f"{k:g}" for k in sorted(frontier.keep.unique())) if len(frontier) else "none"
-    lines += ["", "Size = hidden units relative to the parent's. Test accuracy on the test images. A baseline's "
+    lines += ["", "Mean size and accuracies over the runs paired with the baseline (`pairs` of `runs`). "
+              "Size = hidden units relative to the parent's. Test accuracy on the test images. A baseline's "
               "accuracy at EComp's size is read off its frontier (kept fractions " + keeps + ") for the same seed, "
               "by linear interpolation; the difference is paired by seed and its 95 % CI is a BCa bootstrap of the "
               "mean (scipy.stats.bootstrap). 1 point = 0.01 test accuracy. `+ftN`: EComp's network fine-tuned N "

@@ -46,6 +46,7 @@ CASES = [
     (["method.keep=0.5"], "method.keep=0.5: not a setting of method=ecomp"),
     (["method=l1_finetune", "method.lr=null"], "method.lr=None: method=l1_finetune needs a value"),
     (["method._target_=os.getcwd"], "method._target_='os.getcwd'"),
+    (["method._target_=ecomp.methods.base.Method"], "is not a concrete ecomp.methods.Method"),
     (["data.val_size=59501"], "data.val_size=59501: an integer in [0, 60000 - data.train_size = 59500]"),
 ]
 

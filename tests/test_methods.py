@@ -118,7 +118,7 @@ def runs_by_name(store):
     ("l1_prune", ["method.importance=taylor"], "l1_prune-keep0.5-importancetaylor-seed2"),
     ("l1_finetune", [], "l1_finetune-keep0.5-seed2"),
     ("scratch", [], "scratch-keep0.5-seed2"),
-    ("distill", ["method.temperature=2"], "distill-keep0.5-seed2"),
+    ("distill", ["method.temperature=2"], "distill-keep0.5-temperature2-seed2"),
 ])
 def test_each_baseline_is_a_tracked_run_with_the_shared_tail(make_cfg, store, tmp_path, method, extra, name):
     cfg = make_cfg(f"method={method}", "method.keep=0.5", "seed=2", "data.val_size=2000", *extra)
@@ -128,6 +128,8 @@ def test_each_baseline_is_a_tracked_run_with_the_shared_tail(make_cfg, store, tm
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert tags["method"] == method and tags["keep"] == "0.5" and tags["seed"] == "2" and "scenario" not in tags
+    assert tags["variant"] == {"l1_prune-keep0.5-importancetaylor-seed2": "l1_prune (importance=taylor)",
+                               "distill-keep0.5-temperature2-seed2": "distill (temperature=2)"}.get(name, method)
     for key in SHARED:
         assert key in run.data.metrics, key
     m = run.data.metrics

@@ -16,7 +16,7 @@ from experiments.report_data import load_all_runs
 from experiments.verdict import accuracy_at, bootstrap_ci, frontier_table, mean_ci, split_runs, verdict_table
 from test_figures import compose_cfg
 
-SEEDS = range(5)
+SEEDS = range(10)
 KEEPS = (0.2, 0.5, 0.8)
 
 
@@ -47,9 +47,11 @@ def store(tmp_path_factory):
                 log(client, exp_id, {"method": method, "keep": keep, "seed": seed},
                     {"best_test_accuracy": f(keep, seed), "best_compression": keep, "best_val_accuracy": 0.5,
                      "parent_test_accuracy": 0.9}, t)
-        for variant, tags, size, acc in (("121", {}, 0.65, 0.80 + 0.002 * seed),
+        for variant, tags, size, acc in (("121", {}, 0.65, 0.8013 + 0.002 * seed),
                                          ("121+ft1", {"finetune_epochs": 1}, 0.65, 0.86 + 0.001 * seed),
-                                         ("001", {}, 0.1, 0.6)):
+                                         ("001", {}, 0.1, 0.6),
+                                         # two runs below the baselines' sizes, eight inside
+                                         ("101", {}, 0.1 if seed < 2 else 0.5, 0.3 if seed < 2 else 0.9)):
             log(client, exp_id, {"method": "ecomp", "scenario": variant.split("+")[0], "seed": seed, **tags},
                 {"best_test_accuracy": acc, "best_compression": size, "parent_test_accuracy": 0.9,
                  "accuracy_mean": 0.5, "compression_mean": size, "similarity_mean": 0.1}, t)
@@ -69,20 +71,21 @@ def tables(store):
 
 def test_runs_are_read_as_variants(store):
     runs = load_all_runs(store, "ecomp")
-    assert set(runs.variant) == {"l1_finetune", "l1_prune", "121", "121+ft1", "001"}
-    assert len(runs) == 5 * (6 + 3) + 1
+    assert set(runs.variant) == {"l1_finetune", "l1_prune", "121", "121+ft1", "001", "101"}
+    assert len(runs) == 10 * (6 + 4) + 1
 
 
 def test_paired_difference_and_its_bootstrap_interval(tables):
     _, _, v = tables
     row = v.loc[("121", "l1_finetune")]
-    diffs = np.array([(0.80 + 0.002 * k) - finetuned(0.65, k) for k in SEEDS])
-    assert row.n_pairs == 5 and row.difference == pytest.approx(diffs.mean(), abs=1e-12)
+    diffs = np.array([(0.8013 + 0.002 * k) - finetuned(0.65, k) for k in SEEDS])
+    assert row.n_pairs == 10 and row.difference == pytest.approx(diffs.mean(), abs=1e-12)
     assert row.baseline_accuracy == pytest.approx(np.mean([finetuned(0.65, k) for k in SEEDS]), abs=1e-12)
     ci = stats.bootstrap((diffs,), np.mean, n_resamples=9_999, method="BCa", rng=np.random.default_rng(0))
     assert (row.ci_low, row.ci_high) == pytest.approx(tuple(ci.confidence_interval), abs=1e-12)
     assert row.ci_high < 0
-    assert row.reading.startswith("l1_finetune beats EComp 121 at size 0.65 by 2.8 points (95 % CI")
+    assert row.reading == (f"l1_finetune beats EComp 121 at size 0.65 by {-100 * diffs.mean():.1f} points "
+                           f"(95 % CI {100 * row.ci_low:+.1f} to {100 * row.ci_high:+.1f})")
 
 
 def test_a_constant_difference_has_a_zero_width_interval_and_ecomp_can_win(tables):
@@ -95,13 +98,20 @@ def test_a_constant_difference_has_a_zero_width_interval_and_ecomp_can_win(table
 def test_the_newest_duplicate_is_used_and_deterministic_baselines_work(tables):
     _, _, v = tables
     row = v.loc[("121", "l1_prune")]
-    assert row.baseline_accuracy == pytest.approx(pruned(0.65, 0)) and row.n_pairs == 5
+    assert row.baseline_accuracy == pytest.approx(pruned(0.65, 0)) and row.n_pairs == 10
 
 
 def test_sizes_outside_a_baselines_range_are_not_extrapolated(tables):
     _, baselines, v = tables
     assert v.loc[("001", "l1_prune")].n_pairs == 0
-    assert v.loc[("001", "l1_prune")].reading.startswith("too few paired seeds (0)")
+    assert v.loc[("001", "l1_prune")].reading.startswith("too few seeds paired inside l1_prune's measured sizes "
+                                                         "to say (0 of 10; at least 8 needed)")
+    partly = v.loc[("101", "l1_prune")]          # the row speaks of the 8 paired runs only
+    assert partly.n_pairs == 8 and partly.n_runs == 10
+    assert partly.size_mean == pytest.approx(0.5) and partly.ecomp_accuracy == pytest.approx(0.9)
+    assert partly.difference == pytest.approx(0.9 - pruned(0.5, 0))
+    assert "EComp 101 beats l1_prune at size 0.50 by 15.0 points" in partly.reading
+    assert "8 of 10 runs inside l1_prune's sizes" in partly.reading
     curve = baselines[(baselines.variant == "l1_prune") & (baselines.seed == 1)]
     assert np.isnan(accuracy_at(curve, 0.1)) and np.isnan(accuracy_at(curve, 0.81))
     assert accuracy_at(curve, 0.35) == pytest.approx(pruned(0.35, 1))
@@ -111,10 +121,16 @@ def test_frontier_bands_are_t_intervals_over_seeds(tables):
     _, baselines, _ = tables
     f = frontier_table(baselines).set_index(["variant", "keep"])
     values = [finetuned(0.5, k) for k in SEEDS]
-    low, high = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
-    assert f.loc[("l1_finetune", 0.5)].n_seeds == 5
+    low, high = stats.t.interval(0.95, 9, loc=np.mean(values), scale=stats.sem(values))
+    assert f.loc[("l1_finetune", 0.5)].n_seeds == 10
     assert (f.loc[("l1_finetune", 0.5)].ci_low, f.loc[("l1_finetune", 0.5)].ci_high) == pytest.approx((low, high))
     assert f.loc[("l1_prune", 0.5)].ci_low == f.loc[("l1_prune", 0.5)].ci_high == pytest.approx(0.75)
+
+
+def test_points_never_print_minus_zero():
+    from experiments.verdict import points
+
+    assert points(-0.0002) == "-0.02" and points(0.0123) == "+1.2" and points(0.0) == "+0.0"
 
 
 def test_interval_helpers_on_edge_cases():
@@ -126,12 +142,13 @@ def test_interval_helpers_on_edge_cases():
 
 def test_report_writes_frontier_and_verdict_and_logs_them(store, tmp_path):
     out = tmp_path / "report"
-    files = figures.build_report(compose_cfg(store, out, "grid.scenarios=[121,001]", "grid.seeds=[0,1,2,3,4]"))
+    files = figures.build_report(compose_cfg(store, out, "grid.scenarios=[121,001,101]", "grid.seeds=[0,1,2,3,4]"))
     names = sorted(p.name for p in files)
     for name in ("frontier.png", "frontier.pdf", "frontier.csv", "verdict.csv", "verdict.md"):
         assert name in names
     verdict = pd.read_csv(out / "verdict.csv", dtype={"ecomp": str})
-    assert list(verdict.ecomp.unique()) == ["121", "001", "121+ft1"]
+    assert list(verdict.ecomp.unique()) == ["121", "001", "101", "121+ft1"]
     md = (out / "verdict.md").read_text()
-    assert "| 121 | 5 | 0.650 | 0.8040 | l1_finetune | 5 | 0.8320 | -2.8 |" in md
+    e, b = np.mean([0.8013 + 0.002 * k for k in SEEDS]), np.mean([finetuned(0.65, k) for k in SEEDS])
+    assert f"| 121 | 10 | 0.650 | {e:.4f} | l1_finetune | 10 | {b:.4f} | {100 * (e - b):+.1f} |" in md
     assert (out / "frontier.png").read_bytes().startswith(b"\x89PNG")

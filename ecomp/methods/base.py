@@ -8,7 +8,9 @@ every method alike, so their figures are comparable by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,9 +68,21 @@ class Method(ABC):
     def from_config(cls, cfg: Any, scenario: str | None = None) -> "Method":
         """Build from the composed config (attribute access only: no Hydra here)."""
 
-    @abstractmethod
+    def setting_values(self) -> dict[str, Any]:
+        """The settings that shape this method's result (its part of the run's config hash)."""
+        return {k: getattr(self, k) for k in self.settings}
+
     def labels(self) -> dict[str, str]:
-        """Tags that tell this run from its siblings in a sweep, e.g. ``{"keep": "0.5"}``."""
+        """Tags that tell this run from its siblings in a sweep: ``keep`` and every setting that
+        differs from the class's default, e.g. ``{"keep": "0.5", "epochs": "3"}``."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)} if dataclasses.is_dataclass(self) else {}
+        return {k: _label(v) for k, v in self.setting_values().items()
+                if k == "keep" or defaults.get(k, dataclasses.MISSING) != v}
+
+    def variant(self) -> str:
+        """What one line of the frontier stands for: the name and its non-default settings but ``keep``."""
+        extra = [f"{k}={v}" for k, v in self.labels().items() if k != "keep"]
+        return self.name + (f" ({', '.join(extra)})" if extra else "")
 
     def run_name(self, seed: int) -> str:
         return "-".join([self.name, *(f"{k}{v}" for k, v in self.labels().items()), f"seed{seed}"])
@@ -89,10 +103,11 @@ def method_class(target: str) -> type[Method]:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ValueError(f"cannot import {target!r} ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ValueError(f"{target!r} is not a subclass of ecomp.methods.Method")
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or inspect.isabstract(cls) \
+            or not isinstance(getattr(cls, "name", None), str) or not hasattr(cls, "settings"):
+        raise ValueError(f"{target!r} is not a concrete ecomp.methods.Method (with a name and settings)")
     return cls
 
 
-def keep_label(keep: float) -> str:
-    return f"{keep:g}"
+def _label(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -27,7 +27,8 @@ class ECompMethod(Method):
     evaluator: str = "fast"            # fast | reference
     epochs: int = 1                    # evolution epochs (passes over the subset)
     finetune_epochs: int = 0           # post-step: Adam on the subset, 0 = the paper (none)
-    lr: float = 1e-3                   # the fine-tuning's learning rate
+    lr: float | None = None            # the fine-tuning's learning rate; None: the parent's
+    parent_lr: float = 1e-3
 
     name = "ecomp"
     settings = ("finetune_epochs", "lr")
@@ -42,18 +43,31 @@ class ECompMethod(Method):
                    population_size=cfg.population.size, keep_high=kr.high, keep_low=kr.low,
                    perplexity=s.perplexity, layers=None if s.layers is None else list(s.layers), tol=s.tol,
                    kernels=s.kernels, evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
-                   finetune_epochs=cfg.method.finetune_epochs or 0,
-                   lr=cfg.method.lr if cfg.method.lr is not None else cfg.parent.lr)
+                   finetune_epochs=cfg.method.finetune_epochs or 0, lr=cfg.method.lr, parent_lr=cfg.parent.lr)
+
+    def setting_values(self) -> dict[str, Any]:
+        """Nothing beyond the evolution's groups unless it fine-tunes (then the epochs and the rate)."""
+        if not self.finetune_epochs:
+            return {}
+        return {"finetune_epochs": self.finetune_epochs, "lr": self.parent_lr if self.lr is None else self.lr}
 
     def labels(self) -> dict[str, str]:
         out = {"scenario": self.scenario}
         if self.finetune_epochs:
             out["finetune_epochs"] = str(self.finetune_epochs)
+            if self.lr is not None:
+                out["lr"] = f"{self.lr:g}"
         return out
+
+    def variant(self) -> str:
+        if not self.finetune_epochs:
+            return self.scenario
+        return f"{self.scenario}+ft{self.finetune_epochs}" + (f" (lr={self.lr:g})" if self.lr is not None else "")
 
     def run_name(self, seed: int) -> str:
         ft = f"-ft{self.finetune_epochs}" if self.finetune_epochs else ""
-        return f"{self.scenario}{ft}-seed{seed}"
+        lr = f"-lr{self.lr:g}" if self.finetune_epochs and self.lr is not None else ""
+        return f"{self.scenario}{ft}{lr}-seed{seed}"
 
     def progress_total(self, problem: Problem) -> int:
         n = problem.data.train.x.shape[0] // problem.batch_size
@@ -75,5 +89,7 @@ class ECompMethod(Method):
         metrics = {"best_mean_fitness": float(mean_fit[best])}
         if not self.finetune_epochs:
             return Outcome(evolved, metrics)
-        tuned = fine_tune(evolved, x, y, self.finetune_epochs, self.lr, bs, problem.generator)
+        lr = self.parent_lr if self.lr is None else self.lr
+        on_device = [(w.to(dev), b.to(dev)) for w, b in evolved]
+        tuned = fine_tune(on_device, x.to(dev), y.to(dev), self.finetune_epochs, lr, bs, problem.generator)
         return Outcome(tuned, metrics, stages={"evolved": evolved})

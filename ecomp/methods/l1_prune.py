@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Method, Outcome, Problem, keep_label
+from .base import Method, Outcome, Problem
 from .pruning import NEEDS_GRADIENTS, structured_prune
 
 
@@ -20,12 +20,6 @@ class L1Prune(Method):
     @classmethod
     def from_config(cls, cfg: Any, scenario: str | None = None) -> "L1Prune":
         return cls(keep=cfg.method.keep, importance=cfg.method.importance)
-
-    def labels(self) -> dict[str, str]:
-        out = {"keep": keep_label(self.keep)}
-        if self.importance != "l1":
-            out["importance"] = self.importance
-        return out
 
     def pruned(self, problem: Problem):
         t = problem.data.train

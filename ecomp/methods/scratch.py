@@ -9,7 +9,7 @@ from typing import Any
 
 from ..initialiser import pruned_width
 from ..parent import train
-from .base import Method, Outcome, Problem, keep_label
+from .base import Method, Outcome, Problem
 
 
 @dataclass
@@ -22,9 +22,6 @@ class Scratch(Method):
     @classmethod
     def from_config(cls, cfg: Any, scenario: str | None = None) -> "Scratch":
         return cls(keep=cfg.method.keep)
-
-    def labels(self) -> dict[str, str]:
-        return {"keep": keep_label(self.keep)}
 
     def run(self, problem: Problem) -> Outcome:
         arch = problem.recipe.arch
