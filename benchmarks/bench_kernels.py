@@ -133,7 +133,7 @@ def main() -> None:
 
     ev = Evaluator(parent, batches, perplexity)
     d = S.shifted_distances(acts)
-    guess = ev._parent_batch(0)[1].view(len(hidden), 1, -1).expand(-1, pop.size, -1).reshape(-1)
+    guess = ev._parent_state(0)[1].view(len(hidden), 1, -1).expand(-1, pop.size, -1).reshape(-1)
 
     def same_calibration():
         a, b = S.calibrate(d, perplexity)[0], S.calibrate(d, perplexity, beta_mean=guess)[0]
@@ -161,7 +161,7 @@ def main() -> None:
         n_layers = len(hidden)
         ev_t, ev_n = Evaluator(parent, batches, perplexity, kernels="torch"), Evaluator(parent, batches, perplexity,
                                                                                           kernels="native")
-        (p_t, bm_t), (p_n, bm_n) = ev_t._parent_batch(0), ev_n._parent_batch(0)
+        (p_t, bm_t), (p_n, bm_n) = ev_t._parent_state(0), ev_n._parent_state(0)
         index = torch.arange(n_layers).repeat_interleave(pop.size)          # set (l, c) vs parent layer l
 
         def sim_torch(sets, dist):

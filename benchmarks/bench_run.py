@@ -72,7 +72,7 @@ def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     batches = [(sub.x[s:s + bs], sub.y[s:s + bs]) for s in range(0, sub.x.shape[0], bs)]
     ev = ReferenceEvaluator(parent, batches, cfg.similarity.perplexity)
     for k in range(len(batches)):
-        ev.parent_p(k)
+        ev.prepare(k)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g)
     pop = l1_population(parent, cfg.population.size, cfg.population.keep_ratio.high, cfg.population.keep_ratio.low)
     it = ecomp.run(pop, epochs=1)

@@ -62,16 +62,28 @@ class MutationConf:
 
 
 @dataclass
+class SelectionConf:
+    kind: str = "roulette"            # roulette | tournament
+    temperature: float = 1.0          # roulette: softmax(fitness / temperature); 1 = the paper
+    tournament_size: int = 2
+    elite: int = 0                    # the fittest individuals copied unchanged into the next generation
+
+
+@dataclass
 class OperatorsConf:
     mutation: MutationConf = field(default_factory=MutationConf)
+    selection: SelectionConf = field(default_factory=SelectionConf)
 
 
 @dataclass
 class SimilarityConf:
-    perplexity: float = 30.0
+    """Every ``similarity.*`` key any measure has; ``conf/similarity/<name>.yaml`` names the
+    measure's class and sets the keys it reads (the others null)."""
+    _target_: str = "ecomp.measures.tsne.TSNE"
+    perplexity: Optional[float] = 30.0
     layers: Optional[list[int]] = None   # hidden layers compared; None: all
-    tol: float = 1e-5
-    kernels: str = "auto"                # auto | native | torch (ecomp.native)
+    tol: Optional[float] = 1e-5
+    kernels: Optional[str] = "auto"      # auto | native | torch (ecomp.native)
 
 
 @dataclass
@@ -170,6 +182,19 @@ def validate(cfg: DictConfig) -> None:
         _fail("operators.mutation.rate", m.rate, "a probability in [0, 1]")
     if not (_finite(m.low) and _finite(m.high)) or m.low > m.high:
         _fail("operators.mutation", f"low={m.low} > high={m.high}", "finite factors with low <= high")
+    from .selection import KINDS
+
+    sel = cfg.operators.selection
+    if sel.kind not in KINDS:
+        _fail("operators.selection.kind", sel.kind, f"one of {', '.join(KINDS)}")
+    if not _finite(sel.temperature) or sel.temperature <= 0:
+        _fail("operators.selection.temperature", sel.temperature, "a number > 0 (1 = the paper's roulette)")
+    if not 1 <= sel.tournament_size <= p.size:
+        _fail("operators.selection.tournament_size", sel.tournament_size,
+              f"an integer in [1, population.size = {p.size}]")
+    if sel.elite < 0 or sel.elite % 2 or sel.elite >= p.size:
+        _fail("operators.selection.elite", sel.elite,
+              f"an even integer in [0, population.size = {p.size}) (the rest are bred in pairs)")
     d = cfg.data
     if not 1 <= d.train_size <= TRAIN_IMAGES:
         _fail("data.train_size", d.train_size, f"an integer in [1, {TRAIN_IMAGES}]")
@@ -184,9 +209,20 @@ def validate(cfg: DictConfig) -> None:
         _fail("data.batch_size", d.batch_size,
               f"must divide data.train_size={d.train_size} (every generation sees a full batch)")
     s = cfg.similarity
-    if not _finite(s.perplexity) or not 1 <= s.perplexity < d.batch_size - 1:
+    from .measures.base import measure_class
+
+    try:
+        measure = measure_class(s._target_)
+    except ValueError as exc:
+        _fail("similarity._target_", s._target_, f"a similarity measure class ({exc})")
+    for key in ("perplexity", "tol", "kernels"):
+        if (s[key] is not None) != (key in measure.settings):
+            _fail(f"similarity.{key}", s[key], f"similarity={measure.name} " + (
+                "needs a value" if key in measure.settings else
+                f"has no such setting (its settings: {', '.join(('layers', *measure.settings))})"))
+    if "perplexity" in measure.settings and not 1 <= s.perplexity < d.batch_size - 1:
         _fail("similarity.perplexity", s.perplexity, f"a number in [1, data.batch_size - 1 = {d.batch_size - 1})")
-    if not _finite(s.tol) or s.tol <= 0:
+    if "tol" in measure.settings and (not _finite(s.tol) or s.tol <= 0):
         _fail("similarity.tol", s.tol, "a number > 0")
     hidden = list(cfg.parent.hidden)
     if not hidden or any(h < 1 for h in hidden):
@@ -208,7 +244,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
     from .native import KERNELS                                # lazily: it imports torch
 
-    if s.kernels not in KERNELS:
+    if s.kernels is not None and s.kernels not in KERNELS:
         _fail("similarity.kernels", s.kernels, f"one of {', '.join(KERNELS)}")
     if cfg.evolution.evaluator not in ("fast", "reference"):
         _fail("evolution.evaluator", cfg.evolution.evaluator, "one of fast, reference")
@@ -250,11 +286,13 @@ def validate_method(m: DictConfig) -> None:
             _fail(f"method.{key}", m[key], allowed)
 
 
-def resolve_kernels(cfg) -> str:
+def resolve_kernels(cfg) -> str | None:
     """``similarity.kernels`` -> the kernels this run will use (``native`` or ``torch``);
     :class:`ConfigError` if ``native`` was asked for and cannot be had here."""
     from . import native
 
+    if cfg.similarity.kernels is None:                 # a measure without kernel choice
+        return None
     try:
         return native.resolve(cfg.similarity.kernels, cfg.device)
     except (native.NativeUnavailable, ValueError) as exc:

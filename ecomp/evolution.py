@@ -12,7 +12,7 @@ from .fitness import Evaluator, Parts, Weights
 from .mutation import mutate_
 from .population import Population
 from .recombination import recombine
-from .selection import select_pairs
+from .selection import Selection, elites
 from .timing import NullTimer, PhaseTimer
 
 PICK_GROUP = 10   # batches per forward pass in the final pick (1,000 images: near-GEMM-speed products)
@@ -51,11 +51,13 @@ class EComp:
     """Runs the evolution; ``population`` and ``fitness`` hold the latest generation."""
 
     def __init__(self, evaluator: Evaluator, weights: Weights, mutation: MutationSpec,
-                 generator: torch.Generator, timer: PhaseTimer | None = None, in_place: bool = True):
+                 generator: torch.Generator, timer: PhaseTimer | None = None, in_place: bool = True,
+                 selection: Selection = Selection()):
         """``in_place``: once the population has one architecture, crossover writes the children
         over their parents' storage (``recombine(..., in_place=True)``; same numbers, fewer bytes
         moved). False keeps every generation in storage of its own (the tests' oracle)."""
         self.in_place = in_place
+        self.selection = selection
         self.evaluator = evaluator
         self.weights = weights
         self.mutation = mutation
@@ -83,12 +85,22 @@ class EComp:
             for k in range(len(self.evaluator.batches)):
                 generation += 1
                 with self.timer.phase("operators"):
-                    pairs = select_pairs(self.fitness, self.generator)
-                    children = recombine(self.population, pairs, self.generator, out=buffers[generation % 2],
-                                         in_place=self.in_place)
-                    m = self.mutation
-                    mutate_(children, m.rate, m.low, m.high, self.generator)
+                    children = self._breed(buffers[generation % 2])
                 yield self._evaluate(children, k, generation)
+
+    def _breed(self, buffer: Tensor) -> Population:
+        """The next generation: ``pop - elite`` children of selected pairs, mutated, then the
+        ``elite`` fittest of the current generation, copied unchanged."""
+        sel, pop = self.selection, self.population
+        pairs = sel.pairs(self.fitness, self.generator)
+        kept = [[(w.clone(), b.clone()) for w, b in pop.individual(i)] for i in elites(self.fitness, sel.elite)]
+        # In place, the children would take over the elites' storage: elitism copies instead.
+        children = recombine(pop, pairs, self.generator, out=buffer, in_place=self.in_place and not kept)
+        m = self.mutation
+        mutate_(children, m.rate, m.low, m.high, self.generator)
+        if not kept:
+            return children
+        return Population.from_individuals([children.individual(i) for i in range(children.size)] + kept)
 
     def pick_best(self, on_batch: Callable[[int], None] | None = None,
                   group: int = PICK_GROUP) -> tuple[int, Tensor]:

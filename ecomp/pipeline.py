@@ -162,7 +162,11 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
                 TAG_HASH: chash, TAG_SETUP: setup_hash(cfg),
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         if is_ecomp:
-            tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
+            from .measures import measure_class
+
+            tags["similarity"] = measure_class(cfg.similarity._target_).name
+            if kernels is not None:
+                tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
         params = flatten(used_config(cfg, method.groups_unused))

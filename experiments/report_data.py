@@ -123,8 +123,9 @@ def _row(r) -> dict:
 
 
 def paper_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs of the paper's experiment: EComp, not fine-tuned."""
-    return runs[(runs.method == "ecomp") & (runs.finetune_epochs == 0)].reset_index(drop=True)
+    """The runs of the paper's experiment: EComp with the paper's operators and similarity, not fine-tuned."""
+    paper = (runs.method == "ecomp") & (runs.finetune_epochs == 0) & (runs.variant == runs.scenario)
+    return runs[paper].reset_index(drop=True)
 
 
 def load_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:

@@ -97,7 +97,7 @@ def compare(ecomp: pd.DataFrame, baseline: pd.DataFrame) -> dict:
     Sizes and accuracies are means over the paired runs only, so every column speaks of the same runs."""
     curves = {seed: g for seed, g in baseline.groupby("seed")}
     pairs = [(r[SIZE], r[ACCURACY], accuracy_at(curves[r.seed], r[SIZE]))
-             for _, r in ecomp.iterrows() if r.seed in curves]
+             for _, r in ecomp.sort_values("seed").iterrows() if r.seed in curves]   # seed order: reproducible
     pairs = np.array([p for p in pairs if not math.isnan(p[2])]).reshape(-1, 3)
     diffs = pairs[:, 1] - pairs[:, 2]
     low, high = bootstrap_ci(diffs) if len(diffs) >= MIN_PAIRS else (math.nan, math.nan)

@@ -8,6 +8,8 @@ from typing import Any
 from ..evolution import EComp, MutationSpec
 from ..fitness import Evaluator, ReferenceEvaluator, Weights
 from ..initialiser import l1_population
+from ..measures import measure_class
+from ..selection import Selection
 from ..training import fine_tune
 from .base import Method, Outcome, Problem
 
@@ -20,15 +22,14 @@ class ECompMethod(Method):
     population_size: int
     keep_high: float
     keep_low: float
-    perplexity: float
+    similarity: Any                    # the ``similarity`` config group (its ``_target_`` names the measure)
     layers: list[int] | None
-    tol: float
-    kernels: str
     evaluator: str = "fast"            # fast | reference
     epochs: int = 1                    # evolution epochs (passes over the subset)
     finetune_epochs: int = 0           # post-step: Adam on the subset, 0 = the paper (none)
     lr: float | None = None            # the fine-tuning's learning rate; None: the parent's
     parent_lr: float = 1e-3
+    selection: Selection = Selection()
 
     name = "ecomp"
     settings = ("finetune_epochs", "lr")
@@ -41,9 +42,10 @@ class ECompMethod(Method):
         return cls(scenario=scenario or "".join(f"{w:g}" for w in (f.w_acc, f.w_sim, f.w_comp)),
                    weights=Weights(f.w_acc, f.w_sim, f.w_comp), mutation=MutationSpec(m.rate, m.low, m.high),
                    population_size=cfg.population.size, keep_high=kr.high, keep_low=kr.low,
-                   perplexity=s.perplexity, layers=None if s.layers is None else list(s.layers), tol=s.tol,
-                   kernels=s.kernels, evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
-                   finetune_epochs=cfg.method.finetune_epochs or 0, lr=cfg.method.lr, parent_lr=cfg.parent.lr)
+                   similarity=s, layers=None if s.layers is None else list(s.layers),
+                   evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
+                   finetune_epochs=cfg.method.finetune_epochs or 0, lr=cfg.method.lr, parent_lr=cfg.parent.lr,
+                   selection=Selection(**cfg.operators.selection))
 
     def setting_values(self) -> dict[str, Any]:
         """Nothing beyond the evolution's groups unless it fine-tunes (then the epochs and the rate)."""
@@ -51,8 +53,16 @@ class ECompMethod(Method):
             return {}
         return {"finetune_epochs": self.finetune_epochs, "lr": self.parent_lr if self.lr is None else self.lr}
 
+    def levers(self) -> dict[str, str]:
+        """Settings beyond the paper's fitness weights that differ from its defaults."""
+        out = self.selection.levers()
+        name = measure_class(self.similarity._target_).name
+        if name != "tsne":
+            out["similarity"] = name
+        return out
+
     def labels(self) -> dict[str, str]:
-        out = {"scenario": self.scenario}
+        out = {"scenario": self.scenario, **self.levers()}
         if self.finetune_epochs:
             out["finetune_epochs"] = str(self.finetune_epochs)
             if self.lr is not None:
@@ -60,14 +70,18 @@ class ECompMethod(Method):
         return out
 
     def variant(self) -> str:
-        if not self.finetune_epochs:
-            return self.scenario
-        return f"{self.scenario}+ft{self.finetune_epochs}" + (f" (lr={self.lr:g})" if self.lr is not None else "")
+        """The scenario, ``+ftN`` when fine-tuned, and the levers in brackets: ``121 [elite=2, temperature=0.1]``."""
+        out = self.scenario
+        if self.finetune_epochs:
+            out += f"+ft{self.finetune_epochs}" + (f" (lr={self.lr:g})" if self.lr is not None else "")
+        levers = self.levers()
+        return out + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(levers.items())) + "]" if levers else "")
 
     def run_name(self, seed: int) -> str:
         ft = f"-ft{self.finetune_epochs}" if self.finetune_epochs else ""
         lr = f"-lr{self.lr:g}" if self.finetune_epochs and self.lr is not None else ""
-        return f"{self.scenario}{ft}{lr}-seed{seed}"
+        levers = "".join(f"-{k}{v}" for k, v in sorted(self.levers().items()))
+        return f"{self.scenario}{levers}{ft}{lr}-seed{seed}"
 
     def progress_total(self, problem: Problem) -> int:
         n = problem.data.train.x.shape[0] // problem.batch_size
@@ -79,8 +93,10 @@ class ECompMethod(Method):
         parent = [(w.to(dev), b.to(dev)) for w, b in problem.parent]
         pop = l1_population(parent, self.population_size, self.keep_high, self.keep_low)
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
-        evaluator = cls(parent, batches, self.perplexity, self.layers, self.tol, problem.timer, kernels=self.kernels)
-        ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer)
+        measure = measure_class(self.similarity._target_).from_config(self.similarity, dev)
+        evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure)
+        ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer,
+                      selection=self.selection)
         for rec in ecomp.run(pop, self.epochs):
             problem.on_generation(rec)
         best, mean_fit = ecomp.pick_best(on_batch=lambda k: problem.on_step())

@@ -1,0 +1,62 @@
+"""The interface between the evaluator and a similarity measure."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+
+class SimilarityMeasure(ABC):
+    """Scores how far a child's hidden representations are from the parent's (0 = the same).
+
+    Shapes: ``n`` images per batch, ``G`` batches at a time, ``L`` compared hidden layers.
+    """
+
+    name: ClassVar[str]
+    settings: ClassVar[tuple[str, ...]]          # the ``similarity.*`` keys it reads (besides layers)
+    kernels: str | None = None                   # the compute kernels in use, if the measure has a choice
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Any, device: Any) -> "SimilarityMeasure":
+        """Build from the ``similarity`` config group (attribute access only: no Hydra here)."""
+
+    @abstractmethod
+    def prepare(self, parent: list[Tensor], n: int) -> list[Any]:
+        """The parent's side of ``G`` consecutive batches, from its activations ``parent[l]``
+        ``(G * n, h_l)`` on each compared layer: one state per batch."""
+
+    @abstractmethod
+    def score(self, hidden: list[list[Tensor]], stacked: list[Tensor] | None, states: list[Any],
+              n: int) -> Tensor:
+        """``(G, pop)`` dissimilarity, summed over the compared layers, of every network.
+
+        ``hidden[l][i]``: network ``i``'s activations ``(G * n, h)`` on compared layer ``l``;
+        ``stacked[l]``: the same as one ``(pop, h, G * n)`` tensor (transposed) when the
+        population has one architecture (else None); ``states``: :meth:`prepare`'s, one per batch.
+        """
+
+    def reference_prepare(self, parent: list[Tensor]) -> Any:
+        """The parent's side of one batch for :meth:`reference` (``parent[l]``: ``(n, h_l)``)."""
+        return [a.double() for a in parent]
+
+    @abstractmethod
+    def reference(self, state: Any, child: list[Tensor]) -> float:
+        """The straightforward float64 formula for one network on one batch (the tests' oracle),
+        against :meth:`reference_prepare`'s ``state``."""
+
+
+def measure_class(target: str) -> type[SimilarityMeasure]:
+    """The class a ``similarity._target_`` names; ``ValueError`` (one line) if it is not a measure."""
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"cannot import {target!r} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, SimilarityMeasure)) or inspect.isabstract(cls):
+        raise ValueError(f"{target!r} is not a concrete ecomp.measures.SimilarityMeasure")
+    return cls
