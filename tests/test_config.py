@@ -47,6 +47,15 @@ CASES = [
     (["method=l1_finetune", "method.lr=null"], "method.lr=None: method=l1_finetune needs a value"),
     (["method._target_=os.getcwd"], "method._target_='os.getcwd'"),
     (["method._target_=ecomp.methods.base.Method"], "is not a concrete ecomp.methods.Method"),
+    (["operators.selection.temperature=0"], "operators.selection.temperature=0.0: a number > 0"),
+    (["operators.selection.kind=rank"], "operators.selection.kind='rank': one of roulette, tournament"),
+    (["operators.selection.kind=tournament", "operators.selection.tournament_size=11"],
+     "operators.selection.tournament_size=11: an integer in [1, population.size = 10]"),
+    (["operators.selection.elite=3"], "operators.selection.elite=3: an even integer in [0, population.size = 10)"),
+    (["operators.selection.elite=10"], "operators.selection.elite=10"),
+    (["similarity=umap"], "similarity='umap'"),
+    (["similarity=cka", "similarity.perplexity=5"], "similarity.perplexity=5.0: similarity=cka has no such setting"),
+    (["similarity._target_=ecomp.measures.base.SimilarityMeasure"], "is not a concrete"),
     (["data.val_size=59501"], "data.val_size=59501: an integer in [0, 60000 - data.train_size = 59500]"),
 ]
 
