@@ -331,18 +331,6 @@ def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = (), method: dict | N
     return _hash(c)
 
 
-# Keys of the data and parent groups that do not change which images a run sees or its parent.
-_SETUP_EXCLUDED = {"data": ("root", "download"), "parent": ("cache_dir",)}
-
-
-def setup_hash(cfg: DictConfig) -> str:
-    """A hash of the data and parent settings: runs with the same setup and seed saw the same
-    training subset, validation and test images, and the same parent (so they can be paired)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    setup = {g: {k: v for k, v in c[g].items() if k not in _SETUP_EXCLUDED[g]} for g in _SETUP_EXCLUDED}
-    return _hash(setup)
-
-
 def _hash(c: dict) -> str:
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

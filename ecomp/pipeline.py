@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as data_mod
-from .config import config_hash, resolve_kernels, setup_hash, validate
+from .config import config_hash, resolve_kernels, validate
 from .measure import network_metrics
 from .methods import Method, Problem, method_class
 from .network import Architecture, accuracy, save_network
@@ -141,8 +141,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
-        from .tracking import (RunTracker, TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SETUP, TAG_SWEEP, TAG_VARIANT,
-                               client_for, find_runs)
+        from .tracking import (RunTracker, TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, client_for,
+                               find_runs)
 
         uri, exp_id = prepare_store(cfg)
         client = client_for(uri)
@@ -159,7 +159,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         root = repo_root()
         commit = git_commit(root)
         tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(cfg.seed),
-                TAG_HASH: chash, TAG_SETUP: setup_hash(cfg),
+                TAG_HASH: chash,
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         if is_ecomp:
             from .measures import measure_class

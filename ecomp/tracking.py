@@ -24,7 +24,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
 TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
-TAG_SETUP = "setup_hash"   # data and parent: runs with equal setup_hash and seed saw the same images
 
 
 class TrackingError(RuntimeError):

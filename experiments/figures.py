@@ -34,6 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from ecomp.cli import check_overrides, fail  # noqa: E402
 from ecomp.config import TrackingConf  # noqa: E402
@@ -41,6 +42,7 @@ from ecomp.tracking import TrackingError, client_for, default_uri  # noqa: E402
 from experiments.report_data import (SUMMARY_TAG, ReportError, grid_gaps, load_all_runs, load_history,  # noqa: E402
                                      paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
                                      summary_table)
+from experiments.levers import PAPER, lever_markdown, lever_table, with_levers  # noqa: E402
 from experiments.verdict import frontier_table, split_runs, verdict_markdown, verdict_table  # noqa: E402
 
 log = logging.getLogger("ecomp.figures")
@@ -133,6 +135,7 @@ def pareto_figure(results: pd.DataFrame, order: list[str], palette: dict):
     return fig
 
 
+LEVER_MARKERS = ("o", "X", "s", "^", "D", "v", "P", "*")
 BASELINE_STYLES = (("black", "-"), ("tab:gray", "--"), ("tab:olive", "-."), ("tab:cyan", ":"),
                    ("darkgoldenrod", "-"), ("slategray", "--"))
 
@@ -143,6 +146,8 @@ def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str
     returned networks as points by scenario (fine-tuned ones as crosses), the parent as a line.
     Left: everything; right: the same, the top ``zoom`` of accuracy below the parent."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
+    levers = [PAPER] + sorted(set(with_levers(ecomp).lever) - {PAPER})
+    markers = dict(zip(levers, LEVER_MARKERS))
     variants = sorted(frontier.variant.unique())
     styles = {v: BASELINE_STYLES[i % len(BASELINE_STYLES)] for i, v in enumerate(variants)}
     for ax in axes:
@@ -152,24 +157,61 @@ def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str
             ax.plot(f.size_mean, f.test_accuracy_mean, color=colour, linestyle=dash, marker=".", linewidth=1.5,
                     label=f"{variant} (mean, 95 % CI)")
             ax.fill_between(f.size_mean, f.ci_low, f.ci_high, color=colour, alpha=0.15, linewidth=0)
-        for fine_tuned, marker in ((False, "o"), (True, "X")):
-            e = ecomp[(ecomp.finetune_epochs > 0) == fine_tuned]
-            for scenario in [s for s in order if s in set(e.scenario)]:
-                pts = e[e.scenario == scenario]
-                label = f"EComp {scenario}" + (f" + fine-tune {int(pts.finetune_epochs.iloc[0])} ep." if fine_tuned
-                                                else "")
+        runs = with_levers(ecomp)
+        for lever in levers:
+            for scenario in [s for s in order if s in set(runs.scenario)]:
+                pts = runs[(runs.scenario == scenario) & (runs.lever == lever)]
                 ax.scatter(pts.best_compression, pts.best_test_accuracy, color=palette.get(scenario, "grey"),
-                           marker=marker, s=34 if fine_tuned else 24, alpha=0.85,
-                           edgecolor="black" if fine_tuned else "none", linewidth=0.4, label=label)
+                           marker=markers[lever], s=24 if lever == PAPER else 34, alpha=0.85,
+                           edgecolor="none" if lever == PAPER else "black", linewidth=0.4)
         ax.axhline(parent_accuracy, color="black", linestyle=":", linewidth=1, label=f"parent ({parent_accuracy:.3f})")
         ax.set(xlabel="relative size (hidden units / parent's)", ylabel="test accuracy")
     axes[0].set_title("Accuracy vs size: EComp's networks against the baselines")
     axes[1].set_ylim(parent_accuracy - zoom, parent_accuracy + 0.01)
     axes[1].set_title(f"the same, within {zoom:.2f} of the parent")
     handles, labels = axes[0].get_legend_handles_labels()
+    for scenario in [s for s in order if s in set(ecomp.scenario)]:
+        handles.append(Line2D([], [], color=palette.get(scenario, "grey"), marker="o", linestyle="none"))
+        labels.append(f"EComp {scenario}")
+    for lever in levers:
+        handles.append(Line2D([], [], color="grey", marker=markers[lever], linestyle="none",
+                              markeredgecolor="none" if lever == PAPER else "black"))
+        labels.append("EComp: the paper's settings" if lever == PAPER else f"EComp {lever}")
     fig.legend(handles, labels, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
+
+
+def lever_figure(ecomp: pd.DataFrame, order: list[str]):
+    """Figure 5's axes for every lever: box plots over seeds of the returned networks' test accuracy
+    and relative size per scenario, one box per lever (the paper's settings first)."""
+    runs = with_levers(ecomp)
+    levers = [PAPER] + sorted(set(runs.lever) - {PAPER})
+    present = [s for s in order if s in set(runs.scenario)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for ax, column, label in ((left, "best_test_accuracy", "test accuracy (higher is better)"),
+                              (right, "best_compression", "relative size (lower is better)")):
+        sns.boxplot(data=runs, x="scenario", y=column, hue="lever", order=present, hue_order=levers, ax=ax,
+                    palette="Set2", fliersize=2)
+        ax.set(xlabel="weights (accuracy, similarity, compression)", ylabel=label)
+    left.legend_.remove()
+    right.legend(title="lever", fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("What each lever changes in the returned networks (Figure 5's axes)")
+    fig.tight_layout()
+    return fig
+
+
+def lever_files(ecomp: pd.DataFrame, order: list[str], out: Path) -> list[Path]:
+    """``levers.csv``, ``levers.md`` and ``levers.png/pdf`` when some EComp runs used other settings."""
+    if set(with_levers(ecomp).lever) <= {PAPER}:
+        return []
+    table = lever_table(ecomp, order)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "levers.csv", index=False)
+    (out / "levers.md").write_text(lever_markdown(table))
+    with sns.axes_style("whitegrid"):
+        files = save(lever_figure(ecomp, order), out, "levers")
+    return [out / "levers.csv", out / "levers.md", *files]
 
 
 def make_figures(results: pd.DataFrame, history: pd.DataFrame, out_dir: Path, order: list[str],
@@ -282,6 +324,7 @@ def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: 
     if ecomp.empty:
         notes.append("no EComp runs: the frontier has no points and there is no verdict")
         return files
+    files += lever_files(ecomp, order, out)
     table = verdict_table(ecomp, baselines, order)
     table.to_csv(out / "verdict.csv", index=False)
     (out / "verdict.md").write_text(verdict_markdown(table, frontier, parent, notes))

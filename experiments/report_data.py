@@ -9,14 +9,15 @@ one-line message.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SETUP, TAG_SWEEP,
-                            TAG_VARIANT, check_reachable, client_for)
+from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, TAG_VARIANT,
+                            check_reachable, client_for)
 
 SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
 HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
@@ -77,7 +78,7 @@ def load_all_runs(uri: str, experiment: str, run_filter: str | None = None, time
     ``variant`` names what a line or point of the frontier stands for: an EComp scenario
     (``121``, ``121+ft1`` when fine-tuned), or a baseline with its non-default settings
     (``l1_finetune``, ``l1_prune (importance=taylor)``); ``setup`` hashes the data and parent
-    settings (runs of one setup and seed saw the same images). Runs logged before methods
+    params (:func:`setup_of`). Runs logged before methods
     existed have no ``method`` tag and count as EComp. Summary runs (tag ``ecomp.kind``) and
     runs without a seed are left out. ``run_filter`` is an extra MLflow search filter, e.g.
     ``tags.sweep = 'multirun/2025-01-01/12-00-00'``.
@@ -114,12 +115,25 @@ def _row(r) -> dict:
         else:
             importance = tags.get("importance", "l1")
             variant = method + ("" if importance == "l1" else f" (importance={importance})")
-    return {"run_id": r.info.run_id, "method": method, "variant": variant, "setup": tags.get(TAG_SETUP, ""),
+    return {"run_id": r.info.run_id, "method": method, "variant": variant, "setup": setup_of(r.data.params),
             "scenario": tags.get(TAG_SCENARIO), "keep": float(tags.get(TAG_KEEP, "nan")),
             "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
             "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
             **{k: r.data.metrics.get(k, math.nan) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
+
+
+# Params of the data and parent groups that do not change which images a run sees, or its parent.
+SETUP_IGNORED = ("data.root", "data.download", "parent.cache_dir")
+
+
+def setup_of(params: dict[str, str]) -> str:
+    """A short hash of a run's data and parent settings (its ``data.*`` and ``parent.*`` params):
+    runs of the same setup and seed saw the same training subset, validation and test images and
+    the same parent, so they can be paired."""
+    items = sorted((k, v) for k, v in params.items()
+                   if k.startswith(("data.", "parent.")) and k not in SETUP_IGNORED)
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:12] if items else ""
 
 
 def paper_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -152,3 +152,27 @@ def test_report_writes_frontier_and_verdict_and_logs_them(store, tmp_path):
     e, b = np.mean([0.8013 + 0.002 * k for k in SEEDS]), np.mean([finetuned(0.65, k) for k in SEEDS])
     assert f"| 121 | 10 | 0.650 | {e:.4f} | l1_finetune | 10 | {b:.4f} | {100 * (e - b):+.1f} |" in md
     assert (out / "frontier.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_lever_table_pairs_each_lever_with_the_papers_runs_by_seed():
+    from experiments.levers import lever_table, with_levers
+
+    rows = []
+    for k in range(10):
+        rows += [{"variant": "121", "scenario": "121", "seed": k, "best_test_accuracy": 0.80 + 0.002 * k,
+                  "best_compression": 0.7},
+                 {"variant": "121 [similarity=cka]", "scenario": "121", "seed": k,
+                  "best_test_accuracy": 0.81 + 0.002 * k + 0.001 * (k % 3), "best_compression": 0.6 - 0.01 * (k % 2)},
+                 {"variant": "121+ft1", "scenario": "121", "seed": k, "best_test_accuracy": 0.85,
+                  "best_compression": 0.7}]
+    runs = pd.DataFrame(rows)
+    assert sorted(set(with_levers(runs).lever)) == ["+ft1", "[similarity=cka]", "paper"]
+    t = lever_table(runs, ["121"]).set_index("lever")
+    cka = t.loc["[similarity=cka]"]
+    diffs = np.array([0.01 + 0.001 * (k % 3) for k in range(10)])
+    ci = stats.bootstrap((diffs,), np.mean, n_resamples=9_999, method="BCa", rng=np.random.default_rng(0))
+    assert cka.n_pairs == 10 and cka.accuracy_difference == pytest.approx(diffs.mean())
+    assert (cka.accuracy_ci_low, cka.accuracy_ci_high) == pytest.approx(tuple(ci.confidence_interval), abs=1e-9)
+    assert cka.size_difference == pytest.approx(-0.105)
+    assert cka.reading.startswith("test accuracy up 1.1 points (95 % CI") and "size down 10.5 points" in cka.reading
+    assert t.loc["+ft1"].reading.endswith("size unchanged (in every pair)")
