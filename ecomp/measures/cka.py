@@ -2,8 +2,9 @@
 activations on the batch, per hidden layer, summed. Comparable across widths, O(n^2 h) per layer.
 
 With ``K = Xc Xc^T`` and ``M = Yc Yc^T`` the Gram matrices of the batch-centred activations,
-``CKA = <K, M>_F / (||K||_F ||M||_F)``. The population is scored with one Gram per network
-(one batched product when it has one architecture) against the parent's kept Gram. A layer
+``CKA = <K, M>_F / (||K||_F ||M||_F)``. Each child's raw Gram ``Y Y^T`` is one product (one
+batched product for a population of one architecture), centred afterwards on the ``n x n``
+matrix; the parent's centred Gram is kept per batch. A layer
 whose activations are constant over the batch (all its units dead) has no defined CKA;
 it scores 1, as far from the parent as a representation can be.
 """
@@ -22,6 +23,19 @@ def centred_gram(a: Tensor) -> Tensor:
     """``(..., n, n)`` Gram matrix of the batch-centred rows of ``a`` ``(..., n, h)``."""
     c = a - a.mean(-2, keepdim=True)
     return c @ c.transpose(-1, -2)
+
+
+def centre_gram(g: Tensor) -> Tensor:
+    """``H g H`` (``H = I - 11^T / n``) of raw Grams ``g`` ``(..., n, n)``: the centred activations' Gram."""
+    return g - g.mean(-1, keepdim=True) - g.mean(-2, keepdim=True) + g.mean((-1, -2), keepdim=True)
+
+
+def cka_from_raw_grams(k: Tensor, g: Tensor) -> Tensor:
+    """Linear CKA from the parent's centred Gram ``k`` and raw child Grams ``g`` ``(..., n, n)``.
+    ``<k, H g H> = <k, g>`` because ``k`` is centred, so only the norm needs the centred ``g``."""
+    dot = (g * k).sum((-1, -2))
+    norms = k.norm() * centre_gram(g).norm(dim=(-1, -2))
+    return torch.where(norms > 0, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
 
 
 def cka_from_grams(k: Tensor, m: Tensor) -> Tensor:
@@ -47,16 +61,14 @@ class LinearCKA(SimilarityMeasure):
         groups = len(states)
         out = torch.zeros(groups, len(hidden[0]), device=hidden[0][0].device)
         for l in range(len(hidden)):
-            if stacked is not None:
-                acts = stacked[l].transpose(1, 2).unflatten(1, (groups, n))               # (pop, G, n, h)
-            else:
-                acts = [a.unflatten(0, (groups, n)) for a in hidden[l]]                   # pop x (G, n, h)
             for g in range(groups):
-                if stacked is not None:
-                    grams = centred_gram(acts[:, g])                                       # (pop, n, n)
-                else:
-                    grams = torch.stack([centred_gram(a[g]) for a in acts])
-                out[g] += 1.0 - cka_from_grams(states[g][l], grams)
+                rows = slice(g * n, (g + 1) * n)
+                if stacked is not None:                                  # one batched product
+                    units = stacked[l][:, :, rows]                           # (pop, h, n)
+                    grams = torch.bmm(units.transpose(1, 2), units)
+                else:                                                    # one product per network
+                    grams = torch.stack([a[rows] @ a[rows].T for a in hidden[l]])
+                out[g] += 1.0 - cka_from_raw_grams(states[g][l], grams)
         return out
 
     def reference(self, state: list[Tensor], child: list[Tensor]) -> float:
