@@ -328,6 +328,8 @@ def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = (), method: dict | N
         c.pop(k, None)
     if method is not None:
         c["method"] = method
+        if "selection" in method:                  # the method's effective selection settings instead
+            c.get("operators", {}).pop("selection", None)
     return _hash(c)
 
 

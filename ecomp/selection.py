@@ -21,7 +21,11 @@ def selection_probabilities(fitness: Tensor, temperature: float = 1.0) -> Tensor
     f = fitness.to(torch.float64)
     if not torch.isfinite(f).all():
         raise FloatingPointError(f"fitness has non-finite values: {f[~torch.isfinite(f)].tolist()[:5]}")
-    return torch.softmax(f if temperature == 1.0 else f / temperature, 0)
+    if temperature != 1.0:
+        f = f / temperature
+        if not torch.isfinite(f).all():
+            raise FloatingPointError(f"fitness / temperature overflows at temperature={temperature!r}; use a larger one")
+    return torch.softmax(f, 0)
 
 
 def roulette_draws(fitness: Tensor, n: int, generator: torch.Generator, temperature: float = 1.0) -> Tensor:
@@ -70,6 +74,16 @@ class Selection:
         else:
             drawn = roulette_draws(fitness, n, generator, self.temperature)
         return pair_up(drawn, generator)
+
+    def effective(self) -> dict[str, object]:
+        """The settings that shape the draws (a roulette's tournament size does not): the run's
+        config hash uses these instead of the whole ``operators.selection`` group."""
+        out: dict[str, object] = {"kind": self.kind, "elite": self.elite}
+        if self.kind == "tournament":
+            out["tournament_size"] = self.tournament_size
+        else:
+            out["temperature"] = self.temperature
+        return out
 
     def levers(self) -> dict[str, str]:
         """The settings that differ from the paper's, for run names and tags."""

@@ -147,7 +147,7 @@ def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str
     Left: everything; right: the same, the top ``zoom`` of accuracy below the parent."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     levers = [PAPER] + sorted(set(with_levers(ecomp).lever) - {PAPER})
-    markers = dict(zip(levers, LEVER_MARKERS))
+    markers = {lever: LEVER_MARKERS[i % len(LEVER_MARKERS)] for i, lever in enumerate(levers)}
     variants = sorted(frontier.variant.unique())
     styles = {v: BASELINE_STYLES[i % len(BASELINE_STYLES)] for i, v in enumerate(variants)}
     for ax in axes:
@@ -307,7 +307,8 @@ def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: 
     ecomp, baselines = split_runs(everything)
     ecomp, ecomp_notes = pick_newest(ecomp, by=("variant",))
     baselines, newest_notes = pick_newest(baselines, by=("variant", "keep"))
-    newest_notes += [n for n in ecomp_notes if "+ft" in n.split(":")[0]]   # the others are noted with the grid
+    paper_variants = set(paper_runs(everything).variant)                   # noted with the paper's grid
+    newest_notes += [n for n in ecomp_notes if n.split("-seed")[0] not in paper_variants]
     if baselines.empty:
         notes.append("no baseline runs (method=l1_prune, l1_finetune, scratch, distill): no frontier or verdict")
         return []

@@ -4,7 +4,8 @@ No MLflow and no plotting here. The input is the EComp runs of
 :func:`report_data.load_all_runs` (newest per variant and seed). A run's ``lever`` is
 its variant without the scenario: ``paper`` for the paper's settings, else e.g.
 ``[similarity=cka]`` or ``+ft1``. Differences are paired by seed (same seed, same
-training subset and initial population) and get the verdict's BCa bootstrap interval.
+training subset and initial population; only runs whose other settings are equal, see
+:func:`report_data.base_of`) and get the verdict's BCa bootstrap interval.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def lever_table(ecomp: pd.DataFrame, order: list[str] = ()) -> pd.DataFrame:
         for lever in sorted(set(here.lever) - {PAPER}):
             other = here[here.lever == lever].set_index("seed")
             seeds = sorted(set(paper.index) & set(other.index))
+            if "base" in runs:                 # pair only runs that differ in nothing but their levers
+                seeds = [k for k in seeds if paper.loc[k, "base"] == other.loc[k, "base"]]
             d_acc = np.array([other.loc[k, ACCURACY] - paper.loc[k, ACCURACY] for k in seeds])
             d_size = np.array([other.loc[k, SIZE] - paper.loc[k, SIZE] for k in seeds])
             enough = len(seeds) >= MIN_PAIRS

@@ -116,6 +116,7 @@ def _row(r) -> dict:
             importance = tags.get("importance", "l1")
             variant = method + ("" if importance == "l1" else f" (importance={importance})")
     return {"run_id": r.info.run_id, "method": method, "variant": variant, "setup": setup_of(r.data.params),
+            "base": base_of(r.data.params),
             "scenario": tags.get(TAG_SCENARIO), "keep": float(tags.get(TAG_KEEP, "nan")),
             "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
@@ -133,6 +134,18 @@ def setup_of(params: dict[str, str]) -> str:
     the same parent, so they can be paired."""
     items = sorted((k, v) for k, v in params.items()
                    if k.startswith(("data.", "parent.")) and k not in SETUP_IGNORED)
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:12] if items else ""
+
+
+# Params a lever may change, and those that do not shape a run's numbers.
+LEVER_PARAMS = ("operators.selection.", "similarity._target_", "similarity.perplexity", "similarity.tol",
+                "similarity.kernels", "method.", "tracking.", "seed", "threads", "progress")
+
+
+def base_of(params: dict[str, str]) -> str:
+    """A short hash of a run's params without its levers: runs of one scenario and seed with the same
+    base differ only in their levers, so the report may credit the difference to the lever."""
+    items = sorted((k, v) for k, v in params.items() if not k.startswith(LEVER_PARAMS))
     return hashlib.sha256(repr(items).encode()).hexdigest()[:12] if items else ""
 
 

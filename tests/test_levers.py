@@ -111,6 +111,23 @@ def test_cka_is_zero_for_the_parent_itself_and_one_for_a_dead_layer():
     assert LinearCKA().reference(LinearCKA().reference_prepare(parent), dead) == pytest.approx(1.0)
 
 
+def test_a_constant_layer_scores_one_and_large_means_stay_accurate():
+    g = gen(1)
+    parent = [torch.rand(50, 6, generator=g)]
+    constant = [torch.full((50, 4), 0.37) + torch.zeros(50, 4)]        # relu(bias) behind a dead layer
+    shifted = [torch.rand(50, 4, generator=g) + 30.0]
+    cka = LinearCKA()
+    s = score(cka, parent, [constant, shifted], 50)[0]
+    ref = [cka.reference(cka.reference_prepare(parent), c) for c in (constant, shifted)]
+    assert s[0].item() == 1.0 and ref[0] == 1.0
+    assert s[1].item() == pytest.approx(ref[1], rel=1e-4)
+
+
+def test_a_temperature_that_overflows_is_refused():
+    with pytest.raises(FloatingPointError, match="temperature"):
+        selection_probabilities(torch.tensor([2.0, 1.0, 0.5]), 1e-308)
+
+
 def test_cka_batched_path_equals_the_loop_and_the_reference_evaluator():
     parent, batches = problem(widths=(30, 16, 16, 5))
     pop = l1_population(parent, 6, 0.5, 0.5)                         # one architecture: the batched path

@@ -57,6 +57,7 @@ def measure_class(target: str) -> type[SimilarityMeasure]:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ValueError(f"cannot import {target!r} ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, SimilarityMeasure)) or inspect.isabstract(cls):
-        raise ValueError(f"{target!r} is not a concrete ecomp.measures.SimilarityMeasure")
+    if not (isinstance(cls, type) and issubclass(cls, SimilarityMeasure)) or inspect.isabstract(cls) \
+            or not isinstance(getattr(cls, "name", None), str) or not isinstance(getattr(cls, "settings", None), tuple):
+        raise ValueError(f"{target!r} is not a concrete ecomp.measures.SimilarityMeasure (with a name and settings)")
     return cls

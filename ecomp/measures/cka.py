@@ -5,8 +5,10 @@ With ``K = Xc Xc^T`` and ``M = Yc Yc^T`` the Gram matrices of the batch-centred 
 ``CKA = <K, M>_F / (||K||_F ||M||_F)``. Each child's raw Gram ``Y Y^T`` is one product (one
 batched product for a population of one architecture), centred afterwards on the ``n x n``
 matrix; the parent's centred Gram is kept per batch. A layer
-whose activations are constant over the batch (all its units dead) has no defined CKA;
-it scores 1, as far from the parent as a representation can be.
+whose activations are constant over the batch (all its units dead, or an earlier layer dead so
+that it outputs ``relu(bias)``) has no defined CKA; it scores 1, as far from the parent as a
+representation can be. The ``n x n`` work is in float64 (a float32 centring of a constant
+layer's Gram leaves rounding noise that would pass for a signal).
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from .base import SimilarityMeasure
 
 
 def centred_gram(a: Tensor) -> Tensor:
-    """``(..., n, n)`` Gram matrix of the batch-centred rows of ``a`` ``(..., n, h)``."""
-    c = a - a.mean(-2, keepdim=True)
+    """``(..., n, n)`` float64 Gram matrix of the batch-centred rows of ``a`` ``(..., n, h)``."""
+    c = a.double() - a.double().mean(-2, keepdim=True)
     return c @ c.transpose(-1, -2)
+
+
+# A centred Gram this small next to its raw Gram is rounding noise: the layer is constant over
+# the batch (e.g. every unit dead, or an earlier layer dead so it outputs relu(bias)).
+CONSTANT_REL = 1e-5
 
 
 def centre_gram(g: Tensor) -> Tensor:
@@ -31,11 +38,16 @@ def centre_gram(g: Tensor) -> Tensor:
 
 
 def cka_from_raw_grams(k: Tensor, g: Tensor) -> Tensor:
-    """Linear CKA from the parent's centred Gram ``k`` and raw child Grams ``g`` ``(..., n, n)``.
-    ``<k, H g H> = <k, g>`` because ``k`` is centred, so only the norm needs the centred ``g``."""
+    """Linear CKA from the parent's float64 centred Gram ``k`` and raw child Grams ``g`` ``(..., n, n)``,
+    in float64. ``<k, H g H> = <k, g>`` because ``k`` is centred, so only the norm needs the centred
+    ``g``. 0 where a side is constant over the batch (CKA undefined)."""
+    g = g.double()
     dot = (g * k).sum((-1, -2))
-    norms = k.norm() * centre_gram(g).norm(dim=(-1, -2))
-    return torch.where(norms > 0, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
+    m_norm = centre_gram(g).norm(dim=(-1, -2))
+    constant = m_norm <= CONSTANT_REL * g.norm(dim=(-1, -2))
+    norms = k.norm() * m_norm
+    ok = ~constant & (norms > 0)
+    return torch.where(ok, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
 
 
 def cka_from_grams(k: Tensor, m: Tensor) -> Tensor:
@@ -68,7 +80,7 @@ class LinearCKA(SimilarityMeasure):
                     grams = torch.bmm(units.transpose(1, 2), units)
                 else:                                                    # one product per network
                     grams = torch.stack([a[rows] @ a[rows].T for a in hidden[l]])
-                out[g] += 1.0 - cka_from_raw_grams(states[g][l], grams)
+                out[g] += (1.0 - cka_from_raw_grams(states[g][l], grams)).float()
         return out
 
     def reference(self, state: list[Tensor], child: list[Tensor]) -> float:

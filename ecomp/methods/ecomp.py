@@ -48,10 +48,12 @@ class ECompMethod(Method):
                    selection=Selection(**cfg.operators.selection))
 
     def setting_values(self) -> dict[str, Any]:
-        """Nothing beyond the evolution's groups unless it fine-tunes (then the epochs and the rate)."""
-        if not self.finetune_epochs:
-            return {}
-        return {"finetune_epochs": self.finetune_epochs, "lr": self.parent_lr if self.lr is None else self.lr}
+        """The selection's effective settings (they replace ``operators.selection`` in the config
+        hash), and the fine-tuning's epochs and rate when it fine-tunes."""
+        out: dict[str, Any] = {"selection": self.selection.effective()}
+        if self.finetune_epochs:
+            out.update(finetune_epochs=self.finetune_epochs, lr=self.parent_lr if self.lr is None else self.lr)
+        return out
 
     def levers(self) -> dict[str, str]:
         """Settings beyond the paper's fitness weights that differ from its defaults."""
