@@ -2,13 +2,13 @@
 activations on the batch, per hidden layer, summed. Comparable across widths, O(n^2 h) per layer.
 
 With ``K = Xc Xc^T`` and ``M = Yc Yc^T`` the Gram matrices of the batch-centred activations,
-``CKA = <K, M>_F / (||K||_F ||M||_F)``. Each child's raw Gram ``Y Y^T`` is one product (one
-batched product for a population of one architecture), centred afterwards on the ``n x n``
-matrix; the parent's centred Gram is kept per batch. A layer
+``CKA = <K, M>_F / (||K||_F ||M||_F)``. Each child's activations are centred over the batch and
+its Gram is one product (one batched product for a population of one architecture); the
+parent's centred Gram is kept per batch. A layer
 whose activations are constant over the batch (all its units dead, or an earlier layer dead so
 that it outputs ``relu(bias)``) has no defined CKA; it scores 1, as far from the parent as a
-representation can be. The ``n x n`` work is in float64 (a float32 centring of a constant
-layer's Gram leaves rounding noise that would pass for a signal).
+representation can be (it is recognised by its centred energy, see ``CONSTANT_SHARE``, since
+centring a constant in float32 leaves rounding noise that would otherwise pass for a signal).
 """
 
 from __future__ import annotations
@@ -22,39 +22,28 @@ from .base import SimilarityMeasure
 
 
 def centred_gram(a: Tensor) -> Tensor:
-    """``(..., n, n)`` float64 Gram matrix of the batch-centred rows of ``a`` ``(..., n, h)``."""
+    """``(..., n, n)`` float64 Gram matrix of the batch-centred rows of ``a`` ``(..., n, h)`` (the parent's)."""
     c = a.double() - a.double().mean(-2, keepdim=True)
     return c @ c.transpose(-1, -2)
 
 
-# A centred Gram this small next to its raw Gram is rounding noise: the layer is constant over
-# the batch (e.g. every unit dead, or an earlier layer dead so it outputs relu(bias)).
-CONSTANT_REL = 1e-5
+# A layer whose centred activations hold less than this share of their raw energy is constant over
+# the batch (all units dead, or an earlier layer dead so that it outputs relu(bias)): what is left
+# after centring is rounding noise, not a representation.
+CONSTANT_SHARE = 1e-10
 
 
-def centre_gram(g: Tensor) -> Tensor:
-    """``H g H`` (``H = I - 11^T / n``) of raw Grams ``g`` ``(..., n, n)``: the centred activations' Gram."""
-    return g - g.mean(-1, keepdim=True) - g.mean(-2, keepdim=True) + g.mean((-1, -2), keepdim=True)
-
-
-def cka_from_raw_grams(k: Tensor, g: Tensor) -> Tensor:
-    """Linear CKA from the parent's float64 centred Gram ``k`` and raw child Grams ``g`` ``(..., n, n)``,
-    in float64. ``<k, H g H> = <k, g>`` because ``k`` is centred, so only the norm needs the centred
-    ``g``. 0 where a side is constant over the batch (CKA undefined)."""
-    g = g.double()
-    dot = (g * k).sum((-1, -2))
-    m_norm = centre_gram(g).norm(dim=(-1, -2))
-    constant = m_norm <= CONSTANT_REL * g.norm(dim=(-1, -2))
-    norms = k.norm() * m_norm
-    ok = ~constant & (norms > 0)
-    return torch.where(ok, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
-
-
-def cka_from_grams(k: Tensor, m: Tensor) -> Tensor:
-    """Linear CKA from centred Grams ``k`` ``(n, n)`` and ``m`` ``(..., n, n)``; 0 where undefined."""
+def cka_from_centred(k: Tensor, m: Tensor, mean_energy: Tensor) -> Tensor:
+    """Linear CKA from the parent's centred Gram ``k`` ``(n, n)`` and centred child Grams ``m``
+    ``(..., n, n)``; ``mean_energy``: ``n * |mean activation|^2`` of each child, so that
+    ``trace(m) + mean_energy`` is its raw activation energy. 0 where a side is constant over the
+    batch (CKA undefined there)."""
     dot = (m * k).sum((-1, -2))
     norms = k.norm() * m.norm(dim=(-1, -2))
-    return torch.where(norms > 0, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
+    centred = m.diagonal(dim1=-2, dim2=-1).sum(-1)                                   # trace(m) = sum(c^2)
+    constant = centred <= CONSTANT_SHARE * (centred + mean_energy)
+    ok = ~constant & (norms > 0)
+    return torch.where(ok, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
 
 
 class LinearCKA(SimilarityMeasure):
@@ -67,7 +56,7 @@ class LinearCKA(SimilarityMeasure):
 
     def prepare(self, parent: list[Tensor], n: int) -> list[list[Tensor]]:
         groups = parent[0].shape[0] // n
-        return [[centred_gram(a[g * n:(g + 1) * n]) for a in parent] for g in range(groups)]
+        return [[centred_gram(a[g * n:(g + 1) * n]).to(a.dtype) for a in parent] for g in range(groups)]
 
     def score(self, hidden: list[list[Tensor]], stacked: list[Tensor] | None, states: list, n: int) -> Tensor:
         groups = len(states)
@@ -77,10 +66,14 @@ class LinearCKA(SimilarityMeasure):
                 rows = slice(g * n, (g + 1) * n)
                 if stacked is not None:                                  # one batched product
                     units = stacked[l][:, :, rows]                           # (pop, h, n)
-                    grams = torch.bmm(units.transpose(1, 2), units)
+                    mean = units.mean(-1, keepdim=True)
+                    c = units - mean
+                    grams, mean_energy = torch.bmm(c.transpose(1, 2), c), n * mean.square().sum((1, 2))
                 else:                                                    # one product per network
-                    grams = torch.stack([a[rows] @ a[rows].T for a in hidden[l]])
-                out[g] += (1.0 - cka_from_raw_grams(states[g][l], grams)).float()
+                    means = [a[rows].mean(0, keepdim=True) for a in hidden[l]]
+                    grams = torch.stack([(lambda c: c @ c.T)(a[rows] - m) for a, m in zip(hidden[l], means)])
+                    mean_energy = n * torch.stack([m.square().sum() for m in means])
+                out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
         return out
 
     def reference(self, state: list[Tensor], child: list[Tensor]) -> float:
