@@ -258,14 +258,15 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_method(m: DictConfig) -> None:
     """The method exists, every ``method.*`` key set is one it reads, and each is in range."""
-    from .methods.base import SETTINGS, method_class
+    from .methods.base import method_class
     from .methods.pruning import IMPORTANCES
 
     try:
         cls = method_class(m._target_)
     except ValueError as exc:
         _fail("method._target_", m._target_, f"a compression method class ({exc})")
-    for key in SETTINGS:
+    settings = [k for k in m if k != "_target_"]          # every key of MethodConf
+    for key in settings:
         if m[key] is not None and key not in cls.settings:
             hint = "; fine-tuning after pruning is method=l1_finetune" if key == "finetune_epochs" else ""
             _fail(f"method.{key}", m[key], f"not a setting of method={cls.name} "
@@ -319,13 +320,19 @@ def _check_device(device: str) -> None:
 _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 
 
+def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:
+    """The resolved config as a dict, without the top-level groups in ``unused``."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in unused:
+        c.pop(k, None)
+    return c
+
+
 def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = (), method: dict | None = None) -> str:
     """A short, stable hash of the effective config, without tracking and launcher keys, without
     the groups in ``exclude`` (those the run's method does not read) and with the ``method``
     group replaced by ``method`` (the settings that shape the result) when given."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    for k in (*_HASH_EXCLUDED, *exclude):
-        c.pop(k, None)
+    c = used_config(cfg, (*_HASH_EXCLUDED, *exclude))
     if method is not None:
         c["method"] = method
         if "selection" in method:                  # the method's effective selection settings instead

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as data_mod
-from .config import config_hash, resolve_kernels, validate
+from .config import config_hash, resolve_kernels, used_config, validate
 from .measure import network_metrics
 from .methods import Method, Problem, method_class
 from .network import Architecture, accuracy, save_network
@@ -131,8 +131,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     """Validate, build, compress, measure, track. The single entry point behind ``run.py``."""
     validate(cfg)
     method = build_method(cfg, scenario or scenario_name(cfg))
-    is_ecomp = not method.groups_unused           # the evolution reads the similarity kernels
-    kernels = resolve_kernels(cfg) if is_ecomp else None
+    reads_similarity = "similarity" not in method.groups_unused
+    kernels = resolve_kernels(cfg) if reads_similarity else None
     _set_threads(cfg)
     keep_freed_memory()
     timer = timer or NullTimer()
@@ -161,12 +161,9 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(cfg.seed),
                 TAG_HASH: chash,
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
-        if is_ecomp:
-            from .measures import measure_class
-
-            tags["similarity"] = measure_class(cfg.similarity._target_).name
-            if kernels is not None:
-                tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
+        tags.update(method.tags())
+        if kernels is not None:
+            tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
         params = flatten(used_config(cfg, method.groups_unused))
@@ -179,14 +176,6 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         return _compress(cfg, method, train, test, parent, run_name, timer, None)
     with tracker:
         return _compress(cfg, method, train, test, parent, run_name, timer, tracker)
-
-
-def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:
-    """The resolved config as a dict, without the groups the method does not read."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    for k in unused:
-        c.pop(k, None)
-    return c
 
 
 # The parent's test accuracy, per process: every run of a sweep shares the parent and the

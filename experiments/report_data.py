@@ -132,9 +132,7 @@ def setup_of(params: dict[str, str]) -> str:
     """A short hash of a run's data and parent settings (its ``data.*`` and ``parent.*`` params):
     runs of the same setup and seed saw the same training subset, validation and test images and
     the same parent, so they can be paired."""
-    items = sorted((k, v) for k, v in params.items()
-                   if k.startswith(("data.", "parent.")) and k not in SETUP_IGNORED)
-    return hashlib.sha256(repr(items).encode()).hexdigest()[:12] if items else ""
+    return _params_hash(params, lambda k: k.startswith(("data.", "parent.")) and k not in SETUP_IGNORED)
 
 
 # Params a lever may change, and those that do not shape a run's numbers.
@@ -145,7 +143,12 @@ LEVER_PARAMS = ("operators.selection.", "similarity._target_", "similarity.perpl
 def base_of(params: dict[str, str]) -> str:
     """A short hash of a run's params without its levers: runs of one scenario and seed with the same
     base differ only in their levers, so the report may credit the difference to the lever."""
-    items = sorted((k, v) for k, v in params.items() if not k.startswith(LEVER_PARAMS))
+    return _params_hash(params, lambda k: not k.startswith(LEVER_PARAMS))
+
+
+def _params_hash(params: dict[str, str], keep) -> str:
+    """A short hash of the params whose keys ``keep`` accepts ("" when there are none)."""
+    items = sorted((k, v) for k, v in params.items() if keep(k))
     return hashlib.sha256(repr(items).encode()).hexdigest()[:12] if items else ""
 
 

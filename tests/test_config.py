@@ -46,7 +46,7 @@ CASES = [
     (["method.keep=0.5"], "method.keep=0.5: not a setting of method=ecomp"),
     (["method=l1_finetune", "method.lr=null"], "method.lr=None: method=l1_finetune needs a value"),
     (["method._target_=os.getcwd"], "method._target_='os.getcwd'"),
-    (["method._target_=ecomp.methods.base.Method"], "is not a concrete ecomp.methods.Method"),
+    (["method._target_=ecomp.methods.base.Method"], "is not a concrete ecomp.methods.base.Method"),
     (["operators.selection.temperature=0"], "operators.selection.temperature=0.0: a number > 0"),
     (["operators.selection.kind=rank"], "operators.selection.kind='rank': one of roulette, tournament"),
     (["operators.selection.kind=tournament", "operators.selection.tournament_size=11"],

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from torch import Tensor
+
+from ..plugins import plugin_class
 
 
 class SimilarityMeasure(ABC):
@@ -51,13 +51,5 @@ class SimilarityMeasure(ABC):
 
 
 def measure_class(target: str) -> type[SimilarityMeasure]:
-    """The class a ``similarity._target_`` names; ``ValueError`` (one line) if it is not a measure."""
-    module_name, _, attr = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"cannot import {target!r} ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, SimilarityMeasure)) or inspect.isabstract(cls) \
-            or not isinstance(getattr(cls, "name", None), str) or not isinstance(getattr(cls, "settings", None), tuple):
-        raise ValueError(f"{target!r} is not a concrete ecomp.measures.SimilarityMeasure (with a name and settings)")
-    return cls
+    """The class a ``similarity._target_`` names; ``ValueError`` (one line) if it is not a concrete SimilarityMeasure."""
+    return plugin_class(target, SimilarityMeasure)

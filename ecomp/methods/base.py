@@ -9,8 +9,6 @@ every method alike, so their figures are comparable by construction.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +20,9 @@ from ..data import RunData
 from ..evolution import GenerationRecord
 from ..network import Layers
 from ..parent import TrainSpec
+from ..plugins import plugin_class
 from ..timing import NullTimer, PhaseTimer
 
-# Settings a method may have under ``method.``; each method lists the ones it reads.
-SETTINGS = ("keep", "importance", "epochs", "lr", "temperature", "alpha", "finetune_epochs")
 # Config groups only EComp reads: left out of a baseline's params and config hash.
 EVOLUTION_GROUPS = ("population", "operators", "similarity", "fitness", "evolution")
 
@@ -79,6 +76,10 @@ class Method(ABC):
         return {k: _label(v) for k, v in self.setting_values().items()
                 if k == "keep" or defaults.get(k, dataclasses.MISSING) != v}
 
+    def tags(self) -> dict[str, str]:
+        """Tags of the run beyond its labels (e.g. which similarity measure EComp used)."""
+        return {}
+
     def variant(self) -> str:
         """What one line of the frontier stands for: the name and its non-default settings but ``keep``."""
         extra = [f"{k}={v}" for k, v in self.labels().items() if k != "keep"]
@@ -97,16 +98,8 @@ class Method(ABC):
 
 
 def method_class(target: str) -> type[Method]:
-    """The class a ``method._target_`` names; ``ValueError`` (one line) if it is not a Method."""
-    module_name, _, attr = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"cannot import {target!r} ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Method)) or inspect.isabstract(cls) \
-            or not isinstance(getattr(cls, "name", None), str) or not hasattr(cls, "settings"):
-        raise ValueError(f"{target!r} is not a concrete ecomp.methods.Method (with a name and settings)")
-    return cls
+    """The class a ``method._target_`` names; ``ValueError`` (one line) if it is not a concrete Method."""
+    return plugin_class(target, Method)
 
 
 def _label(value: Any) -> str:

@@ -58,10 +58,16 @@ class ECompMethod(Method):
     def levers(self) -> dict[str, str]:
         """Settings beyond the paper's fitness weights that differ from its defaults."""
         out = self.selection.levers()
-        name = measure_class(self.similarity._target_).name
-        if name != "tsne":
-            out["similarity"] = name
+        if self.measure_name != "tsne":
+            out["similarity"] = self.measure_name
         return out
+
+    @property
+    def measure_name(self) -> str:
+        return measure_class(self.similarity._target_).name
+
+    def tags(self) -> dict[str, str]:
+        return {"similarity": self.measure_name}
 
     def labels(self) -> dict[str, str]:
         out = {"scenario": self.scenario, **self.levers()}
