@@ -134,7 +134,7 @@ class SweepSetup(Callback):
     before any job starts (Hydra calls it before the launcher exists):
 
     0. under Ray, checks the cluster answers (:func:`check_ray_address`);
-    1. checks the config (:func:`ecomp.config.validate`), so a bad value fails
+    1. checks the config (:func:`ecomp.pipeline.setup`), so a bad value fails
        once with one line instead of once per job (``device`` is left to the
        jobs under Ray: they may have a GPU where the launching machine has none);
     2. checks the tracking store answers and creates the store (SQLite schema)
@@ -165,9 +165,9 @@ class SweepSetup(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from .cli import fail
-        from .config import ConfigError, validate
+        from .config import ConfigError
         from .data import DataError
-        from .pipeline import data_root, prepare_parent, prepare_store, train_spec, tracking_uri
+        from .pipeline import data_root, prepare_parent, prepare_store, resolve_parent, setup, train_spec, tracking_uri
         from .tracking import TrackingError
 
         t = time.perf_counter()
@@ -178,7 +178,8 @@ class SweepSetup(Callback):
             if remote:
                 check_ray_address(config.hydra.launcher)
             for cfg in setup_configs(config):
-                validate(OmegaConf.merge(cfg, {"device": "cpu"}) if remote else cfg)
+                setup(OmegaConf.merge(cfg, {"device": "cpu"}) if remote else cfg)
+                resolve_parent(cfg)                      # the parent's shape, from the data or the file
                 store = (tracking_uri(cfg), cfg.tracking.experiment)
                 if cfg.tracking.enabled and store not in stores:
                     uri, exp_id = prepare_store(cfg)

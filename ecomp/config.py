@@ -16,19 +16,24 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
-TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+COMPRESSION = ("units", "params")         # fitness.compression: what a child's size counts
 
 
 @dataclass
 class ParentConf:
-    input_dim: int = 784
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    classes: int = 10
+    """``parent=mlp``: trained by the tool (``hidden`` and the recipe); ``parent=checkpoint``: read
+    from ``path`` (``hidden``, ``input_dim``, ``classes`` from the weights; the recipe is then what
+    ``method=scratch`` trains with). ``input_dim`` and ``classes`` null: the dataset's. Both are
+    filled in before the run starts (:func:`ecomp.pipeline.resolve_parent`)."""
+    input_dim: Optional[int] = None
+    hidden: Optional[list[int]] = field(default_factory=lambda: [256, 256])
+    classes: Optional[int] = None
     epochs: int = 4
     lr: float = 1e-3
     batch_size: int = 100
     seed: int = 0
     cache_dir: Optional[str] = None   # default: <repo>/.cache/parents
+    path: Optional[str] = None        # parent=checkpoint: the user's trained network
 
 
 @dataclass
@@ -91,6 +96,7 @@ class FitnessConf:
     w_acc: float = 1.0
     w_sim: float = 2.0
     w_comp: float = 1.0
+    compression: str = "units"           # units: hidden units / the parent's (the paper) | params
 
 
 @dataclass
@@ -196,13 +202,21 @@ def validate(cfg: DictConfig) -> None:
         _fail("operators.selection.elite", sel.elite,
               f"an even integer in [0, population.size = {p.size}) (the rest are bred in pairs)")
     d = cfg.data
-    if not 1 <= d.train_size <= TRAIN_IMAGES:
-        _fail("data.train_size", d.train_size, f"an integer in [1, {TRAIN_IMAGES}]")
-    if not 0 <= d.val_size <= TRAIN_IMAGES - d.train_size:
-        _fail("data.val_size", d.val_size, f"an integer in [0, {TRAIN_IMAGES} - data.train_size = "
-                                            f"{TRAIN_IMAGES - d.train_size}] (images outside the subset)")
-    if not 1 <= d.test_size <= TEST_IMAGES:
-        _fail("data.test_size", d.test_size, f"an integer in [1, {TEST_IMAGES}]")
+    from .datasets import DATASETS
+
+    if d.name not in DATASETS:
+        _fail("data.name", d.name, f"one of {', '.join(DATASETS)} (data=<name>)")
+    ds = DATASETS[d.name]
+    if not 1 <= d.train_size <= ds.n_train:
+        _fail("data.train_size", d.train_size, f"an integer in [1, {ds.n_train}] (data={ds.name} has "
+                                                f"{ds.n_train} training images)")
+    if not 0 <= d.val_size <= ds.n_train - d.train_size:
+        _fail("data.val_size", d.val_size, f"an integer in [0, {ds.n_train} - data.train_size = "
+                                            f"{ds.n_train - d.train_size}] (data={ds.name}'s training images "
+                                            f"outside the subset)")
+    if not 1 <= d.test_size <= ds.n_test:
+        _fail("data.test_size", d.test_size, f"an integer in [1, {ds.n_test}] (data={ds.name} has "
+                                              f"{ds.n_test} test images)")
     if not 2 <= d.batch_size <= d.train_size:
         _fail("data.batch_size", d.batch_size, f"an integer in [2, data.train_size={d.train_size}]")
     if d.train_size % d.batch_size:
@@ -224,22 +238,16 @@ def validate(cfg: DictConfig) -> None:
         _fail("similarity.perplexity", s.perplexity, f"a number in [1, data.batch_size - 1 = {d.batch_size - 1})")
     if "tol" in measure.settings and (not _finite(s.tol) or s.tol <= 0):
         _fail("similarity.tol", s.tol, "a number > 0")
-    hidden = list(cfg.parent.hidden)
-    if not hidden or any(h < 1 for h in hidden):
-        _fail("parent.hidden", hidden, "a non-empty list of positive widths")
-    if len(set(hidden)) != 1:
-        _fail("parent.hidden", hidden, "equal widths (EComp's crossover needs balanced networks)")
-    if s.layers is not None:
+    if f.compression not in COMPRESSION:
+        _fail("fitness.compression", f.compression, f"one of {', '.join(COMPRESSION)}")
+    _validate_parent(cfg.parent)
+    hidden = list(cfg.parent.hidden or [])
+    if s.layers is not None and hidden:                  # a checkpoint's depth: checked once read
         for layer in s.layers:
             if not 0 <= layer < len(hidden):
                 _fail("similarity.layers", list(s.layers), f"hidden layer indices in [0, {len(hidden) - 1}]")
         if not len(s.layers):
             _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
-    for k in ("input_dim", "classes", "epochs", "batch_size"):
-        if cfg.parent[k] < 1:
-            _fail(f"parent.{k}", cfg.parent[k], "an integer >= 1")
-    if not _finite(cfg.parent.lr) or cfg.parent.lr <= 0:
-        _fail("parent.lr", cfg.parent.lr, "a number > 0")
     if cfg.evolution.epochs < 1:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
     from .native import KERNELS                                # lazily: it imports torch
@@ -254,6 +262,24 @@ def validate(cfg: DictConfig) -> None:
         _fail("tracking.flush_every", cfg.tracking.flush_every, "an integer >= 1")
     _check_device(cfg.device)
     validate_method(cfg.method)
+
+
+def _validate_parent(p: DictConfig) -> None:
+    """A trained parent needs its architecture and recipe; a checkpoint needs only its path (the
+    file itself is checked when it is read, :func:`ecomp.parents.resolve_parent`)."""
+    for k in ("input_dim", "classes"):
+        if p[k] is not None and p[k] < 1:
+            _fail(f"parent.{k}", p[k], "null (the dataset's) or an integer >= 1")
+    if p.path is not None and not str(p.path).strip():
+        _fail("parent.path", p.path, "the path of a trained network's state dict (.pt) or export (.pt2)")
+    hidden = list(p.hidden or [])
+    if p.path is None and (not hidden or any(h < 1 for h in hidden)):
+        _fail("parent.hidden", hidden, "a non-empty list of positive widths, e.g. [300, 100]")
+    for k in ("epochs", "batch_size"):
+        if p[k] < 1:
+            _fail(f"parent.{k}", p[k], "an integer >= 1")
+    if not _finite(p.lr) or p.lr <= 0:
+        _fail("parent.lr", p.lr, "a number > 0")
 
 
 def validate_method(m: DictConfig) -> None:
@@ -318,6 +344,10 @@ def _check_device(device: str) -> None:
 # Keys that do not change a run's numbers: excluded from the config hash that
 # identifies a run for resuming sweeps.
 _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
+# Keys added after runs were first recorded, left out of the hash while they hold the value
+# that reproduces the earlier behaviour: a run of an unchanged config keeps its hash, so
+# existing sweeps are still recognised (and skipped) after an upgrade.
+_HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None}
 
 
 def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:
@@ -328,11 +358,18 @@ def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:
     return c
 
 
-def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = (), method: dict | None = None) -> str:
+def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = (), method: dict | None = None,
+                extra: dict | None = None) -> str:
     """A short, stable hash of the effective config, without tracking and launcher keys, without
-    the groups in ``exclude`` (those the run's method does not read) and with the ``method``
-    group replaced by ``method`` (the settings that shape the result) when given."""
+    the groups in ``exclude`` (those the run's method does not read), with the ``method``
+    group replaced by ``method`` (the settings that shape the result) when given, and with
+    ``extra`` (e.g. a checkpoint's content digest) added."""
     c = used_config(cfg, (*_HASH_EXCLUDED, *exclude))
+    for (group, key), neutral in _HASH_NEUTRAL.items():
+        if group in c and key in c[group] and c[group][key] == neutral:
+            del c[group][key]
+    if extra:
+        c.update(extra)
     if method is not None:
         c["method"] = method
         if "selection" in method:                  # the method's effective selection settings instead

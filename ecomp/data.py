@@ -1,98 +1,19 @@
-"""FashionMNIST through torchvision, offline first.
+"""A run's data: a named dataset's splits (read once per process) and the run's subset and validation images.
 
-Order of preference for the raw files under ``<root>/FashionMNIST/raw``:
-already there -> unpacked from Debian's ``dataset-fashion-mnist`` package ->
-downloaded by torchvision (only when ``download=True``). Anything else is one
-clear error naming both remedies.
+Which datasets exist and how each is read offline is :mod:`ecomp.datasets`.
 """
 
 from __future__ import annotations
 
-import gzip
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.datasets import FashionMNIST
 
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-# Expected sizes of the unpacked files: a truncated file is caught before parsing.
-RAW_SIZES = {
-    "train-images-idx3-ubyte": 16 + 60000 * 784,
-    "train-labels-idx1-ubyte": 8 + 60000,
-    "t10k-images-idx3-ubyte": 16 + 10000 * 784,
-    "t10k-labels-idx1-ubyte": 8 + 10000,
-}
+from .datasets import DataError, Split, info
 
-
-class DataError(RuntimeError):
-    """The dataset cannot be found or read."""
-
-
-@dataclass
-class Split:
-    x: Tensor  # (n, 784) float32 in [0, 1], as torchvision's ToTensor gives
-    y: Tensor  # (n,) int64
-
-
-def raw_dir(root: Path) -> Path:
-    return Path(root) / "FashionMNIST" / "raw"
-
-
-def _check_raw(raw: Path) -> None:
-    for name in RAW_FILES:
-        f = raw / name
-        size = f.stat().st_size
-        if size != RAW_SIZES[name]:
-            raise DataError(f"dataset file {f} is truncated or corrupt ({size} bytes, expected "
-                            f"{RAW_SIZES[name]}); delete it and run again to re-create it")
-
-
-def prepare(root: Path, download: bool = False, debian_dir: Path = DEBIAN_DIR) -> Path:
-    """Make sure the four raw FashionMNIST files exist under ``root``; return ``root``."""
-    root = Path(root)
-    raw = raw_dir(root)
-    if all((raw / n).exists() for n in RAW_FILES):
-        _check_raw(raw)
-        return root
-    if all((debian_dir / f"{n}.gz").exists() for n in RAW_FILES):
-        raw.mkdir(parents=True, exist_ok=True)
-        for n in RAW_FILES:
-            if (raw / n).exists():
-                continue
-            tmp = raw / f"{n}.tmp"
-            try:
-                with gzip.open(debian_dir / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (OSError, EOFError) as exc:
-                tmp.unlink(missing_ok=True)
-                raise DataError(f"dataset file {debian_dir / (n + '.gz')} is unreadable ({exc})") from exc
-            tmp.replace(raw / n)
-        _check_raw(raw)
-        return root
-    if download:
-        try:
-            for train in (True, False):
-                FashionMNIST(str(root), train=train, download=True)
-        except Exception as exc:  # noqa: BLE001 - network errors come in many types
-            raise DataError(_missing_message(root) + f" (download failed: {exc})") from exc
-        _check_raw(raw)
-        return root
-    raise DataError(_missing_message(root))
-
-
-def _missing_message(root: Path) -> str:
-    return (f"FashionMNIST not found under {raw_dir(root)}: install Debian's package "
-            f"(apt-get install dataset-fashion-mnist, files in {DEBIAN_DIR}) or allow "
-            f"torchvision to download it with data.download=true")
+__all__ = ["DataError", "Split", "RunData", "load", "draw_run_data", "random_subset"]
 
 
 # Splits already read in this process, keyed by the raw files' identity. A sweep runs many
@@ -102,27 +23,24 @@ def _missing_message(root: Path) -> str:
 _LOADED: dict[tuple, "Split"] = {}
 
 
-def _files_key(root: Path, train: bool) -> tuple:
-    raw = raw_dir(root)
-    names = [n for n in RAW_FILES if n.startswith("train" if train else "t10k")]
-    stats = [(raw / n).stat() for n in names]
-    return (str(raw.resolve()), train, *((n, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in zip(names, stats)))
+def _files_key(name: str, root: Path, train: bool) -> tuple | None:
+    """The identity of the files a split is read from (None while any is missing)."""
+    files = info(name).files(root, train)
+    if not all(f.exists() for f in files):
+        return None
+    stats = [f.stat() for f in files]
+    return (name, str(Path(root).resolve()), train,
+            *((str(f), st.st_size, st.st_mtime_ns, st.st_ino) for f, st in zip(files, stats)))
 
 
-def load(root: Path, train: bool, download: bool = False) -> Split:
-    """The whole train or test split as tensors, via torchvision's dataset class (read once
-    per process while the files stay the same)."""
-    root = prepare(root, download)
-    key = _files_key(root, train)
-    if key in _LOADED:
+def load(root: Path, train: bool, download: bool = False, name: str = "fashion_mnist") -> Split:
+    """Dataset ``name``'s whole train or test split, flattened (read once per process while
+    its files stay the same)."""
+    key = _files_key(name, root, train)
+    if key is not None and key in _LOADED:
         return _LOADED[key]
-    try:
-        ds = FashionMNIST(str(root), train=train, download=False)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"dataset files in {raw_dir(root)} are unreadable ({exc})") from exc
-    # Same values as transforms.ToTensor() applied image by image, in one step.
-    x = ds.data.reshape(len(ds.data), -1).to(torch.float32).div_(255.0)
-    split = Split(x, ds.targets.to(torch.int64))
+    split = info(name).read(Path(root), train, download)
+    key = _files_key(name, root, train)
     if len(_LOADED) >= 4:                                     # a stale copy after the files changed
         _LOADED.clear()
     _LOADED[key] = split

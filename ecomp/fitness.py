@@ -37,7 +37,7 @@ class Weights:
 class Parts:
     accuracy: Tensor     # (pop,) fraction of the batch classified correctly
     similarity: Tensor   # (pop,) sum over layers of KL(P_parent || P_child)
-    compression: Tensor  # (pop,) hidden units of the child / hidden units of the parent
+    compression: Tensor  # (pop,) the child's size / the parent's: hidden units (the paper) or parameters
 
     def fitness(self, w: Weights) -> Tensor:
         return w.w_acc * self.accuracy - w.w_sim * self.similarity + w.w_comp * (1.0 - self.compression)
@@ -57,18 +57,24 @@ class Evaluator:
     The similarity is ``measure``'s (:mod:`ecomp.measures`); without one, the paper's
     t-SNE KL with ``perplexity``, ``tol`` and ``kernels`` (``similarity.kernels``:
     ``native`` fused C kernels, ``torch``, or ``auto``). ``self.kernels`` is the one in use.
+    ``compression``: what a child's size counts, relative to the parent's: ``units`` (hidden
+    units, the paper's measure) or ``params`` (weights and biases).
     """
 
     def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], perplexity: float = 30.0,
                  layers: list[int] | None = None, tol: float = 1e-5, timer: PhaseTimer | None = None,
-                 kernels: str = "auto", measure: SimilarityMeasure | None = None):
+                 kernels: str = "auto", measure: SimilarityMeasure | None = None, compression: str = "units"):
         self.measure = measure or TSNE(perplexity, tol, kernels, parent[0][0].device)
         self.kernels = self.measure.kernels
         self.parent = parent
         self.batches = batches
         self.layers = list(range(len(parent) - 1)) if layers is None else list(layers)
         self.timer = timer or NullTimer()
-        self.parent_units = float(sum(w.shape[0] for w, _ in parent[:-1]))
+        if compression not in ("units", "params"):
+            raise ValueError(f"compression={compression!r}: units or params")
+        self.size_of = Population.hidden_units if compression == "units" else Population.parameters
+        self.parent_size = float(sum(w.shape[0] for w, _ in parent[:-1]) if compression == "units"
+                                 else sum(w.numel() + b.numel() for w, b in parent))
         self._parent: dict[int, object] = {}
 
     def prepare(self, k: int) -> None:
@@ -89,7 +95,7 @@ class Evaluator:
         return self._parent[k]
 
     def compression(self, pop: Population) -> Tensor:
-        return (pop.hidden_units() / self.parent_units).to(torch.float32)
+        return (self.size_of(pop) / self.parent_size).to(torch.float32)
 
     def evaluate(self, pop: Population, k: int) -> Parts:
         return self.evaluate_many(pop, [k])[0]

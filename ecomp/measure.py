@@ -1,7 +1,8 @@
 """The figures every method's returned network is judged by, computed in one place.
 
 Sizes are relative to the parent: ``compression`` counts hidden units (the paper's
-measure), ``relative_parameters`` counts weights and biases.
+measure), ``params_ratio`` counts weights and biases. Both are logged for every run, whichever
+EComp's fitness used (``fitness.compression``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def parameters(layers: Layers) -> int:
 
 
 def network_metrics(layers: Layers, parent: Layers, val: Split, test: Split, prefix: str = "best_") -> dict[str, float]:
-    """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, relative_parameters}``."""
+    """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, params_ratio}``."""
     layers = [(w.cpu(), b.cpu()) for w, b in layers]
     out = {
         "test_accuracy": accuracy(layers, test.x, test.y),
@@ -27,6 +28,6 @@ def network_metrics(layers: Layers, parent: Layers, val: Split, test: Split, pre
         "compression": hidden_units(layers) / hidden_units(parent),
         "hidden_units": float(hidden_units(layers)),
         "parameters": float(parameters(layers)),
-        "relative_parameters": parameters(layers) / parameters(parent),
+        "params_ratio": parameters(layers) / parameters(parent),
     }
     return {prefix + k: float(v) for k, v in out.items()}

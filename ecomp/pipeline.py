@@ -98,9 +98,68 @@ def parent_cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.parent.cache_dir) if cfg.parent.cache_dir else repo_root() / ".cache" / "parents"
 
 
+# Checkpoints already read in this process, keyed by the file's identity: resolving the config
+# and preparing the parent both need them, and a sweep's jobs share them.
+_CHECKPOINTS: dict[tuple, tuple[list, str]] = {}
+
+
+def _checkpoint(path: str) -> tuple[list, str]:
+    """``(layers, sha256)`` of the checkpoint at ``path`` (read once per process while unchanged)."""
+    from .checkpoint import digest, read_checkpoint
+
+    p = Path(path).expanduser()
+    st = p.stat() if p.is_file() else None
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns) if st else None
+    if key is None or key not in _CHECKPOINTS:
+        layers = read_checkpoint(p)                      # CheckpointError (one line) if unusable
+        _CHECKPOINTS.clear()
+        _CHECKPOINTS[key] = (layers, digest(p))
+    return _CHECKPOINTS[key]
+
+
+def resolve_parent(cfg: DictConfig) -> str | None:
+    """Fill in what the config leaves to the data and the file: ``parent.input_dim`` and
+    ``parent.classes`` when null (the dataset's), and for ``parent=checkpoint`` the architecture
+    read from the weights, checked against the data. Returns the checkpoint's sha256 (None for
+    a parent the tool trains). Raises :class:`ConfigError` (one line) before anything is created."""
+    from .checkpoint import check_fits
+    from .datasets import info
+
+    ds, p = info(cfg.data.name), cfg.parent
+    if p.path is None:
+        if p.input_dim is None:
+            p.input_dim = ds.input_dim
+        if p.classes is None:
+            p.classes = ds.classes
+        return None
+    layers, sha = _checkpoint(p.path)
+    where = f"parent.path={str(p.path)!r}"
+    check_fits(layers, where, ds.input_dim if p.input_dim is None else p.input_dim,
+               ds.classes if p.classes is None else p.classes, ds.name)
+    p.input_dim, p.classes = layers[0][0].shape[1], layers[-1][0].shape[0]
+    p.hidden = [w.shape[0] for w, _ in layers[:-1]]
+    validate(cfg)                                  # settings that depend on the depth (similarity.layers)
+    return sha
+
+
+def setup(cfg: DictConfig) -> str | None:
+    """Check the config and fill in the parent's shape: :func:`validate`, then :func:`resolve_parent`."""
+    validate(cfg)
+    return resolve_parent(cfg)
+
+
+def load_split(cfg: DictConfig, train: bool) -> "data_mod.Split":
+    return data_mod.load(data_root(cfg), train=train, download=cfg.data.download, name=cfg.data.name)
+
+
 def prepare_parent(cfg: DictConfig):
-    """Data and parent network (trained once, then read from the cache)."""
-    train = data_mod.load(data_root(cfg), train=True, download=cfg.data.download)
+    """Data and parent network (the user's checkpoint, or trained once and then read from the
+    cache); the config must have been through :func:`setup`."""
+    if cfg.parent.input_dim is None or cfg.parent.hidden is None:
+        resolve_parent(cfg)
+    train = load_split(cfg, train=True)
+    if cfg.parent.path is not None:
+        return train, _checkpoint(cfg.parent.path)[0]
     t = time.perf_counter()
     layers, trained = cached_parent(train_spec(cfg), parent_cache_dir(cfg), train)
     if trained:
@@ -129,7 +188,7 @@ def build_method(cfg: DictConfig, scenario: str | None = None) -> Method:
 def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | None = None,
                    timer: PhaseTimer | None = None) -> RunResult:
     """Validate, build, compress, measure, track. The single entry point behind ``run.py``."""
-    validate(cfg)
+    parent_sha = setup(cfg)
     method = build_method(cfg, scenario or scenario_name(cfg))
     reads_similarity = "similarity" not in method.groups_unused
     kernels = resolve_kernels(cfg) if reads_similarity else None
@@ -137,7 +196,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     keep_freed_memory()
     timer = timer or NullTimer()
     chash = config_hash(cfg, exclude=method.groups_unused,
-                        method={"name": method.name, **method.setting_values()})
+                        method={"name": method.name, **method.setting_values()},
+                        extra={"parent_sha256": parent_sha} if parent_sha else None)
     run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
@@ -162,6 +222,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
                 TAG_HASH: chash,
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         tags.update(method.tags())
+        if parent_sha:
+            tags["parent_sha256"] = parent_sha
         if kernels is not None:
             tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
@@ -171,7 +233,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         tracker = RunTracker(uri, exp_id, run_name, tags, params, cfg.tracking.flush_every)
 
     train, parent = prepare_parent(cfg)
-    test = data_mod.load(data_root(cfg), train=False, download=cfg.data.download)
+    test = load_split(cfg, train=False)
     if tracker is None:
         return _compress(cfg, method, train, test, parent, run_name, timer, None)
     with tracker:

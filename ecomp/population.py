@@ -136,6 +136,12 @@ class Population:
         """(pop,) total hidden units of each individual."""
         return torch.tensor([sum(w) for w in self.widths], dtype=torch.float64)
 
+    def parameters(self) -> Tensor:
+        """(pop,) weights and biases of each individual."""
+        dims = [(self.first_w.shape[1], *w, self.classes) for w in self.widths]
+        return torch.tensor([sum((d[l] + 1) * d[l + 1] for l in range(len(d) - 1)) for d in dims],
+                            dtype=torch.float64)
+
     @classmethod
     def from_individuals(cls, individuals: list[Layers]) -> "Population":
         firsts = [ind[0] for ind in individuals]

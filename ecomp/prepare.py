@@ -12,7 +12,7 @@ import time
 from hydra import compose, initialize_config_dir
 
 from .cli import CONF_DIR, check_overrides, fail
-from .config import ConfigError, register_configs, validate
+from .config import ConfigError, register_configs
 from .data import DataError
 
 
@@ -21,14 +21,13 @@ def main(argv: list[str]) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(argv))
     from .network import accuracy
-    from .pipeline import data_root, prepare_parent
-    from .data import load
+    from .pipeline import load_split, prepare_parent, setup
 
     try:
-        validate(cfg)
+        setup(cfg)
         t = time.perf_counter()
         _, parent = prepare_parent(cfg)
-        test = load(data_root(cfg), train=False)
+        test = load_split(cfg, train=False)
         print(f"parent ready ({time.perf_counter() - t:.1f} s): test accuracy "
               f"{accuracy(parent, test.x, test.y):.4f}")
     except (ConfigError, DataError) as exc:

@@ -23,7 +23,7 @@ SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold rep
 HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
 FINAL_KEYS = ("best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy")
 # logged by every method since the baselines came (NaN for older runs)
-METHOD_KEYS = ("best_val_accuracy", "best_relative_parameters", "run_seconds")
+METHOD_KEYS = ("best_val_accuracy", "best_params_ratio", "run_seconds")
 CONVERGENCE_TOL = 0.01
 # summary.csv columns: (column stem, source column); each gives <stem>_mean and <stem>_sd
 SUMMARY_COLUMNS = (
@@ -121,7 +121,15 @@ def _row(r) -> dict:
             "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
             "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
-            **{k: r.data.metrics.get(k, math.nan) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
+            **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
+
+
+# Metrics renamed since runs were first recorded: new name -> old name.
+RENAMED = {"best_params_ratio": "best_relative_parameters"}
+
+
+def _metric(metrics: dict[str, float], key: str) -> float:
+    return metrics.get(key, metrics.get(RENAMED.get(key, ""), math.nan))
 
 
 # Params of the data and parent groups that do not change which images a run sees, or its parent.
@@ -136,7 +144,7 @@ def setup_of(params: dict[str, str]) -> str:
 
 
 # Params a lever may change, and those that do not shape a run's numbers.
-LEVER_PARAMS = ("operators.selection.", "similarity._target_", "similarity.perplexity", "similarity.tol",
+LEVER_PARAMS = ("operators.selection.", "fitness.compression", "similarity._target_", "similarity.perplexity", "similarity.tol",
                 "similarity.kernels", "method.", "tracking.", "seed", "threads", "progress")
 
 
@@ -146,9 +154,14 @@ def base_of(params: dict[str, str]) -> str:
     return _params_hash(params, lambda k: not k.startswith(LEVER_PARAMS))
 
 
+# Params added after runs were first recorded, at the value that behaves as before (as in the
+# config hash, ecomp.config._HASH_NEUTRAL): left out, so old and new runs of one setup still pair.
+NEUTRAL_PARAMS = {"parent.path": "None", "fitness.compression": "units"}
+
+
 def _params_hash(params: dict[str, str], keep) -> str:
     """A short hash of the params whose keys ``keep`` accepts ("" when there are none)."""
-    items = sorted((k, v) for k, v in params.items() if keep(k))
+    items = sorted((k, v) for k, v in params.items() if keep(k) and NEUTRAL_PARAMS.get(k) != v)
     return hashlib.sha256(repr(items).encode()).hexdigest()[:12] if items else ""
 
 

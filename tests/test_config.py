@@ -25,7 +25,10 @@ CASES = [
     (["similarity.perplexity=100"], "similarity.perplexity=100"),
     (["similarity.layers=[5]"], "similarity.layers=[5]"),
     (["similarity.kernels=fast"], "similarity.kernels='fast'"),
-    (["parent.hidden=[32,16]"], "parent.hidden=[32, 16]"),
+    (["fitness.compression=bytes"], "fitness.compression='bytes': one of units, params"),
+    (["data=digits", "data.train_size=1300"],
+     "data.train_size=1300: an integer in [1, 1297] (data=digits has 1297 training images)"),
+    (["parent=checkpoint", "parent.path=/nonexistent/model.pt"], "parent.path='/nonexistent/model.pt': no such file"),
     (["evolution.epochs=0"], "evolution.epochs=0"),
     (["device=cuda"], "device='cuda'"),
     (["device=tpu"], "device='tpu'"),
@@ -93,21 +96,21 @@ def test_wrong_type_fails_at_composition(tmp_path):
 
 
 def test_missing_dataset_names_both_remedies(tmp_path, monkeypatch, parent_cache):
-    from ecomp import data
+    from ecomp import data, datasets
 
     with pytest.raises(data.DataError) as err:
-        data.prepare(tmp_path / "nowhere", download=False, debian_dir=tmp_path / "no-debian")
+        datasets.prepare(tmp_path / "nowhere", download=False, debian_dir=tmp_path / "no-debian")
     msg = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "data.download=true" in msg
 
 
 def test_truncated_dataset_file_is_named(tmp_path):
-    from ecomp import data
+    from ecomp import data, datasets
 
-    raw = data.raw_dir(tmp_path)
+    raw = datasets.raw_dir(tmp_path)
     raw.mkdir(parents=True)
-    src = data.raw_dir(Path(__file__).resolve().parents[1] / "data")
-    for name in data.RAW_FILES:
+    src = datasets.raw_dir(Path(__file__).resolve().parents[1] / "data")
+    for name in datasets.RAW_FILES:
         (raw / name).write_bytes((src / name).read_bytes())
     with open(raw / "train-labels-idx1-ubyte", "r+b") as f:
         f.truncate(1000)
@@ -141,11 +144,11 @@ def test_dataset_is_read_once_per_process_until_its_files_change(tmp_path):
 
     import torch
 
-    from ecomp import data
-    src = data.raw_dir(Path(__file__).resolve().parents[1] / "data")
-    raw = data.raw_dir(tmp_path)
+    from ecomp import data, datasets
+    src = datasets.raw_dir(Path(__file__).resolve().parents[1] / "data")
+    raw = datasets.raw_dir(tmp_path)
     raw.mkdir(parents=True)
-    for name in data.RAW_FILES:
+    for name in datasets.RAW_FILES:
         shutil.copy(src / name, raw / name)
     a, b = data.load(tmp_path, train=False), data.load(tmp_path, train=False)
     assert a is b                                              # the same tensors, not read twice

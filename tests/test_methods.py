@@ -19,7 +19,7 @@ from ecomp.training import distillation_loss, fine_tune
 
 GOLDEN = Path(__file__).parent / "data" / "ecomp_tiny_before_methods.json"
 SHARED = ["best_test_accuracy", "best_val_accuracy", "best_compression", "best_hidden_units", "best_parameters",
-          "best_relative_parameters", "parent_test_accuracy", "parent_val_accuracy", "run_seconds"]
+          "best_params_ratio", "parent_test_accuracy", "parent_val_accuracy", "run_seconds"]
 
 
 def today_l1(parent, keep):

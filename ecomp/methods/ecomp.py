@@ -30,6 +30,7 @@ class ECompMethod(Method):
     lr: float | None = None            # the fine-tuning's learning rate; None: the parent's
     parent_lr: float = 1e-3
     selection: Selection = Selection()
+    compression: str = "units"         # fitness.compression: units (the paper) | params
 
     name = "ecomp"
     settings = ("finetune_epochs", "lr")
@@ -45,7 +46,7 @@ class ECompMethod(Method):
                    similarity=s, layers=None if s.layers is None else list(s.layers),
                    evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
                    finetune_epochs=cfg.method.finetune_epochs or 0, lr=cfg.method.lr, parent_lr=cfg.parent.lr,
-                   selection=Selection(**cfg.operators.selection))
+                   selection=Selection(**cfg.operators.selection), compression=f.compression)
 
     def setting_values(self) -> dict[str, Any]:
         """The selection's effective settings (they replace ``operators.selection`` in the config
@@ -60,6 +61,8 @@ class ECompMethod(Method):
         out = self.selection.levers()
         if self.measure_name != "tsne":
             out["similarity"] = self.measure_name
+        if self.compression != "units":
+            out["compression"] = self.compression
         return out
 
     @property
@@ -102,7 +105,8 @@ class ECompMethod(Method):
         pop = l1_population(parent, self.population_size, self.keep_high, self.keep_low)
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
         measure = measure_class(self.similarity._target_).from_config(self.similarity, dev)
-        evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure)
+        evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure,
+                        compression=self.compression)
         ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer,
                       selection=self.selection)
         for rec in ecomp.run(pop, self.epochs):
