@@ -160,3 +160,23 @@ def test_dataset_is_read_once_per_process_until_its_files_change(tmp_path):
         fh.truncate(1000)
     with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte is truncated"):
         data.load(tmp_path, train=False)
+
+
+def test_config_hash_of_existing_runs_is_unchanged():
+    """A run's identity (tag config_hash, used to skip finished runs of a sweep) must not change
+    when keys are added: these are the hashes the paper's default run and a default baseline were
+    recorded with before the checkpoint, dataset and compression keys existed."""
+    from hydra import compose, initialize_config_dir
+
+    from ecomp.cli import CONF_DIR, check_overrides
+    from ecomp.config import config_hash, register_configs
+    from ecomp.pipeline import build_method, setup
+
+    register_configs()
+    for overrides, expected in (([], "8fb7431dfe84981b"), (["method=l1_finetune"], "48b4fb9af578787a"),
+                                (["fitness=020", "seed=3"], "9759e09e75f4a302")):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=check_overrides(overrides))
+        setup(cfg)
+        m = build_method(cfg, None)
+        assert config_hash(cfg, exclude=m.groups_unused, method={"name": m.name, **m.setting_values()}) == expected
