@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import random_layers
+from ecomp import native
 from ecomp.evolution import EComp, MutationSpec
 from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.initialiser import l1_population
@@ -87,36 +88,45 @@ def score(measure, parent_acts, children, n):
     return measure.score([[c[l] for c in children] for l in range(len(parent_acts))], None, states, n)
 
 
+# A population of several widths scores through the C Gram kernel (native) or one product per
+# network (torch): both must give the float64 formula's numbers.
+CKA_KERNELS = pytest.mark.parametrize("kernels", [
+    pytest.param("native", marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), "torch"])
+
+
+@CKA_KERNELS
 @pytest.mark.parametrize("widths", [(12, 7), (1, 5), (6, 1)])
-def test_cka_equals_its_float64_formula(widths):
+def test_cka_equals_its_float64_formula(widths, kernels):
     g = gen(sum(widths))
     parent = [torch.rand(40, h, generator=g) for h in (9, 6)]
     children = [[torch.rand(40, widths[0], generator=g), torch.rand(40, widths[1], generator=g)] for _ in range(3)]
     children[1][0][:, 0] = 0.0                                       # a dead unit
-    cka = LinearCKA()
+    cka = LinearCKA(kernels)
     fast = score(cka, parent, children, 40)[0]
     ref = torch.tensor([cka.reference(cka.reference_prepare(parent), c) for c in children], dtype=torch.float64)
     assert torch.allclose(fast.double(), ref, rtol=1e-5, atol=1e-6)
     assert ((ref > 0) & (ref < 2)).all()
 
 
-def test_cka_is_zero_for_the_parent_itself_and_one_for_a_dead_layer():
+@CKA_KERNELS
+def test_cka_is_zero_for_the_parent_itself_and_one_for_a_dead_layer(kernels):
     g = gen(0)
     parent = [torch.rand(30, 8, generator=g), torch.rand(30, 5, generator=g)]
     scaled = [parent[0] * 3.0, parent[1] + 1.0]                      # CKA ignores scale and shifts
     dead = [parent[0], torch.zeros(30, 5)]
-    s = score(LinearCKA(), parent, [parent, scaled, dead], 30)[0]
+    s = score(LinearCKA(kernels), parent, [parent, scaled, dead], 30)[0]
     assert s[0].item() == pytest.approx(0.0, abs=1e-5) and s[1].item() == pytest.approx(0.0, abs=1e-5)
     assert s[2].item() == pytest.approx(1.0, abs=1e-5)
     assert LinearCKA().reference(LinearCKA().reference_prepare(parent), dead) == pytest.approx(1.0)
 
 
-def test_a_constant_layer_scores_one_and_large_means_stay_accurate():
+@CKA_KERNELS
+def test_a_constant_layer_scores_one_and_large_means_stay_accurate(kernels):
     g = gen(1)
     parent = [torch.rand(50, 6, generator=g)]
     constant = [torch.full((50, 4), 0.37) + torch.zeros(50, 4)]        # relu(bias) behind a dead layer
     shifted = [torch.rand(50, 4, generator=g) + 30.0]
-    cka = LinearCKA()
+    cka = LinearCKA(kernels)
     s = score(cka, parent, [constant, shifted], 50)[0]
     ref = [cka.reference(cka.reference_prepare(parent), c) for c in (constant, shifted)]
     assert s[0].item() == 1.0 and ref[0] == 1.0
@@ -159,4 +169,16 @@ def test_levers_are_tracked_runs_named_by_what_differs_from_the_paper(make_cfg, 
     run = client.search_runs([client.get_experiment_by_name("ecomp").experiment_id])[0]
     assert run.info.run_name == "121-elite2-similaritycka-temperature0.2-seed4"
     assert run.data.tags["variant"] == "121 [elite=2, similarity=cka, temperature=0.2]"
-    assert run.data.tags["similarity"] == "cka" and "kernels" not in run.data.tags
+    assert run.data.tags["similarity"] == "cka" and run.data.tags["kernels"] in ("native", "torch")
+
+
+@CKA_KERNELS
+def test_cka_of_several_widths_on_several_batches_at_once_equals_one_batch_at_a_time(kernels):
+    parent, batches = problem(widths=(30, 16, 12, 5))
+    pop = l1_population(parent, 8, 0.9, 0.2)                         # several architectures
+    ev = Evaluator(parent, batches, measure=LinearCKA(kernels))
+    together = ev.evaluate_many(pop, [0, 1, 2])
+    ref = ReferenceEvaluator(parent, batches, measure=LinearCKA("torch"))
+    for k, parts in enumerate(together):
+        assert torch.allclose(parts.similarity.double(), ref.evaluate(pop, k).similarity.double(),
+                              rtol=1e-4, atol=1e-6)

@@ -9,6 +9,11 @@ whose activations are constant over the batch (all its units dead, or an earlier
 that it outputs ``relu(bias)``) has no defined CKA; it scores 1, as far from the parent as a
 representation can be (it is recognised by its centred energy, see ``CONSTANT_SHARE``, since
 centring a constant in float32 leaves rounding noise that would otherwise pass for a signal).
+
+A population of several architectures (the first generations) has one Gram per network and
+layer; with ``kernels=native`` they come from one threaded call of the C Gram kernel the
+t-SNE path uses (:func:`ecomp.native.grams_acts`) on the layer's activations, centred in one
+pass over all networks at once; ``torch`` makes one product per network (the test oracle).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import native
 from .base import SimilarityMeasure
 
 
@@ -38,9 +44,11 @@ def cka_from_centred(k: Tensor, m: Tensor, mean_energy: Tensor) -> Tensor:
     ``(..., n, n)``; ``mean_energy``: ``n * |mean activation|^2`` of each child, so that
     ``trace(m) + mean_energy`` is its raw activation energy. 0 where a side is constant over the
     batch (CKA undefined there)."""
-    dot = (m * k).sum((-1, -2))
-    norms = k.norm() * m.norm(dim=(-1, -2))
-    centred = m.diagonal(dim1=-2, dim2=-1).sum(-1)                                   # trace(m) = sum(c^2)
+    n = k.shape[-1]
+    flat = m.reshape(-1, n * n)                                   # a view for the contiguous Grams given here
+    dot = (flat @ k.reshape(n * n).to(flat.dtype)).view(m.shape[:-2])   # <m, k>: one matrix-vector product
+    norms = k.norm() * torch.linalg.vector_norm(flat, dim=1).view(m.shape[:-2])
+    centred = flat[:, ::n + 1].sum(1).view(m.shape[:-2])            # trace(m) = sum(c^2)
     constant = centred <= CONSTANT_SHARE * (centred + mean_energy)
     ok = ~constant & (norms > 0)
     return torch.where(ok, dot / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dot))
@@ -48,11 +56,14 @@ def cka_from_centred(k: Tensor, m: Tensor, mean_energy: Tensor) -> Tensor:
 
 class LinearCKA(SimilarityMeasure):
     name = "cka"
-    settings = ()
+    settings = ("kernels",)
+
+    def __init__(self, kernels: str = "auto", device: Any = "cpu"):
+        self.kernels = native.resolve(kernels, torch.device(device))
 
     @classmethod
     def from_config(cls, cfg: Any, device: Any) -> "LinearCKA":
-        return cls()
+        return cls(cfg.kernels, device)
 
     def prepare(self, parent: list[Tensor], n: int) -> list[list[Tensor]]:
         groups = parent[0].shape[0] // n
@@ -69,11 +80,16 @@ class LinearCKA(SimilarityMeasure):
                     mean = units.mean(-1, keepdim=True)
                     c = units - mean
                     grams, mean_energy = torch.bmm(c.transpose(1, 2), c), n * mean.square().sum((1, 2))
-                else:                                                    # one product per network
+                    out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
+                elif self.kernels != "native":                           # one product per network
                     means = [a[rows].mean(0, keepdim=True) for a in hidden[l]]
                     grams = torch.stack([(lambda c: c @ c.T)(a[rows] - m) for a, m in zip(hidden[l], means)])
                     mean_energy = n * torch.stack([m.square().sum() for m in means])
-                out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
+                    out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
+            if stacked is None and self.kernels == "native":               # every group in one call
+                grams, mean_energy = _centred_grams_native(hidden[l], n, groups)   # (G, pop, n, n), (G, pop)
+                for g in range(groups):
+                    out[g] += 1.0 - cka_from_centred(states[g][l], grams[g], mean_energy[g])
         return out
 
     def reference(self, state: list[Tensor], child: list[Tensor]) -> float:
@@ -84,3 +100,23 @@ class LinearCKA(SimilarityMeasure):
             den = float(torch.linalg.norm(xc.T @ xc) * torch.linalg.norm(yc.T @ yc))
             total += 1.0 - (float(torch.linalg.norm(yc.T @ xc) ** 2) / den if den > 0 else 0.0)
         return total
+
+
+def _centred_grams_native(acts: list[Tensor], n: int, groups: int) -> tuple[Tensor, Tensor]:
+    """Centred Grams ``(G, pop, n, n)`` of networks of any widths and their ``n * |mean|^2``
+    ``(G, pop)``: every network's units stacked in one ``(sum of widths, G * n)`` tensor, centred
+    per group of ``n`` points in one pass, then :func:`ecomp.native.grams_acts` on per-network views."""
+    widths = [a.shape[1] for a in acts]
+    # units as rows, points along them: the layout the forward pass leaves and the Gram kernel prefers
+    joined = torch.cat([a.T for a in acts]).view(-1, groups, n)          # (sum h, G, n), a copy
+    mean = joined.mean(2, keepdim=True)                                  # (sum h, G, 1)
+    joined -= mean
+    flat = joined.view(-1, groups * n)
+    views, start = [], 0
+    for h in widths:
+        views.append(flat[start:start + h].T)                            # (G n, h) views
+        start += h
+    grams = native.grams_acts(views, n).view(len(acts), groups, n, n).transpose(0, 1)
+    owner = torch.repeat_interleave(torch.arange(len(acts)), torch.tensor(widths))
+    energy = torch.zeros(len(acts), groups, dtype=mean.dtype).index_add_(0, owner, mean[:, :, 0].square())
+    return grams, n * energy.T
