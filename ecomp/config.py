@@ -128,6 +128,8 @@ class TrackingConf:
     skip_finished: bool = True
     flush_every: int = 25
     timeout_s: float = 10.0
+    log_model: bool = True               # the returned network as an MLflow Model (PyTorch flavour, pt2)
+    register_as: Optional[str] = None    # also a new version of this registered model per run
 
 
 @dataclass
@@ -258,6 +260,9 @@ def validate(cfg: DictConfig) -> None:
         _fail("evolution.evaluator", cfg.evolution.evaluator, "one of fast, reference")
     if cfg.threads is not None and cfg.threads < 1:
         _fail("threads", cfg.threads, "null (all cores) or an integer >= 1")
+    if cfg.tracking.register_as is not None and (not cfg.tracking.log_model or not str(cfg.tracking.register_as).strip()):
+        _fail("tracking.register_as", cfg.tracking.register_as,
+              "a model name, with tracking.log_model=true (the registry holds logged models)")
     if cfg.tracking.flush_every < 1:
         _fail("tracking.flush_every", cfg.tracking.flush_every, "an integer >= 1")
     _check_device(cfg.device)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -219,7 +220,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         root = repo_root()
         commit = git_commit(root)
         tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(cfg.seed),
-                TAG_HASH: chash,
+                TAG_HASH: chash, "mlflow.source.name": Path(sys.argv[0]).name or "run.py",
+                "mlflow.source.type": "LOCAL",
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         tags.update(method.tags())
         if parent_sha:
@@ -257,6 +259,31 @@ def parent_test_accuracy(parent: list, test: "data_mod.Split", size: int) -> flo
             _PARENT_ACCURACY.clear()
         _PARENT_ACCURACY[key] = (accuracy(parent, test.x[:size], test.y[:size]), test)
     return _PARENT_ACCURACY[key][0]
+
+
+# Digests of splits already hashed in this process (the test split is shared by every run of a sweep).
+_DIGESTS: dict[int, tuple[str, object]] = {}
+
+
+def _digest(split) -> str:
+    """sha256 of a split's images and labels (first 16 hex digits): what MLflow shows as its digest."""
+    if id(split.x) not in _DIGESTS:
+        h = hashlib.sha256(split.x.contiguous().numpy().tobytes())
+        h.update(split.y.contiguous().numpy().tobytes())
+        if len(_DIGESTS) >= 16:
+            _DIGESTS.clear()
+        _DIGESTS[id(split.x)] = (h.hexdigest()[:16], split.x)     # keep the tensor alive: ids stay unique
+    return _DIGESTS[id(split.x)][0]
+
+
+def _dataset_inputs(cfg, run_data, test) -> dict[str, tuple[str, str, int, str]]:
+    """The run's training subset, validation and test images as MLflow dataset inputs."""
+    name, root = cfg.data.name, str(data_root(cfg))
+    out = {"training": (f"{name}-subset", _digest(run_data.train), run_data.train.x.shape[0], root),
+           "test": (f"{name}-test", _digest(test), test.x.shape[0], root)}
+    if run_data.val.x.shape[0]:
+        out["validation"] = (f"{name}-validation", _digest(run_data.val), run_data.val.x.shape[0], root)
+    return out
 
 
 def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker) -> RunResult:
@@ -309,6 +336,14 @@ def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker
                              extra={"method": method.name, **method.labels(), "seed": int(cfg.seed),
                                     "test_accuracy": metrics["best_test_accuracy"]})
                 tracker.log_artifacts(Path(tmp))
+            tracker.log_datasets(_dataset_inputs(cfg, run_data, test))
+            if cfg.tracking.log_model:
+                from .network import model_from_layers
+
+                version_tags = {"method": method.name, **method.labels(), "seed": str(cfg.seed),
+                                "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
+                tracker.log_model(model_from_layers(best).eval(), test.x[:5].contiguous(), cfg.tracking.register_as,
+                                  version_tags)
             metrics["run_seconds"] = time.perf_counter() - t0
             metrics["tracking_seconds"] = tracker.seconds
             tracker.log_metrics(metrics)

@@ -24,6 +24,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
 TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
+# MLflow's UI opens an experiment with this tag in its model-training view (runs), not GenAI's traces.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
@@ -78,9 +80,12 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str
         if exp is not None:
             if exp.lifecycle_stage != "active":
                 raise TrackingError(f"tracking.experiment={name!r} is deleted in {uri}; restore it or pick another name")
+            if not any(k in exp.tags for k in EXPERIMENT_KIND):       # created before the tag was set
+                for k, v in EXPERIMENT_KIND.items():
+                    client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
         except MlflowException:   # another job created it first
             time.sleep(0.2)
     raise TrackingError(f"tracking.experiment={name!r}: cannot be created in {uri}")
@@ -89,6 +94,23 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str
 def find_runs(client, experiment_id: str, config_hash: str, status: str) -> list:
     return client.search_runs([experiment_id], f"tags.{TAG_HASH} = '{config_hash}' and attributes.status = '{status}'",
                               max_results=100)
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    """Create registered model ``name`` unless it exists (parallel jobs may race to create it)."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(5):
+        try:
+            client.get_registered_model(name)
+            return
+        except MlflowException:
+            try:
+                client.create_registered_model(name, description="Networks compressed by EComp (and baselines)")
+                return
+            except MlflowException:                 # created by another job in between
+                time.sleep(0.2)
+    raise TrackingError(f"tracking.register_as={name!r}: cannot be created in the Model Registry")
 
 
 class RunTracker:
@@ -102,6 +124,7 @@ class RunTracker:
 
     def __init__(self, uri: str, experiment_id: str, run_name: str, tags: dict[str, str],
                  params: dict[str, Any], flush_every: int = 25):
+        self.uri = uri
         self.client = client_for(uri)
         self.experiment_id = experiment_id
         self.run_name = run_name
@@ -144,6 +167,45 @@ class RunTracker:
             chunk, self.buffer = self.buffer[:MAX_METRICS_PER_BATCH], self.buffer[MAX_METRICS_PER_BATCH:]
             self.client.log_batch(self.run_id, metrics=chunk)
         self.seconds += time.perf_counter() - t
+
+    def log_datasets(self, splits: dict[str, tuple[str, str, int, str]]) -> None:
+        """Record what the run saw as MLflow dataset inputs (the runs table's Dataset column):
+        ``context -> (name, digest, rows, source)``, e.g. ``"training" -> ("fashion_mnist-subset",
+        "3f2a...", 10000, "<root>")``."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        t = time.perf_counter()
+        inputs = [DatasetInput(Dataset(name=name, digest=digest, source_type="local",
+                                       source=json.dumps({"uri": source}), profile=json.dumps({"num_rows": rows})),
+                               tags=[InputTag("mlflow.data.context", context)])
+                  for context, (name, digest, rows, source) in splits.items()]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+        self.seconds += time.perf_counter() - t
+
+    def log_model(self, model, example, register_as: str | None = None,
+                  version_tags: dict[str, str] | None = None) -> str:
+        """Log ``model`` (an ``nn.Module``) as an MLflow Model of the PyTorch flavour, in the safe
+        ``pt2`` (``torch.export``) format, with a signature inferred from ``example``; register it
+        as a new version of ``register_as`` with ``version_tags`` when given. Returns its URI."""
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        t = time.perf_counter()
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), model(example).numpy())
+        mlflow.set_tracking_uri(self.uri)           # log_model writes through the fluent client
+        info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example[:2].numpy(),
+                                        run_id=self.run_id, serialization_format="pt2",
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        if register_as:
+            _ensure_registered_model(self.client, register_as)
+            self.client.create_model_version(register_as, info.model_uri, run_id=self.run_id, tags=version_tags)
+        self.seconds += time.perf_counter() - t
+        return info.model_uri
 
     def log_artifacts(self, folder: Path) -> None:
         t = time.perf_counter()

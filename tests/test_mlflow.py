@@ -1,0 +1,61 @@
+"""MLflow as its users expect it: a logged model that loads and scores, the registry, dataset
+inputs, the Source column and the runs view. Real store, real runs (small sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
+    import mlflow
+
+    from ecomp.pipeline import load_split, run_experiment
+
+    cfg = make_cfg("tracking.register_as=tiny-mlp", "seed=1")
+    result = run_experiment(cfg)
+    uri = cfg.tracking.uri
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"       # the UI's runs view
+    assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+
+    # the model: in the run's outputs, loadable through pyfunc and the PyTorch flavour, same accuracy
+    (output,) = run.outputs.model_outputs
+    model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
+    assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 784)]
+    test = load_split(cfg, train=False)
+    x, y = test.x[:cfg.data.test_size].numpy(), test.y[:cfg.data.test_size].numpy()
+    accuracy = float((np.asarray(model.predict(x)).argmax(1) == y).mean())
+    assert accuracy == pytest.approx(run.data.metrics["best_test_accuracy"], abs=1e-9)
+    torch_model = mlflow.pytorch.load_model(f"models:/{output.model_id}")
+    assert torch_model(test.x[:3]).shape == (3, 10)
+
+    # the registry: one version, tagged with the run's scenario, seed and test accuracy
+    (version,) = client.search_model_versions("name='tiny-mlp'")
+    assert version.run_id == result.run_id
+    assert version.tags["scenario"] == "121" and version.tags["seed"] == "1"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["best_test_accuracy"], abs=1e-4)
+
+    # what the run saw: subset, validation and test splits as dataset inputs with digests
+    seen = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(seen) == {"training", "validation", "test"}
+    assert seen["training"].name == "fashion_mnist-subset" and '"num_rows": 500' in seen["training"].profile
+    assert len({d.digest for d in seen.values()}) == 3
+    # the same seed sees the same subset: same digest; another seed, another one
+    other = client.get_run(run_experiment(make_cfg("tracking.log_model=false", "seed=2")).run_id)
+    other_seen = {i.tags[0].value: i.dataset.digest for i in other.inputs.dataset_inputs}
+    assert other_seen["test"] == seen["test"].digest and other_seen["training"] != seen["training"].digest
+    assert not other.outputs.model_outputs
+
+
+def test_register_as_without_a_logged_model_is_refused(tmp_path, parent_cache):
+    proc = run_cli("run.py", "tracking.log_model=false", "tracking.register_as=x", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                   f"parent.cache_dir={parent_cache}", timeout=60)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "tracking.register_as='x'" in lines[0], proc.stderr
