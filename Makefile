@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
-EXTRAS ?= test,joblib,ray
+EXTRAS ?= test,joblib,ray,postgres
 
 .PHONY: setup data parent run test test-fast bench grid baselines figures clean-store
 

@@ -73,7 +73,8 @@ def artifact_location(cfg: DictConfig, uri: str) -> str | None:
 
     if cfg.tracking.artifact_location:
         return cfg.tracking.artifact_location
-    return default_artifact_location(repo_root()) if uri.startswith("sqlite:") else None
+    # a database store keeps artifacts next to the repository; a server keeps its own
+    return None if uri.startswith(("http://", "https://")) else default_artifact_location(repo_root())
 
 
 def prepare_store(cfg: DictConfig) -> tuple[str, str]:
