@@ -83,8 +83,6 @@ def _check_raw(raw: Path) -> None:
 
 def prepare(root: Path, download: bool = False, debian_dir: Path = DEBIAN_DIR) -> Path:
     """Make sure the four raw FashionMNIST files exist under ``root``; return ``root``."""
-    from torchvision.datasets import FashionMNIST
-
     root = Path(root)
     raw = raw_dir(root)
     if all((raw / n).exists() for n in RAW_FILES):
@@ -106,6 +104,8 @@ def prepare(root: Path, download: bool = False, debian_dir: Path = DEBIAN_DIR) -
         _check_raw(raw)
         return root
     if download:
+        from torchvision.datasets import FashionMNIST
+
         try:
             for train in (True, False):
                 FashionMNIST(str(root), train=train, download=True)
@@ -122,6 +122,28 @@ def _fashion_missing(root: Path) -> str:
             f"torchvision to download it with data.download=true")
 
 
+def read_idx(path: Path) -> Tensor:
+    """An unsigned-byte IDX file (the MNIST family's format) as a uint8 tensor, without torchvision
+    (importing it costs about a second of start-up)."""
+    import numpy as np
+
+    raw = Path(path).read_bytes()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise DataError(f"dataset file {path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"dataset file {path} holds {data.size} values, its header says {dims}")
+    return torch.from_numpy(data.copy()).view(dims)
+
+
+def _read_idx_split(raw: Path, train: bool) -> Split:
+    stem = "train" if train else "t10k"
+    images, labels = read_idx(raw / f"{stem}-images-idx3-ubyte"), read_idx(raw / f"{stem}-labels-idx1-ubyte")
+    return _flatten(images, labels)
+
+
 def _flatten(images, targets) -> Split:
     """torchvision's ``data`` (uint8 tensor or array, ``(n, h, w[, c])``) and ``targets`` as a Split."""
     x = torch.as_tensor(images)
@@ -130,14 +152,7 @@ def _flatten(images, targets) -> Split:
 
 
 def _read_fashion(root: Path, train: bool, download: bool) -> Split:
-    from torchvision.datasets import FashionMNIST
-
-    root = prepare(root, download)
-    try:
-        ds = FashionMNIST(str(root), train=train, download=False)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"dataset files in {raw_dir(root)} are unreadable ({exc})") from exc
-    return _flatten(ds.data, ds.targets)
+    return _read_idx_split(raw_dir(prepare(root, download)), train)
 
 
 def _fashion_files(root: Path, train: bool) -> list[Path]:
@@ -146,8 +161,13 @@ def _fashion_files(root: Path, train: bool) -> list[Path]:
 
 # --- Other torchvision classification sets --------------------------------------------------------
 
-def _torchvision(class_name: str, folder: str) -> tuple[Callable, Callable]:
+def _torchvision(class_name: str, folder: str, idx: bool = False) -> tuple[Callable, Callable]:
+    """Reader and file list of a torchvision dataset class; ``idx``: the MNIST family, whose raw
+    files are read directly when present (torchvision only to download them)."""
     def read(root: Path, train: bool, download: bool) -> Split:
+        raw = raw_dir(root, folder)
+        if idx and all((raw / n).exists() for n in RAW_FILES):
+            return _read_idx_split(raw, train)
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, class_name)
@@ -194,7 +214,7 @@ def _no_files(root: Path, train: bool) -> list[Path]:
 
 
 def _registry() -> dict[str, DatasetInfo]:
-    mnist, kmnist, cifar = (_torchvision("MNIST", "MNIST"), _torchvision("KMNIST", "KMNIST"),
+    mnist, kmnist, cifar = (_torchvision("MNIST", "MNIST", idx=True), _torchvision("KMNIST", "KMNIST", idx=True),
                             _torchvision("CIFAR10", "cifar-10-batches-py"))
     return {d.name: d for d in (
         DatasetInfo("fashion_mnist", 784, 10, 60_000, 10_000, _read_fashion, _fashion_files),

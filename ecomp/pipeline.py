@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -203,23 +204,11 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
-        from .tracking import (RunTracker, TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, client_for,
-                               find_runs)
+        from .tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker, check_reachable
 
-        uri, exp_id = prepare_store(cfg)
-        client = client_for(uri)
-        for stale in find_runs(client, exp_id, chash, "RUNNING"):
-            # A run of this very config left RUNNING was killed hard (SIGKILL, lost machine).
-            log.warning("marking stale RUNNING run %s as KILLED", stale.info.run_id)
-            client.set_tag(stale.info.run_id, "error", "left RUNNING by a killed process; marked KILLED by a later sweep")
-            client.set_terminated(stale.info.run_id, status="KILLED")
-        if cfg.tracking.skip_finished:
-            done = find_runs(client, exp_id, chash, "FINISHED")
-            if done:
-                log.info("skipping %s: FINISHED run %s has this config", run_name, done[0].info.run_id)
-                return RunResult(done[0].info.run_id, True, dict(done[0].data.metrics), [])
-        root = repo_root()
-        commit = git_commit(root)
+        uri = tracking_uri(cfg)
+        check_reachable(uri, cfg.tracking.timeout_s)            # fails in seconds, before any work
+        commit = git_commit(repo_root())
         tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(cfg.seed),
                 TAG_HASH: chash, "mlflow.source.name": Path(sys.argv[0]).name or "run.py",
                 "mlflow.source.type": "LOCAL",
@@ -233,14 +222,45 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
             tags[TAG_SWEEP] = sweep
         params = flatten(used_config(cfg, method.groups_unused))
         params["tracking.uri"] = uri
-        tracker = RunTracker(uri, exp_id, run_name, tags, params, cfg.tracking.flush_every)
+        tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
 
-    train, parent = prepare_parent(cfg)
-    test = load_split(cfg, train=False)
-    if tracker is None:
-        return _compress(cfg, method, train, test, parent, run_name, timer, None)
-    with tracker:
-        return _compress(cfg, method, train, test, parent, run_name, timer, tracker)
+    from .tracking import SkipRun
+
+    try:
+        if tracker is not None:
+            # In a fresh process, importing MLflow and opening the store take about two seconds: they
+            # run on a thread while the data, the parent and the first generations are computed.
+            tracker.open(lambda t: _open_run(cfg, t, chash), background="mlflow" not in sys.modules)
+        with (tracker or contextlib.nullcontext()):
+            train, parent = prepare_parent(cfg)
+            test = load_split(cfg, train=False)
+            return _compress(cfg, method, train, test, parent, run_name, timer, tracker)
+    except SkipRun as skip:
+        log.info("skipping %s: FINISHED run %s has this config", run_name, skip.run.info.run_id)
+        return RunResult(skip.run.info.run_id, True, dict(skip.run.data.metrics), [])
+
+
+def _open_run(cfg: DictConfig, tracker, chash: str) -> None:
+    """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
+    FINISHED run (:class:`ecomp.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
+    create the run."""
+    from .tracking import SkipRun, client_for, find_runs
+
+    uri, exp_id = prepare_store(cfg)
+    client = client_for(uri)
+    for stale in find_runs(client, exp_id, chash, "RUNNING"):
+        # A run of this very config left RUNNING was killed hard (SIGKILL, lost machine).
+        log.warning("marking stale RUNNING run %s as KILLED", stale.info.run_id)
+        client.set_tag(stale.info.run_id, "error", "left RUNNING by a killed process; marked KILLED by a later sweep")
+        client.set_terminated(stale.info.run_id, status="KILLED")
+    if cfg.tracking.skip_finished:
+        done = find_runs(client, exp_id, chash, "FINISHED")
+        if done:
+            raise SkipRun(done[0])
+    tracker.create(uri, exp_id)
+    if cfg.tracking.log_model:                 # imported here, in the background, not after the run
+        import mlflow.pytorch  # noqa: F401
+        import torch.export._trace  # noqa: F401
 
 
 # The parent's test accuracy, per process: every run of a sweep shares the parent and the

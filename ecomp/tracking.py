@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -141,59 +143,113 @@ def _ensure_registered_model(client, name: str) -> None:
     raise TrackingError(f"tracking.register_as={name!r}: cannot be created in the Model Registry")
 
 
-class RunTracker:
-    """Context manager around one MLflow run.
+class SkipRun(Exception):
+    """This config already has a FINISHED run (``run``): the work is not done again."""
 
-    Metrics are buffered and sent with ``log_batch`` every ``flush_every``
-    generations and at the end. Leaving the ``with`` block by an exception
-    flushes what was logged, records the error, and ends the run FAILED
-    (KILLED on Ctrl-C / SIGTERM); it is never left RUNNING.
+    def __init__(self, run):
+        super().__init__(run.info.run_id)
+        self.run = run
+
+
+class RunTracker:
+    """Context manager around one MLflow run, which may be opened in the background.
+
+    :meth:`open` runs ``opener(self)`` (open the store, look for this config's runs, then
+    :meth:`create` the run) either at once or, in a fresh process, on a thread: importing
+    MLflow and opening the store cost about two seconds there, which then overlap with
+    loading the data and the first generations. Until the run exists, generations are kept
+    with the time they happened. If the opener finds a FINISHED run it raises
+    :class:`SkipRun`, re-raised in the caller at the next generation (or its first call
+    that needs the run), so the work stops.
+
+    Metrics are buffered and sent with ``log_batch`` every ``flush_every`` generations
+    and at the end. Leaving the ``with`` block by an exception flushes what was logged,
+    records the error, and ends the run FAILED (KILLED on Ctrl-C / SIGTERM); it is never
+    left RUNNING.
     """
 
-    def __init__(self, uri: str, experiment_id: str, run_name: str, tags: dict[str, str],
-                 params: dict[str, Any], flush_every: int = 25):
-        self.uri = uri
-        self.client = client_for(uri)
-        self.experiment_id = experiment_id
+    def __init__(self, run_name: str, tags: dict[str, str], params: dict[str, Any], flush_every: int = 25):
         self.run_name = run_name
         self.tags = tags
         self.params = params
         self.flush_every = flush_every
-        self.buffer: list = []
+        self.buffer: list[tuple[str, float, int, int]] = []     # (key, value, timestamp ms, step)
+        self.uri: str | None = None
+        self.client = None
         self.run_id: str | None = None
-        self.seconds = 0.0   # time spent in MLflow calls
+        self.seconds = 0.0   # time spent in MLflow calls on this thread
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
-    def __enter__(self) -> "RunTracker":
+    # -- opening ------------------------------------------------------------------------------
+    def open(self, opener: Callable[["RunTracker"], None], background: bool) -> None:
+        def target() -> None:
+            try:
+                opener(self)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._error = exc
+
+        if not background:
+            target()
+            self._raise()
+            return
+        self._thread = threading.Thread(target=target, name="mlflow-open", daemon=True)
+        self._thread.start()
+
+    def create(self, uri: str, experiment_id: str) -> None:
+        """Create the run with its tags and params (called by the opener)."""
         from mlflow.entities import Param
 
-        t = time.perf_counter()
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
+        self.uri, self.client = uri, client_for(uri)
+        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
         for s in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[s:s + 100])
-        self.seconds += time.perf_counter() - t
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    @property
+    def ready(self) -> bool:
+        """The opener has finished (its error or :class:`SkipRun`, if any, is raised here)."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self._raise()
+        return True
+
+    def wait(self) -> None:
+        """Block until the run exists (or raise why it will not)."""
+        if self._thread is not None:
+            t = time.perf_counter()
+            self._thread.join()
+            self.seconds += time.perf_counter() - t
+        self._raise()
+
+    def __enter__(self) -> "RunTracker":
         return self
 
+    # -- logging ------------------------------------------------------------------------------
     def log_generation(self, record: GenerationRecord) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self.buffer.extend(Metric(k, v, ts, record.generation) for k, v in record.metrics.items())
-        if (record.generation + 1) % self.flush_every == 0:
+        self.buffer.extend((k, v, ts, record.generation) for k, v in record.metrics.items())
+        if self.ready and (record.generation + 1) % self.flush_every == 0:
             self.flush()
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self.buffer.extend(Metric(k, float(v), ts, 0) for k, v in metrics.items())
+        self.buffer.extend((k, float(v), ts, 0) for k, v in metrics.items())
 
     def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        self.wait()
         t = time.perf_counter()
         while self.buffer:
             chunk, self.buffer = self.buffer[:MAX_METRICS_PER_BATCH], self.buffer[MAX_METRICS_PER_BATCH:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in chunk])
         self.seconds += time.perf_counter() - t
 
     def log_datasets(self, splits: dict[str, tuple[str, str, int, str]]) -> None:
@@ -204,6 +260,7 @@ class RunTracker:
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        self.wait()
         t = time.perf_counter()
         inputs = [DatasetInput(Dataset(name=name, digest=digest, source_type="local",
                                        source=json.dumps({"uri": source}), profile=json.dumps({"num_rows": rows})),
@@ -222,6 +279,7 @@ class RunTracker:
         import torch
         from mlflow.models import infer_signature
 
+        self.wait()
         t = time.perf_counter()
         with torch.no_grad():
             signature = infer_signature(example.numpy(), model(example).numpy())
@@ -236,11 +294,21 @@ class RunTracker:
         return info.model_uri
 
     def log_artifacts(self, folder: Path) -> None:
+        self.wait()
         t = time.perf_counter()
         self.client.log_artifacts(self.run_id, str(folder))
         self.seconds += time.perf_counter() - t
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.wait()
+        except BaseException as open_exc:  # noqa: BLE001 - no run was created: nothing to close
+            if exc_type is None:
+                raise
+            log.debug("the run was not opened: %s", open_exc)
+            return False
+        if self.run_id is None:
+            return False
         status = "FINISHED"
         try:
             self.flush()
