@@ -106,6 +106,11 @@ def setup_configs(config: DictConfig) -> list[DictConfig]:
         return [config]
 
 
+def _makes_own_parent_runs(config: DictConfig) -> bool:
+    """The sweeper groups its jobs itself (an Optuna study's parent run): no second parent."""
+    return "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()
+
+
 def check_ray_address(launcher: DictConfig, timeout: float = 5.0) -> None:
     """Fail in seconds, not after Ray's endless retries, when the Ray head to join does not answer.
 
@@ -185,6 +190,8 @@ class SweepSetup(Callback):
                     uri, exp_id = prepare_store(cfg)
                     stores.add(store)
                     log.info("tracking store %s ready: experiment %r (id %s)", uri, cfg.tracking.experiment, exp_id)
+                    if not _makes_own_parent_runs(config):
+                        self._open_parent(config, uri, exp_id, cfg.tracking.experiment)
                 parent = (str(data_root(cfg)), cfg.parent.cache_dir, train_spec(cfg).key())
                 if parent not in parents:
                     prepare_parent(cfg)
@@ -193,6 +200,18 @@ class SweepSetup(Callback):
             fail(str(exc))
         log.info("sweep prepared in %.1f s: %d store(s), %d parent network(s)",
                  time.perf_counter() - t, len(stores), len(parents))
+
+    def _open_parent(self, config: DictConfig, uri: str, exp_id: str, experiment: str) -> None:
+        """The sweep's MLflow parent run in this store (:mod:`ecomp.sweep_runs`)."""
+        from .sweep_runs import open_sweep_run, sweep_key
+        from .tracking import client_for
+
+        overrides = [str(o) for o in config.hydra.overrides.task]
+        command = " ".join(["run.py -m", *overrides])
+        run_id = open_sweep_run(client_for(uri), exp_id, sweep_key(experiment, overrides),
+                                str(config.hydra.sweep.dir), command)
+        self._parents = [*getattr(self, "_parents", []), (uri, exp_id)]
+        log.info("sweep parent run %s in %s", run_id, uri)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("threads") is not None:
@@ -212,6 +231,12 @@ class SweepSetup(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Report the jobs that failed (their MLflow runs are FAILED; the others are kept) and exit 1."""
         path = Path(config.hydra.sweep.dir) / FAILURES_FILE
+        if getattr(self, "_parents", None):
+            from .sweep_runs import close_sweep_run
+            from .tracking import client_for
+
+            for uri, exp_id in self._parents:
+                close_sweep_run(client_for(uri), exp_id, str(config.hydra.sweep.dir), failed=path.exists())
         if not path.exists():
             return
         lines = path.read_text().splitlines()

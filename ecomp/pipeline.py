@@ -230,7 +230,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         if tracker is not None:
             # In a fresh process, importing MLflow and opening the store take about two seconds: they
             # run on a thread while the data, the parent and the first generations are computed.
-            tracker.open(lambda t: _open_run(cfg, t, chash), background="mlflow" not in sys.modules)
+            tracker.open(lambda t: _open_run(cfg, t, chash, sweep), background="mlflow" not in sys.modules)
         with (tracker or contextlib.nullcontext()):
             train, parent = prepare_parent(cfg)
             test = load_split(cfg, train=False)
@@ -240,10 +240,11 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         return RunResult(skip.run.info.run_id, True, dict(skip.run.data.metrics), [])
 
 
-def _open_run(cfg: DictConfig, tracker, chash: str) -> None:
+def _open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
     FINISHED run (:class:`ecomp.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
-    create the run."""
+    create the run (a child of its sweep's parent run, when it has one)."""
+    from .sweep_runs import sweep_run_id
     from .tracking import SkipRun, client_for, find_runs
 
     uri, exp_id = prepare_store(cfg)
@@ -257,6 +258,9 @@ def _open_run(cfg: DictConfig, tracker, chash: str) -> None:
         done = find_runs(client, exp_id, chash, "FINISHED")
         if done:
             raise SkipRun(done[0])
+    parent = sweep_run_id(client, exp_id, sweep) if sweep else None
+    if parent is not None and "mlflow.parentRunId" not in tracker.tags:
+        tracker.tags["mlflow.parentRunId"] = parent
     tracker.create(uri, exp_id)
     if cfg.tracking.log_model:                 # imported here, in the background, not after the run
         import mlflow.pytorch  # noqa: F401

@@ -31,10 +31,12 @@ BIN = Path(sys.executable).parent
 TRAINED = "trained the parent"
 
 
-def runs_of(uri: str, experiment: str = "ecomp"):
+def runs_of(uri: str, experiment: str = "ecomp", kind: str | None = None):
+    """The experiment's data runs (``kind=None``) or its runs tagged ``ecomp.kind=<kind>`` (e.g. sweep parents)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id], max_results=1000))
+    runs = [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if r.data.tags.get("ecomp.kind") == kind]
 
 
 def assert_complete(client: MlflowClient, run, generations: int) -> None:
@@ -101,9 +103,11 @@ def test_parallel_sweep_into_one_sqlite_store_loses_nothing(store, tmp_path):
     client, runs = runs_of(store)
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(f"{f}-seed{s}" for f in ("120", "021") for s in range(3)), names   # no duplicates
+    (parent,) = runs_of(store, kind="sweep")[1]              # one MLflow parent run, every job nested in it
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep"] == str(sweep)
     for r in runs:
         assert_complete(client, r, generations=6)
-        assert r.data.tags["sweep"] == str(sweep)
+        assert r.data.tags["sweep"] == str(sweep) and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
     # the parent was trained once, before the jobs, by the launching process
     assert out.count(TRAINED) == 1 and len(list(parents.glob("parent-*.pt"))) == 1
     logs = job_logs(sweep)
@@ -205,6 +209,10 @@ def test_rerunning_a_killed_sweep_reruns_only_what_is_missing(parent_cache, stor
         else:
             assert r.data.tags["sweep"] == str(tmp_path / "multirun2")
     assert killed.info.run_name not in finished
+    # the resumed sweep kept its MLflow parent run: one parent, every run of both attempts under it
+    (parent,) = runs_of(store, kind="sweep")[1]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep"] == str(tmp_path / "multirun2")
+    assert {r.data.tags.get("mlflow.parentRunId") for r in runs} == {parent.info.run_id}
 
     # tracking.skip_finished=false runs a grid point again even though it is FINISHED
     proc = run_cli("run.py", "-m", "fitness=120", "seed=0", *SLOW, f"parent.cache_dir={parent_cache}",
