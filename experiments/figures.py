@@ -251,6 +251,13 @@ def log_summary_run(uri: str, experiment: str, files: list[Path], description: s
     return run_id
 
 
+def log_report_to(uri: str, run_id: str, files: list[Path]) -> None:
+    """Log ``files`` under ``report/`` of an existing run (a sweep's parent), whatever its status."""
+    client = client_for(uri)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="report")
+
+
 def build_report(cfg: DictConfig) -> list[Path]:
     """Read the store, write every figure and table, log them; returns the files written."""
     uri = cfg.tracking.uri or default_uri(REPO)
@@ -288,10 +295,16 @@ def build_report(cfg: DictConfig) -> list[Path]:
     for note in notes:
         log.warning(note)
     if cfg.log_summary_run:
-        texts = [p.read_text() for p in (out / "verdict.md", out / "summary.md") if p in files]
-        description = "\n".join(texts) or "frontier of the baselines (no EComp runs)"
-        run_id = log_summary_run(uri, cfg.tracking.experiment, files, description, len(everything))
-        log.info("logged the report as run %s (tag %s=summary)", run_id, SUMMARY_TAG)
+        parents = set(everything.parent_run) if "parent_run" in everything else set()
+        if len(parents) == 1 and "" not in parents:        # every run came from one sweep: report there
+            (parent,) = parents
+            log_report_to(uri, parent, files)
+            log.info("logged the report to the sweep's parent run %s", parent)
+        else:
+            texts = [p.read_text() for p in (out / "verdict.md", out / "summary.md") if p in files]
+            description = "\n".join(texts) or "frontier of the baselines (no EComp runs)"
+            run_id = log_summary_run(uri, cfg.tracking.experiment, files, description, len(everything))
+            log.info("logged the report as run %s (tag %s=summary)", run_id, SUMMARY_TAG)
     log.info("%d runs; wrote %d files to %s", len(everything), len(files), out)
     return files
 

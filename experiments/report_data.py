@@ -74,7 +74,7 @@ def load_all_runs(uri: str, experiment: str, run_filter: str | None = None, time
     """One row per FINISHED data run of ``experiment``, every method, duplicates included, newest first.
 
     Columns: run_id, method, variant, setup, scenario, keep, finetune_epochs, seed, start_time,
-    config_hash, sweep and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
+    config_hash, sweep, parent_run (its sweep's MLflow parent run, else "") and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
     ``variant`` names what a line or point of the frontier stands for: an EComp scenario
     (``121``, ``121+ft1`` when fine-tuned), or a baseline with its non-default settings
     (``l1_finetune``, ``l1_prune (importance=taylor)``); ``setup`` hashes the data and parent
@@ -121,6 +121,7 @@ def _row(r) -> dict:
             "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
             "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
+            "parent_run": tags.get("mlflow.parentRunId", ""),
             **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
 
 

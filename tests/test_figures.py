@@ -27,9 +27,10 @@ FILES = sorted([f"{s}.{ext}" for s in STEMS for ext in ("png", "pdf")] + ["summa
 GRID_OVERRIDES = ["grid.scenarios=[100,020,121]", "grid.seeds=[0,1,2,3]"]
 
 
-def log_run(client, exp_id, scenario, seed, start_ms, history, finals, status="FINISHED"):
+def log_run(client, exp_id, scenario, seed, start_ms, history, finals, status="FINISHED", tags=None):
     run = client.create_run(exp_id, start_time=start_ms, run_name=f"{scenario}-seed{seed}",
-                            tags={"scenario": scenario, "seed": str(seed), "config_hash": f"hash{scenario}"})
+                            tags={"scenario": scenario, "seed": str(seed), "config_hash": f"hash{scenario}",
+                                  **(tags or {})})
     metrics = [Metric(k, float(v), start_ms + g, g) for k, values in history.items() for g, v in enumerate(values)]
     metrics += [Metric(k, float(v), start_ms, 0) for k, v in finals.items()]
     client.log_batch(run.info.run_id, metrics=metrics)
@@ -164,6 +165,24 @@ def test_report_is_logged_as_a_summary_run_that_is_not_read_back_as_data(store, 
     names = sorted(Path(a.path).name for a in store["client"].list_artifacts(summaries[0].info.run_id, "report"))
     assert names == FILES
     assert not set(r.info.run_id for r in summaries) & set(load_runs(store["uri"], "ecomp").run_id)
+
+
+def test_the_report_of_one_sweep_is_logged_to_its_parent_run(tmp_path):
+    """When every run read came from one sweep, its figures and tables go to that sweep's MLflow
+    parent run (where the UI groups the runs), not to a separate summary run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("ecomp", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp_id, run_name="sweep", tags={"ecomp.kind": "sweep"}).info.run_id
+    rng, start = np.random.default_rng(1), int(time.time() * 1000)
+    for i, (scenario, seed) in enumerate((s, k) for s in SCENARIOS for k in GRID_SEEDS):
+        finals = {"best_test_accuracy": rng.uniform(0.5, 0.88), "best_compression": rng.uniform(0.1, 0.9),
+                  "parent_test_accuracy": 0.862}
+        log_run(client, exp_id, scenario, seed, start + 1000 * i, curves(rng), finals,
+                tags={"mlflow.parentRunId": parent})
+    figures.build_report(compose_cfg(uri, tmp_path / "out"))
+    assert sorted(Path(a.path).name for a in client.list_artifacts(parent, "report")) == FILES
+    assert not client.search_runs([exp_id], "tags.`ecomp.kind` = 'summary'")
 
 
 def test_hydra_app_runs_from_another_directory(store, report, tmp_path):
