@@ -122,6 +122,8 @@ class TrackingConf:
     skip_finished: bool = True
     flush_every: int = 25
     timeout_s: float = 10.0
+    parent_run: Optional[str] = None     # MLflow run id this run is nested under (tag mlflow.parentRunId)
+    tags: dict[str, str] = field(default_factory=dict)   # extra tags on the run (e.g. an Optuna study's)
 
 
 @dataclass

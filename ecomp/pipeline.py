@@ -166,6 +166,9 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
             tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
+        tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
+        if cfg.tracking.parent_run:
+            tags["mlflow.parentRunId"] = cfg.tracking.parent_run
         params = flatten(used_config(cfg, method.groups_unused))
         params["tracking.uri"] = uri
         tracker = RunTracker(uri, exp_id, run_name, tags, params, cfg.tracking.flush_every)
