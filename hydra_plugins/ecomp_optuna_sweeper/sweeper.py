@@ -99,6 +99,11 @@ def dim_of(key: str, sweep: Any) -> Dim:
                       f"not {type(sweep).__name__}")
 
 
+def study_name_for(definition: dict) -> str:
+    """``ecomp-<hash>``: the same search gets the same study, any other search another."""
+    return "ecomp-" + hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def override_value(value: Any) -> str:
     """A value as Hydra's override grammar reads it back unchanged."""
     if isinstance(value, bool):
@@ -379,8 +384,7 @@ class ECompOptunaSweeper(Sweeper):
             self.check_settings()
             dims, fixed = self.search_space(arguments)
             definition = self.definition(dims, fixed)
-            name = self.study_name or "ecomp-" + hashlib.sha256(
-                json.dumps(definition, sort_keys=True).encode()).hexdigest()[:10]
+            name = self.study_name or study_name_for(definition)
             url = self.storage_url()
             study = self.open_study(name, definition, url)
         except SearchError as exc:
