@@ -145,6 +145,22 @@ def test_a_four_trial_search_lands_four_runs_under_one_parent(search, store, tmp
         assert r.data.tags["scenario"] != "121"        # not the paper's scenario: its weights are the trial's
     assert len({r.data.tags["config_hash"] for r in runs}) == 4
 
+    # the report: the trials' front, its settings and test accuracy; the trials stay out of the paper's figures
+    import pandas as pd
+
+    proc = run_cli("experiments/figures.py", f"tracking.uri={store}", f"output_dir={tmp_path / 'reports'}",
+                   "log_summary_run=false", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in (tmp_path / "reports").iterdir())
+    assert files == ["search_front.csv", "search_front.md", "search_front.pdf", "search_front.png"]
+    front = pd.read_csv(tmp_path / "reports" / "search_front.csv")
+    assert 1 <= len(front) <= 4 and set(front.kind) == {"search front"} and set(SPACE_KEYS) <= set(front.columns)
+    by_trial = {int(r.data.tags[TAG_TRIAL]): r for r in runs}
+    for _, row in front.iterrows():
+        run = by_trial[int(row.trial)]
+        assert row.test_accuracy == pytest.approx(run.data.metrics["best_test_accuracy"])
+        assert row["fitness.w_sim"] == pytest.approx(float(run.data.params["fitness.w_sim"]))
+
 
 @pytest.mark.slow
 def test_a_killed_search_run_again_completes_without_repeating_finished_trials(search, parent_cache, store, tmp_path):
@@ -225,3 +241,34 @@ def test_bad_input_fails_in_one_line_before_any_trial(args, message, search, sto
     assert "Traceback" not in proc.stderr
     _, runs, parents = runs_in(store)
     assert runs == [] and parents == [] and not (tmp_path / "optuna.db").exists()
+
+
+# ---------------------------------------------------------------- the report (fast)
+
+def test_the_front_is_per_study_and_compared_with_the_baselines_at_its_sizes():
+    import pandas as pd
+
+    from experiments.search import front_markdown, front_table
+
+    rows = [  # study, trial, seed, val, size, test
+        ("a", "0", 0, 0.80, 0.50, 0.79), ("a", "0", 1, 0.82, 0.60, 0.81),   # trial 0: mean (0.81, 0.55, 0.80)
+        ("a", "1", 0, 0.85, 0.70, 0.84),                                     # front: more accurate, larger
+        ("a", "2", 0, 0.80, 0.70, 0.90),                                     # dominated by trial 1 (test ignored)
+        ("b", "0", 0, 0.70, 0.90, 0.70),                                     # alone in its study: its front
+    ]
+    trials = pd.DataFrame([{"study": s, "trial": t, "seed": k, "best_val_accuracy": v, "best_compression": c,
+                            "best_test_accuracy": a, "run_id": f"{s}{t}{k}"} for s, t, k, v, c, a in rows])
+    frontier = pd.DataFrame({"variant": ["l1_prune"] * 2, "size_mean": [0.5, 0.8], "test_accuracy_mean": [0.80, 0.86]})
+    reference = pd.DataFrame([{"study": "", "trial": -1, "n_seeds": 10, "best_val_accuracy": 0.84,
+                               "best_compression": 0.667, "best_test_accuracy": 0.847, "run_id": ""}])
+    front = front_table(trials, {"a00": {"fitness.w_sim": "3.5"}}, frontier, reference)
+    searched = front[front.kind == "search front"]
+    assert [(s, int(t)) for s, t in zip(searched.study, searched.trial)] == [("a", 0), ("a", 1), ("b", 0)]
+    first = searched.iloc[0]
+    assert (first["size"], first.val_accuracy, first.test_accuracy, first.n_seeds) == pytest.approx((0.55, 0.81, 0.80, 2))
+    assert first["fitness.w_sim"] == "3.5"
+    assert first["l1_prune at this size"] == pytest.approx(0.81)          # interpolated at 0.55
+    assert pd.isna(searched.iloc[2]["l1_prune at this size"])               # 0.9: outside, not extrapolated
+    assert front[front.kind == "paper"].iloc[0]["l1_prune at this size"] == pytest.approx(0.80 + 0.06 * 0.167 / 0.3)
+    text = front_markdown(front, {"a": 3, "b": 1}, 0.875)
+    assert "study a (3 trials)" in text and "| search front | 0 | 0.550 | 0.8100 | 0.8000 | -1.0 | 3.5 |" in text
