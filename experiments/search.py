@@ -82,7 +82,8 @@ def front_markdown(front: pd.DataFrame, n_trials: dict[str, int], parent_accurac
              "(frontier.csv, interpolated; blank outside their measured sizes) minus the point's, in points "
              "(negative: the baseline is better).", ""]
     for study, f in front.groupby("study", sort=False):
-        label = f"study {study} ({n_trials.get(study, 0)} trials)" if study else "reference"
+        label = (f"study {study} ({n_trials.get(study, 0)} runs; trials that repeat a setting share its run)"
+                 if study else "reference: the paper's 121, mean over its seeds")
         lines += [f"## {label}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in f.iterrows():
             def num(x, fmt=".4f"):

@@ -271,4 +271,58 @@ def test_the_front_is_per_study_and_compared_with_the_baselines_at_its_sizes():
     assert pd.isna(searched.iloc[2]["l1_prune at this size"])               # 0.9: outside, not extrapolated
     assert front[front.kind == "paper"].iloc[0]["l1_prune at this size"] == pytest.approx(0.80 + 0.06 * 0.167 / 0.3)
     text = front_markdown(front, {"a": 3, "b": 1}, 0.875)
-    assert "study a (3 trials)" in text and "| search front | 0 | 0.550 | 0.8100 | 0.8000 | -1.0 | 3.5 |" in text
+    assert "study a (3 runs" in text and "| search front | 0 | 0.550 | 0.8100 | 0.8000 | -1.0 | 3.5 |" in text
+
+
+@pytest.mark.slow
+def test_a_search_killed_hard_continues_where_it_stopped(parent_cache, store, tmp_path):
+    """SIGKILL the search mid-trial, run the same command again: the study ends with n_trials COMPLETE
+    trials, the runs finished before the kill are kept, and every COMPLETE trial has one FINISHED run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    args = [sys.executable, "run.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", *TINY,
+            "data.train_size=5000", f"parent.cache_dir={parent_cache}", f"tracking.uri={store}"]
+    log = open(tmp_path / "search1.log", "w")
+    proc = subprocess.Popen([*args, f"hydra.sweep.dir={tmp_path / 'multirun1'}"], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, (tmp_path / "search1.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "never saw a RUNNING trial after a COMPLETE one"
+            if (tmp_path / "optuna.db").exists():
+                try:
+                    now = states(study_of(tmp_path)[0])
+                except Exception:  # noqa: BLE001 - the study is being created
+                    now = []
+                if "COMPLETE" in now and now[-1] == "RUNNING":
+                    time.sleep(0.5)                          # into the trial's job
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    before = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in runs_in(store)[1] if r.info.status == "FINISHED"}
+    assert states(study_of(tmp_path)[0]).count("RUNNING") == 1
+
+    again = run_cli(*args[1:], f"hydra.sweep.dir={tmp_path / 'multirun2'}", timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = study_of(tmp_path)[0]
+    assert states(study).count("COMPLETE") == 4 and states(study).count("FAIL") == 1
+    _, runs, parents = runs_in(store)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(parents) == 1 and len(finished) == 4
+    assert {r.data.tags[TAG_TRIAL]: r.info.run_id for r in finished if r.data.tags[TAG_TRIAL] in before} == before
+    by_params = {tuple(sorted((k, float(r.data.params[k])) for k in SPACE_KEYS)) for r in finished}
+    assert by_params == {tuple(sorted((k, float(v)) for k, v in t.params.items()))
+                         for t in study.trials if t.state.name == "COMPLETE"}

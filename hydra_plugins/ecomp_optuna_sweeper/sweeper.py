@@ -427,7 +427,10 @@ class ECompOptunaSweeper(Sweeper):
                     fail(f"study {name}: {failures} trials failed in this run (hydra.sweeper.max_failures="
                          f"{self.max_failures}); {complete()} of {self.n_trials} complete; see the jobs' logs")
             status = "FINISHED"
-        finally:
+        except Exception:
+            status = "FAILED"
+            raise
+        finally:                  # KILLED on Ctrl-C; its asked trials stay RUNNING, and are retried on resume
             self.close_parent(parent, study, status)
         front = study.best_trials
         log.info("study %s: %d complete trials, %d on the Pareto front: %s", name, complete(), len(front),
