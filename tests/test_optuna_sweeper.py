@@ -83,6 +83,26 @@ def test_bad_settings_are_one_line_errors(changes, message):
         sweeper(**changes).check_settings()
 
 
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_a_study_reopened_fails_its_stale_trials_and_enqueues_them_again(storage, tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if storage == "sqlite" else f"journal://{tmp_path / 'study.log'}"
+    dims = {"fitness.w_sim": dim_of("fitness.w_sim", parse("x=interval(0, 10)"))}
+    s = sweeper()
+    definition = s.definition(dims, [])
+    study = s.open_study("ecomp-test", definition, url)
+    done = study.ask()
+    dims["fitness.w_sim"].suggest(done)
+    study.tell(done, [0.8, 0.5])
+    stale = study.ask()                    # asked, never told: the process was killed
+    w_sim = dims["fitness.w_sim"].suggest(stale)
+    study = s.open_study("ecomp-test", definition, url)          # the rerun
+    assert states(study) == ["COMPLETE", "FAIL", "WAITING"]
+    again = study.ask()
+    assert dims["fitness.w_sim"].suggest(again) == w_sim and again.number == 2
+    with pytest.raises(SearchError, match="was made by another search"):
+        sweeper(study_name="ecomp-test").open_study("ecomp-test", {**definition, "seeds_per_trial": 2}, url)
+
+
 # ---------------------------------------------------------------- end to end
 
 @pytest.fixture
