@@ -346,3 +346,45 @@ def test_a_search_killed_hard_continues_where_it_stopped(parent_cache, store, tm
     by_params = {tuple(sorted((k, float(r.data.params[k])) for k in SPACE_KEYS)) for r in finished}
     assert by_params == {tuple(sorted((k, float(v)) for k, v in t.params.items()))
                          for t in study.trials if t.state.name == "COMPLETE"}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_trials_run_as_ray_tasks(parent_cache, store, tmp_path):
+    """The same sweeper through the Ray launcher (a one-node cluster on 127.0.0.1): 2 trials in one batch."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from conftest import REPO
+    from test_scaleout import BIN, free_port, start, stop, wait_for
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+    ray_dir = Path(tempfile.mkdtemp(prefix="ecomp-ray-", dir="/tmp"))
+    gcs, ray_log = free_port(), tmp_path / "ray.log"
+    head = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                  "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_dir}",
+                  "--object-store-memory=100000000", f"--ray-client-server-port={free_port()}",
+                  f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"], ray_log, env)
+    try:
+        wait_for(lambda: "Ray runtime started" in ray_log.read_text(), head, ray_log, "ray start", 120)
+        proc = subprocess.run(
+            [sys.executable, "run.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.batch_size=2", *TINY, f"parent.cache_dir={parent_cache}", f"tracking.uri={store}",
+             f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra/launcher=ray",
+             f"hydra.launcher.ray.init.address=127.0.0.1:{gcs}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        assert len(re.findall(r"\(_run_job pid=\d+\).*torch threads for this job: 1", out)) == 2, out[-4000:]
+        _, runs, parents = runs_in(store)
+        assert len(parents) == 1 and sorted(r.data.tags[TAG_TRIAL] for r in runs) == ["0", "1"]
+        assert states(study_of(tmp_path)[0]) == ["COMPLETE", "COMPLETE"]
+    finally:
+        stop(head)
+        shutil.rmtree(ray_dir, ignore_errors=True)
