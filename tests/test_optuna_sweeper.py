@@ -388,3 +388,25 @@ def test_trials_run_as_ray_tasks(parent_cache, store, tmp_path):
     finally:
         stop(head)
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_trial_averages_its_seeds(search, store, tmp_path):
+    proc = search("hydra.sweeper.seeds_per_trial=2", n_trials=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, runs, _ = runs_in(store)
+    assert sorted((r.data.tags[TAG_TRIAL], r.data.tags["seed"]) for r in runs) == [("0", "0"), ("0", "1")]
+    [trial] = study_of(tmp_path)[0].trials
+    assert trial.values == pytest.approx([sum(r.data.metrics[m] for r in runs) / 2
+                                          for m in ("best_val_accuracy", "best_compression")])
+
+
+@pytest.mark.slow
+def test_failed_trials_are_told_fail_and_the_search_stops_after_max_failures(search, store, tmp_path):
+    # elite >= population.size (10) composes but fails the run's validation: every trial's job fails
+    proc = search("operators.selection.elite=tag(int, interval(12, 14))", "hydra.sweeper.max_failures=2", n_trials=1)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "2 trials failed in this run" in proc.stderr and proc.stderr.count("error:") == 1, proc.stderr[-2000:]
+    assert states(study_of(tmp_path)[0]) == ["FAIL", "FAIL"]
+    _, runs, [parent] = runs_in(store)
+    assert runs == [] and parent.info.status == "FAILED"
