@@ -169,7 +169,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
         if cfg.tracking.parent_run:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run
-        params = flatten(used_config(cfg, method.groups_unused))
+        params = {k: v for k, v in flatten(used_config(cfg, method.groups_unused)).items()
+                  if not k.startswith(("tracking.tags.", "tracking.parent_run"))}   # logged as tags above
         params["tracking.uri"] = uri
         tracker = RunTracker(uri, exp_id, run_name, tags, params, cfg.tracking.flush_every)
 

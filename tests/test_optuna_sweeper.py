@@ -162,6 +162,7 @@ def test_a_four_trial_search_lands_four_runs_under_one_parent(search, store, tmp
             assert float(r.data.params[key]) == pytest.approx(trial.params[key], rel=1e-12)
         assert trial.values == pytest.approx([r.data.metrics["best_val_accuracy"], r.data.metrics["best_compression"]])
         assert set(METRICS) <= set(r.data.metrics)     # every objective the sweeper accepts is a metric runs return
+        assert not [k for k in r.data.params if k.startswith(("tracking.tags", "tracking.parent_run"))]  # tags only
         assert r.data.tags["scenario"] != "121"        # not the paper's scenario: its weights are the trial's
     assert len({r.data.tags["config_hash"] for r in runs}) == 4
 
