@@ -103,6 +103,31 @@ def test_a_study_reopened_fails_its_stale_trials_and_enqueues_them_again(storage
         sweeper(study_name="ecomp-test").open_study("ecomp-test", {**definition, "seeds_per_trial": 2}, url)
 
 
+def test_only_trials_whose_process_is_gone_are_retried(tmp_path):
+    """Several processes may run one study: a RUNNING trial is another's while its process lives."""
+    import os
+    import socket
+    import subprocess
+
+    from hydra_plugins.ecomp_optuna_sweeper.sweeper import OWNER
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    here = socket.gethostname()
+    owners = [f"{here}:{os.getppid()}", f"elsewhere.example:{os.getpid()}", f"{here}:{dead.pid}", None]
+    dims = {"fitness.w_sim": dim_of("fitness.w_sim", parse("x=interval(0, 10)"))}
+    s = sweeper()
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = s.open_study("ecomp-test", s.definition(dims, []), url)
+    for who in owners:
+        t = study.ask()
+        dims["fitness.w_sim"].suggest(t)
+        if who:
+            t.set_user_attr(OWNER, who)
+    study = s.open_study("ecomp-test", s.definition(dims, []), url)
+    assert states(study) == ["RUNNING", "RUNNING", "FAIL", "FAIL", "WAITING", "WAITING"]
+
+
 # ---------------------------------------------------------------- end to end
 
 @pytest.fixture

@@ -7,8 +7,9 @@ trial's seeds. A trial whose job failed or returned NaN is told FAIL.
 
 The study lives in a database next to the MLflow store and is named from a hash of
 everything that defines the search, so rerunning the same command continues it: trials
-a killed process left RUNNING are marked FAIL and their parameters enqueued again, and
-``n_trials`` counts the study's COMPLETE trials, so only the missing ones run. A trial
+a killed process left RUNNING (its ``host:pid`` is gone from this machine) are marked FAIL
+and their parameters enqueued again, and ``n_trials`` counts the study's COMPLETE trials,
+so only the missing ones run. Several processes may run one study at once. A trial
 run again with parameters whose run FINISHED is served by that run (``tracking.skip_finished``).
 
 MLflow: one parent run per study (tags ``optuna_study``, ``optuna_role=study``), found
@@ -22,6 +23,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -38,6 +41,7 @@ from .config import ECompOptunaSweeperConf  # noqa: F401 - registers hydra/sweep
 log = logging.getLogger(__name__)
 
 TAG_STUDY, TAG_TRIAL, TAG_ROLE = "optuna_study", "optuna_trial", "optuna_role"
+OWNER = "owner"                  # trial user attribute: host:pid of the process that asked it
 SAMPLERS = ("nsgaii", "tpe", "random")
 DIRECTIONS = ("maximize", "minimize")
 # The final metrics run.py returns (ecomp.measure.network_metrics, prefix best_, and the pipeline's own).
@@ -97,6 +101,28 @@ def dim_of(key: str, sweep: Any) -> Dim:
         return Dim(key, "categorical", choices=tuple(values))
     raise SearchError(f"search space: {key}: use interval(low, high), choice(...) or range(...), "
                       f"not {type(sweep).__name__}")
+
+
+def owner() -> str:
+    """``host:pid`` of this process: the trials it asks are its own until it tells them."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def stale(trial) -> bool:
+    """A RUNNING trial nobody will tell: its process ran on this machine and is gone (or it has no owner).
+    A trial of a process on another machine is left alone (several processes may share one study)."""
+    host, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
+    if not pid.isdigit():
+        return True
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(pid) == os.getpid()          # asked by this very process before (a second sweep() call)
 
 
 def study_name_for(definition: dict) -> str:
@@ -288,10 +314,13 @@ class ECompOptunaSweeper(Sweeper):
                               f"taken); leave study_name null or pick another")
         if [d.name.lower() for d in study.directions] != directions:
             raise SearchError(f"study {name!r} in {url} has other directions; pick another study_name")
-        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for t in stale:   # left by a killed process: failed, and its parameters tried again
-            log.warning("trial %d of study %s was left RUNNING (killed?): marked FAIL, its parameters enqueued again",
-                        t.number, name)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not stale(t):
+                log.info("trial %d of study %s is RUNNING in %s: left to it", t.number, name, t.user_attrs[OWNER])
+                continue
+            # left by a killed process: failed, and its parameters tried again
+            log.warning("trial %d of study %s was left RUNNING by %s, which is gone: marked FAIL, its parameters "
+                        "enqueued again", t.number, name, t.user_attrs.get(OWNER, "a process"))
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
         study.sampler = self.make_sampler(len(study.get_trials(deepcopy=False)))
@@ -404,6 +433,8 @@ class ECompOptunaSweeper(Sweeper):
         try:
             while (done := complete()) < self.n_trials:
                 trials = [study.ask() for _ in range(min(per_batch, self.n_trials - done))]
+                for t in trials:
+                    t.set_user_attr(OWNER, owner())
                 values = [{k: d.suggest(t) for k, d in dims.items()} for t in trials]
                 jobs = [self.job_overrides(fixed, dims, t, v, name, parent) for t, v in zip(trials, values)]
                 batch = [ov for trial_jobs in jobs for ov in trial_jobs]
