@@ -35,7 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import ECompOptunaSweeperConf  # noqa: F401 - registers hydra/sweeper=optuna
-from .space import Dim, SearchError, dim_of, override_value  # noqa: F401 - SearchError raised here too
+from .space import Dim, SearchError, dim_of, override_value
 
 log = logging.getLogger(__name__)
 
