@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 EXTRAS ?= test,joblib,ray,postgres
 
-.PHONY: setup data parent run test test-fast bench grid baselines figures clean-store
+.PHONY: setup data parent run test test-fast bench grid baselines search figures clean-store
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ grid: parent
 # The baselines' frontier: 4 methods x 8 kept fractions x 10 seeds (about 5-10 min).
 baselines: parent
 	$(BIN)/python run.py -m method=l1_prune,l1_finetune,scratch,distill 'method.keep=0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9' 'seed=range(10)'
+
+# A 60-trial multi-objective Optuna search over the fitness weights and operators, 2 trials at a
+# time; rerun to continue it (README: Find EComp's best settings).
+search: parent
+	$(BIN)/python run.py -m hydra/sweeper=optuna hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweeper.n_trials=60
 
 figures: setup
 	$(BIN)/python experiments/figures.py

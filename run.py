@@ -14,18 +14,19 @@ from ecomp.cli import check_composition, check_overrides, fail
 from ecomp.config import ConfigError, register_configs
 from ecomp.data import DataError
 from ecomp.tracking import TrackingError
-from ecomp.pipeline import run_experiment
+from ecomp.pipeline import run_experiment, scenario_name
 
 log = logging.getLogger("ecomp")
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> dict[str, float] | float:
+    """One run; returns its final metrics (what an optimising sweeper reads), NaN when it failed."""
     hc = HydraConfig.get()
     sweep = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
     try:
-        result = run_experiment(cfg, scenario=hc.runtime.choices.get("fitness"), sweep=sweep)
+        result = run_experiment(cfg, scenario=scenario(cfg, hc.runtime.choices.get("fitness")), sweep=sweep)
     except (ConfigError, DataError, TrackingError) as exc:
         if sweep is None:
             fail(str(exc))
@@ -37,7 +38,16 @@ def main(cfg: DictConfig) -> float:
         log.exception("job %s failed", hc.job.override_dirname)
         record_failure(sweep, hc.job.override_dirname, exc)
         return float("nan")
-    return result.metrics.get("best_test_accuracy", float("nan"))
+    return dict(result.metrics)
+
+
+def scenario(cfg: DictConfig, choice: str | None) -> str | None:
+    """The fitness file's name when the weights are that file's (``121``), else the weights
+    themselves (``0.83_4.1_1.2``, e.g. a search's trial): a run never claims a scenario it is not."""
+    if choice is not None and scenario_name(cfg) == choice:
+        return choice
+    f = cfg.fitness
+    return "_".join(f"{w:.3g}" for w in (f.w_acc, f.w_sim, f.w_comp))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ class TrackingConf:
     timeout_s: float = 10.0
     log_model: bool = True               # the returned network as an MLflow Model (PyTorch flavour, pt2)
     register_as: Optional[str] = None    # also a new version of this registered model per run
+    parent_run: Optional[str] = None     # MLflow run id this run is nested under (tag mlflow.parentRunId)
+    tags: dict[str, str] = field(default_factory=dict)   # extra tags on the run (e.g. an Optuna study's)
 
 
 @dataclass

@@ -220,7 +220,11 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
             tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
-        params = flatten(used_config(cfg, method.groups_unused))
+        tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
+        if cfg.tracking.parent_run:
+            tags["mlflow.parentRunId"] = cfg.tracking.parent_run
+        params = {k: v for k, v in flatten(used_config(cfg, method.groups_unused)).items()
+                  if not k.startswith(("tracking.tags.", "tracking.parent_run"))}   # logged as tags above
         params["tracking.uri"] = uri
         tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
 

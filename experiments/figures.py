@@ -10,7 +10,9 @@ of the returned networks), ``pareto_best_networks`` (beyond the paper), each as
 PNG and PDF, and ``summary.csv`` / ``summary.md``. When the store holds baseline
 runs: ``frontier`` (PNG, PDF, and ``frontier.csv``: test accuracy vs size of every
 baseline with 95 % bands, EComp's networks as points) and ``verdict.csv`` /
-``verdict.md`` (experiments/verdict.py). The same files are logged as
+``verdict.md`` (experiments/verdict.py). When it holds an Optuna search's trials
+(``hydra/sweeper=optuna``): ``search_front`` (PNG, PDF) and ``search_front.csv`` / ``.md``
+(experiments/search.py); the trials are kept out of every other figure. The same files are logged as
 artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read.
 """
 
@@ -43,6 +45,7 @@ from experiments.report_data import (SUMMARY_TAG, ReportError, grid_gaps, load_a
                                      paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
                                      summary_table)
 from experiments.levers import PAPER, lever_markdown, lever_table, with_levers  # noqa: E402
+from experiments.search import SPACE_PARAM, front_markdown, front_table, trial_table  # noqa: E402
 from experiments.verdict import frontier_table, split_runs, verdict_markdown, verdict_table  # noqa: E402
 
 log = logging.getLogger("ecomp.figures")
@@ -263,6 +266,7 @@ def build_report(cfg: DictConfig) -> list[Path]:
     uri = cfg.tracking.uri or default_uri(REPO)
     scenarios, seeds = [str(s) for s in cfg.grid.scenarios], [int(k) for k in cfg.grid.seeds]
     everything = load_all_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s)
+    trials, everything = everything[everything.study != ""], everything[everything.study == ""]   # searches apart
     out = Path(cfg.output_dir) if cfg.output_dir else REPO / "reports"
     files: list[Path] = []
     notes: list[str] = []
@@ -292,6 +296,7 @@ def build_report(cfg: DictConfig) -> list[Path]:
             log.warning("missing from the grid (%d of %d): %s", len(missing), len(scenarios) * len(seeds),
                         ", ".join(missing))
     files += verdict_files(everything, scenarios, out, notes)
+    files += search_files(uri, cfg.tracking.experiment, trials, everything, scenarios, out, notes)
     for note in notes:
         log.warning(note)
     if cfg.log_summary_run:
@@ -343,6 +348,93 @@ def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: 
     table.to_csv(out / "verdict.csv", index=False)
     (out / "verdict.md").write_text(verdict_markdown(table, frontier, parent, notes))
     return files + [out / "verdict.csv", out / "verdict.md"]
+
+
+def search_settings(uri: str, experiment: str, run_ids: list[str]) -> dict[str, dict[str, str]]:
+    """``{run_id: {searched key: value}}``: the keys each run's study searched (its parent run's
+    ``search.space.*`` params), read from the run's params (every run logs its config)."""
+    client = client_for(uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    spaces = {p.data.tags["optuna_study"]: [k[len(SPACE_PARAM):] for k in p.data.params if k.startswith(SPACE_PARAM)]
+              for p in client.search_runs([exp_id], "tags.optuna_role = 'study'", max_results=1000)}
+    out = {}
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        keys = spaces.get(run.data.tags.get("optuna_study"), [])
+        out[run_id] = {k: run.data.params.get(k, "") for k in keys}
+    return out
+
+
+def search_figure(table: pd.DataFrame, front: pd.DataFrame, frontier: pd.DataFrame, paper: pd.DataFrame,
+                  order: list[str], palette: dict, parent_accuracy: float):
+    """Left: every trial in (size, validation accuracy), each study's front joined. Right: the frontier's
+    axes (test accuracy vs size): the baselines' means with 95 % bands, the paper's seven scenarios (mean
+    over seeds, with the seeds' range), and the search's front at its test accuracy."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.4))
+    studies = sorted(table.study.unique())
+    colours = dict(zip(studies, sns.color_palette("dark", len(studies))))
+    searched = front[front.kind == "search front"]
+    for study in studies:
+        t, f = table[table.study == study], searched[searched.study == study].sort_values("size")
+        left.scatter(t.best_compression, t.best_val_accuracy, color="lightgrey", s=18, label=f"trials ({len(t)})")
+        left.step(f["size"], f.val_accuracy, where="post", color=colours[study], marker="*", markersize=9,
+                  label=f"front of {study}")
+        right.plot(f["size"], f.test_accuracy, color=colours[study], marker="*", markersize=11, linewidth=1.5,
+                   label=f"search front {study} (test)")
+    left.set(xlabel="relative size (hidden units / parent's)", ylabel="validation accuracy",
+             title="The search's trials and its Pareto front (validation)")
+    left.legend(fontsize="small")
+    variants = sorted(frontier.variant.unique())
+    styles = {v: BASELINE_STYLES[i % len(BASELINE_STYLES)] for i, v in enumerate(variants)}
+    for variant, f in frontier.groupby("variant", sort=True):
+        f = f.sort_values("size_mean")
+        colour, dash = styles[variant]
+        right.plot(f.size_mean, f.test_accuracy_mean, color=colour, linestyle=dash, linewidth=1.2,
+                   label=f"{variant} (mean, 95 % CI)")
+        right.fill_between(f.size_mean, f.ci_low, f.ci_high, color=colour, alpha=0.12, linewidth=0)
+    for scenario in [s for s in order if s in set(paper.scenario)]:
+        p = paper[paper.scenario == scenario]
+        right.errorbar(p.best_compression.mean(), p.best_test_accuracy.mean(), fmt="o", markersize=7,
+                       color=palette.get(scenario, "grey"),
+                       xerr=[[p.best_compression.mean() - p.best_compression.min()],
+                             [p.best_compression.max() - p.best_compression.mean()]],
+                       yerr=[[p.best_test_accuracy.mean() - p.best_test_accuracy.min()],
+                             [p.best_test_accuracy.max() - p.best_test_accuracy.mean()]],
+                       elinewidth=0.7, capsize=2, label=f"paper {scenario} ({len(p)} seeds)")
+    right.axhline(parent_accuracy, color="black", linestyle=":", linewidth=1, label=f"parent ({parent_accuracy:.3f})")
+    right.set(xlabel="relative size (hidden units / parent's)", ylabel="test accuracy",
+              title="The front against the paper's scenarios and the baselines")
+    right.set_ylim(max(0.0, min(searched.test_accuracy.min(), parent_accuracy) - 0.15), parent_accuracy + 0.02)
+    right.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def search_files(uri: str, experiment: str, trials: pd.DataFrame, everything: pd.DataFrame, order: list[str],
+                 out: Path, notes: list[str]) -> list[Path]:
+    """``search_front.png/pdf/csv/md`` when the store holds an Optuna search's trials (else none)."""
+    if trials.empty:
+        return []
+    setups = trials.setup.value_counts()
+    if len(setups) > 1:
+        notes.append(f"search trials of {len(setups)} data/parent setups; the search front uses the most common")
+    setup = setups.index[0]
+    trials, others = trials[trials.setup == setup], everything[everything.setup == setup]
+    ecomp, baselines = split_runs(others)
+    paper, _ = pick_newest(paper_runs(others))
+    frontier = frontier_table(pick_newest(baselines, by=("variant", "keep"))[0])
+    reference = trial_table(paper[paper.scenario == "121"].assign(study="", trial="-1")).assign(run_id="")
+    table = trial_table(trials)
+    settings = search_settings(uri, experiment, list(table.run_id))
+    front = front_table(trials, settings, frontier, reference)
+    parent = float(trials.parent_test_accuracy.mean())
+    out.mkdir(parents=True, exist_ok=True)
+    front.to_csv(out / "search_front.csv", index=False)
+    (out / "search_front.md").write_text(front_markdown(front, table.study.value_counts().to_dict(), parent))
+    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    with sns.axes_style("whitegrid"):
+        files = save(search_figure(table, front, frontier, paper, order, palette, parent), out, "search_front")
+    return [out / "search_front.csv", out / "search_front.md", *files]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="figures")

@@ -20,6 +20,7 @@ from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SE
                             check_reachable, client_for)
 
 SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
+TAG_STUDY, TAG_TRIAL = "optuna_study", "optuna_trial"   # a search's trial (hydra/sweeper=optuna)
 HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
 FINAL_KEYS = ("best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy")
 # logged by every method since the baselines came (NaN for older runs)
@@ -74,7 +75,8 @@ def load_all_runs(uri: str, experiment: str, run_filter: str | None = None, time
     """One row per FINISHED data run of ``experiment``, every method, duplicates included, newest first.
 
     Columns: run_id, method, variant, setup, scenario, keep, finetune_epochs, seed, start_time,
-    config_hash, sweep, parent_run (its sweep's MLflow parent run, else "") and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
+    config_hash, sweep, parent_run (its sweep's MLflow parent run, else ""), study and trial (an
+    Optuna search's, else "") and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
     ``variant`` names what a line or point of the frontier stands for: an EComp scenario
     (``121``, ``121+ft1`` when fine-tuned), or a baseline with its non-default settings
     (``l1_finetune``, ``l1_prune (importance=taylor)``); ``setup`` hashes the data and parent
@@ -121,6 +123,7 @@ def _row(r) -> dict:
             "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
             "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
+            "study": tags.get(TAG_STUDY, ""), "trial": tags.get(TAG_TRIAL, ""),
             "parent_run": tags.get("mlflow.parentRunId", ""),
             **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
 

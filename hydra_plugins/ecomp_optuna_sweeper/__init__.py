@@ -1,0 +1,1 @@
+"""EComp's Optuna sweeper for Hydra (``hydra/sweeper=optuna``); see ``sweeper.py``."""
