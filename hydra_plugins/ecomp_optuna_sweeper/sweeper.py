@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -213,11 +214,20 @@ class ECompOptunaSweeper(Sweeper):
             path = path[2:] if path.startswith("//") else path
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(path))
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
         if "://" in url:
-            return RDBStorage(url)
+            from sqlalchemy.exc import IntegrityError, OperationalError
+
+            kwargs = {}
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
+            for attempt in range(3):
+                try:
+                    return RDBStorage(url, **kwargs)
+                except (IntegrityError, OperationalError):   # another process is creating the same schema
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0)
         raise SearchError(f"hydra.sweeper.storage={url!r}: sqlite:///path.db, journal:///path.log or a database URL")
 
     def make_sampler(self, offset: int):
