@@ -7,7 +7,7 @@ The two parents have 266,610 and 266,710 weights and biases. Each is trained onc
 paper's recipe and cached (``.cache/parents``, about 20 s each the first time). Every
 repetition runs the real EComp method (``ECompMethod.run``, paper defaults, scenario 121,
 100 generations from the L1 initial population, no tracking) for both architectures in
-turn, so that the machine's drift hits both alike, and records the wall time of every
+turn (after one untimed warm-up run of each), so that the machine's drift hits both alike, and records the wall time of every
 generation (generation ``k`` = from record ``k - 1`` to record ``k``: breeding plus
 evaluation). Prints the median time per generation of each architecture over all
 generations of all repetitions, the ratio unbalanced / balanced, and the same for the
@@ -84,6 +84,8 @@ def main() -> None:
         params = sum(w.numel() + b.numel() for w, b in parent)
         print(f"{label}: {params:,} weights and biases", flush=True)
         problems[label] = (cfg, train, parent)
+    for label, (cfg, train, parent) in problems.items():       # warm-up (kernels built, caches filled): not timed
+        generation_times(cfg, train, parent)
     times: dict[str, list[list[float]]] = {label: [] for label in SHAPES}
     for r in range(a.repeats):
         for label, (cfg, train, parent) in problems.items():
