@@ -10,10 +10,11 @@ that it outputs ``relu(bias)``) has no defined CKA; it scores 1, as far from the
 representation can be (it is recognised by its centred energy, see ``CONSTANT_SHARE``, since
 centring a constant in float32 leaves rounding noise that would otherwise pass for a signal).
 
-A population of several architectures (the first generations) has one Gram per network and
-layer; with ``kernels=native`` they come from one threaded call of the C Gram kernel the
-t-SNE path uses (:func:`ecomp.native.grams_acts`) on the layer's activations, centred in one
-pass over all networks at once; ``torch`` makes one product per network (the test oracle).
+With ``kernels=native`` every network's Gram of a layer comes from one threaded call of the C
+Gram kernel the t-SNE path uses (:func:`ecomp.native.grams_acts`) on the layer's activations,
+centred in one pass over all networks at once, whatever their widths; ``torch`` makes one
+batched product for a population of one architecture and one product per network otherwise
+(the test oracle).
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class LinearCKA(SimilarityMeasure):
         groups = len(states)
         out = torch.zeros(groups, len(hidden[0]), device=hidden[0][0].device)
         for l in range(len(hidden)):
+            if self.kernels == "native":                                 # every network and group in one call
+                grams, mean_energy = (_centred_grams_native(hidden[l], n, groups) if stacked is None
+                                      else _centred_grams_native_stacked(stacked[l], n, groups))
+                for g in range(groups):
+                    out[g] += 1.0 - cka_from_centred(states[g][l], grams[g], mean_energy[g])
+                continue
             for g in range(groups):
                 rows = slice(g * n, (g + 1) * n)
                 if stacked is not None:                                  # one batched product
@@ -80,16 +87,11 @@ class LinearCKA(SimilarityMeasure):
                     mean = units.mean(-1, keepdim=True)
                     c = units - mean
                     grams, mean_energy = torch.bmm(c.transpose(1, 2), c), n * mean.square().sum((1, 2))
-                    out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
-                elif self.kernels != "native":                           # one product per network
+                else:                                                    # one product per network
                     means = [a[rows].mean(0, keepdim=True) for a in hidden[l]]
                     grams = torch.stack([(lambda c: c @ c.T)(a[rows] - m) for a, m in zip(hidden[l], means)])
                     mean_energy = n * torch.stack([m.square().sum() for m in means])
-                    out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
-            if stacked is None and self.kernels == "native":               # every group in one call
-                grams, mean_energy = _centred_grams_native(hidden[l], n, groups)   # (G, pop, n, n), (G, pop)
-                for g in range(groups):
-                    out[g] += 1.0 - cka_from_centred(states[g][l], grams[g], mean_energy[g])
+                out[g] += 1.0 - cka_from_centred(states[g][l], grams, mean_energy)
         return out
 
     def reference(self, state: list[Tensor], child: list[Tensor]) -> float:
@@ -120,3 +122,14 @@ def _centred_grams_native(acts: list[Tensor], n: int, groups: int) -> tuple[Tens
     owner = torch.repeat_interleave(torch.arange(len(acts)), torch.tensor(widths))
     energy = torch.zeros(len(acts), groups, dtype=mean.dtype).index_add_(0, owner, mean[:, :, 0].square())
     return grams, n * energy.T
+
+
+def _centred_grams_native_stacked(stacked: Tensor, n: int, groups: int) -> tuple[Tensor, Tensor]:
+    """:func:`_centred_grams_native` for a population of one architecture, ``stacked`` ``(pop, h, G * n)``:
+    centred per group in one pass, no copy into a joined tensor first."""
+    size, h = stacked.shape[0], stacked.shape[1]
+    units = stacked.reshape(size, h, groups, n)
+    mean = units.mean(3, keepdim=True)                                   # (pop, h, G, 1)
+    centred = (units - mean).view(size, h, groups * n)
+    grams = native.grams_acts([centred[i].T for i in range(size)], n).view(size, groups, n, n).transpose(0, 1)
+    return grams, n * mean[..., 0].square().sum(1).T                    # (G, pop)
