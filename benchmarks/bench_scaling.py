@@ -36,6 +36,13 @@ What the arithmetic predicts, per point, from the population actually evaluated:
 * operators: the population's weights (crossover writes every child once);
 * the total: each phase's time at the base point scaled by its predicted growth.
 
+Also per point: minor page faults per generation (fresh allocations over glibc's 32 MiB mmap
+threshold show up there), the final pick's time per batch (``PICK_GROUP`` batches in one
+forward pass, as :meth:`ecomp.evolution.EComp.pick_best` does) and an estimated whole run of
+the paper's 10,000-image subset: ``(10,000 / batch + 1)`` generations at the median time plus a
+``10,000 / batch``-batch pick (no set-up, no tracking; the later, one-architecture generations of
+a real run are faster than these first ones).
+
 The fitted exponent is the least-squares slope of log(time) on log(factor); the predicted
 exponent is the same fit on the predicted times. Writes ``scaling.csv`` and ``scaling.png``
 (log-log, one panel per factor) to ``--out`` (default ``reports/scaling/``).
@@ -65,6 +72,7 @@ SWEEPS = {"population": [100, 200, 400, 1000], "width": [256, 512, 1024, 2048],
 QUICK = {"population": [100, 400], "width": [256, 1024], "depth": [2, 4], "batch": [100, 500]}
 PHASES = ("forward", "similarity", "operators")
 INPUT, CLASSES = 784, 10
+TRAIN_SIZE = 10_000          # the paper's subset: a run has TRAIN_SIZE / batch generations
 
 
 # ----------------------------------------------------------------------------- one point (subprocess)
@@ -121,16 +129,30 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     ev = Evaluator(parent, batches, timer=timer)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g, timer)
     pop = l1_population(parent, population, 0.9, 0.207)
-    rows, last, t_last = [], dict(timer.seconds), time.perf_counter()
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    rows, last, t_last, f_last = [], dict(timer.seconds), time.perf_counter(), faults()
     for rec in ecomp.run(pop, epochs=1):
-        now, sec = time.perf_counter(), dict(timer.seconds)
+        now, sec, f_now = time.perf_counter(), dict(timer.seconds), faults()
         if rec.generation > warmup:
             p = ecomp.population
             rows.append({"total": now - t_last, **{k: sec.get(k, 0.0) - last.get(k, 0.0) for k in PHASES},
+                         "faults": f_now - f_last,
                          "flops": forward_flops(p.widths, batch), "params": float(p.parameters().sum()),
                          "units": float(p.hidden_units().sum()), "uniform": p.uniform})
-        last, t_last = sec, time.perf_counter()
-    med = {k: statistics.median(r[k] for r in rows) for k in ("total", *PHASES, "flops", "params", "units")}
+        last, t_last, f_last = sec, time.perf_counter(), faults()
+    # the final pick: the last population on PICK_GROUP batches at once (one forward pass), per batch
+    from ecomp.evolution import PICK_GROUP
+
+    ks = list(range(min(PICK_GROUP, len(batches))))
+    ev.evaluate_many(ecomp.population, ks)
+    t = time.perf_counter()
+    ev.evaluate_many(ecomp.population, ks)
+    pick = (time.perf_counter() - t) / len(ks)
+    med = {k: statistics.median(r[k] for r in rows)
+           for k in ("total", *PHASES, "faults", "flops", "params", "units")}
+    med["pick"] = pick
     return {**med, "gens": len(rows), "uniform_share": sum(r["uniform"] for r in rows) / len(rows),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_before": rss0 * 1024, "rss_data": rss_data * 1024, "kernels": ev.kernels,
@@ -180,6 +202,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="generations run before timing")
     ap.add_argument("--gens", type=int, default=None, help="timed generations per point (default 8, quick 4)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="passes over all points, interleaved, so that the machine's drift hits every point "
+                         "alike; each figure is the median over rounds of the per-round medians (default 3, quick 1)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch (and native kernel) threads per point; 0 = torch's default (all cores). "
                          "Default 1: on a shared 2-core VM, two OpenMP threads beside another busy process "
@@ -198,20 +223,35 @@ def main() -> None:
     print(f"bench_scaling {stamp}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{a.warmup} warm-up + {gens} timed generations per point, medians; a fresh process per point",
           flush=True)
-    cache: dict[tuple, dict] = {}
-    results: dict[str, list[dict]] = {}
+    rounds = a.rounds or (1 if a.quick else 3)
+    points = {}
     for factor in a.factors:
-        rows = []
         for value in sweeps[factor]:
             point = {**DEFAULTS, factor: value}
-            key = tuple(point.values())
-            if key not in cache:
-                cache[key] = {**point, **measure(point, a.warmup, gens, a.seed, a.threads)}
-            r = dict(cache[key], factor=factor, value=value)
-            rows.append(r)
-            print(f"  {factor:>10} {value:>5}: {1e3 * r['total']:8.1f} ms/generation  "
-                  + "  ".join(f"{ph} {1e3 * r[ph]:7.1f}" for ph in PHASES)
-                  + f"  peak {r['peak_rss'] / 2 ** 30:5.2f} GiB  ({r['process_s']:.0f} s)", flush=True)
+            points.setdefault(tuple(point.values()), point)
+    runs: dict[tuple, list[dict]] = {k: [] for k in points}
+    for r in range(rounds):
+        for key, point in points.items():
+            m = measure(point, a.warmup, gens, a.seed, a.threads)
+            runs[key].append(m)
+            print(f"  round {r + 1}/{rounds}  " + " ".join(f"{k} {v:<5}" for k, v in point.items())
+                  + f": {1e3 * m['total']:8.1f} ms/generation  "
+                  + "  ".join(f"{ph} {1e3 * m[ph]:7.1f}" for ph in PHASES)
+                  + f"  faults {m['faults']:7.0f}  peak {m['peak_rss'] / 2 ** 30:5.2f} GiB  ({m['process_s']:.0f} s)",
+                  flush=True)
+    cache = {}
+    for key, ms in runs.items():
+        merged = dict(ms[0])
+        for k in ("total", *PHASES, "faults", "flops", "params", "units", "pick"):
+            merged[k] = statistics.median(m[k] for m in ms)
+        n = TRAIN_SIZE // point["batch"]               # a run: generation 0 + n generations + an n-batch pick
+        merged["run_est"] = (n + 1) * merged["total"] + n * merged["pick"]
+        merged["peak_rss"] = max(m["peak_rss"] for m in ms)
+        merged["rounds"] = ",".join(f"{1e3 * m['total']:.1f}" for m in ms)
+        cache[key] = {**points[key], **merged}
+    results: dict[str, list[dict]] = {}
+    for factor in a.factors:
+        rows = [dict(cache[tuple({**DEFAULTS, factor: v}.values())], factor=factor, value=v) for v in sweeps[factor]]
         predicted(rows, factor)
         results[factor] = rows
     first = next(iter(cache.values()))
@@ -223,24 +263,28 @@ def main() -> None:
 
 def report(results: dict[str, list[dict]], out: Path, stamp: str) -> None:
     cols = ["factor", "value", "population", "width", "depth", "batch", "total", *PHASES, "pred_total",
-            *(f"pred_{p}" for p in PHASES), "flops", "params", "units", "peak_rss", "uniform_share", "gens"]
+            *(f"pred_{p}" for p in PHASES), "pick", "run_est", "faults", "flops", "params", "units", "peak_rss", "uniform_share", "gens",
+            "rounds"]
     with open(out / "scaling.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["date", *cols], extrasaction="ignore")
         w.writeheader()
         for rows in results.values():
             for r in rows:
                 w.writerow({"date": stamp, **r})
-    print("\nms per generation (medians); x = time / the base point's; pred = what the arithmetic predicts")
+    print("\nms per generation (medians); x = time / the base point's; pred = what the arithmetic predicts; "
+          "faults = minor page faults per generation")
     print(f"{'factor':>10} {'value':>6} {'total':>8} {'forward':>8} {'simil.':>8} {'operat.':>8} "
-          f"{'x meas':>7} {'x pred':>7} {'meas/pred':>9} {'dominant':>10} {'peak GiB':>9}")
+          f"{'x meas':>7} {'x pred':>7} {'meas/pred':>9} {'dominant':>10} {'faults':>7} {'peak GiB':>9} "
+          f"{'pick ms':>8} {'run s':>6} {'x run':>6}")
     for factor, rows in results.items():
         b = rows[0]
         for r in rows:
             dom = max(PHASES, key=lambda p: r[p])
             print(f"{factor:>10} {r['value']:>6} {1e3 * r['total']:8.1f} {1e3 * r['forward']:8.1f} "
                   f"{1e3 * r['similarity']:8.1f} {1e3 * r['operators']:8.1f} {r['total'] / b['total']:7.2f} "
-                  f"{r['pred_total'] / b['pred_total']:7.2f} {r['total'] / r['pred_total']:9.2f} {dom:>10} "
-                  f"{r['peak_rss'] / 2 ** 30:9.2f}")
+                  f"{r['pred_total'] / b['pred_total']:7.2f} {r['total'] / r['pred_total']:9.2f} {dom:>10} {r['faults']:7.0f} "
+                  f"{r['peak_rss'] / 2 ** 30:9.2f} {1e3 * r['pick']:8.1f} {r['run_est']:6.1f} "
+                  f"{r['run_est'] / b['run_est']:6.2f}")
     print("\ngrowth exponents (log-log least squares over each factor's points): measured (predicted)")
     print(f"{'factor':>10} {'total':>14} " + " ".join(f"{p:>14}" for p in PHASES))
     for factor, rows in results.items():
@@ -259,7 +303,8 @@ def checks(results: dict[str, list[dict]]) -> None:
     print("\ngoals:")
     pops = {r["value"]: r for r in results.get("population", [])}
     if 100 in pops and 1000 in pops:
-        print(f"  population 1000 / 100, time per generation: {pops[1000]['total'] / pops[100]['total']:.2f}x "
+        print(f"  population 1000 / 100, time per generation: {pops[1000]['total'] / pops[100]['total']:.2f}x, "
+              f"estimated whole run (generations + final pick): {pops[1000]['run_est'] / pops[100]['run_est']:.2f}x "
               f"(goal for a whole run: <= 12x; forward FLOPs ratio {pops[1000]['flops'] / pops[100]['flops']:.2f}x)")
     ws = {r["value"]: r for r in results.get("width", [])}
     if 256 in ws and 1024 in ws:

@@ -40,14 +40,19 @@ def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: i
 
 @torch.no_grad()
 def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
-              out: Tensor | None = None, use_native: bool | None = None, in_place: bool = False) -> Population:
+              out: Tensor | None = None, use_native: bool | None = None, in_place: bool = False,
+              layers_out: list[tuple[Tensor, Tensor]] | None = None) -> Population:
     """Two children per pair; the result has ``2 * len(pairs)`` individuals.
 
     Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
     are not modified unless ``in_place``. ``out``, if given, is storage of at least
     the children's first-layer rows that must not overlap the parents' (the loop
     passes a recycled buffer: writing into touched memory is about 3x faster than
-    into a fresh 40 MB allocation, which glibc always maps anew).
+    into a fresh 40 MB allocation, which glibc always maps anew). ``layers_out``, if given,
+    does the same for the later layers: one ``(weights, biases)`` pair of flat buffers per later
+    layer; a pair too small, or sharing storage with the parents' layer, is not used. (Without
+    it a wide population's later layers, over glibc's 32 MiB mmap threshold from width 1,024 or
+    about 400 networks, were faulted in anew every generation: ``benchmarks/bench_scaling.py``.)
 
     ``in_place``: the children may take over the parents' storage, which is what
     :class:`ecomp.evolution.EComp` does once the population has one architecture (from
@@ -90,8 +95,8 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     layer_sizes = [(sum(wo[s + 1] - wo[s] for s in bulk), sum(bo[s + 1] - bo[s] for s in bulk))
                    for wo, bo in zip(pop.w_offsets, pop.b_offsets)]
     children = Population(widths, first_w, pop.first_b.new_empty(n_rows),
-                          layer_w=[pop.layer_w[0].new_empty(nw) for nw, _ in layer_sizes],
-                          layer_b=[pop.layer_b[0].new_empty(nb) for _, nb in layer_sizes])
+                          layer_w=[_flat(pop.layer_w[l], nw, layers_out, l, 0) for l, (nw, _) in enumerate(layer_sizes)],
+                          layer_b=[_flat(pop.layer_b[l], nb, layers_out, l, 1) for l, (_, nb) in enumerate(layer_sizes)])
     if use_native:
         recycled = out is not None and first_w.data_ptr() == out.data_ptr()
         _recombine_native(pop, children, bulk, donor, child_cuts, recycled)
@@ -115,6 +120,17 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
             b.copy_(sb)
             _swap_block(w, b, dw, db, c[l + 1])
     return children
+
+
+def _flat(parent: Tensor, n: int, layers_out: list[tuple[Tensor, Tensor]] | None, l: int, k: int) -> Tensor:
+    """``n`` elements for a child layer: from ``layers_out[l][k]`` when it is large enough and not
+    the parents' storage, else fresh."""
+    if layers_out is not None and l < len(layers_out):
+        buf = layers_out[l][k]
+        if (buf.numel() >= n and buf.dtype == parent.dtype and buf.device == parent.device
+                and buf.untyped_storage().data_ptr() != parent.untyped_storage().data_ptr()):
+            return buf[:n]
+    return parent.new_empty(n)
 
 
 def _recombine_native(pop: Population, children: Population, bulk: list[int], donor: list[int],
