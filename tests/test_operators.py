@@ -316,3 +316,29 @@ def test_recycled_later_layer_buffers_give_the_same_children(use_native, n_hidde
         got = recombine(pops["recycled"], pairs, gen(2), use_native=use_native, layers_out=bad)
         assert all(w.data_ptr() != o.data_ptr() for w, (o, _) in zip(got.layer_w, bad))
         assert all(torch.equal(x, y) for x, y in zip(expected.layer_w + expected.layer_b, got.layer_w + got.layer_b))
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_gather_recombination_equals_the_other_paths(n_hidden):
+    """The GPU path's crossover (one gather per layer through index tensors, no per-individual
+    loop), run here on the CPU, gives the children of the slice path bit for bit, over generations
+    with mutation in between, on mixed widths and on a population stored out of order."""
+    pops = {k: tiny_population(size=8, n_hidden=n_hidden) for k in ("gather", "slices")}
+    gens = {k: gen(11) for k in pops}
+    for g_ in range(8):
+        for k in pops:
+            pairs = select_pairs(torch.randn(8, generator=gen(g_)), gens[k])
+            child = recombine(pops[k], pairs, gens[k], use_native=False, use_gather=k == "gather")
+            mutate_(child, 0.3, 0.9, 1.1, gens[k])
+            pops[k] = child
+        a, b = pops["gather"], pops["slices"]
+        assert a.widths == b.widths and torch.equal(a.first_w, b.first_w) and torch.equal(a.first_b, b.first_b)
+        assert all(torch.equal(x, y) for x, y in zip(a.layer_w + a.layer_b, b.layer_w + b.layer_b))
+    uniform = l1_population(random_layers([12, *[8] * n_hidden, 3], gen(3)), 8, 0.75, 0.75)
+    stored = Population(uniform.widths, uniform.first_w, uniform.first_b, uniform.layer_w, uniform.layer_b,
+                        slots=[3, 1, 0, 2, 7, 6, 5, 4])
+    pairs = select_pairs(torch.randn(8, generator=gen(4)), gen(5))
+    a = recombine(stored, pairs, gen(6), use_native=False, use_gather=True)
+    b = recombine(stored, pairs, gen(6), use_native=False, use_gather=False)
+    assert all(torch.equal(x, y) for i in range(8) for la, lb in zip(a.individual(i), b.individual(i))
+               for x, y in zip(la, lb))
