@@ -1,7 +1,8 @@
 """How EComp scales: time per generation (by phase) and peak memory while one factor grows.
 
-    python benchmarks/bench_scaling.py                 # the four sweeps below, about 5-10 minutes
-    python benchmarks/bench_scaling.py --quick         # fewer points and generations, about 2 minutes
+    python benchmarks/bench_scaling.py                 # the four sweeps below, 2 rounds: about 9-11 minutes
+    python benchmarks/bench_scaling.py --quick         # two points per factor, 1 round: about 2 minutes
+    python benchmarks/bench_scaling.py --from-csv reports/scaling/scaling.csv   # redraw table and plot
     python benchmarks/bench_scaling.py --factors population batch --gens 12
 
 One factor grows while the others stay at the paper's defaults (population 100, a
@@ -173,6 +174,28 @@ def measure(point: dict, warmup: int, gens: int, seed: int, threads: int) -> dic
 
 
 # ----------------------------------------------------------------------------- the sweep
+def run_estimate(r: dict) -> dict:
+    """A whole run of the paper's subset: generation 0 + n generations + an n-batch pick."""
+    n = TRAIN_SIZE // int(r["batch"])
+    r["run_est"] = (n + 1) * r["total"] + n * r["pick"]
+    return r
+
+
+def from_csv(path: Path) -> tuple[dict[str, list[dict]], str]:
+    """The results of an earlier run of this script, from its CSV (to redraw the table and plot)."""
+    results: dict[str, list[dict]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            r = {k: (v if k in ("factor", "date", "rounds") else
+                     (v == "True") if k == "uniform" else float(v)) for k, v in row.items() if v != ""}
+            for k in ("value", "population", "width", "depth", "batch"):
+                r[k] = int(r[k])
+            results.setdefault(r["factor"], []).append(run_estimate(r))
+    for factor, rows in results.items():
+        predicted(rows, factor)
+    return results, next(iter(results.values()))[0]["date"]
+
+
 def predicted(rows: list[dict], factor: str) -> None:
     """Adds ``pred_<phase>`` and ``pred_total`` (seconds) to each row of one factor's sweep."""
     base = rows[0]
@@ -204,16 +227,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=None,
                     help="passes over all points, interleaved, so that the machine's drift hits every point "
-                         "alike; each figure is the median over rounds of the per-round medians (default 3, quick 1)")
+                         "alike; each figure is the median over rounds of the per-round medians (default 2, quick 1)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch (and native kernel) threads per point; 0 = torch's default (all cores). "
                          "Default 1: on a shared 2-core VM, two OpenMP threads beside another busy process "
                          "spin against each other and the times swing by 5-20x")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "scaling")
+    ap.add_argument("--from-csv", type=Path, help="redraw the table, exponents and plot from an earlier scaling.csv")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(run_point(**json.loads(a.worker))))
+        return
+    if a.from_csv:
+        a.out.mkdir(parents=True, exist_ok=True)
+        results, stamp = from_csv(a.from_csv)
+        print(f"from {a.from_csv} ({stamp})")
+        report(results, a.out, stamp)
         return
     gens = a.gens or (4 if a.quick else 8)
     sweeps = QUICK if a.quick else SWEEPS
@@ -223,7 +253,7 @@ def main() -> None:
     print(f"bench_scaling {stamp}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{a.warmup} warm-up + {gens} timed generations per point, medians; a fresh process per point",
           flush=True)
-    rounds = a.rounds or (1 if a.quick else 3)
+    rounds = a.rounds or (1 if a.quick else 2)
     points = {}
     for factor in a.factors:
         for value in sweeps[factor]:
@@ -244,11 +274,9 @@ def main() -> None:
         merged = dict(ms[0])
         for k in ("total", *PHASES, "faults", "flops", "params", "units", "pick"):
             merged[k] = statistics.median(m[k] for m in ms)
-        n = TRAIN_SIZE // point["batch"]               # a run: generation 0 + n generations + an n-batch pick
-        merged["run_est"] = (n + 1) * merged["total"] + n * merged["pick"]
         merged["peak_rss"] = max(m["peak_rss"] for m in ms)
         merged["rounds"] = ",".join(f"{1e3 * m['total']:.1f}" for m in ms)
-        cache[key] = {**points[key], **merged}
+        cache[key] = run_estimate({**points[key], **merged})
     results: dict[str, list[dict]] = {}
     for factor in a.factors:
         rows = [dict(cache[tuple({**DEFAULTS, factor: v}.values())], factor=factor, value=v) for v in sweeps[factor]]
