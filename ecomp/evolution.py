@@ -83,8 +83,9 @@ class EComp:
         buffers = [population.first_w.new_empty(capacity, population.first_w.shape[1]) for _ in range(2)]
         # The later layers likewise (flat weights and biases per layer, size x the largest individual's):
         # a fresh allocation over glibc's mmap threshold would be faulted in anew every generation.
-        later = [[(population.layer_w[l].new_empty(population.size * max(wo[s + 1] - wo[s] for s in range(population.size))),
-                   population.layer_b[l].new_empty(population.size * max(bo[s + 1] - bo[s] for s in range(population.size))))
+        size = population.size
+        later = [[(population.layer_w[l].new_empty(size * max(wo[s + 1] - wo[s] for s in range(size))),
+                   population.layer_b[l].new_empty(size * max(bo[s + 1] - bo[s] for s in range(size))))
                   for l, (wo, bo) in enumerate(zip(population.w_offsets, population.b_offsets))] for _ in range(2)]
         for _ in range(epochs):
             for k in range(len(self.evaluator.batches)):

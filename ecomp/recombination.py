@@ -97,8 +97,10 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     layer_sizes = [(sum(wo[s + 1] - wo[s] for s in bulk), sum(bo[s + 1] - bo[s] for s in bulk))
                    for wo, bo in zip(pop.w_offsets, pop.b_offsets)]
     children = Population(widths, first_w, pop.first_b.new_empty(n_rows),
-                          layer_w=[_flat(pop.layer_w[l], nw, layers_out, l, 0) for l, (nw, _) in enumerate(layer_sizes)],
-                          layer_b=[_flat(pop.layer_b[l], nb, layers_out, l, 1) for l, (_, nb) in enumerate(layer_sizes)])
+                          layer_w=[_flat(pop.layer_w[l], nw, layers_out, l, 0)
+                                   for l, (nw, _) in enumerate(layer_sizes)],
+                          layer_b=[_flat(pop.layer_b[l], nb, layers_out, l, 1)
+                                   for l, (_, nb) in enumerate(layer_sizes)])
     if use_native:
         recycled = out is not None and first_w.data_ptr() == out.data_ptr()
         _recombine_native(pop, children, bulk, donor, child_cuts, recycled)
