@@ -81,21 +81,28 @@ class EComp:
         # children take over their parents' storage; see recombination.recombine).
         capacity = population.size * max(w[0] for w in population.widths)
         buffers = [population.first_w.new_empty(capacity, population.first_w.shape[1]) for _ in range(2)]
+        # The later layers likewise (flat weights and biases per layer, size x the largest individual's):
+        # a fresh allocation over glibc's mmap threshold would be faulted in anew every generation.
+        size = population.size
+        later = [[(population.layer_w[l].new_empty(size * max(wo[s + 1] - wo[s] for s in range(size))),
+                   population.layer_b[l].new_empty(size * max(bo[s + 1] - bo[s] for s in range(size))))
+                  for l, (wo, bo) in enumerate(zip(population.w_offsets, population.b_offsets))] for _ in range(2)]
         for _ in range(epochs):
             for k in range(len(self.evaluator.batches)):
                 generation += 1
                 with self.timer.phase("operators"):
-                    children = self._breed(buffers[generation % 2])
+                    children = self._breed(buffers[generation % 2], later[generation % 2])
                 yield self._evaluate(children, k, generation)
 
-    def _breed(self, buffer: Tensor) -> Population:
+    def _breed(self, buffer: Tensor, layers_out: list[tuple[Tensor, Tensor]] | None = None) -> Population:
         """The next generation: ``pop - elite`` children of selected pairs, mutated, then the
         ``elite`` fittest of the current generation, copied unchanged."""
         sel, pop = self.selection, self.population
         pairs = sel.pairs(self.fitness, self.generator)
         kept = [[(w.clone(), b.clone()) for w, b in pop.individual(i)] for i in elites(self.fitness, sel.elite)]
         # In place, the children would take over the elites' storage: elitism copies instead.
-        children = recombine(pop, pairs, self.generator, out=buffer, in_place=self.in_place and not kept)
+        children = recombine(pop, pairs, self.generator, out=buffer, in_place=self.in_place and not kept,
+                             layers_out=layers_out)
         m = self.mutation
         mutate_(children, m.rate, m.low, m.high, self.generator)
         if not kept:

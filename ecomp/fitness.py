@@ -22,7 +22,7 @@ from torch import Tensor
 from .measures.base import SimilarityMeasure
 from .measures.tsne import TSNE
 from .network import Layers, model_from_layers
-from .population import Population, forward
+from .population import Population, Workspace, forward
 from .timing import NullTimer, PhaseTimer
 
 
@@ -76,6 +76,7 @@ class Evaluator:
         self.parent_size = float(sum(w.shape[0] for w, _ in parent[:-1]) if compression == "units"
                                  else sum(w.numel() + b.numel() for w, b in parent))
         self._parent: dict[int, object] = {}
+        self.workspace = Workspace()          # the population's first-layer activations, reused
 
     def prepare(self, k: int) -> None:
         """Prepare (and keep) the parent's side of batch ``k`` ahead of :meth:`evaluate`."""
@@ -109,7 +110,7 @@ class Evaluator:
         """
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
-            logits, hidden, stacked = forward(pop, x)          # (pop, sum of batch sizes, C)
+            logits, hidden, stacked = forward(pop, x, workspace=self.workspace)   # (pop, sum of batch sizes, C)
         n = self.batches[ks[0]][0].shape[0]
         states = [self._parent_state(k) for k in ks]           # cached per batch
         with self.timer.phase("similarity"):

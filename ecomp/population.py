@@ -163,25 +163,48 @@ BATCHED_MAX_ROWS = 256
 FIRST_LAYER_CHUNK = 512   # rows of the packed first layer per GEMM call (see first_layer)
 
 
-def first_layer(pop: Population, x: Tensor, chunk: int = FIRST_LAYER_CHUNK) -> Tensor:
+def first_layer(pop: Population, x: Tensor, chunk: int = FIRST_LAYER_CHUNK, out: Tensor | None = None) -> Tensor:
     """``(sum of widths, batch)``: every individual's first-layer pre-activations, transposed.
 
     One ``(14k, 784) x (784, 100)`` product would be a single call, but BLAS then packs
     the whole 44 MB weight matrix and runs at about half its speed on the small side
     of 100; blocks of a few hundred rows stay in cache (benchmarks/bench_kernels.py
-    measures both).
+    measures both). ``out``: flat storage of at least ``sum of widths x batch`` elements to
+    write into (see :class:`Workspace`), else a fresh tensor.
     """
     pop._live()
     xt = x.T.contiguous()                                      # (input, batch)
-    z = x.new_empty(pop.first_w.shape[0], x.shape[0])
+    shape = (pop.first_w.shape[0], x.shape[0])
+    if out is not None and out.numel() >= shape[0] * shape[1] and out.dtype == x.dtype and out.device == x.device:
+        z = out[:shape[0] * shape[1]].view(shape)
+    else:
+        z = x.new_empty(shape)
     for s in range(0, z.shape[0], chunk):
         e = min(s + chunk, z.shape[0])
         torch.addmm(pop.first_b[s:e, None], pop.first_w[s:e], xt, out=z[s:e])
     return z
 
 
+class Workspace:
+    """Flat storage reused by every call of :func:`forward` that is given it (the evaluator keeps
+    one): the first layer's activations of a population are ``sum of widths x batch`` floats, 56 MB
+    for 1,000 networks or 2,048-wide ones, over glibc's 32 MiB mmap threshold, so a fresh tensor
+    per generation was faulted in anew each time. Grows when a larger pass needs it; what
+    :func:`forward` returns is only valid until the next call with the same workspace."""
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+    def get(self, n: int, like: Tensor) -> Tensor:
+        b = self.buffer
+        if b is None or b.numel() < n or b.dtype != like.dtype or b.device != like.device:
+            self.buffer = None                                 # free the old one first
+            self.buffer = b = like.new_empty(n)
+        return b
+
+
 @torch.no_grad()
-def forward(pop: Population, x: Tensor, batched: bool | None = None
+def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: Workspace | None = None
             ) -> tuple[Tensor, list[list[Tensor]], list[Tensor] | None]:
     """Logits ``(pop, batch, classes)``, post-ReLU hidden activations, and (batched path
     only) the same activations stacked.
@@ -194,9 +217,11 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None
     per individual, and ``stacked[l]`` is the ``(pop, width, batch)`` tensor the views
     come from, in slot order (see :class:`Population`). ``batched``: ``None`` picks the
     batched path when all widths are equal and the batch is small; ``False`` forces the
-    loop (the oracle for the batched path in the tests).
+    loop (the oracle for the batched path in the tests). ``workspace``: storage for the first
+    layer's activations, reused from call to call (the results then live until the next call).
     """
-    z0t = first_layer(pop, x).relu_()                          # (sum_h, batch), slot order
+    out = None if workspace is None else workspace.get(pop.first_w.shape[0] * x.shape[0], x)
+    z0t = first_layer(pop, x, out=out).relu_()                 # (sum_h, batch), slot order
     classes = pop.classes
     n_hidden = len(pop.widths[0])
     uniform = pop.uniform

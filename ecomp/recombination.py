@@ -40,14 +40,19 @@ def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: i
 
 @torch.no_grad()
 def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
-              out: Tensor | None = None, use_native: bool | None = None, in_place: bool = False) -> Population:
+              out: Tensor | None = None, use_native: bool | None = None, in_place: bool = False,
+              layers_out: list[tuple[Tensor, Tensor]] | None = None, use_gather: bool | None = None) -> Population:
     """Two children per pair; the result has ``2 * len(pairs)`` individuals.
 
     Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
     are not modified unless ``in_place``. ``out``, if given, is storage of at least
     the children's first-layer rows that must not overlap the parents' (the loop
     passes a recycled buffer: writing into touched memory is about 3x faster than
-    into a fresh 40 MB allocation, which glibc always maps anew).
+    into a fresh 40 MB allocation, which glibc always maps anew). ``layers_out``, if given,
+    does the same for the later layers: one ``(weights, biases)`` pair of flat buffers per later
+    layer; a pair too small, or sharing storage with the parents' layer, is not used. (Without
+    it a wide population's later layers, over glibc's 32 MiB mmap threshold from width 1,024 or
+    about 400 networks, were faulted in anew every generation: ``benchmarks/bench_scaling.py``.)
 
     ``in_place``: the children may take over the parents' storage, which is what
     :class:`ecomp.evolution.EComp` does once the population has one architecture (from
@@ -65,8 +70,10 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     ``ecomp.native.recombine`` writes each layer's children in one threaded pass over
     their memory (``use_native``: None = when the C kernels are available and the
     population is float32 on the CPU); the fallback copies each bulk parent's layer and
-    then assigns the donor's block, a few hundred tensor operations per generation. Both
-    only copy, so their children are bit for bit equal.
+    then assigns the donor's block, a few hundred tensor operations per generation. Off the
+    CPU (``use_gather``: None = on a GPU) there is no per-individual loop: each layer is one
+    gather through an index tensor built for the whole generation (:func:`_recombine_gather`).
+    All of them only copy, so their children are bit for bit equal.
     """
     pop._live()
     if use_native is None:
@@ -90,11 +97,16 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     layer_sizes = [(sum(wo[s + 1] - wo[s] for s in bulk), sum(bo[s + 1] - bo[s] for s in bulk))
                    for wo, bo in zip(pop.w_offsets, pop.b_offsets)]
     children = Population(widths, first_w, pop.first_b.new_empty(n_rows),
-                          layer_w=[pop.layer_w[0].new_empty(nw) for nw, _ in layer_sizes],
-                          layer_b=[pop.layer_b[0].new_empty(nb) for _, nb in layer_sizes])
+                          layer_w=[_flat(pop.layer_w[l], nw, layers_out, l, 0)
+                                   for l, (nw, _) in enumerate(layer_sizes)],
+                          layer_b=[_flat(pop.layer_b[l], nb, layers_out, l, 1)
+                                   for l, (_, nb) in enumerate(layer_sizes)])
     if use_native:
         recycled = out is not None and first_w.data_ptr() == out.data_ptr()
         _recombine_native(pop, children, bulk, donor, child_cuts, recycled)
+        return children
+    if use_gather if use_gather is not None else pop.device.type != "cpu":
+        _recombine_gather(pop, children, bulk, donor, child_cuts)
         return children
 
     # First layer: gather the bulk parents' packed rows in one index_select, then swap the blocks.
@@ -115,6 +127,74 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
             b.copy_(sb)
             _swap_block(w, b, dw, db, c[l + 1])
     return children
+
+
+def _flat(parent: Tensor, n: int, layers_out: list[tuple[Tensor, Tensor]] | None, l: int, k: int) -> Tensor:
+    """``n`` elements for a child layer: from ``layers_out[l][k]`` when it is large enough and not
+    the parents' storage, else fresh."""
+    if layers_out is not None and l < len(layers_out):
+        buf = layers_out[l][k]
+        if (buf.numel() >= n and buf.dtype == parent.dtype and buf.device == parent.device
+                and buf.untyped_storage().data_ptr() != parent.untyped_storage().data_ptr()):
+            return buf[:n]
+    return parent.new_empty(n)
+
+
+def _gather_index(sizes: Tensor, ins: Tensor, bulk_at: Tensor, donor_at: Tensor, donor_ins: Tensor,
+                  cuts: Tensor, total: int) -> Tensor:
+    """Flat source index of every element of a layer's children, in one set of tensor operations
+    (no per-child loop, no host synchronisation): child ``j`` has ``sizes[j]`` elements, rows of
+    ``ins[j]``; element ``k`` (row ``r``, column ``c``) comes from the donor's ``r * donor_ins[j] + c``
+    past ``donor_at[j]`` inside the ``cuts[j] x cuts[j]`` block, else from the bulk parent's ``k``
+    past ``bulk_at[j]``."""
+    dev = sizes.device
+    j = torch.repeat_interleave(torch.arange(sizes.shape[0], device=dev), sizes, output_size=total)
+    k = torch.arange(total, device=dev) - (torch.cumsum(sizes, 0) - sizes)[j]
+    inj = ins[j]
+    row = torch.div(k, inj, rounding_mode="floor")
+    col = k - row * inj
+    c = cuts[j]
+    return torch.where((row < c) & (col < c), donor_at[j] + row * donor_ins[j] + col, bulk_at[j] + k)
+
+
+def _recombine_gather(pop: Population, children: Population, bulk: list[int], donor: list[int],
+                      child_cuts: list[list[int]]) -> None:
+    """Every layer of ``children`` as one ``index_select`` of the parents' packed layer (and one of
+    its biases) through :func:`_gather_index`: the GPU path. The first layer gathers whole rows
+    and takes the donor's block columns by a mask, so its index is per row, not per weight."""
+    dev = pop.device
+
+    def t(v: list[int]) -> Tensor:
+        return torch.tensor(v, dtype=torch.int64, device=dev)
+
+    bs, ds = [pop.slot(s) for s in bulk], [pop.slot(d) for d in donor]
+    n, inp = len(bulk), pop.first_w.shape[1]
+    heights = [w[0] for w in children.widths]
+    ones, cuts0 = t([1] * n), t([c[0] for c in child_cuts])
+    n_rows = children.first_w.shape[0]
+    # first layer: rows (index per row), then the donor's columns [0, cut) on its rows [0, cut)
+    rows_bulk = _gather_index(t(heights), ones, t([pop.offsets[s] for s in bs]), t([pop.offsets[s] for s in bs]),
+                              ones, torch.zeros_like(cuts0), n_rows)
+    rows_donor = _gather_index(t(heights), ones, t([pop.offsets[s] for s in bs]), t([pop.offsets[d] for d in ds]),
+                               ones, cuts0, n_rows)
+    j = torch.repeat_interleave(torch.arange(n, device=dev), t(heights), output_size=n_rows)
+    # rows of the donor's block (a pair of one individual with itself has no visible block: either is right)
+    cut_of_row = torch.where(rows_donor != rows_bulk, cuts0[j], 0)
+    torch.index_select(pop.first_w, 0, rows_bulk, out=children.first_w)
+    mask = torch.arange(inp, device=dev).unsqueeze(0) < cut_of_row.unsqueeze(1)
+    torch.where(mask, pop.first_w.index_select(0, rows_donor), children.first_w, out=children.first_w)
+    torch.index_select(pop.first_b, 0, rows_donor, out=children.first_b)
+    for l in range(len(pop.layer_w)):
+        wo, bo = pop.w_offsets[l], pop.b_offsets[l]
+        outs = t([bo[s + 1] - bo[s] for s in bs])
+        ins = t([pop.widths[s][l] for s in bulk])
+        cuts = t([c[l + 1] for c in child_cuts])
+        idx = _gather_index(outs * ins, ins, t([wo[s] for s in bs]), t([wo[d] for d in ds]),
+                            t([pop.widths[d][l] for d in donor]), cuts, children.layer_w[l].numel())
+        torch.index_select(pop.layer_w[l], 0, idx, out=children.layer_w[l])
+        idx = _gather_index(outs, ones, t([bo[s] for s in bs]), t([bo[d] for d in ds]), ones, cuts,
+                            children.layer_b[l].numel())
+        torch.index_select(pop.layer_b[l], 0, idx, out=children.layer_b[l])
 
 
 def _recombine_native(pop: Population, children: Population, bulk: list[int], donor: list[int],

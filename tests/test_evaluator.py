@@ -170,3 +170,20 @@ def test_forward_of_out_of_order_storage_is_in_individual_order():
         ev = Evaluator(parent, batches, 10.0, kernels=kernels)
         a, b = ev.evaluate(moved, 1), ev.evaluate(in_order, 1)
         assert torch.equal(a.accuracy, b.accuracy) and torch.equal(a.similarity, b.similarity)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_forward_into_a_workspace_gives_the_same_numbers(uniform):
+    """The evaluator's reused first-layer storage (``Workspace``) changes no number; it grows
+    for a larger pass and the results of a call live until the next one."""
+    from ecomp.population import Workspace
+
+    parent, batches = problem(widths=(30, 16, 16, 5))
+    pop = l1_population(parent, 6, 0.75, 0.75 if uniform else 0.3)
+    ws = Workspace()
+    for x in (batches[0][0], torch.cat([b[0] for b in batches[:3]]), batches[1][0]):
+        fresh = forward(pop, x)
+        reused = forward(pop, x, workspace=ws)
+        assert ws.buffer.numel() >= sum(w[0] for w in pop.widths) * x.shape[0]
+        assert torch.equal(fresh[0], reused[0])
+        assert all(torch.equal(a, b) for la, lb in zip(fresh[1], reused[1]) for a, b in zip(la, lb))

@@ -282,3 +282,63 @@ def test_native_recombine_inplace_rejects_bad_arguments_in_one_line():
         native.recombine_inplace(w, b, [1, 0, 2], [0.2, 1.2, 2], [0, 1, 2], [1, 1, 1])
     with pytest.raises(ValueError, match="overlap"):
         native.recombine_inplace(w, w.view(-1)[:12].view(3, 4), [0, 1, 2], [0, 1, 2], [0, 1, 2], [1, 1, 1])
+
+
+@PATHS
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_recycled_later_layer_buffers_give_the_same_children(use_native, n_hidden):
+    """``layers_out`` (EComp.run's two alternating sets of later-layer buffers, so that a wide
+    population's layers are not faulted in anew every generation) changes where the children
+    live, never what they are; a buffer sharing the parents' storage or too small is not used."""
+    pops = {k: tiny_population(size=8, n_hidden=n_hidden) for k in ("fresh", "recycled")}
+    p0 = pops["fresh"]                     # children may be wider in total: size x the largest individual
+    sizes = [(8 * max(wo[s + 1] - wo[s] for s in range(8)), 8 * max(bo[s + 1] - bo[s] for s in range(8)))
+             for wo, bo in zip(p0.w_offsets, p0.b_offsets)]
+    later = [[(torch.empty(nw), torch.empty(nb)) for nw, nb in sizes] for _ in range(2)]
+    gens = {k: gen(7) for k in pops}
+    for g_ in range(8):
+        for k in pops:
+            pairs = select_pairs(torch.randn(8, generator=gen(g_)), gens[k])
+            child = recombine(pops[k], pairs, gens[k], use_native=use_native,
+                              layers_out=later[g_ % 2] if k == "recycled" else None)
+            if k == "recycled":
+                assert all(w.data_ptr() == later[g_ % 2][l][0].data_ptr() for l, w in enumerate(child.layer_w))
+            mutate_(child, 0.3, 0.9, 1.1, gens[k])
+            pops[k] = child
+        a, b = pops["fresh"], pops["recycled"]
+        assert a.widths == b.widths and torch.equal(a.first_w, b.first_w)
+        assert all(torch.equal(x, y) for x, y in zip(a.layer_w + a.layer_b, b.layer_w + b.layer_b))
+    own = [(w, b) for w, b in zip(pops["recycled"].layer_w, pops["recycled"].layer_b)]   # the parents' storage
+    small = [(torch.empty(1), torch.empty(1)) for _ in sizes]
+    for bad in (own, small):
+        pairs = select_pairs(torch.randn(8, generator=gen(99)), gen(1))
+        expected = recombine(pops["fresh"], pairs, gen(2), use_native=use_native)
+        got = recombine(pops["recycled"], pairs, gen(2), use_native=use_native, layers_out=bad)
+        assert all(w.data_ptr() != o.data_ptr() for w, (o, _) in zip(got.layer_w, bad))
+        assert all(torch.equal(x, y) for x, y in zip(expected.layer_w + expected.layer_b, got.layer_w + got.layer_b))
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_gather_recombination_equals_the_other_paths(n_hidden):
+    """The GPU path's crossover (one gather per layer through index tensors, no per-individual
+    loop), run here on the CPU, gives the children of the slice path bit for bit, over generations
+    with mutation in between, on mixed widths and on a population stored out of order."""
+    pops = {k: tiny_population(size=8, n_hidden=n_hidden) for k in ("gather", "slices")}
+    gens = {k: gen(11) for k in pops}
+    for g_ in range(8):
+        for k in pops:
+            pairs = select_pairs(torch.randn(8, generator=gen(g_)), gens[k])
+            child = recombine(pops[k], pairs, gens[k], use_native=False, use_gather=k == "gather")
+            mutate_(child, 0.3, 0.9, 1.1, gens[k])
+            pops[k] = child
+        a, b = pops["gather"], pops["slices"]
+        assert a.widths == b.widths and torch.equal(a.first_w, b.first_w) and torch.equal(a.first_b, b.first_b)
+        assert all(torch.equal(x, y) for x, y in zip(a.layer_w + a.layer_b, b.layer_w + b.layer_b))
+    uniform = l1_population(random_layers([12, *[8] * n_hidden, 3], gen(3)), 8, 0.75, 0.75)
+    stored = Population(uniform.widths, uniform.first_w, uniform.first_b, uniform.layer_w, uniform.layer_b,
+                        slots=[3, 1, 0, 2, 7, 6, 5, 4])
+    pairs = select_pairs(torch.randn(8, generator=gen(4)), gen(5))
+    a = recombine(stored, pairs, gen(6), use_native=False, use_gather=True)
+    b = recombine(stored, pairs, gen(6), use_native=False, use_gather=False)
+    assert all(torch.equal(x, y) for i in range(8) for la, lb in zip(a.individual(i), b.individual(i))
+               for x, y in zip(la, lb))

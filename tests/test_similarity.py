@@ -113,3 +113,19 @@ def test_stacked_distances_equal_set_by_set():
     stacked = shifted_distances_stacked(layers, n)
     sets = [layers[l][i, :, s * n:(s + 1) * n].T for s in range(g_n) for l in range(2) for i in range(c)]
     assert torch.allclose(stacked, shifted_distances(sets), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("every", [2, 3, 5])
+def test_calibrate_without_a_host_check_every_iteration_gives_the_same_rows(every):
+    """The GPU setting (``check_every`` > 1: no active set, the rows left counted only every few
+    iterations, so one host synchronisation per ``every`` iterations) gives every row the same
+    probabilities and precision as the per-iteration loop the CPU runs."""
+    xs = [embeddings(w, w) for w in (5, 60, 200)]
+    d = shifted_distances(xs)
+    guess = calibrate(d, 30.0)[1] * d.mean(1).double() * 1.3
+    for beta_mean in (None, guess):
+        s1, s2 = {}, {}
+        p1, b1 = calibrate(d, 30.0, beta_mean=beta_mean, stats=s1)
+        p2, b2 = calibrate(d, 30.0, beta_mean=beta_mean, stats=s2, check_every=every)
+        assert torch.allclose(p1, p2, rtol=1e-6, atol=1e-9) and torch.allclose(b1, b2, rtol=1e-12)
+        assert s1["checks"] == s1["iterations"] and s2["checks"] <= -(-s2["iterations"] // every)

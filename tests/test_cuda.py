@@ -1,0 +1,66 @@
+"""The GPU path (device=cuda): crossover by gathers, the perplexity search with few host
+synchronisations, and the evaluator, against the CPU path. Skipped where no GPU is present."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_layers
+from ecomp.evolution import EComp, MutationSpec
+from ecomp.fitness import Evaluator, Weights
+from ecomp.initialiser import l1_population
+from ecomp.recombination import recombine
+from ecomp.selection import select_pairs
+from ecomp.similarity import calibrate, shifted_distances
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def to(pop_layers, device):
+    return [(w.to(device), b.to(device)) for w, b in pop_layers]
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_cuda_crossover_equals_the_cpu_bit_for_bit(n_hidden):
+    parent = random_layers([12, *[8] * n_hidden, 3], gen(0))
+    cpu = l1_population(parent, 8, 1.0, 0.25)
+    gpu = l1_population(to(parent, "cuda"), 8, 1.0, 0.25)
+    pairs = select_pairs(torch.randn(8, generator=gen(1)), gen(2))
+    a = recombine(cpu, pairs, gen(3), use_native=False)
+    b = recombine(gpu, pairs, gen(3))                          # the gather path (default off the CPU)
+    assert a.widths == b.widths
+    assert all(torch.equal(x, y.cpu()) for x, y in zip([a.first_w, a.first_b, *a.layer_w, *a.layer_b],
+                                                       [b.first_w, b.first_b, *b.layer_w, *b.layer_b]))
+
+
+def test_cuda_perplexity_search_syncs_every_few_iterations_and_agrees():
+    g = gen(0)
+    xs = [torch.relu(torch.randn(100, w, generator=g)) for w in (5, 60, 200)]
+    d = shifted_distances(xs)
+    stats = {}
+    p_cpu, b_cpu = calibrate(d, 30.0)
+    p_gpu, b_gpu = calibrate(d.cuda(), 30.0, stats=stats)
+    assert stats["checks"] < stats["iterations"]
+    assert torch.allclose(p_cpu, p_gpu.cpu(), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(b_cpu, b_gpu.cpu(), rtol=1e-4)
+
+
+def test_cuda_evaluation_and_a_few_generations_match_the_cpu():
+    g = gen(0)
+    parent = random_layers([30, 24, 24, 5], g)
+    batches = [(torch.rand(40, 30, generator=g), torch.randint(0, 5, (40,), generator=g)) for _ in range(3)]
+    pop = l1_population(parent, 10, 0.9, 0.3)
+    cpu = Evaluator(parent, batches, 10.0, kernels="torch").evaluate(pop, 0)
+    gpu_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    gpu = Evaluator(to(parent, "cuda"), gpu_batches, 10.0).evaluate(
+        l1_population(to(parent, "cuda"), 10, 0.9, 0.3), 0)
+    assert torch.allclose(cpu.accuracy, gpu.accuracy)
+    assert torch.allclose(cpu.similarity, gpu.similarity, rtol=1e-3, atol=1e-5)
+    ecomp = EComp(Evaluator(to(parent, "cuda"), gpu_batches, 10.0), Weights(1, 2, 1), MutationSpec(rate=0.5), gen(4))
+    records = list(ecomp.run(l1_population(to(parent, "cuda"), 10, 0.9, 0.3), epochs=1))
+    assert len(records) == 4 and all(torch.isfinite(torch.tensor(list(r.metrics.values()))).all() for r in records)
