@@ -53,7 +53,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 6
+ABI_VERSION = 7
 KERNELS = ("auto", "native", "torch")
 
 _lock = threading.Lock()
@@ -135,7 +135,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_similarity_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double,
                                           ctypes.c_double, ctypes.c_int, _f64, *span]
     lib.ecomp_similarity_acts.restype = ctypes.c_int
-    lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, *span]
+    lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, *span]
     lib.ecomp_grams_acts.restype = ctypes.c_int
     lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int, ctypes.c_int]
     lib.ecomp_recombine.restype = None
@@ -324,14 +324,17 @@ def similarity_acts(acts: list[Tensor], n: int, parent_p: Tensor, parent: Tensor
     return kl
 
 
-def grams_acts(acts: list[Tensor], n: int) -> Tensor:
+def grams_acts(acts: list[Tensor], n: int, centre: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Gram matrices ``(S * G, n, n)`` of the point sets of :func:`similarity_acts`, by the
-    kernel it uses (so a parent's and an identical child's agree bit for bit)."""
+    kernel it uses (so a parent's and an identical child's agree bit for bit). ``centre``: of
+    each set's features centred over its ``n`` points (linear CKA's Grams), returned with
+    ``n * |mean|^2`` of each set ``(S * G,)`` float64."""
     lib = load()
     m, desc = _point_sets(acts, n)
     g = torch.empty(m, n, n)
-    _split(lib.ecomp_grams_acts, m, *_set_pointers(desc), n, _ptr(g, _f32))
-    return g
+    energy = torch.empty(m, dtype=torch.float64) if centre else None
+    _split(lib.ecomp_grams_acts, m, *_set_pointers(desc), n, _ptr(g, _f32), _ptr(energy, _f64))
+    return (g, energy) if centre else g
 
 
 def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -51,7 +51,7 @@ static int use_avx2(void) { return 0; }
 /* Which instruction set the kernels run with: 1 AVX2 + FMA, 0 baseline. */
 int ecomp_isa(void) { return use_avx2(); }
 
-int ecomp_abi_version(void) { return 6; }
+int ecomp_abi_version(void) { return 7; }
 
 /* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
 int ecomp_openmp(void) {
@@ -133,7 +133,7 @@ int ecomp_similarity_acts(const int64_t *addr, const int64_t *ld, const int32_t 
 
 /* Gram matrices (M, N, N) of sets [m0, m1) given as activations. */
 int ecomp_grams_acts(const int64_t *addr, const int64_t *ld, const int32_t *trans, const int32_t *width, int n,
-                     float *g, int64_t m0, int64_t m1, int nthreads) {
+                     float *g, double *centred, int64_t m0, int64_t m1, int nthreads) {
     const size_t w = (size_t)max_width(width, m0, m1), nn = (size_t)n * n;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:failed)
@@ -143,7 +143,8 @@ int ecomp_grams_acts(const int64_t *addr, const int64_t *ld, const int32_t *tran
         #pragma omp for schedule(dynamic, SETS_PER_GRAB)
         for (int64_t m = m0; m < m1; m++)
             if (pad)
-                DISPATCH(gram_set, (const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g + m * nn, pad);
+                DISPATCH(gram_set, (const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g + m * nn, pad,
+                         centred ? centred + m : NULL);
         free(pad);
     }
     return failed ? -1 : 0;

@@ -75,8 +75,11 @@ static inline float KFN(hsum8)(KFN(v8) v) {
  * and zeros beyond n; then 6 x 16 blocks of G = pad^T pad on and above the diagonal
  * blocks, 12 vector accumulators each (6 x 8 in a last panel of at most 8 columns: for
  * n = 100 that panel holds 4 of 16); the rest of G is mirrored. pad: GRAM_PAD(n, w) floats.
- * Each entry is a plain sum over f in order of a product, whatever the blocking. */
-static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, float *g, float *pad) {
+ * Each entry is a plain sum over f in order of a product, whatever the blocking.
+ * centred != NULL: every feature is first centred over the n points (its mean summed in double,
+ * subtracted in float: linear CKA's centred Gram), and *centred = n * sum of the squared means. */
+static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, float *g, float *pad,
+                          double *centred) {
     const int np = (n + 15) & ~15;
     if (trans) {
         for (int f = 0; f < w; f++) memcpy(pad + (size_t)f * np, a + (size_t)f * ld, sizeof(float) * (size_t)n);
@@ -85,6 +88,18 @@ static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, f
             const float *src = a + (size_t)j * ld;
             for (int f = 0; f < w; f++) pad[(size_t)f * np + j] = src[f];
         }
+    }
+    if (centred) {
+        double energy = 0.0;
+        for (int f = 0; f < w; f++) {
+            float *row = pad + (size_t)f * np;
+            double sum = 0.0;
+            for (int j = 0; j < n; j++) sum += row[j];
+            const float mean = (float)(sum / n);
+            for (int j = 0; j < n; j++) row[j] -= mean;
+            energy += (double)mean * mean;
+        }
+        *centred = energy * n;
     }
     for (int f = 0; f < w; f++)
         for (int j = n; j < np; j++) pad[(size_t)f * np + j] = 0.0f;
@@ -384,7 +399,7 @@ static double KFN(similarity_set)(const int64_t *addr, const int64_t *ld, const 
     const size_t nn = (size_t)n * n;
     float *cond = work + CAL_WORK_FLOATS(n), *g = cond + nn, *col = g + nn, *pad = col + n;
     const int64_t q = parent[m];
-    KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g, pad);
+    KFN(gram_set)((const float *)(intptr_t)addr[m], ld[m], trans[m], width[m], n, g, pad, NULL);
     *bad += KFN(calibrate_set)(g, n, guess ? guess + q * n : NULL, target, tol, max_iter, cond, NULL, work);
     return KFN(kl_set)(cond, p + q * nn, n, col);
 }

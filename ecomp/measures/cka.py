@@ -11,8 +11,8 @@ representation can be (it is recognised by its centred energy, see ``CONSTANT_SH
 centring a constant in float32 leaves rounding noise that would otherwise pass for a signal).
 
 With ``kernels=native`` every network's Gram of a layer comes from one threaded call of the C
-Gram kernel the t-SNE path uses (:func:`ecomp.native.grams_acts`) on the layer's activations,
-centred in one pass over all networks at once, whatever their widths; ``torch`` makes one
+Gram kernel the t-SNE path uses (:func:`ecomp.native.grams_acts` with ``centre=True``: it centres
+each feature as it copies it into its block buffer), whatever the widths; ``torch`` makes one
 batched product for a population of one architecture and one product per network otherwise
 (the test oracle).
 """
@@ -75,8 +75,7 @@ class LinearCKA(SimilarityMeasure):
         out = torch.zeros(groups, len(hidden[0]), device=hidden[0][0].device)
         for l in range(len(hidden)):
             if self.kernels == "native":                                 # every network and group in one call
-                grams, mean_energy = (_centred_grams_native(hidden[l], n, groups) if stacked is None
-                                      else _centred_grams_native_stacked(stacked[l], n, groups))
+                grams, mean_energy = _centred_grams_native(hidden[l], n, groups)
                 for g in range(groups):
                     out[g] += 1.0 - cka_from_centred(states[g][l], grams[g], mean_energy[g])
                 continue
@@ -106,30 +105,7 @@ class LinearCKA(SimilarityMeasure):
 
 def _centred_grams_native(acts: list[Tensor], n: int, groups: int) -> tuple[Tensor, Tensor]:
     """Centred Grams ``(G, pop, n, n)`` of networks of any widths and their ``n * |mean|^2``
-    ``(G, pop)``: every network's units stacked in one ``(sum of widths, G * n)`` tensor, centred
-    per group of ``n`` points in one pass, then :func:`ecomp.native.grams_acts` on per-network views."""
-    widths = [a.shape[1] for a in acts]
-    # units as rows, points along them: the layout the forward pass leaves and the Gram kernel prefers
-    joined = torch.cat([a.T for a in acts]).view(-1, groups, n)          # (sum h, G, n), a copy
-    mean = joined.mean(2, keepdim=True)                                  # (sum h, G, 1)
-    joined -= mean
-    flat = joined.view(-1, groups * n)
-    views, start = [], 0
-    for h in widths:
-        views.append(flat[start:start + h].T)                            # (G n, h) views
-        start += h
-    grams = native.grams_acts(views, n).view(len(acts), groups, n, n).transpose(0, 1)
-    owner = torch.repeat_interleave(torch.arange(len(acts)), torch.tensor(widths))
-    energy = torch.zeros(len(acts), groups, dtype=mean.dtype).index_add_(0, owner, mean[:, :, 0].square())
-    return grams, n * energy.T
-
-
-def _centred_grams_native_stacked(stacked: Tensor, n: int, groups: int) -> tuple[Tensor, Tensor]:
-    """:func:`_centred_grams_native` for a population of one architecture, ``stacked`` ``(pop, h, G * n)``:
-    centred per group in one pass, no copy into a joined tensor first."""
-    size, h = stacked.shape[0], stacked.shape[1]
-    units = stacked.reshape(size, h, groups, n)
-    mean = units.mean(3, keepdim=True)                                   # (pop, h, G, 1)
-    centred = (units - mean).view(size, h, groups * n)
-    grams = native.grams_acts([centred[i].T for i in range(size)], n).view(size, groups, n, n).transpose(0, 1)
-    return grams, n * mean[..., 0].square().sum(1).T                    # (G, pop)
+    ``(G, pop)``, from one threaded call of the C Gram kernel, which centres each network's
+    features over each group of ``n`` points as it reads them (nothing copied first)."""
+    grams, energy = native.grams_acts(acts, n, centre=True)             # sets in order network * G + group
+    return grams.view(len(acts), groups, n, n).transpose(0, 1), energy.view(len(acts), groups).T
