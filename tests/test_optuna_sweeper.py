@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_cli
-from hydra_plugins.ecomp_optuna_sweeper.space import Dim, SearchError, dim_of, override_value
+from hydra_plugins.ecomp_optuna_sweeper._space import Dim, SearchError, dim_of, override_value
 from hydra_plugins.ecomp_optuna_sweeper.sweeper import (METRICS, TAG_ROLE, TAG_STUDY, TAG_TRIAL, ECompOptunaSweeper,
                                                         study_name_for)
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 def runs_of(store: str, experiment: str = "ecomp"):
     client = MlflowClient(store)
     exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id], max_results=1000))
+    runs = [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if "ecomp.kind" not in r.data.tags]   # data runs, not a sweep's parent
 
 
 def test_single_run_logs_everything_and_best_network_reloads(make_cfg, store, tmp_path):

@@ -36,7 +36,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import ECompOptunaSweeperConf  # noqa: F401 - registers hydra/sweeper=optuna
-from .space import Dim, SearchError, dim_of, override_value
+from ._space import Dim, SearchError, dim_of, override_value
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,9 @@
 """The search space: Hydra's sweep syntax (``interval``, ``tag(log, ...)``, ``choice``, ``range``) as
-Optuna distributions, and suggested values written back as overrides Hydra reads unchanged."""
+Optuna distributions, and suggested values written back as overrides Hydra reads unchanged.
+
+The leading underscore keeps Hydra's plugin scanner out: it re-executes every other module under
+``hydra_plugins`` when it starts, which makes new classes of everything they define (an exception
+raised by one copy would not be caught as the other)."""
 
 import json
 import math
