@@ -268,7 +268,10 @@ def _open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     tracker.create(uri, exp_id)
     if cfg.tracking.log_model:                 # imported here, in the background, not after the run
         import mlflow.pytorch  # noqa: F401
-        import torch.export._trace  # noqa: F401
+        try:                                   # torch.export's heavy part: a private module, only a warm-up
+            import torch.export._trace  # noqa: F401
+        except ImportError:
+            pass
 
 
 # The parent's test accuracy, per process: every run of a sweep shares the parent and the
