@@ -43,6 +43,16 @@ class Parts:
         return w.w_acc * self.accuracy - w.w_sim * self.similarity + w.w_comp * (1.0 - self.compression)
 
 
+PARTS = frozenset({"accuracy", "similarity"})     # the parts that cost a forward pass (compression does not)
+
+
+def needed_parts(w: Weights) -> frozenset[str]:
+    """The parts the fitness reads: those with a non-zero weight. A part left out is computed as
+    zeros, and ``0 * x`` is exactly ``0 * 0`` for every finite ``x``, so the fitness is bit for bit
+    the same (the final pick of scenarios 001, 100 and 101 skips the similarity; 001 the forward pass)."""
+    return frozenset(p for p, weight in (("accuracy", w.w_acc), ("similarity", w.w_sim)) if weight != 0)
+
+
 def _hidden_acts(layers: Layers, x: Tensor) -> list[Tensor]:
     acts, h = [], x
     for w, b in layers[:-1]:
@@ -102,26 +112,36 @@ class Evaluator:
         return self.evaluate_many(pop, [k])[0]
 
     @torch.no_grad()
-    def evaluate_many(self, pop: Population, ks: list[int]) -> list[Parts]:
+    def evaluate_many(self, pop: Population, ks: list[int], parts: frozenset[str] = PARTS) -> list[Parts]:
         """:class:`Parts` on each of the batches ``ks``, from one forward pass over their
         concatenation: with 1,000 images instead of 100 the products are large enough to
         run near the machine's GEMM speed. Accuracy and similarity stay per batch, so the
         numbers are those of :meth:`evaluate` on each batch (up to float rounding).
+
+        ``parts``: which of accuracy and similarity to compute; the others are zeros (see
+        :func:`needed_parts`). Without either there is no forward pass.
         """
+        compression = self.compression(pop)
+        zeros = torch.zeros(pop.size)
+        if not parts & PARTS:
+            return [Parts(zeros, zeros, compression) for _ in ks]
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
             logits, hidden, stacked = forward(pop, x, workspace=self.workspace)   # (pop, sum of batch sizes, C)
         n = self.batches[ks[0]][0].shape[0]
-        states = [self._parent_state(k) for k in ks]           # cached per batch
-        with self.timer.phase("similarity"):
-            if stacked is not None:                            # stacked is in slot order
-                order = pop.slot_index()
-                stacked = [stacked[l] if order is None else stacked[l].index_select(0, order) for l in self.layers]
-            sims = self.measure.score([hidden[l] for l in self.layers], stacked, states, n)    # (G, pop)
-        with self.timer.phase("forward"):
-            accs = [(logits[:, g_ * n:(g_ + 1) * n].argmax(2) == self.batches[k][1]).float().mean(1)
-                    for g_, k in enumerate(ks)]                # (pop,) per batch
-        compression = self.compression(pop)
+        sims = accs = [zeros] * len(ks)
+        if "similarity" in parts:
+            states = [self._parent_state(k) for k in ks]           # cached per batch
+            with self.timer.phase("similarity"):
+                if stacked is not None:                            # stacked is in slot order
+                    order = pop.slot_index()
+                    stacked = [stacked[l] if order is None else stacked[l].index_select(0, order)
+                               for l in self.layers]
+                sims = self.measure.score([hidden[l] for l in self.layers], stacked, states, n)    # (G, pop)
+        if "accuracy" in parts:
+            with self.timer.phase("forward"):
+                accs = [(logits[:, g_ * n:(g_ + 1) * n].argmax(2) == self.batches[k][1]).float().mean(1)
+                        for g_, k in enumerate(ks)]                # (pop,) per batch
         return [Parts(accs[g_].cpu(), sims[g_].cpu(), compression) for g_ in range(len(ks))]
 
 
@@ -153,5 +173,6 @@ class ReferenceEvaluator(Evaluator):
             sim.append(self.measure.reference(parent, [acts[l] for l in self.layers]))
         return Parts(torch.tensor(acc), torch.tensor(sim, dtype=torch.float32), self.compression(pop))
 
-    def evaluate_many(self, pop: Population, ks: list[int]) -> list[Parts]:
+    def evaluate_many(self, pop: Population, ks: list[int], parts: frozenset[str] = PARTS) -> list[Parts]:
+        """Every part on every batch, whatever ``parts`` asks (the oracle skips nothing)."""
         return [self.evaluate(pop, k) for k in ks]

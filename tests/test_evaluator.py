@@ -8,7 +8,7 @@ import torch
 from conftest import random_layers
 from ecomp import native
 from ecomp.evolution import EComp, MutationSpec
-from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.fitness import PARTS, Evaluator, ReferenceEvaluator, Weights, needed_parts
 from ecomp.initialiser import l1_population
 from ecomp.mutation import mutate_
 from ecomp.population import forward
@@ -108,6 +108,29 @@ def test_evaluate_many_equals_one_batch_at_a_time(kernels):
         one = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, k)
         assert torch.equal(parts.accuracy, one.accuracy)
         assert torch.allclose(parts.similarity, one.similarity, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (1.0, 0.0, 1.0), (0.0, 2.0, 1.0), (1.0, 2.0, 1.0)])
+def test_the_final_pick_skips_only_parts_with_zero_weight_and_finds_the_same_bits(weights):
+    """The pick computes no part whose weight is zero; its means must equal, bit for bit, those
+    computed from every part, and the evolution's records must still hold every part."""
+    parent, batches = problem(n_batches=4)
+    w = Weights(*weights)
+    ev = Evaluator(parent, batches, 10.0)
+    calls = []
+    evaluate_many = ev.evaluate_many
+    ev.evaluate_many = lambda pop, ks, parts=PARTS: calls.append(parts) or evaluate_many(pop, ks, parts)
+    ecomp = EComp(ev, w, MutationSpec(0.2, 0.9, 1.1), torch.Generator().manual_seed(0))
+    records = list(ecomp.run(l1_population(parent, 8, 0.9, 0.3), epochs=1))
+    assert all(r.metrics["similarity_mean"] > 0 and r.metrics["accuracy_mean"] > 0 for r in records)
+    calls.clear()
+    best, mean = ecomp.pick_best(group=3)
+    assert calls == [needed_parts(w)] * 2
+    assert needed_parts(w) == {p for p, x in (("accuracy", w.w_acc), ("similarity", w.w_sim)) if x}
+    total = torch.zeros(8, dtype=torch.float64)
+    for parts in Evaluator(parent, batches, 10.0).evaluate_many(ecomp.population, [0, 1, 2, 3]):
+        total += parts.fitness(w).double()
+    assert torch.equal(mean, total / 4) and best == int((total / 4).argmax())
 
 
 @KERNELS
