@@ -87,6 +87,7 @@ class Evaluator:
                                  else sum(w.numel() + b.numel() for w, b in parent))
         self._parent: dict[int, object] = {}
         self.workspace = Workspace()          # the population's first-layer activations, reused
+        self.padded: bool | None = None       # several widths as zero-padded stacks (forward's padded)
 
     def prepare(self, k: int) -> None:
         """Prepare (and keep) the parent's side of batch ``k`` ahead of :meth:`evaluate`."""
@@ -127,7 +128,7 @@ class Evaluator:
             return [Parts(zeros, zeros, compression) for _ in ks]
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
-            logits, hidden, stacked = forward(pop, x, workspace=self.workspace)   # (pop, sum of batch sizes, C)
+            logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded)   # (pop, sum of batch sizes, C)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:

@@ -1,5 +1,6 @@
-"""The GPU path (device=cuda): crossover by gathers, the perplexity search with few host
-synchronisations, and the evaluator, against the CPU path. Skipped where no GPU is present."""
+"""The GPU path (device=cuda): crossover and mutation by gathers, the perplexity search with few
+host synchronisations, the mixed-width forward pass on padded stacks, and the evaluator, against
+the CPU path (tests/test_padded.py runs the same code forced on the CPU). Skipped where no GPU is present."""
 
 from __future__ import annotations
 
@@ -64,3 +65,28 @@ def test_cuda_evaluation_and_a_few_generations_match_the_cpu():
     ecomp = EComp(Evaluator(to(parent, "cuda"), gpu_batches, 10.0), Weights(1, 2, 1), MutationSpec(rate=0.5), gen(4))
     records = list(ecomp.run(l1_population(to(parent, "cuda"), 10, 0.9, 0.3), epochs=1))
     assert len(records) == 4 and all(torch.isfinite(torch.tensor(list(r.metrics.values()))).all() for r in records)
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_cuda_mutation_is_gathered_and_equals_the_cpu_bit_for_bit(n_hidden):
+    from ecomp.mutation import mutate_
+
+    parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
+    cpu = l1_population(parent, 12, 1.0, 0.2)
+    gpu = l1_population(to(parent, "cuda"), 12, 1.0, 0.2)
+    assert mutate_(cpu, 0.5, 0.5, 1.5, gen(5)) == mutate_(gpu, 0.5, 0.5, 1.5, gen(5))   # gathered: the default
+    assert all(torch.equal(x, y.cpu()) for x, y in zip([cpu.first_w, *cpu.layer_w], [gpu.first_w, *gpu.layer_w]))
+
+
+def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
+    from ecomp.population import forward
+
+    parent = random_layers([20, 16, 14, 4], gen(0))
+    cpu = l1_population(parent, 9, 1.0, 0.2)
+    gpu = l1_population(to(parent, "cuda"), 9, 1.0, 0.2)
+    x = torch.rand(30, 20, generator=gen(1))
+    logits_c, hidden_c, _ = forward(cpu, x)
+    logits_g, hidden_g, stacked = forward(gpu, x.cuda())
+    assert stacked is not None and stacked[0].shape[1] == max(w[0] for w in gpu.widths)   # the padded path
+    assert torch.allclose(logits_c, logits_g.cpu(), rtol=1e-4, atol=1e-5)
+    assert all(torch.allclose(a, b.cpu(), rtol=1e-4, atol=1e-5) for la, lb in zip(hidden_c, hidden_g) for a, b in zip(la, lb))

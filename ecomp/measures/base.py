@@ -37,7 +37,9 @@ class SimilarityMeasure(ABC):
 
         ``hidden[l][i]``: network ``i``'s activations ``(G * n, h)`` on compared layer ``l``;
         ``stacked[l]``: the same as one ``(pop, h, G * n)`` tensor (transposed) when the
-        population has one architecture (else None); ``states``: :meth:`prepare`'s, one per batch.
+        population has one architecture, or on a GPU zero-padded to the widest network
+        (:mod:`ecomp.padded`: a measure must give zero features no weight, as Grams do), else
+        None; ``states``: :meth:`prepare`'s, one per batch.
         """
 
     def reference_prepare(self, parent: list[Tensor]) -> Any:

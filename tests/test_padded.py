@@ -1,0 +1,93 @@
+"""The GPU path's loop-free parts, run on the CPU against the CPU's own loops: the mixed-width
+forward pass as zero-padded batched products (ecomp.padded) and the mutation through one index
+tensor per layer. On a GPU they are the default (tests/test_cuda.py); here they are forced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_layers
+from ecomp import native
+from ecomp.fitness import Evaluator
+from ecomp.initialiser import l1_population
+from ecomp.measures.cka import LinearCKA
+from ecomp.mutation import mutate_
+from ecomp.population import forward
+from ecomp.recombination import recombine
+from ecomp.selection import select_pairs
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def mixed(n_hidden: int, size: int = 9, seed: int = 0):
+    parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(seed))
+    pop = l1_population(parent, size, 1.0, 0.2)
+    assert not pop.uniform
+    return parent, pop
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_padded_forward_equals_the_per_network_loop(n_hidden):
+    _, pop = mixed(n_hidden)
+    x = torch.rand(30, 20, generator=gen(1))
+    logits_l, hidden_l, none = forward(pop, x, padded=False)
+    logits_p, hidden_p, stacked = forward(pop, x, padded=True)
+    assert none is None and len(stacked) == n_hidden
+    assert torch.allclose(logits_p, logits_l, rtol=1e-5, atol=1e-6)
+    for l in range(n_hidden):
+        widest = max(w[l] for w in pop.widths)
+        assert stacked[l].shape == (pop.size, widest, 30)
+        for i in range(pop.size):
+            assert hidden_p[l][i].shape == hidden_l[l][i].shape
+            assert torch.allclose(hidden_p[l][i], hidden_l[l][i], rtol=1e-5, atol=1e-6)
+            assert not stacked[l][i, pop.widths[i][l]:].any()          # zeros beyond the real units
+
+
+@pytest.mark.parametrize("measure", ["tsne", "cka"])
+def test_the_evaluator_on_padded_stacks_gives_the_loops_parts(measure):
+    parent, pop = mixed(2, size=7)
+    g = gen(2)
+    batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(3)]
+    kw = {"kernels": "torch"} if measure == "tsne" else {"measure": LinearCKA("torch")}
+    loop = Evaluator(parent, batches, 8.0, **kw)
+    pad = Evaluator(parent, batches, 8.0, **kw)
+    pad.padded = True
+    for a, b in zip(loop.evaluate_many(pop, [0, 1, 2]), pad.evaluate_many(pop, [0, 1, 2])):
+        assert torch.equal(a.accuracy, b.accuracy) and torch.equal(a.compression, b.compression)
+        assert torch.allclose(a.similarity, b.similarity, rtol=1e-4, atol=1e-6)
+
+
+def test_the_padded_forward_refuses_a_population_stored_out_of_order():
+    if native._compiler() is None:
+        pytest.skip("crossover in place needs the native kernels")
+    parent = random_layers([20, 12, 10, 4], gen(0))
+    pop = l1_population(parent, 8, 0.5, 0.5)                       # one architecture
+    for s in range(5):
+        pop = recombine(pop, select_pairs(torch.randn(8, generator=gen(s)), gen(s + 10)), gen(s + 20), in_place=True)
+        if pop.slots is not None:
+            break
+    assert pop.slots is not None
+    with pytest.raises(ValueError, match="individual order"):
+        forward(pop, torch.rand(5, 20), padded=True)
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+@pytest.mark.parametrize("uniform", [False, True])
+def test_gathered_mutation_equals_the_loop_bit_for_bit(n_hidden, uniform):
+    parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
+    pops = [l1_population(parent, 12, 0.6 if uniform else 1.0, 0.6 if uniform else 0.2) for _ in range(2)]
+    g_loop, g_gath = gen(5), gen(5)
+    chosen_loop = mutate_(pops[0], 0.5, 0.5, 1.5, g_loop, gathered=False)
+    chosen_gath = mutate_(pops[1], 0.5, 0.5, 1.5, g_gath, gathered=True)
+    assert chosen_loop == chosen_gath and 0 < len(chosen_loop) < 12
+    a, b = pops
+    for x, y in zip([a.first_w, a.first_b, *a.layer_w, *a.layer_b], [b.first_w, b.first_b, *b.layer_w, *b.layer_b]):
+        assert torch.equal(x, y)
+    assert torch.equal(torch.rand(3, generator=g_loop), torch.rand(3, generator=g_gath))   # same draws consumed
+    untouched = l1_population(parent, 12, 0.6 if uniform else 1.0, 0.6 if uniform else 0.2)
+    for i in range(12):
+        same = all(torch.equal(w, u) for (w, _), (u, _) in zip(b.individual(i), untouched.individual(i)))
+        assert same == (i not in chosen_gath)
