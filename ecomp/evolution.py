@@ -99,15 +99,13 @@ class EComp:
         ``elite`` fittest of the current generation, copied unchanged."""
         sel, pop = self.selection, self.population
         pairs = sel.pairs(self.fitness, self.generator)
-        kept = [[(w.clone(), b.clone()) for w, b in pop.individual(i)] for i in elites(self.fitness, sel.elite)]
+        kept = pop.take(elites(self.fitness, sel.elite)) if sel.elite else None    # copies
         # In place, the children would take over the elites' storage: elitism copies instead.
-        children = recombine(pop, pairs, self.generator, out=buffer, in_place=self.in_place and not kept,
+        children = recombine(pop, pairs, self.generator, out=buffer, in_place=self.in_place and kept is None,
                              layers_out=layers_out)
         m = self.mutation
         mutate_(children, m.rate, m.low, m.high, self.generator)
-        if not kept:
-            return children
-        return Population.from_individuals([children.individual(i) for i in range(children.size)] + kept)
+        return children if kept is None else Population.concat([children, kept])
 
     def pick_best(self, on_batch: Callable[[int], None] | None = None,
                   group: int = PICK_GROUP) -> tuple[int, Tensor]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from .population import Population
+from .population import Population, index_ranges
 
 
 @torch.no_grad()
@@ -37,15 +36,6 @@ def mutate_(pop: Population, rate: float, low: float, high: float, generator: to
     return chosen
 
 
-def _ranges(starts: list[int], lengths: list[int], device: torch.device) -> Tensor:
-    """The concatenation of ``arange(start, start + length)`` over the pairs, as one index tensor."""
-    total = sum(lengths)
-    s = torch.tensor(starts, dtype=torch.int64, device=device)
-    n = torch.tensor(lengths, dtype=torch.int64, device=device)
-    before = torch.cumsum(n, 0) - n                                 # where each range begins in the result
-    return torch.arange(total, device=device) + torch.repeat_interleave(s - before, n, output_size=total)
-
-
 def _mutate_gathered(pop: Population, chosen: list[int], low: float, high: float,
                      generator: torch.Generator) -> None:
     pop._live()
@@ -66,6 +56,6 @@ def _mutate_gathered(pop: Population, chosen: list[int], low: float, high: float
     for l in range(n_layers):
         storage = blocks[0][l][0]
         flat = storage.view(-1)                                     # packed storage is contiguous
-        dst = _ranges([ind[l][1] for ind in blocks], [ind[l][2] for ind in blocks], dev)
-        src = _ranges([drawn_at[k * n_layers + l] for k in range(len(blocks))], [ind[l][2] for ind in blocks], dev)
+        dst = index_ranges([ind[l][1] for ind in blocks], [ind[l][2] for ind in blocks], dev)
+        src = index_ranges([drawn_at[k * n_layers + l] for k in range(len(blocks))], [ind[l][2] for ind in blocks], dev)
         flat.index_copy_(0, dst, flat.index_select(0, dst) * factors.index_select(0, src))

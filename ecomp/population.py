@@ -142,6 +142,29 @@ class Population:
         return torch.tensor([sum((d[l] + 1) * d[l + 1] for l in range(len(d) - 1)) for d in dims],
                             dtype=torch.float64)
 
+    def take(self, indices: list[int]) -> "Population":
+        """A new population of individuals ``indices`` (copies, in that order, stored in order):
+        one ``index_select`` per buffer through index ranges, no per-individual tensor work."""
+        self._live()
+        dev, slots = self.device, [self.slot(i) for i in indices]
+        widths = [self.widths[i] for i in indices]
+        rows = index_ranges([self.offsets[s] for s in slots], [w[0] for w in widths], dev)
+        def later(buffers: list[Tensor], offsets: list[list[int]]) -> list[Tensor]:
+            return [buf.index_select(0, index_ranges([o[s] for s in slots], [o[s + 1] - o[s] for s in slots], dev))
+                    for buf, o in zip(buffers, offsets)]
+        return Population(widths=widths, first_w=self.first_w.index_select(0, rows),
+                          first_b=self.first_b.index_select(0, rows),
+                          layer_w=later(self.layer_w, self.w_offsets), layer_b=later(self.layer_b, self.b_offsets))
+
+    @classmethod
+    def concat(cls, pops: list["Population"]) -> "Population":
+        """The individuals of ``pops`` one population after the other, in one new storage."""
+        pops = [p if p.slots is None else p.take(list(range(p.size))) for p in pops]
+        return cls(widths=[w for p in pops for w in p.widths], first_w=torch.cat([p.first_w for p in pops]),
+                   first_b=torch.cat([p.first_b for p in pops]),
+                   layer_w=[torch.cat([p.layer_w[l] for p in pops]) for l in range(len(pops[0].layer_w))],
+                   layer_b=[torch.cat([p.layer_b[l] for p in pops]) for l in range(len(pops[0].layer_b))])
+
     @classmethod
     def from_individuals(cls, individuals: list[Layers]) -> "Population":
         firsts = [ind[0] for ind in individuals]
@@ -153,6 +176,16 @@ class Population:
             layer_w=[torch.cat([ind[l + 1][0].reshape(-1) for ind in individuals]) for l in range(n_later)],
             layer_b=[torch.cat([ind[l + 1][1] for ind in individuals]) for l in range(n_later)],
         )
+
+
+def index_ranges(starts: list[int], lengths: list[int], device: torch.device | str = "cpu") -> Tensor:
+    """The concatenation of ``arange(start, start + length)`` over the pairs, as one int64 tensor
+    built without a per-range loop (for gathers on packed storage)."""
+    total = sum(lengths)
+    s = torch.tensor(starts, dtype=torch.int64, device=device)
+    n = torch.tensor(lengths, dtype=torch.int64, device=device)
+    before = torch.cumsum(n, 0) - n                                 # where each range begins in the result
+    return torch.arange(total, device=device) + torch.repeat_interleave(s - before, n, output_size=total)
 
 
 # Above this many images per network, one GEMM per network is already near BLAS speed and the

@@ -342,3 +342,22 @@ def test_gather_recombination_equals_the_other_paths(n_hidden):
     b = recombine(stored, pairs, gen(6), use_native=False, use_gather=False)
     assert all(torch.equal(x, y) for i in range(8) for la, lb in zip(a.individual(i), b.individual(i))
                for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("n_hidden", [1, 2, 3])
+def test_take_and_concat_copy_individuals_like_from_individuals(n_hidden):
+    """Elitism's copies (Population.take) and the next generation's assembly (concat) are
+    index gathers; they must give what the per-individual path gave, bit for bit."""
+    pop = tiny_population(size=8, n_hidden=n_hidden)
+    picked = [5, 0, 5, 3]
+    kept = pop.take(picked)
+    expected = Population.from_individuals([pop.individual(i) for i in picked])
+    both = Population.concat([pop, kept])
+    expected_both = Population.from_individuals([pop.individual(i) for i in range(8)] + [pop.individual(i) for i in picked])
+    for got, want in ((kept, expected), (both, expected_both)):
+        assert got.widths == want.widths
+        for x, y in zip([got.first_w, got.first_b, *got.layer_w, *got.layer_b],
+                        [want.first_w, want.first_b, *want.layer_w, *want.layer_b]):
+            assert torch.equal(x, y)
+    kept.first_w.add_(1.0)                                     # copies: the source is untouched
+    assert torch.equal(pop.first(5)[0], expected.first(0)[0])
