@@ -245,7 +245,8 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: 
     ``hidden[l][i]`` is individual ``i``'s layer-``l`` activation ``(batch, width)``, a
     transposed view. Evolution makes the population converge to one architecture
     (every individual with the same widths: by generation 35 of 101 in the run we
-    traced, and so in its final pick); then, for batches of up to ``BATCHED_MAX_ROWS`` images,
+    traced, and so in its final pick); then, for batches of up to ``BATCHED_MAX_ROWS`` images
+    (any batch on a GPU),
     the later layers run as one batched product per layer instead of one small GEMM
     per individual, and ``stacked[l]`` is the ``(pop, width, batch)`` tensor the views
     come from, in slot order (see :class:`Population`). ``batched``: ``None`` picks the
@@ -266,7 +267,8 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: 
 
         return forward_padded(pop, z0t)
     if batched is None:
-        batched = uniform and pop.size > 1 and x.shape[0] <= BATCHED_MAX_ROWS
+        # (the image limit is the CPU's; on a GPU the batched products always win over a loop)
+        batched = uniform and pop.size > 1 and (x.shape[0] <= BATCHED_MAX_ROWS or pop.device.type != "cpu")
     if batched:
         if not uniform:
             raise ValueError("the batched forward pass needs every individual to have the same widths")
