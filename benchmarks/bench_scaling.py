@@ -4,6 +4,7 @@
     python benchmarks/bench_scaling.py --quick         # two points per factor, 1 round: about 2 minutes
     python benchmarks/bench_scaling.py --from-csv reports/scaling/scaling.csv   # redraw table and plot
     python benchmarks/bench_scaling.py --factors population batch --gens 12
+    python benchmarks/bench_scaling.py --device cuda   # on a GPU (adds its peak memory)
 
 One factor grows while the others stay at the paper's defaults (population 100, a
 784-256-256-10 parent, i.e. two hidden layers of width 256, batches of 100 images):
@@ -95,7 +96,7 @@ def forward_flops(widths: list[tuple[int, ...]], batch: int) -> float:
 
 
 def run_point(population: int, width: int, depth: int, batch: int, warmup: int, gens: int, seed: int,
-              threads: int) -> dict:
+              threads: int, device: str = "cpu") -> dict:
     import torch
 
     if threads:
@@ -124,9 +125,11 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
         y = torch.randint(0, CLASSES, (n_batches * batch,), generator=g)
         data = "random"
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    batches = [(x[s:s + batch], y[s:s + batch]) for s in range(0, x.shape[0], batch)]
-    parent = random_parent(width, depth, seed)
-    timer = PhaseTimer("cpu")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    batches = [(x[s:s + batch].to(dev), y[s:s + batch].to(dev)) for s in range(0, x.shape[0], batch)]
+    parent = [(w.to(dev), b.to(dev)) for w, b in random_parent(width, depth, seed)]
+    timer = PhaseTimer(device)                               # synchronises a GPU at every phase boundary
     ev = Evaluator(parent, batches, timer=timer)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g, timer)
     pop = l1_population(parent, population, 0.9, 0.207)
@@ -135,6 +138,8 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
 
     rows, last, t_last, f_last = [], dict(timer.seconds), time.perf_counter(), faults()
     for rec in ecomp.run(pop, epochs=1):
+        if cuda:
+            torch.cuda.synchronize()
         now, sec, f_now = time.perf_counter(), dict(timer.seconds), faults()
         if rec.generation > warmup:
             p = ecomp.population
@@ -148,22 +153,27 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
 
     ks = list(range(min(PICK_GROUP, len(batches))))
     ev.evaluate_many(ecomp.population, ks)
+    if cuda:
+        torch.cuda.synchronize()
     t = time.perf_counter()
     ev.evaluate_many(ecomp.population, ks)
+    if cuda:
+        torch.cuda.synchronize()
     pick = (time.perf_counter() - t) / len(ks)
     med = {k: statistics.median(r[k] for r in rows)
            for k in ("total", *PHASES, "faults", "flops", "params", "units")}
     med["pick"] = pick
     return {**med, "gens": len(rows), "uniform_share": sum(r["uniform"] for r in rows) / len(rows),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "gpu_peak": torch.cuda.max_memory_allocated(dev) if cuda else 0, "device": device,
             "rss_before": rss0 * 1024, "rss_data": rss_data * 1024, "kernels": ev.kernels,
             "isa": native.isa() if ev.kernels == "native" else "", "threads": torch.get_num_threads(), "data": data}
 
 
-def measure(point: dict, warmup: int, gens: int, seed: int, threads: int) -> dict:
+def measure(point: dict, warmup: int, gens: int, seed: int, threads: int, device: str = "cpu") -> dict:
     """One point in a fresh interpreter (its own peak memory)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(
-        {**point, "warmup": warmup, "gens": gens, "seed": seed, "threads": threads})]
+        {**point, "warmup": warmup, "gens": gens, "seed": seed, "threads": threads, "device": device})]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
@@ -186,7 +196,7 @@ def from_csv(path: Path) -> tuple[dict[str, list[dict]], str]:
     results: dict[str, list[dict]] = {}
     with open(path) as f:
         for row in csv.DictReader(f):
-            r = {k: (v if k in ("factor", "date", "rounds") else
+            r = {k: (v if k in ("factor", "date", "rounds", "device") else
                      (v == "True") if k == "uniform" else float(v)) for k, v in row.items() if v != ""}
             for k in ("value", "population", "width", "depth", "batch"):
                 r[k] = int(r[k])
@@ -232,6 +242,7 @@ def main() -> None:
                     help="torch (and native kernel) threads per point; 0 = torch's default (all cores). "
                          "Default 1: on a shared 2-core VM, two OpenMP threads beside another busy process "
                          "spin against each other and the times swing by 5-20x")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:<index>")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "scaling")
     ap.add_argument("--from-csv", type=Path, help="redraw the table, exponents and plot from an earlier scaling.csv")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -245,6 +256,12 @@ def main() -> None:
         print(f"from {a.from_csv} ({stamp})")
         report(results, a.out, stamp)
         return
+    if a.device != "cpu":
+        import torch
+
+        if not a.device.startswith("cuda") or not torch.cuda.is_available():
+            raise SystemExit(f"bench_scaling: --device={a.device}: cpu, or cuda where a GPU is present "
+                             f"(torch.cuda.is_available() is {torch.cuda.is_available()})")
     gens = a.gens or (4 if a.quick else 8)
     sweeps = QUICK if a.quick else SWEEPS
     a.out.mkdir(parents=True, exist_ok=True)
@@ -262,12 +279,14 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {k: [] for k in points}
     for r in range(rounds):
         for key, point in points.items():
-            m = measure(point, a.warmup, gens, a.seed, a.threads)
+            m = measure(point, a.warmup, gens, a.seed, a.threads, a.device)
             runs[key].append(m)
             print(f"  round {r + 1}/{rounds}  " + " ".join(f"{k} {v:<5}" for k, v in point.items())
                   + f": {1e3 * m['total']:8.1f} ms/generation  "
                   + "  ".join(f"{ph} {1e3 * m[ph]:7.1f}" for ph in PHASES)
-                  + f"  faults {m['faults']:7.0f}  peak {m['peak_rss'] / 2 ** 30:5.2f} GiB  ({m['process_s']:.0f} s)",
+                  + f"  faults {m['faults']:7.0f}  peak {m['peak_rss'] / 2 ** 30:5.2f} GiB"
+                  + (f"  GPU peak {m['gpu_peak'] / 2 ** 30:5.2f} GiB" if m["gpu_peak"] else "")
+                  + f"  ({m['process_s']:.0f} s)",
                   flush=True)
     cache = {}
     for key, ms in runs.items():
@@ -275,6 +294,7 @@ def main() -> None:
         for k in ("total", *PHASES, "faults", "flops", "params", "units", "pick"):
             merged[k] = statistics.median(m[k] for m in ms)
         merged["peak_rss"] = max(m["peak_rss"] for m in ms)
+        merged["gpu_peak"] = max(m.get("gpu_peak", 0) for m in ms)
         merged["rounds"] = ",".join(f"{1e3 * m['total']:.1f}" for m in ms)
         cache[key] = run_estimate({**points[key], **merged})
     results: dict[str, list[dict]] = {}
@@ -283,7 +303,7 @@ def main() -> None:
         predicted(rows, factor)
         results[factor] = rows
     first = next(iter(cache.values()))
-    print(f"\nkernels {first['kernels']} {first['isa']}, {first['threads']} threads, data {first['data']}; "
+    print(f"\ndevice {a.device}, kernels {first['kernels']} {first['isa']}, {first['threads']} threads, data {first['data']}; "
           f"random-weight parents; tracking not run (constant, ~1 ms/generation)")
     report(results, a.out, stamp)
     print(f"\nwhole benchmark: {time.perf_counter() - t0:.0f} s; wrote {a.out / 'scaling.csv'} and {a.out / 'scaling.png'}")
@@ -291,7 +311,7 @@ def main() -> None:
 
 def report(results: dict[str, list[dict]], out: Path, stamp: str) -> None:
     cols = ["factor", "value", "population", "width", "depth", "batch", "total", *PHASES, "pred_total",
-            *(f"pred_{p}" for p in PHASES), "pick", "run_est", "faults", "flops", "params", "units", "peak_rss", "uniform_share", "gens",
+            *(f"pred_{p}" for p in PHASES), "pick", "run_est", "faults", "flops", "params", "units", "peak_rss", "gpu_peak", "device", "uniform_share", "gens",
             "rounds"]
     with open(out / "scaling.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["date", *cols], extrasaction="ignore")
@@ -341,6 +361,9 @@ def checks(results: dict[str, list[dict]]) -> None:
               f"prediction (goal <= 1.3); forward phase alone {ws[1024]['forward'] / ws[256]['forward'] / f:.2f}")
     peak = max(r["peak_rss"] for rows in results.values() for r in rows)
     print(f"  peak memory, largest point: {peak / 2 ** 30:.2f} GiB (goal < 8 GiB)")
+    gpu = max(r.get("gpu_peak", 0) for rows in results.values() for r in rows)
+    if gpu:
+        print(f"  peak GPU memory (torch.cuda.max_memory_allocated), largest point: {gpu / 2 ** 30:.2f} GiB")
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
