@@ -253,16 +253,17 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: 
     batched path when all widths are equal and the batch is small; ``False`` forces the
     loop (the oracle for the batched path in the tests). ``workspace``: storage for the first
     layer's activations, reused from call to call (the results then live until the next call).
-    ``padded``: several architectures as zero-padded batched products (:mod:`ecomp.padded`);
-    ``None`` = on a GPU when the widths differ (the CPU keeps the loop and its numbers); then
-    ``stacked[l]`` is ``(pop, widest, batch)`` in individual order, zeros beyond each width.
+    ``padded``: a population of several architectures as zero-padded batched products
+    (:mod:`ecomp.padded`; one architecture takes the batched path whatever it says); ``None`` = on
+    a GPU (the CPU keeps the loop and its numbers); then ``stacked[l]`` is ``(pop, widest, batch)``
+    in individual order, zeros beyond each width.
     """
     out = None if workspace is None else workspace.get(pop.first_w.shape[0] * x.shape[0], x)
     z0t = first_layer(pop, x, out=out).relu_()                 # (sum_h, batch), slot order
     classes = pop.classes
     n_hidden = len(pop.widths[0])
     uniform = pop.uniform
-    if padded if padded is not None else (pop.device.type != "cpu" and not uniform and batched is not False):
+    if not uniform and (padded if padded is not None else (pop.device.type != "cpu" and batched is not False)):
         from .padded import forward_padded
 
         return forward_padded(pop, z0t)

@@ -13,7 +13,8 @@ from ecomp.fitness import Evaluator
 from ecomp.initialiser import l1_population
 from ecomp.measures.cka import LinearCKA
 from ecomp.mutation import mutate_
-from ecomp.population import forward
+from ecomp.padded import forward_padded
+from ecomp.population import first_layer, forward
 from ecomp.recombination import recombine
 from ecomp.selection import select_pairs
 
@@ -60,7 +61,7 @@ def test_the_evaluator_on_padded_stacks_gives_the_loops_parts(measure):
         assert torch.allclose(a.similarity, b.similarity, rtol=1e-4, atol=1e-6)
 
 
-def test_the_padded_forward_refuses_a_population_stored_out_of_order():
+def test_the_padded_forward_refuses_a_population_stored_out_of_order_which_takes_the_batched_path():
     if native._compiler() is None:
         pytest.skip("crossover in place needs the native kernels")
     parent = random_layers([20, 12, 10, 4], gen(0))
@@ -71,7 +72,9 @@ def test_the_padded_forward_refuses_a_population_stored_out_of_order():
             break
     assert pop.slots is not None
     with pytest.raises(ValueError, match="individual order"):
-        forward(pop, torch.rand(5, 20), padded=True)
+        forward_padded(pop, first_layer(pop, torch.rand(5, 20)).relu_())
+    _, _, stacked = forward(pop, torch.rand(5, 20), padded=True)   # one architecture: the batched path
+    assert stacked[0].shape == (8, 6, 5)
 
 
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
@@ -91,3 +94,30 @@ def test_gathered_mutation_equals_the_loop_bit_for_bit(n_hidden, uniform):
     for i in range(12):
         same = all(torch.equal(w, u) for (w, _), (u, _) in zip(b.individual(i), untouched.individual(i)))
         assert same == (i not in chosen_gath)
+
+
+def test_a_few_generations_on_padded_stacks_keep_the_loops_records(monkeypatch):
+    """The whole loop with the padded forward pass (as on a GPU) against the CPU's loop: the same
+    selections, so the same records up to float rounding."""
+    import ecomp.padded
+    from ecomp.evolution import EComp, MutationSpec
+    from ecomp.fitness import Weights
+
+    calls = []
+    real = ecomp.padded.forward_padded
+    monkeypatch.setattr(ecomp.padded, "forward_padded", lambda pop, z: calls.append(pop.size) or real(pop, z))
+
+    parent = random_layers([20, 16, 14, 4], gen(0))
+    g = gen(3)
+    batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(4)]
+    records = {}
+    for padded in (False, True):
+        ev = Evaluator(parent, batches, 8.0, kernels="torch")
+        ev.padded = padded
+        ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.3, 0.9, 1.1), gen(4))
+        records[padded] = [r.metrics for r in ecomp.run(l1_population(parent, 10, 1.0, 0.2), epochs=2)]
+        records[padded].append({"best": float(ecomp.pick_best()[0])})
+    assert len(calls) >= 3                        # generations of several architectures went padded
+    for a, b in zip(records[False], records[True]):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])) for k in a), (a, b)
