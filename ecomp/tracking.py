@@ -143,6 +143,15 @@ def _ensure_registered_model(client, name: str) -> None:
     raise TrackingError(f"tracking.register_as={name!r}: cannot be created in the Model Registry")
 
 
+UNIQUE_RETRIES = 5
+# What SQLite and PostgreSQL say when an insert loses a race on a unique key.
+UNIQUE_MESSAGES = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
+
+
+def unique_violation(exc: Exception) -> bool:
+    return any(m in str(exc) for m in UNIQUE_MESSAGES)
+
+
 class SkipRun(Exception):
     """This config already has a FINISHED run (``run``): the work is not done again."""
 
@@ -259,6 +268,7 @@ class RunTracker:
         import json
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         self.wait()
         t = time.perf_counter()
@@ -266,7 +276,17 @@ class RunTracker:
                                        source=json.dumps({"uri": source}), profile=json.dumps({"num_rows": rows})),
                                tags=[InputTag("mlflow.data.context", context)])
                   for context, (name, digest, rows, source) in splits.items()]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        for attempt in range(UNIQUE_RETRIES):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                break
+            except MlflowException as exc:
+                # Parallel jobs on the same data (one seed, several scenarios) log the same datasets:
+                # MLflow looks a dataset up, then inserts it, so two jobs at once can both insert. The
+                # loser's transaction is rolled back whole, and a retry finds the winner's dataset.
+                if attempt == UNIQUE_RETRIES - 1 or not unique_violation(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         self.seconds += time.perf_counter() - t
 
     def log_model(self, model, example, register_as: str | None = None,
