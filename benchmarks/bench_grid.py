@@ -117,7 +117,8 @@ def main() -> None:
             other = Path(tmp) / "tree"
             git("worktree", "add", "--detach", str(other), commit)
             trees.append((args.rev, other))
-        here = git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        here = git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
         trees.append((f"this tree ({here})", ROOT))
         results = []
         try:

@@ -128,7 +128,8 @@ class Evaluator:
             return [Parts(zeros, zeros, compression) for _ in ks]
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
-            logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded)   # (pop, sum of batch sizes, C)
+            # logits: (pop, sum of batch sizes, C)
+            logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:
