@@ -73,7 +73,8 @@ class Evaluator:
 
     def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], perplexity: float = 30.0,
                  layers: list[int] | None = None, tol: float = 1e-5, timer: PhaseTimer | None = None,
-                 kernels: str = "auto", measure: SimilarityMeasure | None = None, compression: str = "units"):
+                 kernels: str = "auto", measure: SimilarityMeasure | None = None, compression: str = "units",
+                 padded: bool | None = None):
         self.measure = measure or TSNE(perplexity, tol, kernels, parent[0][0].device)
         self.kernels = self.measure.kernels
         self.parent = parent
@@ -87,7 +88,7 @@ class Evaluator:
                                  else sum(w.numel() + b.numel() for w, b in parent))
         self._parent: dict[int, object] = {}
         self.workspace = Workspace()          # the population's first-layer activations, reused
-        self.padded: bool | None = None       # several widths as zero-padded stacks (forward's padded)
+        self.padded = padded                  # several widths as zero-padded stacks (forward's ``padded``)
 
     def prepare(self, k: int) -> None:
         """Prepare (and keep) the parent's side of batch ``k`` ahead of :meth:`evaluate`."""

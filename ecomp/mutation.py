@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .population import Population, index_ranges
@@ -49,9 +51,7 @@ def _mutate_gathered(pop: Population, chosen: list[int], low: float, high: float
                          for l in range(len(pop.layer_w))])
     sizes = [n for ind in blocks for _, _, n in ind]
     factors = torch.empty(sum(sizes), dtype=pop.first_w.dtype).uniform_(low, high, generator=generator).to(dev)
-    drawn_at = [0]
-    for n in sizes[:-1]:
-        drawn_at.append(drawn_at[-1] + n)
+    drawn_at = [0, *itertools.accumulate(sizes[:-1])]               # where each block's factors begin
     n_layers = len(blocks[0])
     for l in range(n_layers):
         storage = blocks[0][l][0]

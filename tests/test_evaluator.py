@@ -110,8 +110,10 @@ def test_evaluate_many_equals_one_batch_at_a_time(kernels):
         assert torch.allclose(parts.similarity, one.similarity, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("weights", [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (1.0, 0.0, 1.0), (0.0, 2.0, 1.0), (1.0, 2.0, 1.0)])
-def test_the_final_pick_skips_only_parts_with_zero_weight_and_finds_the_same_bits(weights):
+@pytest.mark.parametrize("weights, needed", [((0.0, 0.0, 1.0), set()), ((1.0, 0.0, 0.0), {"accuracy"}),
+                                             ((1.0, 0.0, 1.0), {"accuracy"}), ((0.0, 2.0, 1.0), {"similarity"}),
+                                             ((1.0, 2.0, 1.0), {"accuracy", "similarity"})])
+def test_the_final_pick_skips_only_parts_with_zero_weight_and_finds_the_same_bits(weights, needed):
     """The pick computes no part whose weight is zero; its means must equal, bit for bit, those
     computed from every part, and the evolution's records must still hold every part."""
     parent, batches = problem(n_batches=4)
@@ -125,8 +127,7 @@ def test_the_final_pick_skips_only_parts_with_zero_weight_and_finds_the_same_bit
     assert all(r.metrics["similarity_mean"] > 0 and r.metrics["accuracy_mean"] > 0 for r in records)
     calls.clear()
     best, mean = ecomp.pick_best(group=3)
-    assert calls == [needed_parts(w)] * 2
-    assert needed_parts(w) == {p for p, x in (("accuracy", w.w_acc), ("similarity", w.w_sim)) if x}
+    assert calls == [needed] * 2 and needed_parts(w) == needed
     total = torch.zeros(8, dtype=torch.float64)
     for parts in Evaluator(parent, batches, 10.0).evaluate_many(ecomp.population, [0, 1, 2, 3]):
         total += parts.fitness(w).double()

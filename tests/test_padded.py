@@ -54,8 +54,7 @@ def test_the_evaluator_on_padded_stacks_gives_the_loops_parts(measure):
     batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(3)]
     kw = {"kernels": "torch"} if measure == "tsne" else {"measure": LinearCKA("torch")}
     loop = Evaluator(parent, batches, 8.0, **kw)
-    pad = Evaluator(parent, batches, 8.0, **kw)
-    pad.padded = True
+    pad = Evaluator(parent, batches, 8.0, padded=True, **kw)
     for a, b in zip(loop.evaluate_many(pop, [0, 1, 2]), pad.evaluate_many(pop, [0, 1, 2])):
         assert torch.equal(a.accuracy, b.accuracy) and torch.equal(a.compression, b.compression)
         assert torch.allclose(a.similarity, b.similarity, rtol=1e-4, atol=1e-6)
@@ -112,8 +111,7 @@ def test_a_few_generations_on_padded_stacks_keep_the_loops_records(monkeypatch):
     batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(4)]
     records = {}
     for padded in (False, True):
-        ev = Evaluator(parent, batches, 8.0, kernels="torch")
-        ev.padded = padded
+        ev = Evaluator(parent, batches, 8.0, kernels="torch", padded=padded)
         ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.3, 0.9, 1.1), gen(4))
         records[padded] = [r.metrics for r in ecomp.run(l1_population(parent, 10, 1.0, 0.2), epochs=2)]
         records[padded].append({"best": float(ecomp.pick_best()[0])})
