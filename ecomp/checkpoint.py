@@ -7,12 +7,14 @@ Accepted:
   ``"<index>.weight"`` and ``"<index>.bias"``; a Linear without bias reads as zero
   bias), which includes the networks this project saves (``best_network.pt``);
 * a ``torch.export`` program (``.pt2``) of such a model, whose graph is checked to
-  hold only linear, ReLU and flatten/reshape operations.
+  hold only linear, ReLU and flatten/reshape operations. It is read by :mod:`ecomp.pt2`,
+  never by ``torch.export.load`` (which may unpickle members with ``weights_only=False``).
 
 A state dict holds no activations: a ReLU between consecutive linear layers is
-assumed, as in every network this tool builds. Files are loaded with
-``weights_only=True``, so nothing pickled is executed. Every problem is one
-:class:`CheckpointError` line naming the file.
+assumed, as in every network this tool builds. The file's bytes are read once; its
+digest and its weights come from those bytes, and whatever in them is pickled is
+loaded with ``weights_only=True`` only, so nothing pickled is executed. Every problem
+is one :class:`CheckpointError` line naming the file.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from .errors import CheckpointError
 from .network import Layers
+from .pt2 import looks_pickled, read_archive, refusal_reason, weights_only_load
 
 _KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 # torch.export graph operations a Flatten -> (Linear -> ReLU)* -> Linear model may hold.
@@ -32,61 +35,49 @@ _EXPORT_OPS = {"linear", "relu", "view", "reshape", "flatten", "_unsafe_view", "
                "expand", "clone", "contiguous", "alias", "add", "relu_"}
 
 
-class CheckpointError(ConfigError):
-    """The checkpoint cannot be used as a parent; the message is one line naming the file."""
-
-
-def digest(path: Path) -> str:
-    """sha256 of the file's bytes (the run's config hash includes it: new weights, new runs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_checkpoint(path: str | Path) -> Layers:
-    """The ``(weight, bias)`` pairs of the network in ``path`` (float32, CPU)."""
+def read_checkpoint(path: str | Path) -> tuple[Layers, str]:
+    """The ``(weight, bias)`` pairs of the network in ``path`` (float32, CPU) and the sha256 of
+    the bytes they were read from (the run's config hash includes it: new weights, new runs)."""
     path = Path(path).expanduser()
     where = f"parent.path={str(path)!r}"
-    if not path.is_file():
-        raise CheckpointError(f"{where}: no such file")
-    if path.suffix == ".pt2":
-        state = _export_state(path, where)
-    else:
-        state = _load_state(path, where)
-    return _layers(state, where)
-
-
-def _load_state(path: Path, where: str) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if path.suffix == ".pt2":
+        state = _export_state(data, where)
+    else:
+        state = _load_state(data, where)
+    return _layers(state, where), hashlib.sha256(data).hexdigest()
+
+
+def _load_state(data: bytes, where: str) -> dict:
+    try:
+        state = weights_only_load(data)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise CheckpointError(f"{where}: the file holds pickled Python objects ({found.group(1)}; e.g. a whole "
+        why = refusal_reason(exc)
+        if why.startswith("needs "):
+            raise CheckpointError(f"{where}: the file holds pickled Python objects ({why[6:]}; e.g. a whole "
                                   f"model saved with torch.save(model)), which are not loaded for safety; save "
                                   f"model.state_dict() instead") from None
-        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
-        text = (detail.group(1) if detail else (str(exc) or type(exc).__name__)).strip().splitlines()[0]
-        raise CheckpointError(f"{where}: not a readable PyTorch file ({text})") from None
+        if looks_pickled(data) and "Weights only load failed" in str(exc):
+            raise CheckpointError(f"{where}: the file holds pickled Python objects that are not plain tensors "
+                                  f"({why}), which are not loaded for safety; save model.state_dict()") from None
+        raise CheckpointError(f"{where}: not a readable PyTorch file ({why})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{where}: expected a state dict (names -> tensors), found {type(state).__name__}")
     return state
 
 
-def _export_state(path: Path, where: str) -> dict:
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{where}: not a readable torch.export program ({str(exc).splitlines()[0]})") from None
-    for node in program.graph.nodes:
-        if node.op == "call_function":
-            op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-            if op not in _EXPORT_OPS:
-                raise CheckpointError(f"{where}: the program computes {op!r}; only Linear and ReLU layers "
-                                      f"(and a Flatten) are supported")
-    state = program.state_dict
+def _export_state(data: bytes, where: str) -> dict:
+    archive = read_archive(data, where)
+    for op in archive.ops:
+        if op not in _EXPORT_OPS:
+            raise CheckpointError(f"{where}: the program computes {op!r}; only Linear and ReLU layers "
+                                  f"(and a Flatten) are supported")
+    state = archive.state
     names = {n: re.sub(r"^.*?(\d+)\.(weight|bias)$", r"\1.\2", n) for n in state}
     return {names[n]: t for n, t in state.items()}
 

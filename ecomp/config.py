@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import ConfigError
+
 FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
 COMPRESSION = ("units", "params")         # fitness.compression: what a child's size counts
 
@@ -156,10 +158,6 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="ecomp_schema", node=Config)
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message is one line."""
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:

@@ -108,15 +108,15 @@ _CHECKPOINTS: dict[tuple, tuple[list, str]] = {}
 
 def _checkpoint(path: str) -> tuple[list, str]:
     """``(layers, sha256)`` of the checkpoint at ``path`` (read once per process while unchanged)."""
-    from .checkpoint import digest, read_checkpoint
+    from .checkpoint import read_checkpoint
 
     p = Path(path).expanduser()
     st = p.stat() if p.is_file() else None
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns) if st else None
     if key is None or key not in _CHECKPOINTS:
-        layers = read_checkpoint(p)                      # CheckpointError (one line) if unusable
+        read = read_checkpoint(p)                        # CheckpointError (one line) if unusable
         _CHECKPOINTS.clear()
-        _CHECKPOINTS[key] = (layers, digest(p))
+        _CHECKPOINTS[key] = read
     return _CHECKPOINTS[key]
 
 

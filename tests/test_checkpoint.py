@@ -31,28 +31,28 @@ def same(a, b) -> bool:
 def test_a_sequential_state_dict_is_read_with_its_architecture(tmp_path, flatten):
     model = lenet((20, 12, 5, 3), flatten=flatten)
     torch.save(model.state_dict(), tmp_path / "m.pt")
-    assert same(read_checkpoint(tmp_path / "m.pt"), layers_of(model))
+    assert same(read_checkpoint(tmp_path / "m.pt")[0], layers_of(model))
 
 
 def test_linear_without_bias_and_the_projects_own_files_are_read(tmp_path):
     model = nn.Sequential(nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 2))
     torch.save(model.state_dict(), tmp_path / "nobias.pt")
-    layers = read_checkpoint(tmp_path / "nobias.pt")
+    layers = read_checkpoint(tmp_path / "nobias.pt")[0]
     assert torch.equal(layers[0][1], torch.zeros(6)) and torch.equal(layers[0][0], model[0].weight.detach())
     own = layers_of(lenet((8, 7, 3, 2)))
     save_network(own, tmp_path / "best_network.pt")
-    assert same(read_checkpoint(tmp_path / "best_network.pt"), own)
+    assert same(read_checkpoint(tmp_path / "best_network.pt")[0], own)
 
 
 def test_a_torch_export_program_is_read(tmp_path):
     model = lenet((20, 12, 5, 3))
     program = torch.export.export(model, (torch.rand(2, 20),))
     torch.export.save(program, tmp_path / "m.pt2")
-    assert same(read_checkpoint(tmp_path / "m.pt2"), layers_of(model))
+    assert same(read_checkpoint(tmp_path / "m.pt2")[0], layers_of(model))
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     torch.export.save(torch.export.export(conv, (torch.rand(1, 1, 6, 6),)), tmp_path / "conv.pt2")
     with pytest.raises(CheckpointError, match="computes 'conv"):
-        read_checkpoint(tmp_path / "conv.pt2")
+        read_checkpoint(tmp_path / "conv.pt2")[0]
 
 
 def _bad_files(tmp_path):
@@ -143,7 +143,7 @@ def test_users_lenet_300_100_is_compressed_by_ecomp_and_a_baseline(tmp_path, mak
     assert client.get_run(ecomp.run_id).data.tags["variant"] == "121 [compression=params]"
     # the returned network keeps the parent's unequal proportions: every layer pruned alike at first
     art = client.download_artifacts(ecomp.run_id, "best_network.pt", str(tmp_path / "art"))
-    widths = [w.shape[0] for w, _ in read_checkpoint(art)[:-1]]
+    widths = [w.shape[0] for w, _ in read_checkpoint(art)[0][:-1]]
     assert widths[0] > widths[1] and len(widths) == 2
 
 

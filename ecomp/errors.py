@@ -1,0 +1,19 @@
+"""The errors a user can cause, each a one-line message naming the key, file or store and what is allowed.
+
+The entry points (``run.py``, the sweep's set-up callback, ``python -m ecomp.prepare``) catch
+:class:`EcompError` once and print its line; below them nothing prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class EcompError(Exception):
+    """A problem the user can fix; the message is one line."""
+
+
+class ConfigError(EcompError, ValueError):
+    """A configuration value is out of range."""
+
+
+class CheckpointError(ConfigError):
+    """The checkpoint given as ``parent.path`` cannot be used as a parent; the message names the file."""
