@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from ecomp.callbacks import record_failure
 from ecomp.cli import check_composition, check_overrides, fail
 from ecomp.config import ConfigError, register_configs
+from ecomp.credentials import take_passwords
 from ecomp.data import DataError
 from ecomp.tracking import TrackingError
 from ecomp.pipeline import run_experiment, scenario_name
@@ -51,6 +52,10 @@ def scenario(cfg: DictConfig, choice: str | None) -> str | None:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = take_passwords(sys.argv[1:])     # before Hydra writes any of it down
+    except ConfigError as exc:
+        fail(str(exc))
     sys.argv[1:] = check_overrides(sys.argv[1:])
     check_composition(sys.argv[1:])
     main()

@@ -34,7 +34,9 @@ def record_failure(sweep_dir: str, job: str, exc: BaseException) -> None:
     """Append one line for a failed job to ``<sweep dir>/failed_jobs.txt`` (read at the sweep's end)."""
     path = Path(sweep_dir) / FAILURES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    message = f"{job or '(no overrides)'}: {type(exc).__name__}: {exc}".replace("\n", " ")
+    from .credentials import mask
+
+    message = mask(f"{job or '(no overrides)'}: {type(exc).__name__}: {exc}".replace("\n", " "))
     with open(path, "a") as f:   # one short append per line: safe across parallel jobs
         f.write(message[:2000] + "\n")
 
@@ -189,7 +191,7 @@ class SweepSetup(Callback):
                 if cfg.tracking.enabled and store not in stores:
                     uri, exp_id = prepare_store(cfg)
                     stores.add(store)
-                    log.info("tracking store %s ready: experiment %r (id %s)", uri, cfg.tracking.experiment, exp_id)
+                    log.info("tracking store %s ready: experiment %r (id %s)", mask(uri), cfg.tracking.experiment, exp_id)
                     if not _makes_own_parent_runs(config):
                         self._open_parent(config, uri, exp_id, cfg.tracking.experiment)
                 parent = (str(data_root(cfg)), cfg.parent.cache_dir, train_spec(cfg).key())
@@ -206,12 +208,14 @@ class SweepSetup(Callback):
         from .sweep_runs import open_sweep_run, sweep_key
         from .tracking import client_for
 
+        from .credentials import mask
+
         overrides = [str(o) for o in config.hydra.overrides.task]
-        command = " ".join(["run.py -m", *overrides])
+        command = mask(" ".join(["run.py -m", *overrides]))
         run_id = open_sweep_run(client_for(uri), exp_id, sweep_key(experiment, overrides),
                                 str(config.hydra.sweep.dir), command)
         self._parents = [*getattr(self, "_parents", []), (uri, exp_id)]
-        log.info("sweep parent run %s in %s", run_id, uri)
+        log.info("sweep parent run %s in %s", run_id, mask(uri))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("threads") is not None:

@@ -10,7 +10,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    from .credentials import mask
+
+    print(f"error: {mask(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import data as data_mod
 from .config import config_hash, resolve_kernels, used_config, validate
+from .credentials import mask
 from .measure import network_metrics
 from .methods import Method, Problem, method_class
 from .network import Architecture, accuracy, save_network
@@ -225,7 +226,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run
         params = {k: v for k, v in flatten(used_config(cfg, method.groups_unused)).items()
                   if not k.startswith(("tracking.tags.", "tracking.parent_run"))}   # logged as tags above
-        params["tracking.uri"] = uri
+        params["tracking.uri"] = mask(uri)
         tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
 
     from .tracking import SkipRun
@@ -363,7 +364,7 @@ def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker
     if tracker is not None:
         with timer.phase("tracking"):
             with tempfile.TemporaryDirectory() as tmp:
-                Path(tmp, "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                Path(tmp, "config.yaml").write_text(mask(OmegaConf.to_yaml(cfg, resolve=True)))
                 save_network(best, Path(tmp) / "best_network.pt",
                              extra={"method": method.name, **method.labels(), "seed": int(cfg.seed),
                                     "test_accuracy": metrics["best_test_accuracy"]})

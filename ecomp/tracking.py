@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .credentials import mask
 from .evolution import GenerationRecord
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,10 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message is one line."""
+    """The tracking store cannot be used; the message is one line (any password in it masked)."""
+
+    def __init__(self, message: str):
+        super().__init__(mask(message))
 
 
 def default_uri(root: Path) -> str:

@@ -21,11 +21,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PASSWORD = "pw-0f3a9c-never-stored"
+
+
 @pytest.fixture(scope="module")
 def postgres():
-    """``postgresql://ecomp@127.0.0.1:<port>/mlflow`` served by a fresh cluster in a temporary folder
-    (as user ``postgres`` when the tests run as root: PostgreSQL refuses to run as root; the folder
-    is then made directly under the system's temporary folder, which that user can reach)."""
+    """``postgresql://ecomp:<PASSWORD>@127.0.0.1:<port>/mlflow`` served by a fresh cluster in a temporary
+    folder, password-checked over TCP (as user ``postgres`` when the tests run as root: PostgreSQL
+    refuses to run as root; the folder is then made directly under the system's temporary folder,
+    which that user can reach). Yields ``(uri, pg_dump command)``."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
         pytest.skip("no PostgreSQL server here (Debian: apt-get install postgresql)")
@@ -38,29 +42,57 @@ def postgres():
         os.chmod(base, 0o700)
     port = _free_port()
 
-    def pg(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=60, cwd=tempfile_dir)
+    def pg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=60, cwd=tempfile_dir,
+                              env={**os.environ, "PGPASSWORD": PASSWORD})
 
-    pg(str(bin_dir / "initdb"), "-D", str(base / "data"), "-U", "ecomp", "--auth=trust", "--no-sync")
+    (base / "pw").write_text(PASSWORD + "\n")
+    if as_user:
+        shutil.chown(base / "pw", "postgres")
+    pg(str(bin_dir / "initdb"), "-D", str(base / "data"), "-U", "ecomp", "--auth-local=trust",
+       "--auth-host=scram-sha-256", f"--pwfile={base / 'pw'}", "--no-sync")
     pg(str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"), "-w", "-o",
        f"-p {port} -h 127.0.0.1 -k {base} -c fsync=off", "start")
     try:
         pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "ecomp", "mlflow")
-        yield f"postgresql://ecomp@127.0.0.1:{port}/mlflow"
+        dump = lambda: pg(str(bin_dir / "pg_dump"), "-h", "127.0.0.1", "-p", str(port), "-U", "ecomp",  # noqa: E731
+                          "--data-only", "mlflow").stdout.decode(errors="replace")
+        yield f"postgresql://ecomp:{PASSWORD}@127.0.0.1:{port}/mlflow", dump
     finally:
         pg(str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_a_parallel_sweep_logs_into_postgresql(postgres, parent_cache, tmp_path):
+def test_a_parallel_sweep_logs_into_postgresql_and_its_password_is_stored_nowhere(postgres, parent_cache,
+                                                                                  tmp_path, monkeypatch):
+    """The README's shared-store form, password in the URI: a sweep of 3 jobs and a single run.
+    The password is then searched for in the whole database (a dump of every table: params,
+    tags, run names, notes), every file of the runs' output folders and artifacts, and what the
+    processes printed."""
+    uri, dump = postgres
+    monkeypatch.delenv("PGPASSWORD", raising=False)
     proc = run_cli("run.py", "-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2",
-                   f"parent.cache_dir={parent_cache}", f"tracking.uri={postgres}",
+                   f"parent.cache_dir={parent_cache}", f"tracking.uri={uri}",
                    f"tracking.artifact_location={(tmp_path / 'artifacts').as_uri()}",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    client, runs = runs_of(postgres)
-    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2"]
+    single = run_cli("run.py", *TINY, "seed=3", f"parent.cache_dir={parent_cache}", f"tracking.uri={uri}",
+                     f"tracking.artifact_location={(tmp_path / 'artifacts').as_uri()}",
+                     f"hydra.run.dir={tmp_path / 'run'}", timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)            # this process reads the store as libpq's user would
+    client, runs = runs_of(uri.replace(f":{PASSWORD}@", "@"))
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2", "3"]
+    stored = dump()
+    assert "sweep" in stored and "tracking.uri" in stored and runs[0].info.run_id in stored   # the dump is whole
+    assert PASSWORD not in stored
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "overrides.yaml" for p in files) and any(p.name == "config.yaml" for p in files)
+    leaks = [str(p) for p in files if PASSWORD.encode() in p.read_bytes()] + \
+            [str(p) for p in tmp_path.rglob("*") if PASSWORD in p.name]
+    assert not leaks
+    assert PASSWORD not in proc.stdout + proc.stderr + single.stdout + single.stderr
     for run in runs:
         assert_complete(client, run, generations=6)
         assert run.outputs.model_outputs                     # the model is logged there too
