@@ -30,7 +30,7 @@ data:
 
 # Unpack the data and train (or find cached) the parent network.
 parent: setup data
-	$(BIN)/python -m ecomp.prepare
+	$(BIN)/python -m ecomp.app.prepare
 
 run: parent
 	$(BIN)/python run.py

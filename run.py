@@ -9,13 +9,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ecomp.callbacks import record_failure
-from ecomp.cli import check_composition, check_overrides, fail
-from ecomp.config import ConfigError, register_configs
-from ecomp.credentials import take_passwords
-from ecomp.data import DataError
-from ecomp.tracking import TrackingError
-from ecomp.pipeline import run_experiment, scenario_name
+from ecomp.app.callbacks import record_failure
+from ecomp.app.cli import check_composition, check_overrides, fail
+from ecomp.app.config import ConfigError, register_configs
+from ecomp.app.credentials import take_passwords
+from ecomp.nets.data import DataError
+from ecomp.app.tracking import TrackingError
+from ecomp.app.pipeline import run_experiment, scenario_name
 
 log = logging.getLogger("ecomp")
 register_configs()

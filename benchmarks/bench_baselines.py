@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ecomp.cli import CONF_DIR, check_overrides  # noqa: E402
-from ecomp.config import register_configs  # noqa: E402
-from ecomp.pipeline import run_experiment  # noqa: E402
+from ecomp.app.cli import CONF_DIR, check_overrides  # noqa: E402
+from ecomp.app.config import register_configs  # noqa: E402
+from ecomp.app.pipeline import run_experiment  # noqa: E402
 
 METHODS = ("l1_prune", "l1_finetune", "distill", "scratch", "ecomp")
 SWEEP = ["-m", "method=l1_prune,l1_finetune,scratch,distill", "method.keep=0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",

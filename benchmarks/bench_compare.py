@@ -35,9 +35,9 @@ import json, shutil, sys, tempfile, time
 root, overrides = sys.argv[1], sys.argv[2:]
 sys.path.insert(0, root)
 from hydra import compose, initialize_config_dir
-from ecomp.cli import CONF_DIR, check_overrides
-from ecomp.config import register_configs
-from ecomp.pipeline import run_experiment
+from ecomp.app.cli import CONF_DIR, check_overrides
+from ecomp.app.config import register_configs
+from ecomp.app.pipeline import run_experiment
 from ecomp.timing import PhaseTimer
 register_configs()
 store = tempfile.mkdtemp(prefix="ecomp-compare-")       # store and artifacts, removed at the end
@@ -76,9 +76,9 @@ def shared_paths(overrides: list[str]) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
-    from ecomp.cli import CONF_DIR, check_overrides
-    from ecomp.config import register_configs
-    from ecomp.pipeline import data_root, parent_cache_dir
+    from ecomp.app.cli import CONF_DIR, check_overrides
+    from ecomp.app.config import register_configs
+    from ecomp.app.pipeline import data_root, parent_cache_dir
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -5,7 +5,7 @@
 
 Every line is ``name: plain -> optimised (median ms over reps, the two timed
 alternately), ratio``, measured on
-the initial L1 population of the cached paper parent (``python -m ecomp.prepare``
+the initial L1 population of the cached paper parent (``python -m ecomp.app.prepare``
 makes it) and one batch of 100 FashionMNIST images. The optimised versions are the
 ones the evaluator uses; the plain ones are what they replaced. Results of each pair
 are checked to agree before anything is timed.
@@ -27,18 +27,18 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ecomp import native  # noqa: E402
-from ecomp import similarity as S  # noqa: E402
-from ecomp.cli import CONF_DIR  # noqa: E402
-from ecomp.config import register_configs  # noqa: E402
-from ecomp.fitness import Evaluator  # noqa: E402
-from ecomp.initialiser import l1_population  # noqa: E402
-from ecomp.mutation import mutate_  # noqa: E402
-from ecomp.pipeline import prepare_parent  # noqa: E402
-from ecomp.population import Population, first_layer, forward  # noqa: E402
-from ecomp.recombination import recombine  # noqa: E402
-from ecomp.selection import select_pairs  # noqa: E402
-from ecomp.runtime import keep_freed_memory  # noqa: E402
+from ecomp.kernels import native  # noqa: E402
+from ecomp.kernels import tsne_torch as S  # noqa: E402
+from ecomp.app.cli import CONF_DIR  # noqa: E402
+from ecomp.app.config import register_configs  # noqa: E402
+from ecomp.core.fitness import Evaluator  # noqa: E402
+from ecomp.core.initialiser import l1_population  # noqa: E402
+from ecomp.core.mutation import mutate_  # noqa: E402
+from ecomp.app.pipeline import prepare_parent  # noqa: E402
+from ecomp.core.population import Population, first_layer, forward  # noqa: E402
+from ecomp.core.recombination import recombine  # noqa: E402
+from ecomp.core.selection import select_pairs  # noqa: E402
+from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
 
 
 def median_ms(fn, reps: int) -> float:
@@ -156,7 +156,7 @@ def main() -> None:
     report("one architecture: distances, a Gram per network -> batched", lambda: S.shifted_distances(uni_acts),
            lambda: S.shifted_distances_stacked(stacked, 100), lambda: None)
 
-    # The native kernels (ecomp.native) against the PyTorch path they replace by default.
+    # The native kernels (ecomp.kernels.native) against the PyTorch path they replace by default.
     if native.available():
         n_layers = len(hidden)
         ev_t, ev_n = Evaluator(parent, batches, perplexity, kernels="torch"), Evaluator(parent, batches, perplexity,

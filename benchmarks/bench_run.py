@@ -29,9 +29,9 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 
-from ecomp.cli import CONF_DIR, check_overrides  # noqa: E402
-from ecomp.config import register_configs  # noqa: E402
-from ecomp.pipeline import run_experiment  # noqa: E402
+from ecomp.app.cli import CONF_DIR, check_overrides  # noqa: E402
+from ecomp.app.config import register_configs  # noqa: E402
+from ecomp.app.pipeline import run_experiment  # noqa: E402
 from ecomp.timing import PhaseTimer  # noqa: E402
 
 
@@ -59,11 +59,11 @@ def forward_flops(history_widths: float, pop: int, batch: int, n_hidden: int, in
 
 def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     """The straightforward path (one module per network, float64 step-for-step probabilities)."""
-    from ecomp.evolution import EComp, MutationSpec
-    from ecomp.fitness import ReferenceEvaluator, Weights
-    from ecomp.initialiser import l1_population
-    from ecomp.pipeline import prepare_parent
-    from ecomp import data as data_mod
+    from ecomp.core.evolution import EComp, MutationSpec
+    from ecomp.core.fitness import ReferenceEvaluator, Weights
+    from ecomp.core.initialiser import l1_population
+    from ecomp.app.pipeline import prepare_parent
+    from ecomp.nets import data as data_mod
 
     train, parent = prepare_parent(cfg)
     g = torch.Generator().manual_seed(0)
@@ -107,7 +107,7 @@ def bench_device(args, device: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(ov + args.overrides))
 
-    from ecomp import native
+    from ecomp.kernels import native
     kernels = native.resolve(cfg.similarity.kernels, device)
     print(f"\n== {device}: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")

@@ -15,9 +15,9 @@ One factor grows while the others stay at the paper's defaults (population 100, 
     batch       100, 200, 500, 1000      (images per generation; t-SNE is quadratic in it)
 
 Every point runs in a fresh subprocess (so its peak RSS, ``ru_maxrss``, is its own), through
-the real code path: :func:`ecomp.initialiser.l1_population` (the paper's L1-pruned initial
-population, keep ratios 0.9 .. 0.207), :class:`ecomp.fitness.Evaluator` with the t-SNE measure
-(native kernels where they build) and :class:`ecomp.evolution.EComp` with a
+the real code path: :func:`ecomp.core.initialiser.l1_population` (the paper's L1-pruned initial
+population, keep ratios 0.9 .. 0.207), :class:`ecomp.core.fitness.Evaluator` with the t-SNE measure
+(native kernels where they build) and :class:`ecomp.core.evolution.EComp` with a
 :class:`ecomp.timing.PhaseTimer`, on FashionMNIST training images. The parent has *random*
 weights of the wanted shape (``nn.Linear``'s default initialisation, seeded), not a trained
 network: training a 2048-wide parent would cost more than the whole sweep, and the work per
@@ -40,7 +40,7 @@ What the arithmetic predicts, per point, from the population actually evaluated:
 
 Also per point: minor page faults per generation (fresh allocations over glibc's 32 MiB mmap
 threshold show up there), the final pick's time per batch (``PICK_GROUP`` batches in one
-forward pass, as :meth:`ecomp.evolution.EComp.pick_best` does) and an estimated whole run of
+forward pass, as :meth:`ecomp.core.evolution.EComp.pick_best` does) and an estimated whole run of
 the paper's 10,000-image subset: ``(10,000 / batch + 1)`` generations at the median time plus a
 ``10,000 / batch``-batch pick (no set-up, no tracking; the later, one-architecture generations of
 a real run are faster than these first ones).
@@ -102,12 +102,12 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     if threads:
         torch.set_num_threads(threads)
 
-    from ecomp import native
-    from ecomp.data import load
-    from ecomp.evolution import EComp, MutationSpec
-    from ecomp.fitness import Evaluator, Weights
-    from ecomp.initialiser import l1_population
-    from ecomp.runtime import keep_freed_memory
+    from ecomp.kernels import native
+    from ecomp.nets.data import load
+    from ecomp.core.evolution import EComp, MutationSpec
+    from ecomp.core.fitness import Evaluator, Weights
+    from ecomp.core.initialiser import l1_population
+    from ecomp.kernels.runtime import keep_freed_memory
     from ecomp.timing import PhaseTimer
 
     keep_freed_memory()                                      # as run_experiment does
@@ -149,7 +149,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
                          "units": float(p.hidden_units().sum()), "uniform": p.uniform})
         last, t_last, f_last = sec, time.perf_counter(), faults()
     # the final pick: the last population on PICK_GROUP batches at once (one forward pass), per batch
-    from ecomp.evolution import PICK_GROUP
+    from ecomp.core.evolution import PICK_GROUP
 
     ks = list(range(min(PICK_GROUP, len(batches))))
     ev.evaluate_many(ecomp.population, ks)

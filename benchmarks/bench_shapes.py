@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ecomp.cli import CONF_DIR, check_overrides  # noqa: E402
-from ecomp.config import register_configs  # noqa: E402
-from ecomp.data import draw_run_data  # noqa: E402
+from ecomp.app.cli import CONF_DIR, check_overrides  # noqa: E402
+from ecomp.app.config import register_configs  # noqa: E402
+from ecomp.nets.data import draw_run_data  # noqa: E402
 from ecomp.methods import Problem  # noqa: E402
 from ecomp.methods.ecomp import ECompMethod  # noqa: E402
-from ecomp.pipeline import prepare_parent, setup, train_spec  # noqa: E402
+from ecomp.app.pipeline import prepare_parent, setup, train_spec  # noqa: E402
 
 SHAPES = {"unbalanced 300-100": "[300,100]", "balanced 254-254": "[254,254]"}
 

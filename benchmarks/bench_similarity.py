@@ -25,16 +25,16 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ecomp import native  # noqa: E402
-from ecomp.cli import CONF_DIR  # noqa: E402
-from ecomp.config import register_configs  # noqa: E402
-from ecomp.data import random_subset  # noqa: E402
-from ecomp.fitness import Evaluator  # noqa: E402
-from ecomp.initialiser import l1_population  # noqa: E402
+from ecomp.kernels import native  # noqa: E402
+from ecomp.app.cli import CONF_DIR  # noqa: E402
+from ecomp.app.config import register_configs  # noqa: E402
+from ecomp.nets.data import random_subset  # noqa: E402
+from ecomp.core.fitness import Evaluator  # noqa: E402
+from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.measures.cka import LinearCKA  # noqa: E402
 from ecomp.measures.tsne import TSNE  # noqa: E402
-from ecomp.pipeline import prepare_parent  # noqa: E402
-from ecomp.population import forward  # noqa: E402
+from ecomp.app.pipeline import prepare_parent  # noqa: E402
+from ecomp.core.population import forward  # noqa: E402
 
 
 def main() -> None:

@@ -62,9 +62,9 @@ def in_process(args: list[str], uri: str, repeats: int) -> list[float]:
     """Call -> first generation inside one process, for runs after a first warm-up run."""
     from hydra import compose, initialize_config_dir
 
-    from ecomp.cli import CONF_DIR, check_overrides
-    from ecomp.config import register_configs
-    from ecomp.pipeline import run_experiment
+    from ecomp.app.cli import CONF_DIR, check_overrides
+    from ecomp.app.config import register_configs
+    from ecomp.app.pipeline import run_experiment
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -1,9 +1,15 @@
-"""EComp: evolutionary compression of trained feed-forward networks.
+"""EComp: evolutionary compression of trained networks.
 
-The algorithm modules (``initialiser``, ``population``, ``similarity``,
-``fitness``, ``selection``, ``recombination``, ``mutation``, ``evolution``)
-know nothing of Hydra or MLflow; ``config``, ``tracking`` and ``pipeline``
-connect them to the experiment tooling.
+Packages, from the bottom up (each imports only those above it in this list):
+
+* ``errors``, ``plugins``, ``timing``: error types and small utilities;
+* ``nets``: network description, checkpoints, datasets, a run's data, the parent, sizes;
+* ``kernels``: the compute backend, the forward passes, the C kernels, the PyTorch t-SNE;
+* ``measures``: the similarity measures;
+* ``core``: population storage, initialiser, selection, recombination, mutation, fitness, the loop;
+* ``methods``: the compression methods (EComp and the baselines);
+* ``app``: the glue: config, pipeline, tracking, sweeps, command line (the only package that
+  knows Hydra and MLflow).
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """The errors a user can cause, each a one-line message naming the key, file or store and what is allowed.
 
-The entry points (``run.py``, the sweep's set-up callback, ``python -m ecomp.prepare``) catch
+The entry points (``run.py``, the sweep's set-up callback, ``python -m ecomp.app.prepare``) catch
 :class:`EcompError` once and print its line; below them nothing prints or exits.
 """
 

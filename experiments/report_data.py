@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecomp.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, TAG_VARIANT,
+from ecomp.app.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, TAG_VARIANT,
                             check_reachable, client_for)
 
 SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
@@ -159,7 +159,7 @@ def base_of(params: dict[str, str]) -> str:
 
 
 # Params added after runs were first recorded, at the value that behaves as before (as in the
-# config hash, ecomp.config._HASH_NEUTRAL): left out, so old and new runs of one setup still pair.
+# config hash, ecomp.app.config._HASH_NEUTRAL): left out, so old and new runs of one setup still pair.
 NEUTRAL_PARAMS = {"parent.path": "None", "fitness.compression": "units"}
 
 

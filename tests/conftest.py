@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from ecomp.cli import CONF_DIR, check_overrides
-from ecomp.config import register_configs
+from ecomp.app.cli import CONF_DIR, check_overrides
+from ecomp.app.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from conftest import TINY, run_cli
-from ecomp.checkpoint import read_checkpoint
+from ecomp.nets.checkpoint import read_checkpoint
 from ecomp.errors import CheckpointError
-from ecomp.network import layers_of
+from ecomp.nets.network import layers_of
 
 
 class Payload:

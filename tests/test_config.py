@@ -96,7 +96,7 @@ def test_wrong_type_fails_at_composition(tmp_path):
 
 
 def test_missing_dataset_names_both_remedies(tmp_path, monkeypatch, parent_cache):
-    from ecomp import data, datasets
+    from ecomp.nets import data, datasets
 
     with pytest.raises(data.DataError) as err:
         datasets.prepare(tmp_path / "nowhere", download=False, debian_dir=tmp_path / "no-debian")
@@ -105,7 +105,7 @@ def test_missing_dataset_names_both_remedies(tmp_path, monkeypatch, parent_cache
 
 
 def test_truncated_dataset_file_is_named(tmp_path):
-    from ecomp import data, datasets
+    from ecomp.nets import data, datasets
 
     raw = datasets.raw_dir(tmp_path)
     raw.mkdir(parents=True)
@@ -121,9 +121,9 @@ def test_truncated_dataset_file_is_named(tmp_path):
 def test_corrupt_or_mismatched_parent_is_retrained(tmp_path):
     import torch
 
-    from ecomp.data import Split
-    from ecomp.network import Architecture, load_network
-    from ecomp.parent import TrainSpec, cached_parent
+    from ecomp.nets.data import Split
+    from ecomp.nets.network import Architecture, load_network
+    from ecomp.nets.parent import TrainSpec, cached_parent
 
     g = torch.Generator().manual_seed(0)
     split = Split(torch.rand(200, 784, generator=g), torch.randint(0, 10, (200,), generator=g))
@@ -144,7 +144,7 @@ def test_dataset_is_read_once_per_process_until_its_files_change(tmp_path):
 
     import torch
 
-    from ecomp import data, datasets
+    from ecomp.nets import data, datasets
     src = datasets.raw_dir(Path(__file__).resolve().parents[1] / "data")
     raw = datasets.raw_dir(tmp_path)
     raw.mkdir(parents=True)
@@ -168,9 +168,9 @@ def test_config_hash_of_existing_runs_is_unchanged():
     recorded with before the checkpoint, dataset and compression keys existed."""
     from hydra import compose, initialize_config_dir
 
-    from ecomp.cli import CONF_DIR, check_overrides
-    from ecomp.config import config_hash, register_configs
-    from ecomp.pipeline import build_method, setup
+    from ecomp.app.cli import CONF_DIR, check_overrides
+    from ecomp.app.config import config_hash, register_configs
+    from ecomp.app.pipeline import build_method, setup
 
     register_configs()
     for overrides, expected in (([], "8fb7431dfe84981b"), (["method=l1_finetune"], "48b4fb9af578787a"),

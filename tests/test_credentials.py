@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ecomp.credentials import mask, take_password, take_passwords
+from ecomp.app.credentials import mask, take_password, take_passwords
 from ecomp.errors import ConfigError
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import random_layers
-from ecomp.evolution import EComp, MutationSpec
-from ecomp.fitness import Evaluator, Weights
-from ecomp.initialiser import l1_population
-from ecomp.recombination import recombine
-from ecomp.selection import select_pairs
-from ecomp.similarity import calibrate, shifted_distances
+from ecomp.core.evolution import EComp, MutationSpec
+from ecomp.core.fitness import Evaluator, Weights
+from ecomp.core.initialiser import l1_population
+from ecomp.core.recombination import recombine
+from ecomp.core.selection import select_pairs
+from ecomp.kernels.tsne_torch import calibrate, shifted_distances
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -69,7 +69,7 @@ def test_cuda_evaluation_and_a_few_generations_match_the_cpu():
 
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
 def test_cuda_mutation_is_gathered_and_equals_the_cpu_bit_for_bit(n_hidden):
-    from ecomp.mutation import mutate_
+    from ecomp.core.mutation import mutate_
 
     parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
     cpu = l1_population(parent, 12, 1.0, 0.2)
@@ -79,7 +79,7 @@ def test_cuda_mutation_is_gathered_and_equals_the_cpu_bit_for_bit(n_hidden):
 
 
 def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
-    from ecomp.population import forward
+    from ecomp.core.population import forward
 
     parent = random_layers([20, 16, 14, 4], gen(0))
     cpu = l1_population(parent, 9, 1.0, 0.2)

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from conftest import random_layers
-from ecomp import native
-from ecomp.evolution import EComp, MutationSpec
-from ecomp.fitness import PARTS, Evaluator, ReferenceEvaluator, Weights, needed_parts
-from ecomp.initialiser import l1_population
-from ecomp.mutation import mutate_
-from ecomp.population import forward
+from ecomp.kernels import native
+from ecomp.core.evolution import EComp, MutationSpec
+from ecomp.core.fitness import PARTS, Evaluator, ReferenceEvaluator, Weights, needed_parts
+from ecomp.core.initialiser import l1_population
+from ecomp.core.mutation import mutate_
+from ecomp.core.population import forward
 
 
-# Every test of the fast evaluator runs with both similarity kernels (ecomp.native and the
+# Every test of the fast evaluator runs with both similarity kernels (ecomp.kernels.native and the
 # PyTorch path): each must give the reference path's numbers.
 KERNELS = pytest.mark.parametrize("kernels", [
     pytest.param("native", marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), "torch"])
@@ -177,7 +177,7 @@ def test_in_place_generations_give_the_history_of_copied_ones(kernels):
 
 
 def test_forward_of_out_of_order_storage_is_in_individual_order():
-    from ecomp.population import Population
+    from ecomp.core.population import Population
     parent, batches = problem(widths=(30, 16, 16, 5))
     pop = l1_population(parent, 6, 0.75, 0.75)
     mutate_(pop, 1.0, 0.5, 1.5, torch.Generator().manual_seed(3))
@@ -200,7 +200,7 @@ def test_forward_of_out_of_order_storage_is_in_individual_order():
 def test_forward_into_a_workspace_gives_the_same_numbers(uniform):
     """The evaluator's reused first-layer storage (``Workspace``) changes no number; it grows
     for a larger pass and the results of a call live until the next one."""
-    from ecomp.population import Workspace
+    from ecomp.core.population import Workspace
 
     parent, batches = problem(widths=(30, 16, 16, 5))
     pop = l1_population(parent, 6, 0.75, 0.75 if uniform else 0.3)

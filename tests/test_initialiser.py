@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conftest import random_layers
-from ecomp.initialiser import keep_ratios, l1_population, pruned_width
+from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
 
 
 def test_keep_ratios_are_the_authors_amounts():

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import random_layers
-from ecomp import native
-from ecomp.evolution import EComp, MutationSpec
-from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
-from ecomp.initialiser import l1_population
+from ecomp.kernels import native
+from ecomp.core.evolution import EComp, MutationSpec
+from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.core.initialiser import l1_population
 from ecomp.measures.cka import LinearCKA
-from ecomp.population import forward
-from ecomp.selection import Selection, elites, roulette_draws, select_pairs, selection_probabilities, tournament_draws
+from ecomp.core.population import forward
+from ecomp.core.selection import Selection, elites, roulette_draws, select_pairs, selection_probabilities, tournament_draws
 from test_evaluator import problem
 
 
@@ -158,7 +158,7 @@ def test_cka_batched_path_equals_the_loop_and_the_reference_evaluator():
 def test_levers_are_tracked_runs_named_by_what_differs_from_the_paper(make_cfg, store):
     from mlflow.tracking import MlflowClient
 
-    from ecomp.pipeline import run_experiment
+    from ecomp.app.pipeline import run_experiment
 
     plain = run_experiment(make_cfg("seed=4", "tracking.enabled=false"))
     cka = run_experiment(make_cfg("seed=4", "similarity=cka", "operators.selection.temperature=0.2",

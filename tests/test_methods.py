@@ -10,12 +10,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import random_layers
-from ecomp import data as data_mod
-from ecomp.initialiser import l1_ranking, prune, pruned_width
+from ecomp.nets import data as data_mod
+from ecomp.core.initialiser import l1_ranking, prune, pruned_width
 from ecomp.methods.pruning import IMPORTANCES, structured_prune
-from ecomp.network import accuracy, load_network
-from ecomp.pipeline import data_root, run_experiment
-from ecomp.training import distillation_loss, fine_tune
+from ecomp.nets.network import accuracy, load_network
+from ecomp.app.pipeline import data_root, run_experiment
+from ecomp.nets.training import distillation_loss, fine_tune
 
 GOLDEN = Path(__file__).parent / "data" / "ecomp_tiny_before_methods.json"
 SHARED = ["best_test_accuracy", "best_val_accuracy", "best_compression", "best_hidden_units", "best_parameters",
@@ -58,7 +58,7 @@ def test_taylor_without_data_is_refused():
 
 def test_distillation_loss_is_zero_against_itself_and_mixes_in_labels():
     g = torch.Generator().manual_seed(0)
-    from ecomp.network import model_from_layers
+    from ecomp.nets.network import model_from_layers
 
     teacher = model_from_layers(random_layers([5, 7, 3], g))
     x, y = torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
@@ -96,7 +96,7 @@ def test_validation_split_is_disjoint_and_keeps_the_papers_subset():
 def test_ecomp_history_and_metrics_are_those_from_before_methods_existed(make_cfg):
     golden = json.loads(GOLDEN.read_text())
     cfg = make_cfg(*[o for o in golden["overrides"] if not o.startswith("parent.cache_dir")])
-    from ecomp.config import resolve_kernels
+    from ecomp.app.config import resolve_kernels
 
     if torch.__version__ != golden["torch"] or resolve_kernels(cfg) != golden["kernels"]:
         pytest.skip(f"golden made with torch {golden['torch']} and {golden['kernels']} kernels")

@@ -13,7 +13,7 @@ from conftest import run_cli
 def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     import mlflow
 
-    from ecomp.pipeline import load_split, run_experiment
+    from ecomp.app.pipeline import load_split, run_experiment
 
     cfg = make_cfg("tracking.register_as=tiny-mlp", "seed=1")
     result = run_experiment(cfg)
@@ -70,7 +70,7 @@ def test_parallel_jobs_logging_the_same_datasets_all_succeed(tmp_path):
 
     from mlflow import MlflowClient
 
-    from ecomp.tracking import RunTracker, ensure_experiment
+    from ecomp.app.tracking import RunTracker, ensure_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = ensure_experiment(uri, "ecomp", None)

@@ -1,4 +1,4 @@
-"""The fused C kernels (ecomp.native) against the float64 reference and scikit-learn."""
+"""The fused C kernels (ecomp.kernels.native) against the float64 reference and scikit-learn."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp import native
-from ecomp.similarity import (conditional_probabilities_reference, joint_probabilities_reference, kl_divergence,
+from ecomp.kernels import native
+from ecomp.kernels.tsne_torch import (conditional_probabilities_reference, joint_probabilities_reference, kl_divergence,
                               squared_distances)
 from test_similarity import embeddings, sklearn_p
 
@@ -159,7 +159,7 @@ def _in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
-    code = "from ecomp import native; print(native.resolve('auto'), native.isa() if native.available() else '-')"
+    code = "from ecomp.kernels import native; print(native.resolve('auto'), native.isa() if native.available() else '-')"
     built = _in_subprocess(code, ECOMP_CACHE_DIR=str(tmp_path / "a"))
     assert built.returncode == 0, built.stderr
     assert built.stdout.split()[0] == "native" and list((tmp_path / "a" / "kernels").glob("tsne-*.so"))
@@ -168,7 +168,7 @@ def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
     assert missing.stdout.split() == ["torch", "-"]
     assert "no C compiler found" in missing.stderr and "using the PyTorch similarity path" in missing.stderr
     strict = _in_subprocess(
-        "from omegaconf import OmegaConf; from ecomp.config import resolve_kernels; "
+        "from omegaconf import OmegaConf; from ecomp.app.config import resolve_kernels; "
         "resolve_kernels(OmegaConf.create({'similarity': {'kernels': 'native'}, 'device': 'cpu'}))",
         ECOMP_CACHE_DIR=str(tmp_path / "c"), CC="/nonexistent/cc")
     assert strict.returncode != 0

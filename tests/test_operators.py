@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import random_layers
-from ecomp import native
-from ecomp.initialiser import l1_population
-from ecomp.mutation import mutate_
-from ecomp.population import Population
-from ecomp.recombination import recombine
-from ecomp.selection import select_pairs, selection_probabilities
+from ecomp.kernels import native
+from ecomp.core.initialiser import l1_population
+from ecomp.core.mutation import mutate_
+from ecomp.core.population import Population
+from ecomp.core.recombination import recombine
+from ecomp.core.selection import select_pairs, selection_probabilities
 
 
 def tiny_population(seed: int = 0, size: int = 6, n_hidden: int = 2) -> Population:
@@ -24,7 +24,7 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# Recombination runs through ecomp.native when it is built, else through PyTorch slices: both are tested.
+# Recombination runs through ecomp.kernels.native when it is built, else through PyTorch slices: both are tested.
 PATHS = pytest.mark.parametrize("use_native", [
     pytest.param(True, marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), False])
 
@@ -79,7 +79,7 @@ def test_recombination_block_layout_matches_definition(use_native):
     pop = tiny_population()
     pairs = torch.tensor([[1, 4]])
     g = gen(3)
-    from ecomp.recombination import draw_cuts
+    from ecomp.core.recombination import draw_cuts
     cuts = draw_cuts(pop, pairs, gen(3))[0].tolist()
     children = recombine(pop, pairs, g, use_native=use_native)
     p1, p2 = pop.individual(1), pop.individual(4)
@@ -97,7 +97,7 @@ def test_recombination_block_layout_matches_definition(use_native):
 def test_recombination_cut_ranges_and_parents_untouched(use_native):
     pop = tiny_population()
     before = [[t.clone() for wb in pop.individual(i) for t in wb] for i in range(pop.size)]
-    from ecomp.recombination import draw_cuts
+    from ecomp.core.recombination import draw_cuts
     pairs = torch.tensor([[0, 5], [1, 2], [3, 4]])
     for s in range(50):
         cuts = draw_cuts(pop, pairs, gen(s))

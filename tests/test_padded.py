@@ -1,5 +1,5 @@
 """The GPU path's loop-free parts, run on the CPU against the CPU's own loops: the mixed-width
-forward pass as zero-padded batched products (ecomp.padded) and the mutation through one index
+forward pass as zero-padded batched products (ecomp.kernels.padded) and the mutation through one index
 tensor per layer. On a GPU they are the default (tests/test_cuda.py); here they are forced."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from conftest import random_layers
-from ecomp import native
-from ecomp.fitness import Evaluator
-from ecomp.initialiser import l1_population
+from ecomp.kernels import native
+from ecomp.core.fitness import Evaluator
+from ecomp.core.initialiser import l1_population
 from ecomp.measures.cka import LinearCKA
-from ecomp.mutation import mutate_
-from ecomp.padded import forward_padded
-from ecomp.population import first_layer, forward
-from ecomp.recombination import recombine
-from ecomp.selection import select_pairs
+from ecomp.core.mutation import mutate_
+from ecomp.kernels.padded import forward_padded
+from ecomp.core.population import first_layer, forward
+from ecomp.core.recombination import recombine
+from ecomp.core.selection import select_pairs
 
 
 def gen(seed: int) -> torch.Generator:
@@ -98,13 +98,13 @@ def test_gathered_mutation_equals_the_loop_bit_for_bit(n_hidden, uniform):
 def test_a_few_generations_on_padded_stacks_keep_the_loops_records(monkeypatch):
     """The whole loop with the padded forward pass (as on a GPU) against the CPU's loop: the same
     selections, so the same records up to float rounding."""
-    import ecomp.padded
-    from ecomp.evolution import EComp, MutationSpec
-    from ecomp.fitness import Weights
+    import ecomp.kernels.padded
+    from ecomp.core.evolution import EComp, MutationSpec
+    from ecomp.core.fitness import Weights
 
     calls = []
-    real = ecomp.padded.forward_padded
-    monkeypatch.setattr(ecomp.padded, "forward_padded", lambda pop, z: calls.append(pop.size) or real(pop, z))
+    real = ecomp.kernels.padded.forward_padded
+    monkeypatch.setattr(ecomp.kernels.padded, "forward_padded", lambda pop, z: calls.append(pop.size) or real(pop, z))
 
     parent = random_layers([20, 16, 14, 4], gen(0))
     g = gen(3)

@@ -7,10 +7,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_cli
-from ecomp.evolution import MEASURES
-from ecomp.network import accuracy, load_network
-from ecomp.pipeline import data_root, run_experiment
-from ecomp import data as data_mod
+from ecomp.core.evolution import MEASURES
+from ecomp.nets.network import accuracy, load_network
+from ecomp.app.pipeline import data_root, run_experiment
+from ecomp.nets import data as data_mod
 
 STATS = [f"{m}_{s}" for m in MEASURES for s in ("mean", "best", "worst")]
 FINAL = ["best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy", "run_seconds"]
@@ -79,7 +79,7 @@ def test_multirun_two_scenarios_two_seeds(parent_cache, store, tmp_path):
 
 
 def test_exception_mid_run_marks_failed_and_keeps_metrics(make_cfg, store, monkeypatch):
-    from ecomp import fitness
+    from ecomp.core import fitness
 
     calls = {"n": 0}
     real = fitness.Evaluator.evaluate
@@ -100,7 +100,7 @@ def test_exception_mid_run_marks_failed_and_keeps_metrics(make_cfg, store, monke
 
 
 def test_keyboard_interrupt_marks_killed(make_cfg, store, monkeypatch):
-    from ecomp import fitness
+    from ecomp.core import fitness
 
     def interrupt(self, pop, k):
         raise KeyboardInterrupt

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
-from ecomp.callbacks import available_cores, threads_per_job
-from ecomp.evolution import MEASURES
+from ecomp.app.callbacks import available_cores, threads_per_job
+from ecomp.core.evolution import MEASURES
 
 STATS = [f"{m}_{s}" for m in MEASURES for s in ("mean", "best", "worst")]
 BIN = Path(sys.executable).parent
@@ -73,8 +73,8 @@ def test_threads_per_job_makes_jobs_times_threads_fit_the_cores(launcher, cores,
 
 def test_the_repo_launcher_configs_compose():
     from hydra import compose, initialize_config_dir
-    from ecomp.cli import CONF_DIR
-    from ecomp.config import register_configs
+    from ecomp.app.cli import CONF_DIR
+    from ecomp.app.config import register_configs
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import random_layers
-from ecomp import native
-from ecomp.evolution import EComp, MutationSpec
-from ecomp.fitness import Evaluator, ReferenceEvaluator, Weights
-from ecomp.initialiser import keep_ratios, l1_population, pruned_width
-from ecomp.mutation import mutate_
-from ecomp.population import Population, forward
-from ecomp.recombination import recombine
-from ecomp.selection import select_pairs
+from ecomp.kernels import native
+from ecomp.core.evolution import EComp, MutationSpec
+from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
+from ecomp.core.mutation import mutate_
+from ecomp.core.population import Population, forward
+from ecomp.core.recombination import recombine
+from ecomp.core.selection import select_pairs
 
 HAS_C = native._compiler() is not None
 PROPS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial.distance import squareform
 from sklearn.manifold._t_sne import _joint_probabilities
 
-from ecomp.similarity import (MACHINE_EPSILON, calibrate, joint_probabilities, joint_probabilities_reference,
+from ecomp.kernels.tsne_torch import (MACHINE_EPSILON, calibrate, joint_probabilities, joint_probabilities_reference,
                               kl_divergence, off_diagonal, shifted_distances, shifted_distances_stacked,
                               squared_distances, with_diagonal)
 

@@ -7,6 +7,6 @@ population against it (:meth:`~ecomp.measures.base.SimilarityMeasure.score`); it
 not know which measure it talks to. Lower is more similar; 0 is identical.
 """
 
-from .base import SimilarityMeasure, measure_class
+from ecomp.measures.base import SimilarityMeasure, measure_class
 
 __all__ = ["SimilarityMeasure", "measure_class"]

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..plugins import plugin_class
+from ecomp.plugins import plugin_class
 
 
 class SimilarityMeasure(ABC):
@@ -38,7 +38,7 @@ class SimilarityMeasure(ABC):
         ``hidden[l][i]``: network ``i``'s activations ``(G * n, h)`` on compared layer ``l``;
         ``stacked[l]``: the same as one ``(pop, h, G * n)`` tensor (transposed) when the
         population has one architecture, or on a GPU zero-padded to the widest network
-        (:mod:`ecomp.padded`: a measure must give zero features no weight, as Grams do), else
+        (:mod:`ecomp.kernels.padded`: a measure must give zero features no weight, as Grams do), else
         None; ``states``: :meth:`prepare`'s, one per batch.
         """
 

@@ -11,7 +11,7 @@ representation can be (it is recognised by its centred energy, see ``CONSTANT_SH
 centring a constant in float32 leaves rounding noise that would otherwise pass for a signal).
 
 With ``kernels=native`` every network's Gram of a layer comes from one threaded call of the C
-Gram kernel the t-SNE path uses (:func:`ecomp.native.grams_acts` with ``centre=True``: it centres
+Gram kernel the t-SNE path uses (:func:`ecomp.kernels.native.grams_acts` with ``centre=True``: it centres
 each feature as it copies it into its block buffer), whatever the widths; ``torch`` makes one
 batched product for a population of one architecture and one product per network otherwise
 (the test oracle).
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import native
-from .base import SimilarityMeasure
+from ecomp.kernels import native
+from ecomp.measures.base import SimilarityMeasure
 
 
 def centred_gram(a: Tensor) -> Tensor:

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import native
-from ..similarity import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
+from ecomp.kernels import native
+from ecomp.kernels.tsne_torch import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
                           shifted_distances, shifted_distances_stacked, squared_distances, symmetrise, with_diagonal)
-from .base import SimilarityMeasure
+from ecomp.measures.base import SimilarityMeasure
 
 
 class TSNE(SimilarityMeasure):

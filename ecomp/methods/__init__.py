@@ -2,10 +2,10 @@
 
 Every method is one module here and one YAML in ``conf/method/`` whose ``_target_``
 names its class. A method turns a :class:`~ecomp.methods.base.Problem` into an
-:class:`~ecomp.methods.base.Outcome` (one network); ``ecomp.pipeline`` measures and
-tracks every outcome the same way (:mod:`ecomp.measure`).
+:class:`~ecomp.methods.base.Outcome` (one network); ``ecomp.app.pipeline`` measures and
+tracks every outcome the same way (:mod:`ecomp.methods.metrics`).
 """
 
-from .base import Method, Outcome, Problem, method_class
+from ecomp.methods.base import Method, Outcome, Problem, method_class
 
 __all__ = ["Method", "Outcome", "Problem", "method_class"]

@@ -2,7 +2,7 @@
 
 A method receives a :class:`Problem` (the trained parent, the run's data, a seeded
 generator) and returns an :class:`Outcome` (the compressed network). It never sees
-the test split and never measures its own result: ``ecomp.measure`` does that for
+the test split and never measures its own result: ``ecomp.methods.metrics`` does that for
 every method alike, so their figures are comparable by construction.
 """
 
@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..data import RunData
-from ..evolution import GenerationRecord
-from ..network import Layers
-from ..parent import TrainSpec
-from ..plugins import plugin_class
-from ..timing import NullTimer, PhaseTimer
+from ecomp.nets.data import RunData
+from ecomp.core.evolution import GenerationRecord
+from ecomp.nets.network import Layers
+from ecomp.nets.parent import TrainSpec
+from ecomp.plugins import plugin_class
+from ecomp.timing import NullTimer, PhaseTimer
 
 # Config groups only EComp reads: left out of a baseline's params and config hash.
 EVOLUTION_GROUPS = ("population", "operators", "similarity", "fitness", "evolution")

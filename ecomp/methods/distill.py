@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..network import model_from_layers
-from ..training import distillation_loss
-from .base import Problem
-from .l1_finetune import L1Finetune
+from ecomp.nets.network import model_from_layers
+from ecomp.nets.training import distillation_loss
+from ecomp.methods.base import Problem
+from ecomp.methods.l1_finetune import L1Finetune
 
 
 @dataclass

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..evolution import EComp, MutationSpec
-from ..fitness import Evaluator, ReferenceEvaluator, Weights
-from ..initialiser import l1_population
-from ..measures import measure_class
-from ..selection import Selection
-from ..training import fine_tune
-from .base import Method, Outcome, Problem
+from ecomp.core.evolution import EComp, MutationSpec
+from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.core.initialiser import l1_population
+from ecomp.measures import measure_class
+from ecomp.core.selection import Selection
+from ecomp.nets.training import fine_tune
+from ecomp.methods.base import Method, Outcome, Problem
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..training import cross_entropy, fine_tune
-from .base import Outcome, Problem
-from .l1_prune import L1Prune
+from ecomp.nets.training import cross_entropy, fine_tune
+from ecomp.methods.base import Outcome, Problem
+from ecomp.methods.l1_prune import L1Prune
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Method, Outcome, Problem
-from .pruning import NEEDS_GRADIENTS, structured_prune
+from ecomp.methods.base import Method, Outcome, Problem
+from ecomp.methods.pruning import NEEDS_GRADIENTS, structured_prune
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Torch-Pruning (Fang et al., CVPR 2023) supplies the importance criteria and the
 surgery: its dependency graph removes a hidden neuron's row, bias and the matching
 input column of the next layer together. EComp's own rule decides how many neurons
-each hidden layer keeps (:func:`ecomp.initialiser.pruned_width`) and every ranking is
+each hidden layer keeps (:func:`ecomp.core.initialiser.pruned_width`) and every ranking is
 taken on the intact parent, so ``importance=l1`` gives exactly the sub-network that
 EComp's initial population holds at the same keep ratio (a test checks it).
 """
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..initialiser import pruned_width
-from ..network import Layers, layers_of, linear_layers, model_from_layers
+from ecomp.core.initialiser import pruned_width
+from ecomp.nets.network import Layers, layers_of, linear_layers, model_from_layers
 
 # importance criterion -> (Torch-Pruning class name, keyword arguments). "first": the score of a
 # neuron is that of its own incoming row, as EComp's L1 ranking; "mean": Torch-Pruning's group

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..initialiser import pruned_width
-from ..parent import train
-from .base import Method, Outcome, Problem
+from ecomp.core.initialiser import pruned_width
+from ecomp.nets.parent import train
+from ecomp.methods.base import Method, Outcome, Problem
 
 
 @dataclass

@@ -44,7 +44,7 @@ TAG_STUDY, TAG_TRIAL, TAG_ROLE = "optuna_study", "optuna_trial", "optuna_role"
 OWNER = "owner"                  # trial user attribute: host:pid of the process that asked it
 SAMPLERS = ("nsgaii", "tpe", "random")
 DIRECTIONS = ("maximize", "minimize")
-# The final metrics run.py returns (ecomp.measure.network_metrics, prefix best_, and the pipeline's own).
+# The final metrics run.py returns (ecomp.methods.metrics.network_metrics, prefix best_, and the pipeline's own).
 METRICS = ("best_val_accuracy", "best_test_accuracy", "best_compression", "best_params_ratio",
            "best_hidden_units", "best_parameters", "best_mean_fitness", "run_seconds")
 # Command-line overrides that do not change what a trial computes: not part of the study's identity.
@@ -80,7 +80,7 @@ def study_name_for(definition: dict) -> str:
 
 def parallel_jobs(launcher: DictConfig) -> int:
     """How many jobs the launcher runs at once: joblib's ``n_jobs``, Ray: this machine's cores, else 1."""
-    from ecomp.callbacks import available_cores
+    from ecomp.app.callbacks import available_cores
 
     target = str(launcher.get("_target_", ""))
     if target.endswith("JoblibLauncher"):
@@ -198,7 +198,7 @@ class ECompOptunaSweeper(Sweeper):
         """``hydra.sweeper.storage``, else ``sqlite:///<folder of the MLflow SQLite store>/optuna.db``."""
         if self.storage:
             return self.storage
-        from ecomp.pipeline import repo_root, tracking_uri
+        from ecomp.app.pipeline import repo_root, tracking_uri
 
         uri = tracking_uri(self.config)
         folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else repo_root() / "mlruns"
@@ -278,8 +278,8 @@ class ECompOptunaSweeper(Sweeper):
         cfg = self.config
         if not cfg.tracking.enabled:
             return None
-        from ecomp.pipeline import prepare_store
-        from ecomp.tracking import client_for
+        from ecomp.app.pipeline import prepare_store
+        from ecomp.app.tracking import client_for
 
         uri, exp_id = prepare_store(cfg)
         client = client_for(uri)
@@ -311,8 +311,8 @@ class ECompOptunaSweeper(Sweeper):
             return
         from optuna.trial import TrialState
 
-        from ecomp.pipeline import tracking_uri
-        from ecomp.tracking import client_for
+        from ecomp.app.pipeline import tracking_uri
+        from ecomp.app.tracking import client_for
 
         client = client_for(tracking_uri(self.config))
         states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -352,7 +352,7 @@ class ECompOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from optuna.trial import TrialState
 
-        from ecomp.cli import fail
+        from ecomp.app.cli import fail
 
         assert self.config is not None and self.launcher is not None
         try:

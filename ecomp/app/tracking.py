@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .credentials import mask
-from .evolution import GenerationRecord
+from ecomp.app.credentials import mask
+from ecomp.core.evolution import GenerationRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import native
-from .population import Population
+from ecomp.kernels import native
+from ecomp.core.population import Population
 
 
 def draw_cuts(pop: Population, pairs: Tensor, generator: torch.Generator) -> Tensor:
@@ -55,19 +55,19 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     about 400 networks, were faulted in anew every generation: ``benchmarks/bench_scaling.py``.)
 
     ``in_place``: the children may take over the parents' storage, which is what
-    :class:`ecomp.evolution.EComp` does once the population has one architecture (from
+    :class:`ecomp.core.evolution.EComp` does once the population has one architecture (from
     about generation 35 of 101 in the default run) and the native kernels are in use.
     Each parent's slot then goes to the first child that has it as bulk parent, which
     needs only its donor block written; the children of parents picked more than once
     are copied into the slots of parents no child has as bulk (see
-    :func:`ecomp.native.recombine_inplace`), so about 60 % of the bytes a generation
+    :func:`ecomp.kernels.native.recombine_inplace`), so about 60 % of the bytes a generation
     used to copy stay where they are. The children are the same, individual for
     individual; they are stored out of order (``Population.slots``), and ``pop`` is
     retired: using it afterwards raises. Where in place cannot apply (several
     architectures, no native kernels, not a CPU float32 population) this argument is
     ignored and the parents are left intact.
 
-    ``ecomp.native.recombine`` writes each layer's children in one threaded pass over
+    ``ecomp.kernels.native.recombine`` writes each layer's children in one threaded pass over
     their memory (``use_native``: None = when the C kernels are available and the
     population is float32 on the CPU); the fallback copies each bulk parent's layer and
     then assigns the donor's block, a few hundred tensor operations per generation. Off the
@@ -199,7 +199,7 @@ def _recombine_gather(pop: Population, children: Population, bulk: list[int], do
 
 def _recombine_native(pop: Population, children: Population, bulk: list[int], donor: list[int],
                       child_cuts: list[list[int]], recycled: bool) -> None:
-    """Every layer of ``children`` by :func:`ecomp.native.recombine`, one call per layer, with
+    """Every layer of ``children`` by :func:`ecomp.kernels.native.recombine`, one call per layer, with
     the addresses computed from the packed buffers' offsets. ``recycled``: the first layer goes
     into a buffer already touched (streaming stores pay off there)."""
     def addresses(tensors: list[Tensor], starts: list[list[int]], steps: list[int]) -> list[Tensor]:
@@ -237,7 +237,7 @@ def _recombine_in_place(pop: Population, bulk: list[int], donor: list[int],
     """The children of a population of one architecture over its own storage (see
     :func:`recombine`, ``in_place``): child ``j`` keeps its bulk parent's slot if no earlier
     child took it, else gets the lowest slot that no child has as bulk; one
-    :func:`ecomp.native.recombine_inplace` call per layer."""
+    :func:`ecomp.kernels.native.recombine_inplace` call per layer."""
     sources = [pop.slot(s) for s in bulk]
     donors = [pop.slot(d) for d in donor]
     slots: list[int | None] = []

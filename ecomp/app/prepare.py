@@ -1,4 +1,4 @@
-"""``python -m ecomp.prepare [overrides...]``: unpack the data and train (or find) the parent.
+"""``python -m ecomp.app.prepare [overrides...]``: unpack the data and train (or find) the parent.
 
 Used by ``make run``/``make test`` and by sweeps before jobs start, so that the
 parent is trained once, never once per job.
@@ -11,17 +11,17 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from .cli import CONF_DIR, check_overrides, fail
-from .config import ConfigError, register_configs
-from .data import DataError
+from ecomp.app.cli import CONF_DIR, check_overrides, fail
+from ecomp.app.config import ConfigError, register_configs
+from ecomp.nets.data import DataError
 
 
 def main(argv: list[str]) -> None:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(argv))
-    from .network import accuracy
-    from .pipeline import load_split, prepare_parent, setup
+    from ecomp.nets.network import accuracy
+    from ecomp.app.pipeline import load_split, prepare_parent, setup
 
     try:
         setup(cfg)

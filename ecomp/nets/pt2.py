@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError
+from ecomp.errors import CheckpointError
 
 # The serialised ScalarType codes (torch._export.serde.schema) a network's weights may have.
 _DTYPES = {6: torch.float16, 7: torch.float32, 8: torch.float64, 13: torch.bfloat16}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .network import Layers, layers_of, model_from_layers
+from ecomp.nets.network import Layers, layers_of, model_from_layers
 
 # loss(logits, x_batch, y_batch) -> scalar
 Loss = Callable[[Tensor, Tensor, Tensor], Tensor]

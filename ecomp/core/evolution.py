@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .fitness import Evaluator, Parts, Weights, needed_parts
-from .mutation import mutate_
-from .population import Population
-from .recombination import recombine
-from .selection import Selection, elites
-from .timing import NullTimer, PhaseTimer
+from ecomp.core.fitness import Evaluator, Parts, Weights, needed_parts
+from ecomp.core.mutation import mutate_
+from ecomp.core.population import Population
+from ecomp.core.recombination import recombine
+from ecomp.core.selection import Selection, elites
+from ecomp.timing import NullTimer, PhaseTimer
 
 PICK_GROUP = 10   # batches per forward pass in the final pick (1,000 images: near-GEMM-speed products)
 MEASURES = ("fitness", "accuracy", "similarity", "compression")
@@ -113,7 +113,7 @@ class EComp:
 
         The population no longer changes, so ``group`` batches share one forward pass. Nothing
         of the pick is logged but this mean, so the parts whose weight is zero are not computed
-        (:func:`ecomp.fitness.needed_parts`; the same fitness bit for bit).
+        (:func:`ecomp.core.fitness.needed_parts`; the same fitness bit for bit).
         Returns ``(index, mean fitness per individual)``.
         """
         total = torch.zeros(self.population.size, dtype=torch.float64)

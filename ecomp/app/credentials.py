@@ -20,7 +20,7 @@ import os
 import re
 from urllib.parse import unquote
 
-from .errors import ConfigError
+from ecomp.errors import ConfigError
 
 MASK = "***"
 # scheme://user:password@ (the password may be empty); user and password percent-encoded

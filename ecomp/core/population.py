@@ -10,7 +10,7 @@ and a population of one architecture is a ``(pop, out, in)`` view of it.
 
 Storage slots: individual ``i`` is stored at slot ``slot(i)``. That is ``i`` unless
 ``slots`` is given, which only a population of one architecture may have (all slots
-are then alike): crossover in place (:func:`ecomp.recombination.recombine`) leaves
+are then alike): crossover in place (:func:`ecomp.core.recombination.recombine`) leaves
 most children in their bulk parent's slot instead of copying them into child order.
 ``offsets``, ``w_offsets``, ``b_offsets`` and ``stacked`` are in slot order; every
 per-individual accessor (``first``, ``rest``, ``individual``) and :func:`forward`'s
@@ -25,7 +25,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from .network import Layers
+from ecomp.nets.network import Layers
 
 
 @dataclass
@@ -254,7 +254,7 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: 
     loop (the oracle for the batched path in the tests). ``workspace``: storage for the first
     layer's activations, reused from call to call (the results then live until the next call).
     ``padded``: a population of several architectures as zero-padded batched products
-    (:mod:`ecomp.padded`; one architecture takes the batched path whatever it says); ``None`` = on
+    (:mod:`ecomp.kernels.padded`; one architecture takes the batched path whatever it says); ``None`` = on
     a GPU (the CPU keeps the loop and its numbers); then ``stacked[l]`` is ``(pop, widest, batch)``
     in individual order, zeros beyond each width.
     """
@@ -264,7 +264,7 @@ def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: 
     n_hidden = len(pop.widths[0])
     uniform = pop.uniform
     if not uniform and (padded if padded is not None else (pop.device.type != "cpu" and batched is not False)):
-        from .padded import forward_padded
+        from ecomp.kernels.padded import forward_padded
 
         return forward_padded(pop, z0t)
     if batched is None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .measures.base import SimilarityMeasure
-from .measures.tsne import TSNE
-from .network import Layers, model_from_layers
-from .population import Population, Workspace, forward
-from .timing import NullTimer, PhaseTimer
+from ecomp.measures.base import SimilarityMeasure
+from ecomp.measures.tsne import TSNE
+from ecomp.nets.network import Layers, model_from_layers
+from ecomp.core.population import Population, Workspace, forward
+from ecomp.timing import NullTimer, PhaseTimer
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from .data import Split
-from .network import Architecture, Layers, build_mlp, layers_of, load_network, save_network
-from .training import fit
+from ecomp.nets.data import Split
+from ecomp.nets.network import Architecture, Layers, build_mlp, layers_of, load_network, save_network
+from ecomp.nets.training import fit
 
 log = logging.getLogger(__name__)
 

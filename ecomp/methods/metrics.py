@@ -7,8 +7,8 @@ EComp's fitness used (``fitness.compression``).
 
 from __future__ import annotations
 
-from .data import Split
-from .network import Layers, accuracy
+from ecomp.nets.data import Split
+from ecomp.nets.network import Layers, accuracy
 
 
 def hidden_units(layers: Layers) -> int:

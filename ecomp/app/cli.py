@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    from .credentials import mask
+    from ecomp.app.credentials import mask
 
     print(f"error: {mask(message)}", file=sys.stderr)
     raise SystemExit(code)
@@ -76,7 +76,7 @@ def check_composition(argv: list[str], conf_dir: Path = CONF_DIR, config_name: s
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import register_configs
+    from ecomp.app.config import register_configs
 
     register_configs()
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]

@@ -1,6 +1,6 @@
 """A run's data: a named dataset's splits (read once per process) and the run's subset and validation images.
 
-Which datasets exist and how each is read offline is :mod:`ecomp.datasets`.
+Which datasets exist and how each is read offline is :mod:`ecomp.nets.datasets`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .datasets import DataError, Split, info
+from ecomp.nets.datasets import DataError, Split, info
 
 __all__ = ["DataError", "Split", "RunData", "load", "draw_run_data", "random_subset"]
 

@@ -18,7 +18,7 @@ Two implementations:
   and an active set that shrinks as rows converge, on off-diagonal entries only,
   in as few passes over memory as we could make it.
 
-The same arithmetic, fused per point set in C, is :mod:`ecomp.native` (the default where a C
+The same arithmetic, fused per point set in C, is :mod:`ecomp.kernels.native` (the default where a C
 compiler is found); this module's fast path is its fallback and, with the reference, its oracle.
 """
 

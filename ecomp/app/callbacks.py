@@ -34,7 +34,7 @@ def record_failure(sweep_dir: str, job: str, exc: BaseException) -> None:
     """Append one line for a failed job to ``<sweep dir>/failed_jobs.txt`` (read at the sweep's end)."""
     path = Path(sweep_dir) / FAILURES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .credentials import mask
+    from ecomp.app.credentials import mask
 
     message = mask(f"{job or '(no overrides)'}: {type(exc).__name__}: {exc}".replace("\n", " "))
     with open(path, "a") as f:   # one short append per line: safe across parallel jobs
@@ -141,17 +141,17 @@ class SweepSetup(Callback):
     before any job starts (Hydra calls it before the launcher exists):
 
     0. under Ray, checks the cluster answers (:func:`check_ray_address`);
-    1. checks the config (:func:`ecomp.pipeline.setup`), so a bad value fails
+    1. checks the config (:func:`ecomp.app.pipeline.setup`), so a bad value fails
        once with one line instead of once per job (``device`` is left to the
        jobs under Ray: they may have a GPU where the launching machine has none);
     2. checks the tracking store answers and creates the store (SQLite schema)
-       and the experiment (:func:`ecomp.pipeline.prepare_store`), so parallel
+       and the experiment (:func:`ecomp.app.pipeline.prepare_store`), so parallel
        jobs never race on the schema migration or on creating the experiment;
     3. unpacks the data and trains or finds the cached parent network
-       (:func:`ecomp.pipeline.prepare_parent`), so it is trained once, not once
+       (:func:`ecomp.app.pipeline.prepare_parent`), so it is trained once, not once
        per job; jobs then only read ``parent.cache_dir`` and ``data.root``, which
        on a cluster must therefore be on a file system every node sees (or be
-       prepared on each node with ``python -m ecomp.prepare``).
+       prepared on each node with ``python -m ecomp.app.prepare``).
 
     It is repeated for every distinct combination of swept ``tracking``,
     ``data`` and ``parent`` values (:func:`setup_configs`). A failure ends the
@@ -171,11 +171,11 @@ class SweepSetup(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from .cli import fail
-        from .config import ConfigError
-        from .data import DataError
-        from .pipeline import data_root, prepare_parent, prepare_store, resolve_parent, setup, train_spec, tracking_uri
-        from .tracking import TrackingError
+        from ecomp.app.cli import fail
+        from ecomp.app.config import ConfigError
+        from ecomp.nets.data import DataError
+        from ecomp.app.pipeline import data_root, prepare_parent, prepare_store, resolve_parent, setup, train_spec, tracking_uri
+        from ecomp.app.tracking import TrackingError
 
         t = time.perf_counter()
         stores, parents = set(), set()
@@ -204,11 +204,11 @@ class SweepSetup(Callback):
                  time.perf_counter() - t, len(stores), len(parents))
 
     def _open_parent(self, config: DictConfig, uri: str, exp_id: str, experiment: str) -> None:
-        """The sweep's MLflow parent run in this store (:mod:`ecomp.sweep_runs`)."""
-        from .sweep_runs import open_sweep_run, sweep_key
-        from .tracking import client_for
+        """The sweep's MLflow parent run in this store (:mod:`ecomp.app.sweep_runs`)."""
+        from ecomp.app.sweep_runs import open_sweep_run, sweep_key
+        from ecomp.app.tracking import client_for
 
-        from .credentials import mask
+        from ecomp.app.credentials import mask
 
         overrides = [str(o) for o in config.hydra.overrides.task]
         command = mask(" ".join(["run.py -m", *overrides]))
@@ -236,8 +236,8 @@ class SweepSetup(Callback):
         """Report the jobs that failed (their MLflow runs are FAILED; the others are kept) and exit 1."""
         path = Path(config.hydra.sweep.dir) / FAILURES_FILE
         if getattr(self, "_parents", None):
-            from .sweep_runs import close_sweep_run
-            from .tracking import client_for
+            from ecomp.app.sweep_runs import close_sweep_run
+            from ecomp.app.tracking import client_for
 
             for uri, exp_id in self._parents:
                 close_sweep_run(client_for(uri), exp_id, str(config.hydra.sweep.dir), failed=path.exists())

@@ -7,7 +7,7 @@ Accepted:
   ``"<index>.weight"`` and ``"<index>.bias"``; a Linear without bias reads as zero
   bias), which includes the networks this project saves (``best_network.pt``);
 * a ``torch.export`` program (``.pt2``) of such a model, whose graph is checked to
-  hold only linear, ReLU and flatten/reshape operations. It is read by :mod:`ecomp.pt2`,
+  hold only linear, ReLU and flatten/reshape operations. It is read by :mod:`ecomp.nets.pt2`,
   never by ``torch.export.load`` (which may unpickle members with ``weights_only=False``).
 
 A state dict holds no activations: a ReLU between consecutive linear layers is
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .network import Layers
-from .pt2 import looks_pickled, read_archive, refusal_reason, weights_only_load
+from ecomp.errors import CheckpointError
+from ecomp.nets.network import Layers
+from ecomp.nets.pt2 import looks_pickled, read_archive, refusal_reason, weights_only_load
 
 _KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 # torch.export graph operations a Flatten -> (Linear -> ReLU)* -> Linear model may hold.

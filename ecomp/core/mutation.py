@@ -6,7 +6,7 @@ import itertools
 
 import torch
 
-from .population import Population, index_ranges
+from ecomp.core.population import Population, index_ranges
 
 
 @torch.no_grad()

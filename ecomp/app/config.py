@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from ecomp.errors import ConfigError
 
 FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
 COMPRESSION = ("units", "params")         # fitness.compression: what a child's size counts
@@ -26,7 +26,7 @@ class ParentConf:
     """``parent=mlp``: trained by the tool (``hidden`` and the recipe); ``parent=checkpoint``: read
     from ``path`` (``hidden``, ``input_dim``, ``classes`` from the weights; the recipe is then what
     ``method=scratch`` trains with). ``input_dim`` and ``classes`` null: the dataset's. Both are
-    filled in before the run starts (:func:`ecomp.pipeline.resolve_parent`)."""
+    filled in before the run starts (:func:`ecomp.app.pipeline.resolve_parent`)."""
     input_dim: Optional[int] = None
     hidden: Optional[list[int]] = field(default_factory=lambda: [256, 256])
     classes: Optional[int] = None
@@ -90,7 +90,7 @@ class SimilarityConf:
     perplexity: Optional[float] = 30.0
     layers: Optional[list[int]] = None   # hidden layers compared; None: all
     tol: Optional[float] = 1e-5
-    kernels: Optional[str] = "auto"      # auto | native | torch (ecomp.native)
+    kernels: Optional[str] = "auto"      # auto | native | torch (ecomp.kernels.native)
 
 
 @dataclass
@@ -190,7 +190,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("operators.mutation.rate", m.rate, "a probability in [0, 1]")
     if not (_finite(m.low) and _finite(m.high)) or m.low > m.high:
         _fail("operators.mutation", f"low={m.low} > high={m.high}", "finite factors with low <= high")
-    from .selection import KINDS
+    from ecomp.core.selection import KINDS
 
     sel = cfg.operators.selection
     if sel.kind not in KINDS:
@@ -204,7 +204,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("operators.selection.elite", sel.elite,
               f"an even integer in [0, population.size = {p.size}) (the rest are bred in pairs)")
     d = cfg.data
-    from .datasets import DATASETS
+    from ecomp.nets.datasets import DATASETS
 
     if d.name not in DATASETS:
         _fail("data.name", d.name, f"one of {', '.join(DATASETS)} (data=<name>)")
@@ -225,7 +225,7 @@ def validate(cfg: DictConfig) -> None:
         _fail("data.batch_size", d.batch_size,
               f"must divide data.train_size={d.train_size} (every generation sees a full batch)")
     s = cfg.similarity
-    from .measures.base import measure_class
+    from ecomp.measures.base import measure_class
 
     try:
         measure = measure_class(s._target_)
@@ -252,7 +252,7 @@ def validate(cfg: DictConfig) -> None:
             _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
     if cfg.evolution.epochs < 1:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
-    from .native import KERNELS                                # lazily: it imports torch
+    from ecomp.kernels.native import KERNELS                                # lazily: it imports torch
 
     if s.kernels is not None and s.kernels not in KERNELS:
         _fail("similarity.kernels", s.kernels, f"one of {', '.join(KERNELS)}")
@@ -289,8 +289,8 @@ def _validate_parent(p: DictConfig) -> None:
 
 def validate_method(m: DictConfig) -> None:
     """The method exists, every ``method.*`` key set is one it reads, and each is in range."""
-    from .methods.base import method_class
-    from .methods.pruning import IMPORTANCES
+    from ecomp.methods.base import method_class
+    from ecomp.methods.pruning import IMPORTANCES
 
     try:
         cls = method_class(m._target_)
@@ -321,7 +321,7 @@ def validate_method(m: DictConfig) -> None:
 def resolve_kernels(cfg) -> str | None:
     """``similarity.kernels`` -> the kernels this run will use (``native`` or ``torch``);
     :class:`ConfigError` if ``native`` was asked for and cannot be had here."""
-    from . import native
+    from ecomp.kernels import native
 
     if cfg.similarity.kernels is None:                 # a measure without kernel choice
         return None

@@ -1,7 +1,7 @@
 """Fused C kernels for the similarity (and crossover's copies): compiled on first use,
 loaded with :mod:`ctypes`.
 
-Why: the PyTorch path (:mod:`ecomp.similarity`) makes a dozen passes over every ``(N, N)``
+Why: the PyTorch path (:mod:`ecomp.kernels.tsne_torch`) makes a dozen passes over every ``(N, N)``
 matrix per perplexity iteration and as many again for the KL, each a separate kernel over
 2 million entries per generation. ``ecomp/csrc/tsne.c`` does all of it one point set at a
 time while the set sits in cache: the Gram matrix straight from the activations, the
@@ -236,7 +236,7 @@ def conditionals(gram: Tensor, perplexity: float, tol: float = 1e-5, max_iter: i
                  guess: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(M, N, N)`` Gram matrices -> ``(M, N, N)`` conditionals (0 on the diagonal) and
     ``beta * mean distance`` ``(M, N)`` of each row; ``guess`` ``(M, N)``: the start, as in
-    :func:`ecomp.similarity.calibrate`."""
+    :func:`ecomp.kernels.tsne_torch.calibrate`."""
     lib = load()
     m, n, _ = gram.shape
     gram = _check("gram", gram, torch.float32, (m, n, n))
@@ -249,7 +249,7 @@ def conditionals(gram: Tensor, perplexity: float, tol: float = 1e-5, max_iter: i
 
 
 def joint(cond: Tensor) -> Tensor:
-    """``(M, N, N)`` conditionals -> joint probabilities, as :func:`ecomp.similarity.symmetrise`."""
+    """``(M, N, N)`` conditionals -> joint probabilities, as :func:`ecomp.kernels.tsne_torch.symmetrise`."""
     lib = load()
     m, n, _ = cond.shape
     cond = _check("cond", cond, torch.float32, (m, n, n))
@@ -354,7 +354,7 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
     ``child[1][j]``) becomes its bulk parent's layer (same shape, at ``bulk[.][j]``) with the
     top-left ``c x c`` block and first ``c`` biases of its donor (row stride ``donor_cols[j]``,
     at ``donor[.][j]``), ``c = cuts[j]``. Addresses are int64 tensors; the caller
-    (:mod:`ecomp.recombination`) builds them from live CPU tensors and keeps them alive.
+    (:mod:`ecomp.core.recombination`) builds them from live CPU tensors and keeps them alive.
     ``stream``: write whole rows with non-temporal stores (for destination memory already
     touched, as the recycled first-layer buffers; see ``ecomp/csrc/ops.c``).
     Threads: ``torch.get_num_threads()`` when the library has OpenMP."""

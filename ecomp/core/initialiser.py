@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .network import Layers
-from .population import Population
+from ecomp.nets.network import Layers
+from ecomp.core.population import Population
 
 
 def keep_ratios(size: int, high: float, low: float) -> list[float]:

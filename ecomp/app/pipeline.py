@@ -17,19 +17,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data as data_mod
-from .config import config_hash, resolve_kernels, used_config, validate
-from .credentials import mask
-from .measure import network_metrics
-from .methods import Method, Problem, method_class
-from .network import Architecture, accuracy, save_network
-from .parent import TrainSpec, cached_parent
-from .runtime import keep_freed_memory
-from .timing import NullTimer, PhaseTimer
+from ecomp.nets import data as data_mod
+from ecomp.app.config import config_hash, resolve_kernels, used_config, validate
+from ecomp.app.credentials import mask
+from ecomp.methods.metrics import network_metrics
+from ecomp.methods import Method, Problem, method_class
+from ecomp.nets.network import Architecture, accuracy, save_network
+from ecomp.nets.parent import TrainSpec, cached_parent
+from ecomp.kernels.runtime import keep_freed_memory
+from ecomp.timing import NullTimer, PhaseTimer
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def repo_root() -> Path:
@@ -65,13 +65,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    from .tracking import default_uri
+    from ecomp.app.tracking import default_uri
 
     return cfg.tracking.uri or default_uri(repo_root())
 
 
 def artifact_location(cfg: DictConfig, uri: str) -> str | None:
-    from .tracking import default_artifact_location
+    from ecomp.app.tracking import default_artifact_location
 
     if cfg.tracking.artifact_location:
         return cfg.tracking.artifact_location
@@ -81,7 +81,7 @@ def artifact_location(cfg: DictConfig, uri: str) -> str | None:
 
 def prepare_store(cfg: DictConfig) -> tuple[str, str]:
     """Check the store answers and create the experiment; returns ``(uri, experiment_id)``."""
-    from .tracking import check_reachable, ensure_experiment
+    from ecomp.app.tracking import check_reachable, ensure_experiment
 
     uri = tracking_uri(cfg)
     check_reachable(uri, cfg.tracking.timeout_s)
@@ -109,7 +109,7 @@ _CHECKPOINTS: dict[tuple, tuple[list, str]] = {}
 
 def _checkpoint(path: str) -> tuple[list, str]:
     """``(layers, sha256)`` of the checkpoint at ``path`` (read once per process while unchanged)."""
-    from .checkpoint import read_checkpoint
+    from ecomp.nets.checkpoint import read_checkpoint
 
     p = Path(path).expanduser()
     st = p.stat() if p.is_file() else None
@@ -126,8 +126,8 @@ def resolve_parent(cfg: DictConfig) -> str | None:
     ``parent.classes`` when null (the dataset's), and for ``parent=checkpoint`` the architecture
     read from the weights, checked against the data. Returns the checkpoint's sha256 (None for
     a parent the tool trains). Raises :class:`ConfigError` (one line) before anything is created."""
-    from .checkpoint import check_fits
-    from .datasets import info
+    from ecomp.nets.checkpoint import check_fits
+    from ecomp.nets.datasets import info
 
     ds, p = info(cfg.data.name), cfg.parent
     if p.path is None:
@@ -205,7 +205,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
-        from .tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker, check_reachable
+        from ecomp.app.tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker, check_reachable
 
         uri = tracking_uri(cfg)
         check_reachable(uri, cfg.tracking.timeout_s)            # fails in seconds, before any work
@@ -229,7 +229,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         params["tracking.uri"] = mask(uri)
         tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
 
-    from .tracking import SkipRun
+    from ecomp.app.tracking import SkipRun
 
     try:
         if tracker is not None:
@@ -247,10 +247,10 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
 
 def _open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
-    FINISHED run (:class:`ecomp.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
+    FINISHED run (:class:`ecomp.app.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
     create the run (a child of its sweep's parent run, when it has one)."""
-    from .sweep_runs import sweep_run_id
-    from .tracking import SkipRun, client_for, find_runs
+    from ecomp.app.sweep_runs import sweep_run_id
+    from ecomp.app.tracking import SkipRun, client_for, find_runs
 
     uri, exp_id = prepare_store(cfg)
     client = client_for(uri)
@@ -371,7 +371,7 @@ def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker
                 tracker.log_artifacts(Path(tmp))
             tracker.log_datasets(_dataset_inputs(cfg, run_data, test))
             if cfg.tracking.log_model:
-                from .network import model_from_layers
+                from ecomp.nets.network import model_from_layers
 
                 version_tags = {"method": method.name, **method.labels(), "seed": str(cfg.seed),
                                 "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
