@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ecomp.kernels import native  # noqa: E402
+from ecomp.kernels import c_library, native  # noqa: E402
+from ecomp.kernels.backend import resolve  # noqa: E402
+from ecomp.measures.tsne import TSNE  # noqa: E402
 from ecomp.kernels import tsne_torch as S  # noqa: E402
 from ecomp.app.cli import CONF_DIR  # noqa: E402
 from ecomp.app.config import register_configs  # noqa: E402
@@ -35,7 +37,8 @@ from ecomp.core.fitness import Evaluator  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.core.mutation import mutate_  # noqa: E402
 from ecomp.app.pipeline import prepare_parent  # noqa: E402
-from ecomp.core.population import Population, first_layer, forward  # noqa: E402
+from ecomp.nets.population import Population  # noqa: E402
+from ecomp.kernels.forward import first_layer, forward  # noqa: E402
 from ecomp.core.recombination import recombine  # noqa: E402
 from ecomp.core.selection import select_pairs  # noqa: E402
 from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
@@ -131,7 +134,7 @@ def main() -> None:
     report("distances: full matrix, clamp, off-diagonal, shift -> shifted", distances_plain,
            lambda: S.shifted_distances(acts), same_distances)
 
-    ev = Evaluator(parent, batches, perplexity)
+    ev = Evaluator(parent, batches, TSNE(perplexity))
     d = S.shifted_distances(acts)
     guess = ev._parent_state(0)[1].view(len(hidden), 1, -1).expand(-1, pop.size, -1).reshape(-1)
 
@@ -157,10 +160,9 @@ def main() -> None:
            lambda: S.shifted_distances_stacked(stacked, 100), lambda: None)
 
     # The native kernels (ecomp.kernels.native) against the PyTorch path they replace by default.
-    if native.available():
+    if c_library.available():
         n_layers = len(hidden)
-        ev_t, ev_n = Evaluator(parent, batches, perplexity, kernels="torch"), Evaluator(parent, batches, perplexity,
-                                                                                          kernels="native")
+        ev_t, ev_n = (Evaluator(parent, batches, TSNE(perplexity, backend=resolve("cpu", k))) for k in ("torch", "native"))
         (p_t, bm_t), (p_n, bm_n) = ev_t._parent_state(0), ev_n._parent_state(0)
         index = torch.arange(n_layers).repeat_interleave(pop.size)          # set (l, c) vs parent layer l
 

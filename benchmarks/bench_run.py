@@ -63,6 +63,8 @@ def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     from ecomp.core.fitness import ReferenceEvaluator, Weights
     from ecomp.core.initialiser import l1_population
     from ecomp.app.pipeline import prepare_parent
+    from ecomp.kernels.backend import resolve
+    from ecomp.measures.tsne import TSNE
     from ecomp.nets import data as data_mod
 
     train, parent = prepare_parent(cfg)
@@ -70,7 +72,7 @@ def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     sub = data_mod.random_subset(train, cfg.data.batch_size * generations, g)
     bs = cfg.data.batch_size
     batches = [(sub.x[s:s + bs], sub.y[s:s + bs]) for s in range(0, sub.x.shape[0], bs)]
-    ev = ReferenceEvaluator(parent, batches, cfg.similarity.perplexity)
+    ev = ReferenceEvaluator(parent, batches, TSNE(cfg.similarity.perplexity, backend=resolve("cpu", "torch")))
     for k in range(len(batches)):
         ev.prepare(k)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g)
@@ -107,12 +109,13 @@ def bench_device(args, device: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(ov + args.overrides))
 
-    from ecomp.kernels import native
-    kernels = native.resolve(cfg.similarity.kernels, device)
+    from ecomp.kernels import c_library
+    from ecomp.kernels.backend import resolve as resolve_backend
+    kernels = resolve_backend(device, cfg.similarity.kernels).kernels
     print(f"\n== {device}: torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
           + f"; similarity.kernels={cfg.similarity.kernels} -> {kernels}"
-          + (f" ({native.isa()})" if kernels == "native" else ""))
+          + (f" ({c_library.isa()})" if kernels == "native" else ""))
     run_experiment(cfg)  # warm-up: parent cache, data, MLflow store, allocator
     runs, phases = [], []
     widths = []

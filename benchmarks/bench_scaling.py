@@ -102,7 +102,9 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     if threads:
         torch.set_num_threads(threads)
 
-    from ecomp.kernels import native
+    from ecomp.kernels import c_library
+    from ecomp.kernels.backend import resolve
+    from ecomp.measures.tsne import TSNE
     from ecomp.nets.data import load
     from ecomp.core.evolution import EComp, MutationSpec
     from ecomp.core.fitness import Evaluator, Weights
@@ -130,7 +132,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     batches = [(x[s:s + batch].to(dev), y[s:s + batch].to(dev)) for s in range(0, x.shape[0], batch)]
     parent = [(w.to(dev), b.to(dev)) for w, b in random_parent(width, depth, seed)]
     timer = PhaseTimer(device)                               # synchronises a GPU at every phase boundary
-    ev = Evaluator(parent, batches, timer=timer)
+    ev = Evaluator(parent, batches, TSNE(backend=resolve(device)), timer=timer)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g, timer)
     pop = l1_population(parent, population, 0.9, 0.207)
     def faults():
@@ -146,7 +148,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
             rows.append({"total": now - t_last, **{k: sec.get(k, 0.0) - last.get(k, 0.0) for k in PHASES},
                          "faults": f_now - f_last,
                          "flops": forward_flops(p.widths, batch), "params": float(p.parameters().sum()),
-                         "units": float(p.hidden_units().sum()), "uniform": p.uniform})
+                         "units": float(p.sizes("units").sum()), "uniform": p.uniform})
         last, t_last, f_last = sec, time.perf_counter(), faults()
     # the final pick: the last population on PICK_GROUP batches at once (one forward pass), per batch
     from ecomp.core.evolution import PICK_GROUP
@@ -167,7 +169,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "gpu_peak": torch.cuda.max_memory_allocated(dev) if cuda else 0, "device": device,
             "rss_before": rss0 * 1024, "rss_data": rss_data * 1024, "kernels": ev.kernels,
-            "isa": native.isa() if ev.kernels == "native" else "", "threads": torch.get_num_threads(), "data": data}
+            "isa": c_library.isa() if ev.backend.native_similarity else "", "threads": torch.get_num_threads(), "data": data}
 
 
 def measure(point: dict, warmup: int, gens: int, seed: int, threads: int, device: str = "cpu") -> dict:

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ecomp.kernels import native  # noqa: E402
+from ecomp.kernels import c_library  # noqa: E402
+from ecomp.kernels.backend import resolve  # noqa: E402
 from ecomp.app.cli import CONF_DIR  # noqa: E402
 from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.nets.data import random_subset  # noqa: E402
@@ -34,7 +35,7 @@ from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.measures.cka import LinearCKA  # noqa: E402
 from ecomp.measures.tsne import TSNE  # noqa: E402
 from ecomp.app.pipeline import prepare_parent  # noqa: E402
-from ecomp.core.population import forward  # noqa: E402
+from ecomp.kernels.forward import forward  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +48,8 @@ def main() -> None:
     train, parent = prepare_parent(cfg)
     sub = random_subset(train, 100, torch.Generator().manual_seed(0))
     batches = [(sub.x, sub.y)]
-    measures = {"tsne (native)": TSNE(kernels="native")} if native.available() else {}
-    measures.update({"tsne (torch)": TSNE(kernels="torch"), "cka": LinearCKA()})
+    measures = {"tsne (native)": TSNE(backend=resolve("cpu", "native"))} if c_library.available() else {}
+    measures.update({"tsne (torch)": TSNE(backend=resolve("cpu", "torch")), "cka": LinearCKA()})
     base = next(iter(measures))
     kr = cfg.population.keep_ratio
     for label, pop in (("initial population, 100 widths", l1_population(parent, 100, kr.high, kr.low)),

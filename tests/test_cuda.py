@@ -14,6 +14,8 @@ from ecomp.core.initialiser import l1_population
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs
 from ecomp.kernels.tsne_torch import calibrate, shifted_distances
+from ecomp.measures.tsne import TSNE
+from ecomp.kernels.backend import resolve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -56,13 +58,14 @@ def test_cuda_evaluation_and_a_few_generations_match_the_cpu():
     parent = random_layers([30, 24, 24, 5], g)
     batches = [(torch.rand(40, 30, generator=g), torch.randint(0, 5, (40,), generator=g)) for _ in range(3)]
     pop = l1_population(parent, 10, 0.9, 0.3)
-    cpu = Evaluator(parent, batches, 10.0, kernels="torch").evaluate(pop, 0)
+    cpu = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", "torch"))).evaluate(pop, 0)
     gpu_batches = [(x.cuda(), y.cuda()) for x, y in batches]
-    gpu = Evaluator(to(parent, "cuda"), gpu_batches, 10.0).evaluate(
+    gpu = Evaluator(to(parent, "cuda"), gpu_batches, TSNE(10.0, backend=resolve("cuda"))).evaluate(
         l1_population(to(parent, "cuda"), 10, 0.9, 0.3), 0)
     assert torch.allclose(cpu.accuracy, gpu.accuracy)
     assert torch.allclose(cpu.similarity, gpu.similarity, rtol=1e-3, atol=1e-5)
-    ecomp = EComp(Evaluator(to(parent, "cuda"), gpu_batches, 10.0), Weights(1, 2, 1), MutationSpec(rate=0.5), gen(4))
+    evaluator = Evaluator(to(parent, "cuda"), gpu_batches, TSNE(10.0, backend=resolve("cuda")))
+    ecomp = EComp(evaluator, Weights(1, 2, 1), MutationSpec(rate=0.5), gen(4))
     records = list(ecomp.run(l1_population(to(parent, "cuda"), 10, 0.9, 0.3), epochs=1))
     assert len(records) == 4 and all(torch.isfinite(torch.tensor(list(r.metrics.values()))).all() for r in records)
 
@@ -79,7 +82,7 @@ def test_cuda_mutation_is_gathered_and_equals_the_cpu_bit_for_bit(n_hidden):
 
 
 def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
-    from ecomp.core.population import forward
+    from ecomp.kernels.forward import forward
 
     parent = random_layers([20, 16, 14, 4], gen(0))
     cpu = l1_population(parent, 9, 1.0, 0.2)

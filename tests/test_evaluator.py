@@ -11,13 +11,16 @@ from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import PARTS, Evaluator, ReferenceEvaluator, Weights, needed_parts
 from ecomp.core.initialiser import l1_population
 from ecomp.core.mutation import mutate_
-from ecomp.core.population import forward
+from ecomp.kernels.forward import forward
+from ecomp.measures.tsne import TSNE
+from ecomp.kernels.backend import resolve
+from ecomp.kernels import c_library
 
 
 # Every test of the fast evaluator runs with both similarity kernels (ecomp.kernels.native and the
 # PyTorch path): each must give the reference path's numbers.
 KERNELS = pytest.mark.parametrize("kernels", [
-    pytest.param("native", marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), "torch"])
+    pytest.param("native", marks=pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")), "torch"])
 
 
 def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 24, 5)):
@@ -30,7 +33,7 @@ def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 
 
 def history(evaluator_cls, seed=0, kernels="auto", **kw):
     parent, batches = problem(**kw)
-    ev = evaluator_cls(parent, batches, perplexity=10.0, kernels=kernels)
+    ev = evaluator_cls(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)))
     ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.2, 0.9, 1.1), torch.Generator().manual_seed(seed))
     pop = l1_population(parent, 8, 0.9, 0.3)
     hist = [r.metrics for r in ecomp.run(pop, epochs=2)]
@@ -41,8 +44,8 @@ def history(evaluator_cls, seed=0, kernels="auto", **kw):
 def test_fast_parts_equal_reference_parts(kernels):
     parent, batches = problem()
     pop = l1_population(parent, 8, 0.9, 0.3)
-    fast = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, 1)
-    ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, 1)
+    fast = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels))).evaluate(pop, 1)
+    ref = ReferenceEvaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", "torch"))).evaluate(pop, 1)
     assert torch.equal(fast.accuracy, ref.accuracy.float())
     assert torch.equal(fast.compression, ref.compression)
     assert torch.allclose(fast.similarity.double(), ref.similarity.double(), rtol=1e-4, atol=1e-7)
@@ -73,8 +76,8 @@ def test_same_seed_same_history_different_seed_differs(kernels):
 def test_similarity_layer_subset_and_three_hidden_layers(kernels):
     parent, batches = problem(widths=(30, 16, 16, 16, 5))
     pop = l1_population(parent, 6, 1.0, 0.4)
-    full = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, 0).similarity
-    parts = [Evaluator(parent, batches, 10.0, layers=[l], kernels=kernels).evaluate(pop, 0).similarity for l in range(3)]
+    full = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels))).evaluate(pop, 0).similarity
+    parts = [Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)), layers=[l]).evaluate(pop, 0).similarity for l in range(3)]
     assert torch.allclose(full, sum(parts), rtol=1e-5)
     assert float(full[0]) < 1e-3     # the first individual keeps every neuron: identical to the parent
 
@@ -87,7 +90,7 @@ def test_degenerate_networks_and_huge_weights_stay_finite(kernels):
     parent[0] = (w0, b0 - 100.0)            # every first-layer unit dead on every input
     pop = l1_population(parent, 6, 1.0, 1 / 16)
     assert pop.widths[-1] == (1, 1)
-    ev = Evaluator(parent, batches, 10.0, kernels=kernels)
+    ev = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)))
     for k in range(len(batches)):
         parts = ev.evaluate(pop, k)
         fit = parts.fitness(Weights(1000.0, 1000.0, 1000.0))
@@ -102,10 +105,10 @@ def test_evaluate_many_equals_one_batch_at_a_time(kernels):
     """The final pick forwards several batches at once; the per-batch numbers must not change."""
     parent, batches = problem(n_batches=4)
     pop = l1_population(parent, 8, 0.9, 0.3)
-    ev = Evaluator(parent, batches, 10.0, kernels=kernels)
+    ev = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)))
     many = ev.evaluate_many(pop, [0, 1, 2, 3])
     for k, parts in enumerate(many):
-        one = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate(pop, k)
+        one = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels))).evaluate(pop, k)
         assert torch.equal(parts.accuracy, one.accuracy)
         assert torch.allclose(parts.similarity, one.similarity, rtol=1e-4, atol=1e-6)
 
@@ -118,7 +121,7 @@ def test_the_final_pick_skips_only_parts_with_zero_weight_and_finds_the_same_bit
     computed from every part, and the evolution's records must still hold every part."""
     parent, batches = problem(n_batches=4)
     w = Weights(*weights)
-    ev = Evaluator(parent, batches, 10.0)
+    ev = Evaluator(parent, batches, TSNE(10.0))
     calls = []
     evaluate_many = ev.evaluate_many
     ev.evaluate_many = lambda pop, ks, parts=PARTS: calls.append(parts) or evaluate_many(pop, ks, parts)
@@ -129,7 +132,7 @@ def test_the_final_pick_skips_only_parts_with_zero_weight_and_finds_the_same_bit
     best, mean = ecomp.pick_best(group=3)
     assert calls == [needed] * 2 and needed_parts(w) == needed
     total = torch.zeros(8, dtype=torch.float64)
-    for parts in Evaluator(parent, batches, 10.0).evaluate_many(ecomp.population, [0, 1, 2, 3]):
+    for parts in Evaluator(parent, batches, TSNE(10.0)).evaluate_many(ecomp.population, [0, 1, 2, 3]):
         total += parts.fitness(w).double()
     assert torch.equal(mean, total / 4) and best == int((total / 4).argmax())
 
@@ -149,14 +152,14 @@ def test_one_architecture_population_uses_the_batched_path_and_matches_the_oracl
     for lb, ll in zip(hidden_b, hidden_l):
         for a, b in zip(lb, ll):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
-    fast = Evaluator(parent, batches, 10.0, kernels=kernels).evaluate_many(pop, [0, 1, 2])
+    fast = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels))).evaluate_many(pop, [0, 1, 2])
     for k, parts in enumerate(fast):
-        ref = ReferenceEvaluator(parent, batches, 10.0).evaluate(pop, k)
+        ref = ReferenceEvaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", "torch"))).evaluate(pop, k)
         assert torch.equal(parts.accuracy, ref.accuracy.float())
         assert torch.allclose(parts.similarity.double(), ref.similarity.double(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="crossover in place needs the native kernels")
+@pytest.mark.skipif(c_library.compiler() is None, reason="crossover in place needs the native kernels")
 @KERNELS
 def test_in_place_generations_give_the_history_of_copied_ones(kernels):
     """A one-architecture population evolves in place (children stored out of order over their
@@ -165,7 +168,7 @@ def test_in_place_generations_give_the_history_of_copied_ones(kernels):
     parent, batches = problem(widths=(30, 16, 16, 5))
     results = {}
     for in_place in (True, False):
-        ev = Evaluator(parent, batches, 10.0, kernels=kernels)
+        ev = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)))
         ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.2, 0.9, 1.1), torch.Generator().manual_seed(4),
                       in_place=in_place)
         pop = l1_population(parent, 8, 0.75, 0.75)              # one architecture from the start
@@ -177,7 +180,7 @@ def test_in_place_generations_give_the_history_of_copied_ones(kernels):
 
 
 def test_forward_of_out_of_order_storage_is_in_individual_order():
-    from ecomp.core.population import Population
+    from ecomp.nets.population import Population
     parent, batches = problem(widths=(30, 16, 16, 5))
     pop = l1_population(parent, 6, 0.75, 0.75)
     mutate_(pop, 1.0, 0.5, 1.5, torch.Generator().manual_seed(3))
@@ -190,8 +193,8 @@ def test_forward_of_out_of_order_storage_is_in_individual_order():
         logits_o, hidden_o, _ = forward(in_order, x, batched=batched)
         assert torch.equal(logits_m, logits_o)
         assert all(torch.equal(a, b) for lm, lo in zip(hidden_m, hidden_o) for a, b in zip(lm, lo))
-    for kernels in ("torch", "native") if native._compiler() else ("torch",):
-        ev = Evaluator(parent, batches, 10.0, kernels=kernels)
+    for kernels in ("torch", "native") if c_library.compiler() else ("torch",):
+        ev = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)))
         a, b = ev.evaluate(moved, 1), ev.evaluate(in_order, 1)
         assert torch.equal(a.accuracy, b.accuracy) and torch.equal(a.similarity, b.similarity)
 
@@ -200,7 +203,7 @@ def test_forward_of_out_of_order_storage_is_in_individual_order():
 def test_forward_into_a_workspace_gives_the_same_numbers(uniform):
     """The evaluator's reused first-layer storage (``Workspace``) changes no number; it grows
     for a larger pass and the results of a call live until the next one."""
-    from ecomp.core.population import Workspace
+    from ecomp.kernels.forward import Workspace
 
     parent, batches = problem(widths=(30, 16, 16, 5))
     pop = l1_population(parent, 6, 0.75, 0.75 if uniform else 0.3)

@@ -11,8 +11,11 @@ from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.core.initialiser import l1_population
 from ecomp.measures.cka import LinearCKA
-from ecomp.core.population import forward
+from ecomp.kernels.forward import forward
 from ecomp.core.selection import Selection, elites, roulette_draws, select_pairs, selection_probabilities, tournament_draws
+from ecomp.measures.tsne import TSNE
+from ecomp.kernels.backend import resolve
+from ecomp.kernels import c_library
 from test_evaluator import problem
 
 
@@ -59,7 +62,7 @@ def test_elites_are_the_fittest_in_order():
 
 def run(selection: Selection, seed: int = 0):
     parent, batches = problem()
-    ev = Evaluator(parent, batches, 10.0)
+    ev = Evaluator(parent, batches, TSNE(10.0))
     ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.5, 0.9, 1.1), gen(seed), selection=selection)
     pops, fits = [], []
     for _ in ecomp.run(l1_population(parent, 8, 0.9, 0.3), epochs=2):
@@ -91,7 +94,7 @@ def score(measure, parent_acts, children, n):
 # A population of several widths scores through the C Gram kernel (native) or one product per
 # network (torch): both must give the float64 formula's numbers.
 CKA_KERNELS = pytest.mark.parametrize("kernels", [
-    pytest.param("native", marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), "torch"])
+    pytest.param("native", marks=pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")), "torch"])
 
 
 @CKA_KERNELS
@@ -101,7 +104,7 @@ def test_cka_equals_its_float64_formula(widths, kernels):
     parent = [torch.rand(40, h, generator=g) for h in (9, 6)]
     children = [[torch.rand(40, widths[0], generator=g), torch.rand(40, widths[1], generator=g)] for _ in range(3)]
     children[1][0][:, 0] = 0.0                                       # a dead unit
-    cka = LinearCKA(kernels)
+    cka = LinearCKA(resolve("cpu", kernels))
     fast = score(cka, parent, children, 40)[0]
     ref = torch.tensor([cka.reference(cka.reference_prepare(parent), c) for c in children], dtype=torch.float64)
     assert torch.allclose(fast.double(), ref, rtol=1e-5, atol=1e-6)
@@ -114,7 +117,7 @@ def test_cka_is_zero_for_the_parent_itself_and_one_for_a_dead_layer(kernels):
     parent = [torch.rand(30, 8, generator=g), torch.rand(30, 5, generator=g)]
     scaled = [parent[0] * 3.0, parent[1] + 1.0]                      # CKA ignores scale and shifts
     dead = [parent[0], torch.zeros(30, 5)]
-    s = score(LinearCKA(kernels), parent, [parent, scaled, dead], 30)[0]
+    s = score(LinearCKA(resolve("cpu", kernels)), parent, [parent, scaled, dead], 30)[0]
     assert s[0].item() == pytest.approx(0.0, abs=1e-5) and s[1].item() == pytest.approx(0.0, abs=1e-5)
     assert s[2].item() == pytest.approx(1.0, abs=1e-5)
     assert LinearCKA().reference(LinearCKA().reference_prepare(parent), dead) == pytest.approx(1.0)
@@ -126,7 +129,7 @@ def test_a_constant_layer_scores_one_and_large_means_stay_accurate(kernels):
     parent = [torch.rand(50, 6, generator=g)]
     constant = [torch.full((50, 4), 0.37) + torch.zeros(50, 4)]        # relu(bias) behind a dead layer
     shifted = [torch.rand(50, 4, generator=g) + 30.0]
-    cka = LinearCKA(kernels)
+    cka = LinearCKA(resolve("cpu", kernels))
     s = score(cka, parent, [constant, shifted], 50)[0]
     ref = [cka.reference(cka.reference_prepare(parent), c) for c in (constant, shifted)]
     assert s[0].item() == 1.0 and ref[0] == 1.0
@@ -176,9 +179,9 @@ def test_levers_are_tracked_runs_named_by_what_differs_from_the_paper(make_cfg, 
 def test_cka_of_several_widths_on_several_batches_at_once_equals_one_batch_at_a_time(kernels):
     parent, batches = problem(widths=(30, 16, 12, 5))
     pop = l1_population(parent, 8, 0.9, 0.2)                         # several architectures
-    ev = Evaluator(parent, batches, measure=LinearCKA(kernels))
+    ev = Evaluator(parent, batches, measure=LinearCKA(resolve("cpu", kernels)))
     together = ev.evaluate_many(pop, [0, 1, 2])
-    ref = ReferenceEvaluator(parent, batches, measure=LinearCKA("torch"))
+    ref = ReferenceEvaluator(parent, batches, measure=LinearCKA(resolve("cpu", "torch")))
     for k, parts in enumerate(together):
         assert torch.allclose(parts.similarity.double(), ref.evaluate(pop, k).similarity.double(),
                               rtol=1e-4, atol=1e-6)

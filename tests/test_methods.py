@@ -96,9 +96,9 @@ def test_validation_split_is_disjoint_and_keeps_the_papers_subset():
 def test_ecomp_history_and_metrics_are_those_from_before_methods_existed(make_cfg):
     golden = json.loads(GOLDEN.read_text())
     cfg = make_cfg(*[o for o in golden["overrides"] if not o.startswith("parent.cache_dir")])
-    from ecomp.app.config import resolve_kernels
+    from ecomp.app.config import resolve_backend
 
-    if torch.__version__ != golden["torch"] or resolve_kernels(cfg) != golden["kernels"]:
+    if torch.__version__ != golden["torch"] or resolve_backend(cfg).kernels != golden["kernels"]:
         pytest.skip(f"golden made with torch {golden['torch']} and {golden['kernels']} kernels")
     result = run_experiment(cfg)
     assert result.history == golden["history"]

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from ecomp.kernels import native
+from ecomp.kernels import c_library
+from ecomp.kernels.backend import resolve
 from ecomp.kernels.tsne_torch import (conditional_probabilities_reference, joint_probabilities_reference, kl_divergence,
                               squared_distances)
 from test_similarity import embeddings, sklearn_p
 
 # Only a machine without a C compiler skips these; a compiler that fails to build them is a failure.
-pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compiler (set CC)")
+pytestmark = pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler (set CC)")
 
 
 def gram(points: list[torch.Tensor]) -> torch.Tensor:
@@ -123,7 +125,7 @@ def test_a_child_identical_to_its_parent_has_similarity_exactly_zero():
 @pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "python-threads"])
 def test_results_do_not_depend_on_the_thread_split(openmp, monkeypatch):
     if not openmp:                       # the fallback of a library built without OpenMP
-        monkeypatch.setattr(native.load(), "ecomp_openmp", lambda: 0)
+        monkeypatch.setattr(c_library.load(), "ecomp_openmp", lambda: 0)
     xs = [embeddings(w, s) for s, w in enumerate([3, 50, 120, 7, 64])]
     pp = parent_joints(xs[:1])
     index = torch.zeros(len(xs), dtype=torch.int64)
@@ -147,10 +149,10 @@ def test_bad_arguments_get_one_line_errors():
     with pytest.raises(ValueError, match=r"^parent: indices must lie in \[0, 1\)"):
         native.similarity_acts([embeddings(4, 0)], 100, pp, torch.tensor([1]), 30.0)
     with pytest.raises(ValueError, match=r"similarity.kernels='fast': expected one of auto, native, torch"):
-        native.resolve("fast")
+        resolve("cpu", "fast")
     with pytest.raises(ValueError, match=r"run on the CPU, not on cuda"):
-        native.resolve("native", "cuda")
-    assert native.resolve("auto", "cuda") == "torch" and native.resolve("torch") == "torch"
+        resolve("cuda", "native")
+    assert resolve("cuda", "auto").kernels == "torch" and resolve("cpu", "torch").kernels == "torch"
 
 
 def _in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
@@ -159,7 +161,8 @@ def _in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
-    code = "from ecomp.kernels import native; print(native.resolve('auto'), native.isa() if native.available() else '-')"
+    code = ("from ecomp.kernels import c_library; from ecomp.kernels.backend import resolve; "
+            "print(resolve('cpu', 'auto').kernels, c_library.isa() if c_library.available() else '-')")
     built = _in_subprocess(code, ECOMP_CACHE_DIR=str(tmp_path / "a"))
     assert built.returncode == 0, built.stderr
     assert built.stdout.split()[0] == "native" and list((tmp_path / "a" / "kernels").glob("tsne-*.so"))
@@ -168,8 +171,8 @@ def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
     assert missing.stdout.split() == ["torch", "-"]
     assert "no C compiler found" in missing.stderr and "using the PyTorch similarity path" in missing.stderr
     strict = _in_subprocess(
-        "from omegaconf import OmegaConf; from ecomp.app.config import resolve_kernels; "
-        "resolve_kernels(OmegaConf.create({'similarity': {'kernels': 'native'}, 'device': 'cpu'}))",
+        "from omegaconf import OmegaConf; from ecomp.app.config import resolve_backend; "
+        "resolve_backend(OmegaConf.create({'similarity': {'kernels': 'native'}, 'device': 'cpu'}))",
         ECOMP_CACHE_DIR=str(tmp_path / "c"), CC="/nonexistent/cc")
     assert strict.returncode != 0
     assert "invalid config: similarity.kernels='native': native similarity kernels unavailable: no C compiler" \

@@ -9,9 +9,10 @@ from conftest import random_layers
 from ecomp.kernels import native
 from ecomp.core.initialiser import l1_population
 from ecomp.core.mutation import mutate_
-from ecomp.core.population import Population
+from ecomp.nets.population import Population
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs, selection_probabilities
+from ecomp.kernels import c_library
 
 
 def tiny_population(seed: int = 0, size: int = 6, n_hidden: int = 2) -> Population:
@@ -26,7 +27,7 @@ def gen(seed: int) -> torch.Generator:
 
 # Recombination runs through ecomp.kernels.native when it is built, else through PyTorch slices: both are tested.
 PATHS = pytest.mark.parametrize("use_native", [
-    pytest.param(True, marks=pytest.mark.skipif(native._compiler() is None, reason="no C compiler")), False])
+    pytest.param(True, marks=pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")), False])
 
 
 def test_selection_pairs_shape_and_determinism():
@@ -117,7 +118,7 @@ def test_recombination_same_seed_same_children():
     assert all(torch.equal(x[0], y[0]) for i in range(a.size) for x, y in zip(a.rest[i], b.rest[i]))
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
 def test_native_and_torch_recombination_give_identical_generations(n_hidden):
     """Ten generations (children become parents, mutation in between) through both paths,
@@ -189,7 +190,7 @@ def test_population_packs_each_layer_and_its_views_are_the_individuals(n_hidden)
                    for i in range(3))
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")
 def test_native_recombine_rejects_bad_arguments_in_one_line():
     a = torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="expected 1 addresses"):
@@ -211,7 +212,7 @@ def same_individuals(a: Population, b: Population) -> bool:
                                         for la, lb in zip(a.individual(i), b.individual(i)) for x, y in zip(la, lb))
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
 def test_in_place_recombination_gives_the_children_of_the_copy(n_hidden):
     """Ten generations of a one-architecture population, in place (children over their parents'
@@ -267,7 +268,7 @@ def test_population_slots_are_validated_and_views_follow_them():
         Population(mixed.widths, mixed.first_w, mixed.first_b, mixed.layer_w, mixed.layer_b, slots=order)
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")
 def test_native_recombine_inplace_rejects_bad_arguments_in_one_line():
     w, b = torch.zeros(3, 4, 5), torch.zeros(3, 4)
     with pytest.raises(ValueError, match="permutation of 0..2"):

@@ -14,9 +14,12 @@ from ecomp.core.initialiser import l1_population
 from ecomp.measures.cka import LinearCKA
 from ecomp.core.mutation import mutate_
 from ecomp.kernels.padded import forward_padded
-from ecomp.core.population import first_layer, forward
+from ecomp.kernels.forward import first_layer, forward
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs
+from ecomp.measures.tsne import TSNE
+from ecomp.kernels.backend import resolve
+from ecomp.kernels import c_library
 
 
 def gen(seed: int) -> torch.Generator:
@@ -52,16 +55,17 @@ def test_the_evaluator_on_padded_stacks_gives_the_loops_parts(measure):
     parent, pop = mixed(2, size=7)
     g = gen(2)
     batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(3)]
-    kw = {"kernels": "torch"} if measure == "tsne" else {"measure": LinearCKA("torch")}
-    loop = Evaluator(parent, batches, 8.0, **kw)
-    pad = Evaluator(parent, batches, 8.0, padded=True, **kw)
+    torch_backend = resolve("cpu", "torch")
+    m = TSNE(8.0, backend=torch_backend) if measure == "tsne" else LinearCKA(torch_backend)
+    loop = Evaluator(parent, batches, m)
+    pad = Evaluator(parent, batches, m, padded=True)
     for a, b in zip(loop.evaluate_many(pop, [0, 1, 2]), pad.evaluate_many(pop, [0, 1, 2])):
         assert torch.equal(a.accuracy, b.accuracy) and torch.equal(a.compression, b.compression)
         assert torch.allclose(a.similarity, b.similarity, rtol=1e-4, atol=1e-6)
 
 
 def test_the_padded_forward_refuses_a_population_stored_out_of_order_which_takes_the_batched_path():
-    if native._compiler() is None:
+    if c_library.compiler() is None:
         pytest.skip("crossover in place needs the native kernels")
     parent = random_layers([20, 12, 10, 4], gen(0))
     pop = l1_population(parent, 8, 0.5, 0.5)                       # one architecture
@@ -98,20 +102,20 @@ def test_gathered_mutation_equals_the_loop_bit_for_bit(n_hidden, uniform):
 def test_a_few_generations_on_padded_stacks_keep_the_loops_records(monkeypatch):
     """The whole loop with the padded forward pass (as on a GPU) against the CPU's loop: the same
     selections, so the same records up to float rounding."""
-    import ecomp.kernels.padded
+    import ecomp.kernels.forward
     from ecomp.core.evolution import EComp, MutationSpec
     from ecomp.core.fitness import Weights
 
     calls = []
-    real = ecomp.kernels.padded.forward_padded
-    monkeypatch.setattr(ecomp.kernels.padded, "forward_padded", lambda pop, z: calls.append(pop.size) or real(pop, z))
+    real = ecomp.kernels.forward.forward_padded
+    monkeypatch.setattr(ecomp.kernels.forward, "forward_padded", lambda pop, z: calls.append(pop.size) or real(pop, z))
 
     parent = random_layers([20, 16, 14, 4], gen(0))
     g = gen(3)
     batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(4)]
     records = {}
     for padded in (False, True):
-        ev = Evaluator(parent, batches, 8.0, kernels="torch", padded=padded)
+        ev = Evaluator(parent, batches, TSNE(8.0, backend=resolve("cpu", "torch")), padded=padded)
         ecomp = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.3, 0.9, 1.1), gen(4))
         records[padded] = [r.metrics for r in ecomp.run(l1_population(parent, 10, 1.0, 0.2), epochs=2)]
         records[padded].append({"best": float(ecomp.pick_best()[0])})

@@ -20,11 +20,15 @@ from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
 from ecomp.core.mutation import mutate_
-from ecomp.core.population import Population, forward
+from ecomp.nets.population import Population
+from ecomp.kernels.forward import forward
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs
+from ecomp.kernels.backend import resolve
+from ecomp.measures.tsne import TSNE
+from ecomp.kernels import c_library
 
-HAS_C = native._compiler() is not None
+HAS_C = c_library.compiler() is not None
 PROPS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 hidden_widths = st.lists(st.integers(1, 24), min_size=1, max_size=4)
@@ -89,7 +93,7 @@ def test_packed_storage_equals_per_individual_storage(case):
     for i in range(pop.size):
         for (w1, b1), (w2, b2) in zip(again.individual(i), individuals[i]):
             assert torch.equal(w1, w2) and torch.equal(b1, b2)
-    assert torch.equal(pop.parameters(), torch.tensor(
+    assert torch.equal(pop.sizes("params"), torch.tensor(
         [float(sum(w.numel() + b.numel() for w, b in ind)) for ind in individuals], dtype=torch.float64))
 
 
@@ -161,8 +165,8 @@ def test_fast_evolution_equals_the_reference_on_unbalanced_parents(kernels, hidd
     batches = [(x[s:s + 40], y[s:s + 40]) for s in range(0, x.shape[0], 40)]
     histories = []
     for cls in (Evaluator, ReferenceEvaluator):
-        kw = {"kernels": kernels} if cls is Evaluator else {}
-        ev = cls(parent, batches, perplexity=10.0, compression=compression, **kw)
+        backend = resolve("cpu", kernels if cls is Evaluator else "torch")
+        ev = cls(parent, batches, TSNE(10.0, backend=backend), compression=compression)
         run = EComp(ev, Weights(1.0, 2.0, 1.0), MutationSpec(0.3, 0.9, 1.1), torch.Generator().manual_seed(seed),
                     in_place=cls is Evaluator)
         histories.append([r.metrics for r in run.run(l1_population(parent, 6, 1.0, 0.5), 1)])
@@ -177,8 +181,8 @@ def test_params_compression_counts_weights_and_biases():
     parent = random_layers([784, 300, 100, 10], g)
     pop = l1_population(parent, 4, 1.0, 0.5)
     x = torch.rand(10, 784, generator=g)
-    units = Evaluator(parent, [(x, torch.zeros(10, dtype=torch.int64))], perplexity=3.0)
-    params = Evaluator(parent, [(x, torch.zeros(10, dtype=torch.int64))], perplexity=3.0, compression="params")
+    units = Evaluator(parent, [(x, torch.zeros(10, dtype=torch.int64))], TSNE(3.0))
+    params = Evaluator(parent, [(x, torch.zeros(10, dtype=torch.int64))], TSNE(3.0), compression="params")
     assert float(units.compression(pop)[0]) == pytest.approx(1.0)
     assert float(params.compression(pop)[0]) == pytest.approx(1.0)
     # keep 0.5 of 300 and 100: (784*150 + 150 + 150*50 + 50 + 50*10 + 10) / 266,610 weights and biases

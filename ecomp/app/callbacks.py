@@ -20,6 +20,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ecomp.app.credentials import mask
+
 log = logging.getLogger(__name__)
 
 # Config groups whose values shape what is prepared before the jobs start:
@@ -34,8 +36,6 @@ def record_failure(sweep_dir: str, job: str, exc: BaseException) -> None:
     """Append one line for a failed job to ``<sweep dir>/failed_jobs.txt`` (read at the sweep's end)."""
     path = Path(sweep_dir) / FAILURES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    from ecomp.app.credentials import mask
-
     message = mask(f"{job or '(no overrides)'}: {type(exc).__name__}: {exc}".replace("\n", " "))
     with open(path, "a") as f:   # one short append per line: safe across parallel jobs
         f.write(message[:2000] + "\n")
@@ -207,8 +207,6 @@ class SweepSetup(Callback):
         """The sweep's MLflow parent run in this store (:mod:`ecomp.app.sweep_runs`)."""
         from ecomp.app.sweep_runs import open_sweep_run, sweep_key
         from ecomp.app.tracking import client_for
-
-        from ecomp.app.credentials import mask
 
         overrides = [str(o) for o in config.hydra.overrides.task]
         command = mask(" ".join(["run.py -m", *overrides]))

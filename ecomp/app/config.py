@@ -252,7 +252,7 @@ def validate(cfg: DictConfig) -> None:
             _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
     if cfg.evolution.epochs < 1:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
-    from ecomp.kernels.native import KERNELS                                # lazily: it imports torch
+    from ecomp.kernels.backend import KERNELS                               # lazily: it imports torch
 
     if s.kernels is not None and s.kernels not in KERNELS:
         _fail("similarity.kernels", s.kernels, f"one of {', '.join(KERNELS)}")
@@ -318,17 +318,18 @@ def validate_method(m: DictConfig) -> None:
             _fail(f"method.{key}", m[key], allowed)
 
 
-def resolve_kernels(cfg) -> str | None:
-    """``similarity.kernels`` -> the kernels this run will use (``native`` or ``torch``);
-    :class:`ConfigError` if ``native`` was asked for and cannot be had here."""
-    from ecomp.kernels import native
+def resolve_backend(cfg, reads_similarity: bool = True):
+    """The run's :class:`ecomp.kernels.backend.Backend`, from ``device`` and (for a method that reads
+    the similarity) ``similarity.kernels``; :class:`ConfigError` if ``native`` was asked for and
+    cannot be had here."""
+    from ecomp.kernels.backend import BackendError, resolve
 
-    if cfg.similarity.kernels is None:                 # a measure without kernel choice
-        return None
+    # a method that reads no similarity never needs the C similarity kernels (nor their build)
+    kernels = (cfg.similarity.kernels or "auto") if reads_similarity else "torch"
     try:
-        return native.resolve(cfg.similarity.kernels, cfg.device)
-    except (native.NativeUnavailable, ValueError) as exc:
-        _fail("similarity.kernels", cfg.similarity.kernels, f"{str(exc).splitlines()[0]}; use auto or torch")
+        return resolve(cfg.device, kernels)
+    except BackendError as exc:
+        _fail("similarity.kernels", kernels, f"{str(exc).splitlines()[0]}; use auto or torch")
 
 
 def _check_device(device: str) -> None:

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ecomp.nets import data as data_mod
-from ecomp.app.config import config_hash, resolve_kernels, used_config, validate
+from ecomp.core.fitness import Weights
+from ecomp.app.config import config_hash, resolve_backend, used_config, validate
 from ecomp.app.credentials import mask
 from ecomp.methods.metrics import network_metrics
 from ecomp.methods import Method, Problem, method_class
@@ -39,7 +39,7 @@ def repo_root() -> Path:
 
 def scenario_name(cfg: DictConfig) -> str:
     f = cfg.fitness
-    return "".join(f"{w:g}" for w in (f.w_acc, f.w_sim, f.w_comp))
+    return Weights(f.w_acc, f.w_sim, f.w_comp).scenario
 
 
 def git_commit(root: Path) -> str:
@@ -195,7 +195,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     parent_sha = setup(cfg)
     method = build_method(cfg, scenario or scenario_name(cfg))
     reads_similarity = "similarity" not in method.groups_unused
-    kernels = resolve_kernels(cfg) if reads_similarity else None
+    backend = resolve_backend(cfg, reads_similarity)
     _set_threads(cfg)
     keep_freed_memory()
     timer = timer or NullTimer()
@@ -217,8 +217,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         tags.update(method.tags())
         if parent_sha:
             tags["parent_sha256"] = parent_sha
-        if kernels is not None:
-            tags["kernels"] = kernels if cfg.evolution.evaluator == "fast" else "reference"
+        if reads_similarity and cfg.similarity.kernels is not None:
+            tags["kernels"] = backend.kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
         tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
@@ -239,7 +239,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         with (tracker or contextlib.nullcontext()):
             train, parent = prepare_parent(cfg)
             test = load_split(cfg, train=False)
-            return _compress(cfg, method, train, test, parent, run_name, timer, tracker)
+            return _compress(cfg, method, backend, train, test, parent, run_name, timer, tracker)
     except SkipRun as skip:
         log.info("skipping %s: FINISHED run %s has this config", run_name, skip.run.info.run_id)
         return RunResult(skip.run.info.run_id, True, dict(skip.run.data.metrics), [])
@@ -319,12 +319,12 @@ def _dataset_inputs(cfg, run_data, test) -> dict[str, tuple[str, str, int, str]]
     return out
 
 
-def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker) -> RunResult:
+def _compress(cfg, method: Method, backend, train, test, parent, run_name, timer, tracker) -> RunResult:
     """Run ``method`` on this run's data and measure what it returns: the one tail every method shares."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    device = torch.device(cfg.device)
+    device = backend.device
     gen = torch.Generator().manual_seed(int(cfg.seed))
     torch.manual_seed(int(cfg.seed))
     run_data = data_mod.draw_run_data(train, cfg.data.train_size, cfg.data.val_size, gen)
@@ -332,7 +332,7 @@ def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker
     history: list[dict[str, float]] = []
     problem = Problem(parent=[(w.to(device), b.to(device)) for w, b in parent], recipe=train_spec(cfg),
                       data=run_data, batch_size=cfg.data.batch_size, generator=gen, seed=int(cfg.seed),
-                      device=device, timer=timer)
+                      backend=backend, timer=timer)
     total = method.progress_total(problem)
     bar = tqdm(total=total, desc=run_name, disable=not cfg.progress or total is None, leave=False,
                dynamic_ncols=True)
@@ -341,7 +341,7 @@ def _compress(cfg, method: Method, train, test, parent, run_name, timer, tracker
         history.append(rec.metrics)
         if tracker is not None:
             with timer.phase("tracking"):
-                tracker.log_generation(rec)
+                tracker.log_generation(rec.generation, rec.metrics)
         bar.update(1)
         bar.set_postfix(gen=rec.generation, acc=f"{rec.metrics['accuracy_mean']:.3f}",
                         comp=f"{rec.metrics['compression_mean']:.3f}",

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ecomp.app.credentials import mask
-from ecomp.core.evolution import GenerationRecord
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +244,11 @@ class RunTracker:
         return self
 
     # -- logging ------------------------------------------------------------------------------
-    def log_generation(self, record: GenerationRecord) -> None:
+    def log_generation(self, step: int, metrics: dict[str, float]) -> None:
+        """One generation's (or any step's) metrics, buffered; sent every ``flush_every`` steps."""
         ts = int(time.time() * 1000)
-        self.buffer.extend((k, v, ts, record.generation) for k, v in record.metrics.items())
-        if self.ready and (record.generation + 1) % self.flush_every == 0:
+        self.buffer.extend((k, v, ts, step) for k, v in metrics.items())
+        if self.ready and (step + 1) % self.flush_every == 0:
             self.flush()
 
     def log_metrics(self, metrics: dict[str, float]) -> None:

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ecomp.core.fitness import Evaluator, Parts, Weights, needed_parts
-from ecomp.core.mutation import mutate_
-from ecomp.core.population import Population
+from ecomp.core.mutation import MutationSpec, mutate_
+from ecomp.nets.population import Population
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import Selection, elites
 from ecomp.timing import NullTimer, PhaseTimer
@@ -19,13 +19,6 @@ PICK_GROUP = 10   # batches per forward pass in the final pick (1,000 images: ne
 MEASURES = ("fitness", "accuracy", "similarity", "compression")
 # "best" is the max for these, the min for the others (lower similarity and compression are better)
 HIGHER_IS_BETTER = {"fitness": True, "accuracy": True, "similarity": False, "compression": False}
-
-
-@dataclass(frozen=True)
-class MutationSpec:
-    rate: float = 0.01
-    low: float = 0.9
-    high: float = 1.1
 
 
 @dataclass
@@ -52,12 +45,14 @@ class EComp:
 
     def __init__(self, evaluator: Evaluator, weights: Weights, mutation: MutationSpec,
                  generator: torch.Generator, timer: PhaseTimer | None = None, in_place: bool = True,
-                 selection: Selection = Selection()):
+                 selection: Selection | None = None):
         """``in_place``: once the population has one architecture, crossover writes the children
         over their parents' storage (``recombine(..., in_place=True)``; same numbers, fewer bytes
-        moved). False keeps every generation in storage of its own (the tests' oracle)."""
+        moved). False keeps every generation in storage of its own (the tests' oracle).
+        ``selection``: None = the paper's roulette. The operators run on the evaluator's backend."""
         self.in_place = in_place
-        self.selection = selection
+        self.selection = selection or Selection()
+        self.backend = evaluator.backend
         self.evaluator = evaluator
         self.weights = weights
         self.mutation = mutation
@@ -102,9 +97,9 @@ class EComp:
         kept = pop.take(elites(self.fitness, sel.elite)) if sel.elite else None    # copies
         # In place, the children would take over the elites' storage: elitism copies instead.
         children = recombine(pop, pairs, self.generator, out=buffer, in_place=self.in_place and kept is None,
-                             layers_out=layers_out)
+                             layers_out=layers_out, backend=self.backend)
         m = self.mutation
-        mutate_(children, m.rate, m.low, m.high, self.generator)
+        mutate_(children, m.rate, m.low, m.high, self.generator, backend=self.backend)
         return children if kept is None else Population.concat([children, kept])
 
     def pick_best(self, on_batch: Callable[[int], None] | None = None,

@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 from ecomp.measures.base import SimilarityMeasure
-from ecomp.measures.tsne import TSNE
 from ecomp.nets.network import Layers, model_from_layers
-from ecomp.core.population import Population, Workspace, forward
+from ecomp.nets.population import Population
+from ecomp.nets.sizes import size, widths_of
+from ecomp.kernels.forward import Workspace, forward
 from ecomp.timing import NullTimer, PhaseTimer
 
 
@@ -31,6 +32,11 @@ class Weights:
     w_acc: float
     w_sim: float
     w_comp: float
+
+    @property
+    def scenario(self) -> str:
+        """The paper's name for these weights: ``121`` for ``(1, 2, 1)``."""
+        return "".join(f"{w:g}" for w in (self.w_acc, self.w_sim, self.w_comp))
 
 
 @dataclass
@@ -64,28 +70,24 @@ def _hidden_acts(layers: Layers, x: Tensor) -> list[Tensor]:
 class Evaluator:
     """Fast population evaluation on batch ``k`` of a fixed list of batches.
 
-    The similarity is ``measure``'s (:mod:`ecomp.measures`); without one, the paper's
-    t-SNE KL with ``perplexity``, ``tol`` and ``kernels`` (``similarity.kernels``:
-    ``native`` fused C kernels, ``torch``, or ``auto``). ``self.kernels`` is the one in use.
-    ``compression``: what a child's size counts, relative to the parent's: ``units`` (hidden
-    units, the paper's measure) or ``params`` (weights and biases).
+    The similarity is ``measure``'s (:mod:`ecomp.measures`: the paper's is
+    :class:`ecomp.measures.tsne.TSNE`), and the forward pass runs as the measure's backend
+    chooses. ``compression``: what a child's size counts, relative to the parent's
+    (:func:`ecomp.nets.sizes.size`): ``units`` (hidden units, the paper's) or ``params``.
+    ``padded``: forces the padded forward pass on or off (``None``: as the backend says).
     """
 
-    def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], perplexity: float = 30.0,
-                 layers: list[int] | None = None, tol: float = 1e-5, timer: PhaseTimer | None = None,
-                 kernels: str = "auto", measure: SimilarityMeasure | None = None, compression: str = "units",
+    def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], measure: SimilarityMeasure,
+                 layers: list[int] | None = None, timer: PhaseTimer | None = None, compression: str = "units",
                  padded: bool | None = None):
-        self.measure = measure or TSNE(perplexity, tol, kernels, parent[0][0].device)
-        self.kernels = self.measure.kernels
+        self.measure = measure
+        self.backend = measure.backend
         self.parent = parent
         self.batches = batches
         self.layers = list(range(len(parent) - 1)) if layers is None else list(layers)
         self.timer = timer or NullTimer()
-        if compression not in ("units", "params"):
-            raise ValueError(f"compression={compression!r}: units or params")
-        self.size_of = Population.hidden_units if compression == "units" else Population.parameters
-        self.parent_size = float(sum(w.shape[0] for w, _ in parent[:-1]) if compression == "units"
-                                 else sum(w.numel() + b.numel() for w, b in parent))
+        self.size_kind = compression
+        self.parent_size = float(size(widths_of(parent), compression))
         self._parent: dict[int, object] = {}
         self.workspace = Workspace()          # the population's first-layer activations, reused
         self.padded = padded                  # several widths as zero-padded stacks (forward's ``padded``)
@@ -108,7 +110,7 @@ class Evaluator:
         return self._parent[k]
 
     def compression(self, pop: Population) -> Tensor:
-        return (self.size_of(pop) / self.parent_size).to(torch.float32)
+        return (pop.sizes(self.size_kind) / self.parent_size).to(torch.float32)
 
     def evaluate(self, pop: Population, k: int) -> Parts:
         return self.evaluate_many(pop, [k])[0]
@@ -130,7 +132,8 @@ class Evaluator:
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
             # logits: (pop, sum of batch sizes, C)
-            logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded)
+            logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded,
+                                              backend=self.backend)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:
@@ -150,11 +153,6 @@ class Evaluator:
 
 class ReferenceEvaluator(Evaluator):
     """One module per individual, the measure's straightforward float64 formula (slow; the oracle)."""
-
-    def __init__(self, *args, **kwargs):
-        if kwargs.get("measure") is None:          # the t-SNE reference needs no kernels
-            kwargs["kernels"] = "torch"
-        super().__init__(*args, **kwargs)
 
     @torch.no_grad()
     def _parent_state(self, k: int, group: int = 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ecomp.nets.network import Layers
-from ecomp.core.population import Population
+from ecomp.nets.population import Population
 
 
 def keep_ratios(size: int, high: float, low: float) -> list[float]:

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 
-from ecomp.core.population import Population, index_ranges
+from ecomp.kernels.backend import Backend, for_tensor
+from ecomp.nets.population import Population, index_ranges
+
+
+@dataclass
+class MutationSpec:
+    """``operators.mutation``: each child, with probability ``rate``, has every weight multiplied
+    by a factor from ``U(low, high)`` (this dataclass is the config's schema too)."""
+    rate: float = 0.01
+    low: float = 0.9
+    high: float = 1.1
 
 
 @torch.no_grad()
 def mutate_(pop: Population, rate: float, low: float, high: float, generator: torch.Generator,
-            gathered: bool | None = None) -> list[int]:
+            gathered: bool | None = None, backend: Backend | None = None) -> list[int]:
     """In place: each individual, with probability ``rate``, has every weight (not the
     biases) of every layer multiplied by its own factor drawn from ``U(low, high)``.
 
@@ -19,7 +30,7 @@ def mutate_(pop: Population, rate: float, low: float, high: float, generator: to
     and that nothing else references. Returns the indices of the mutated individuals.
 
     The factors come from ``generator`` (a CPU generator) individual by individual, layer by
-    layer. ``gathered`` (None = off the CPU): draw them in one call, copy them to the device
+    layer. ``gathered`` (None = as the backend says: on a GPU): draw them in one call, copy them to the device
     once, and multiply each layer of all the mutated individuals through one index tensor,
     instead of a draw, a copy and a product per individual and layer. The CPU generator's
     float32 draws concatenate (one draw of ``a + b`` values = a draw of ``a`` then of ``b``;
@@ -28,7 +39,7 @@ def mutate_(pop: Population, rate: float, low: float, high: float, generator: to
     chosen = (torch.rand(pop.size, generator=generator) < rate).nonzero().flatten().tolist()
     if not chosen:
         return chosen
-    if gathered if gathered is not None else pop.device.type != "cpu":
+    if gathered if gathered is not None else (backend or for_tensor(pop.first_w)).gathered:
         _mutate_gathered(pop, chosen, low, high, generator)
         return chosen
     for i in chosen:
@@ -40,7 +51,7 @@ def mutate_(pop: Population, rate: float, low: float, high: float, generator: to
 
 def _mutate_gathered(pop: Population, chosen: list[int], low: float, high: float,
                      generator: torch.Generator) -> None:
-    pop._live()
+    pop.check_live()
     in_dim, dev = pop.first_w.shape[1], pop.device
     # (flat storage, start, length) of every chosen individual's weights, individual-major as drawn
     blocks = []

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ecomp.kernels import native
-from ecomp.core.population import Population
+from ecomp.kernels.backend import Backend, for_tensor
+from ecomp.nets.population import Population
 
 
 def draw_cuts(pop: Population, pairs: Tensor, generator: torch.Generator) -> Tensor:
@@ -41,7 +42,8 @@ def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: i
 @torch.no_grad()
 def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
               out: Tensor | None = None, use_native: bool | None = None, in_place: bool = False,
-              layers_out: list[tuple[Tensor, Tensor]] | None = None, use_gather: bool | None = None) -> Population:
+              layers_out: list[tuple[Tensor, Tensor]] | None = None, use_gather: bool | None = None,
+              backend: Backend | None = None) -> Population:
     """Two children per pair; the result has ``2 * len(pairs)`` individuals.
 
     Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
@@ -75,10 +77,10 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     gather through an index tensor built for the whole generation (:func:`_recombine_gather`).
     All of them only copy, so their children are bit for bit equal.
     """
-    pop._live()
+    pop.check_live()
+    backend = backend or for_tensor(pop.first_w)
     if use_native is None:
-        use_native = (pop.device.type == "cpu" and pop.first_w.dtype == torch.float32
-                      and native.available())
+        use_native = backend.native_copies and pop.first_w.dtype == torch.float32
     cuts = draw_cuts(pop, pairs, generator).tolist()
     pl = pairs.tolist()
     # child 2k copies parent b, child 2k + 1 copies parent a; the block comes from the other one
@@ -105,7 +107,7 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
         recycled = out is not None and first_w.data_ptr() == out.data_ptr()
         _recombine_native(pop, children, bulk, donor, child_cuts, recycled)
         return children
-    if use_gather if use_gather is not None else pop.device.type != "cpu":
+    if use_gather if use_gather is not None else backend.gathered:
         _recombine_gather(pop, children, bulk, donor, child_cuts)
         return children
 
@@ -258,5 +260,5 @@ def _recombine_in_place(pop: Population, bulk: list[int], donor: list[int],
                                  sources, donors, [c[l + 1] for c in child_cuts])
     children = Population([pop.widths[s] for s in bulk], pop.first_w, pop.first_b, pop.layer_w, pop.layer_b,
                           slots=slots)
-    pop.retired = True
+    pop.retire()
     return children

@@ -58,9 +58,10 @@ def elites(fitness: Tensor, k: int) -> list[int]:
     return torch.argsort(fitness.detach().cpu(), descending=True, stable=True)[:k].tolist()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Selection:
-    """``operators.selection``: which parents breed and who passes unchanged."""
+    """``operators.selection``: which parents breed and who passes unchanged (this dataclass is
+    the config's schema too: ``ecomp.app.config``)."""
     kind: str = "roulette"            # roulette | tournament
     temperature: float = 1.0          # roulette: softmax(fitness / temperature); 1 = the paper
     tournament_size: int = 2          # tournament: entrants per draw

@@ -1,66 +1,26 @@
-"""Fused C kernels for the similarity (and crossover's copies): compiled on first use,
-loaded with :mod:`ctypes`.
+"""Fused C kernels for the similarity and crossover's copies (the C library: :mod:`ecomp.kernels.c_library`).
 
 Why: the PyTorch path (:mod:`ecomp.kernels.tsne_torch`) makes a dozen passes over every ``(N, N)``
-matrix per perplexity iteration and as many again for the KL, each a separate kernel over
-2 million entries per generation. ``ecomp/csrc/tsne.c`` does all of it one point set at a
-time while the set sits in cache: the Gram matrix straight from the activations, the
-shifted distances, the Halley search with a vectorised ``exp``, the symmetrised joint and
-the KL with a vectorised ``log``. ``ecomp/csrc/ops.c`` writes each layer's crossover children in
-one threaded pass (``benchmarks/bench_kernels.py`` times both against the PyTorch code).
-
-How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/csrc`` once
-into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
-hashes the sources, the flags, the compiler's version and the machine, so a changed source
-or compiler gets a fresh build and parallel jobs or cluster nodes sharing a home directory
-never load a stale or half-written one (each build is written to a temporary name and
-renamed). No ``-march=native``: the library carries a baseline and an AVX2 + FMA copy of
-every kernel and picks one at load time, so one build serves every x86-64 node. No
-``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
-same from run to run and do not depend on the number of threads.
-
-Threads: built with ``-fopenmp``, the library binds to the ``libgomp.so.1`` that PyTorch
-has already loaded and uses ``torch.get_num_threads()`` of its threads. A compiler without
-OpenMP gives a serial library; the point sets are then split over Python threads (ctypes
-releases the GIL).
-
-``similarity.kernels`` chooses: ``auto`` (native where it builds, on CPU tensors; else
-PyTorch, with one warning), ``native`` (an error if it cannot be built) or ``torch``.
+matrix per perplexity iteration and as many again for the KL, each a separate kernel. The C
+kernels do all of it one point set at a time while the set sits in cache: the Gram matrix
+straight from the activations, the shifted distances, the Halley search with a vectorised
+``exp``, the symmetrised joint and the KL with a vectorised ``log``; and they write each
+layer's crossover children in one threaded pass. Whether a run uses them is the
+:class:`ecomp.kernels.backend.Backend`'s decision, made once.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
 import math
 import operator
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
-
-SOURCE_DIR = Path(__file__).with_name("csrc")
-SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
-FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
-OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 7
-KERNELS = ("auto", "native", "torch")
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
-_pool: ThreadPoolExecutor | None = None
-_warned = False
+from ecomp.kernels.c_library import load
 
 _f32 = ctypes.POINTER(ctypes.c_float)
 _f64 = ctypes.POINTER(ctypes.c_double)
@@ -68,135 +28,23 @@ _i64 = ctypes.POINTER(ctypes.c_int64)
 _i32 = ctypes.POINTER(ctypes.c_int32)
 
 
-class NativeUnavailable(RuntimeError):
-    """The C kernels could not be compiled or loaded here (the message says why)."""
+class _Pool:
+    """Python threads for a serial library (one built without OpenMP), grown on demand."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor: ThreadPoolExecutor | None = None
+        self.size = 0
+
+    def get(self, workers: int) -> ThreadPoolExecutor:
+        with self.lock:
+            if self.executor is None or self.size < workers:
+                self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ecomp-native")
+                self.size = workers
+            return self.executor
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC") or "cc")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ECOMP_CACHE_DIR") or Path.home() / ".cache" / "ecomp") / "kernels"
-
-
-def _build_key(cc: str, flags: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update((SOURCE_DIR / name).read_bytes())
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    h.update("\0".join([*flags, cc, version, platform.machine(), platform.system()]).encode())
-    return h.hexdigest()[:16]
-
-
-def _compile(cc: str, flags: tuple[str, ...]) -> Path:
-    """The cached library built with ``flags`` (compiled now if it is not there yet)."""
-    target = cache_dir() / f"tsne-{_build_key(cc, flags)}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        cmd = [cc, *flags, *(str(SOURCE_DIR / f) for f in SOURCES if f.endswith(".c")), "-o", tmp, "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            log.debug("%s failed:\n%s", " ".join(cmd), res.stderr)
-            first = (res.stderr.strip().splitlines() or ["no output"])[0]
-            raise NativeUnavailable(f"compiling {SOURCE_DIR / 'tsne.c'} with {cc} failed: {first}")
-        os.replace(tmp, target)                      # atomic: a parallel job sees all of it or nothing
-        log.info("compiled the native similarity kernels into %s", target)
-        return target
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _build() -> ctypes.CDLL:
-    cc = _compiler()
-    if cc is None:
-        raise NativeUnavailable(f"no C compiler found ({os.environ.get('CC') or 'cc'} is not on PATH; set CC)")
-    try:
-        target = _compile(cc, FLAGS + OPENMP)
-    except NativeUnavailable as exc:
-        log.info("%s; building without OpenMP", exc)
-        target = _compile(cc, FLAGS)
-    lib = ctypes.CDLL(str(target))
-    if lib.ecomp_abi_version() != ABI_VERSION:
-        raise NativeUnavailable(f"{target} has ABI {lib.ecomp_abi_version()}, expected {ABI_VERSION}")
-    span = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]        # m0, m1, nthreads
-    lib.ecomp_conditionals.argtypes = [_f32, ctypes.c_int, _f64, ctypes.c_double, ctypes.c_double, ctypes.c_int,
-                                       _f32, _f64, *span]
-    lib.ecomp_conditionals.restype = ctypes.c_int
-    lib.ecomp_joint.argtypes = [_f32, ctypes.c_int, _f32, *span]
-    lib.ecomp_joint.restype = ctypes.c_int
-    lib.ecomp_exp_log.argtypes = [_f32, _f32, _f32, ctypes.c_int64]
-    lib.ecomp_exp_log.restype = None
-    lib.ecomp_similarity_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double,
-                                          ctypes.c_double, ctypes.c_int, _f64, *span]
-    lib.ecomp_similarity_acts.restype = ctypes.c_int
-    lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, *span]
-    lib.ecomp_grams_acts.restype = ctypes.c_int
-    lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int, ctypes.c_int]
-    lib.ecomp_recombine.restype = None
-    lib.ecomp_recombine_inplace.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                            ctypes.c_int64, *[_i64] * 4, ctypes.c_int64, _i64, ctypes.c_int,
-                                            ctypes.c_int]
-    lib.ecomp_recombine_inplace.restype = None
-    return lib
-
-
-def load() -> ctypes.CDLL:
-    """The compiled library (built on the first call); :class:`NativeUnavailable` if it cannot be."""
-    global _lib, _error
-    with _lock:
-        if _lib is None and _error is None:
-            try:
-                _lib = _build()
-            except (OSError, subprocess.SubprocessError, NativeUnavailable) as exc:
-                _error = str(exc)
-        if _lib is None:
-            raise NativeUnavailable(f"native similarity kernels unavailable: {_error}")
-        return _lib
-
-
-def available() -> bool:
-    try:
-        load()
-        return True
-    except NativeUnavailable:
-        return False
-
-
-def isa() -> str:
-    """How the kernels run here: ``avx2`` or ``baseline``, ``+openmp`` if threaded by OpenMP."""
-    lib = load()
-    return ("avx2" if lib.ecomp_isa() else "baseline") + ("+openmp" if lib.ecomp_openmp() else "")
-
-
-def resolve(kernels: str, device: torch.device | str = "cpu") -> str:
-    """``similarity.kernels`` -> ``native`` or ``torch`` for tensors on ``device``."""
-    global _warned
-    if kernels not in KERNELS:
-        raise ValueError(f"similarity.kernels={kernels!r}: expected one of {', '.join(KERNELS)}")
-    if kernels == "torch":
-        return "torch"
-    on_cpu = torch.device(device).type == "cpu"
-    if kernels == "native":
-        if not on_cpu:
-            raise ValueError(f"similarity.kernels=native: the C kernels run on the CPU, not on {device}; "
-                             "use auto or torch")
-        load()
-        return "native"
-    if not on_cpu:
-        return "torch"
-    if available():
-        return "native"
-    if not _warned:
-        _warned = True
-        log.warning("%s; using the PyTorch similarity path (slower, same results within float rounding)", _error)
-    return "torch"
-
+_POOL = _Pool()
 
 def _ptr(t: Tensor | None, kind):
     return None if t is None else ctypes.cast(t.data_ptr(), kind)
@@ -206,17 +54,13 @@ def _split(fn, m: int, *args) -> int:
     """``fn(*args, m0, m1, nthreads)`` over ``[0, m)`` with ``torch.get_num_threads()``
     threads: OpenMP's inside the library when it has it, else one Python thread per chunk
     (ctypes releases the GIL)."""
-    global _pool
     threads = max(1, min(torch.get_num_threads(), m))
-    if _lib is not None and _lib.ecomp_openmp():
+    if load().ecomp_openmp():
         results = [fn(*args, 0, m, threads)]
     elif threads == 1:
         results = [fn(*args, 0, m, 1)]
     else:
-        with _lock:
-            if _pool is None or _pool._max_workers < threads - 1:
-                _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="ecomp-native")
-            pool = _pool
+        pool = _POOL.get(threads - 1)
         bounds = [m * t // threads for t in range(threads + 1)]
         futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1], 1) for t in range(1, threads)]
         results = [fn(*args, bounds[0], bounds[1], 1)] + [f.result() for f in futures]

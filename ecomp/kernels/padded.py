@@ -1,7 +1,7 @@
 """A population of several architectures as zero-padded stacks: the GPU's forward pass.
 
 On the CPU a mixed-width population runs its later layers as one small GEMM per network
-(:func:`ecomp.core.population.forward`), which is as fast as anything there and keeps the
+(:func:`ecomp.kernels.forward.forward`), which is as fast as anything there and keeps the
 paper's numbers. On a GPU that loop is hundreds of kernel launches per generation. Here
 every later layer becomes one ``(pop, widest out, widest in)`` tensor, gathered from the
 packed storage through index arithmetic (no per-individual Python loop, no host
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ecomp.core.population import Population
+from ecomp.nets.population import Population
 
 
 def _column(values: list[int], device: torch.device) -> Tensor:
@@ -62,7 +62,7 @@ def padded_first(pop: Population, z0t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def forward_padded(pop: Population, z0t: Tensor) -> tuple[Tensor, list[list[Tensor]], list[Tensor]]:
-    """:func:`ecomp.core.population.forward`'s results from the first layer's post-ReLU activations
+    """:func:`ecomp.kernels.forward.forward`'s results from the first layer's post-ReLU activations
     ``z0t``: logits ``(pop, batch, classes)``, per-individual hidden activations (views of the
     real units), and the zero-padded stacks ``(pop, max width, batch)`` per hidden layer."""
     if pop.slots is not None:      # only one architecture is stored out of order: it has the batched path

@@ -196,7 +196,7 @@ def _shift_rows(t: Tensor) -> Tensor:
 @torch.no_grad()
 def calibrate(d: Tensor, perplexity: float, tol: float = 1e-5, max_iter: int = 60,
               beta_mean: Tensor | None = None, stats: dict | None = None,
-              check_every: int | None = None) -> tuple[Tensor, Tensor]:
+              check_every: int = 1) -> tuple[Tensor, Tensor]:
     """``(R, N - 1)`` shifted distances -> the rows' Gaussian conditionals (each row sums
     to 1) and their precisions ``beta`` ``(R,)`` (float64).
 
@@ -224,8 +224,8 @@ def calibrate(d: Tensor, perplexity: float, tol: float = 1e-5, max_iter: int = 6
 
     ``check_every``: how often the loop asks whether every row has converged. Counting the rows
     left and gathering the active set reads a number back to the host, which on a GPU waits for
-    every queued kernel. ``None``: every iteration on the CPU (where that costs nothing and the
-    active set saves work), every 3rd elsewhere; above 1, no active set is gathered (converged
+    every queued kernel; the backend's ``host_check_every`` is 1 on the CPU (where that costs
+    nothing and the active set saves work) and 3 on a GPU. Above 1, no active set is gathered (converged
     rows ride along frozen: their ``beta`` and exponentials do not change), so the loop makes one
     host synchronisation per ``check_every`` iterations. The result per row is the same either
     way; ``stats["checks"]`` counts the synchronisations.
@@ -249,7 +249,7 @@ def calibrate(d: Tensor, perplexity: float, tol: float = 1e-5, max_iter: int = 6
     rows = None                                                # None: every row is in the active set
     da, e = d, e_all
     sizes = []
-    every = check_every if check_every is not None else (1 if d.device.type == "cpu" else 3)
+    every = max(1, check_every)
     checks = 0
     for it in range(max_iter):
         a = da.shape[0]

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from ecomp.kernels.backend import Backend
 from ecomp.plugins import plugin_class
 
 
@@ -18,11 +19,16 @@ class SimilarityMeasure(ABC):
 
     name: ClassVar[str]
     settings: ClassVar[tuple[str, ...]]          # the ``similarity.*`` keys it reads (besides layers)
-    kernels: str | None = None                   # the compute kernels in use, if the measure has a choice
+    backend: Backend                             # how it computes (ecomp.kernels.backend)
+
+    @property
+    def kernels(self) -> str:
+        """What it computes on: ``native`` or ``torch`` (the run's ``kernels`` tag)."""
+        return self.backend.kernels
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: Any, device: Any) -> "SimilarityMeasure":
+    def from_config(cls, cfg: Any, backend: Backend) -> "SimilarityMeasure":
         """Build from the ``similarity`` config group (attribute access only: no Hydra here)."""
 
     @abstractmethod
@@ -37,8 +43,8 @@ class SimilarityMeasure(ABC):
 
         ``hidden[l][i]``: network ``i``'s activations ``(G * n, h)`` on compared layer ``l``;
         ``stacked[l]``: the same as one ``(pop, h, G * n)`` tensor (transposed) when the
-        population has one architecture, or on a GPU zero-padded to the widest network
-        (:mod:`ecomp.kernels.padded`: a measure must give zero features no weight, as Grams do), else
+        population has one architecture, or zero-padded to the widest network when the backend
+        pads (:mod:`ecomp.kernels.padded`: a measure must give zero features no weight, as Grams do), else
         None; ``states``: :meth:`prepare`'s, one per batch.
         """
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ecomp.kernels import native
+from ecomp.kernels.backend import Backend, resolve
 from ecomp.measures.base import SimilarityMeasure
 
 
@@ -59,12 +60,12 @@ class LinearCKA(SimilarityMeasure):
     name = "cka"
     settings = ("kernels",)
 
-    def __init__(self, kernels: str = "auto", device: Any = "cpu"):
-        self.kernels = native.resolve(kernels, torch.device(device))
+    def __init__(self, backend: Backend | None = None):
+        self.backend = backend or resolve()
 
     @classmethod
-    def from_config(cls, cfg: Any, device: Any) -> "LinearCKA":
-        return cls(cfg.kernels, device)
+    def from_config(cls, cfg: Any, backend: Backend) -> "LinearCKA":
+        return cls(backend)
 
     def prepare(self, parent: list[Tensor], n: int) -> list[list[Tensor]]:
         groups = parent[0].shape[0] // n
@@ -74,7 +75,7 @@ class LinearCKA(SimilarityMeasure):
         groups = len(states)
         out = torch.zeros(groups, len(hidden[0]), device=hidden[0][0].device)
         for l in range(len(hidden)):
-            if self.kernels == "native":                                 # every network and group in one call
+            if self.backend.native_similarity:                           # every network and group in one call
                 grams, mean_energy = _centred_grams_native(hidden[l], n, groups)
                 for g in range(groups):
                     out[g] += 1.0 - cka_from_centred(states[g][l], grams[g], mean_energy[g])

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ecomp.kernels import native
+from ecomp.kernels.backend import Backend, resolve
 from ecomp.kernels.tsne_torch import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
                           shifted_distances, shifted_distances_stacked, squared_distances, symmetrise, with_diagonal)
 from ecomp.measures.base import SimilarityMeasure
@@ -19,13 +20,13 @@ class TSNE(SimilarityMeasure):
     name = "tsne"
     settings = ("perplexity", "tol", "kernels")
 
-    def __init__(self, perplexity: float = 30.0, tol: float = 1e-5, kernels: str = "auto", device: Any = "cpu"):
+    def __init__(self, perplexity: float = 30.0, tol: float = 1e-5, backend: Backend | None = None):
         self.perplexity, self.tol = perplexity, tol
-        self.kernels = native.resolve(kernels, torch.device(device))
+        self.backend = backend or resolve()
 
     @classmethod
-    def from_config(cls, cfg: Any, device: Any) -> "TSNE":
-        return cls(cfg.perplexity, cfg.tol, cfg.kernels, device)
+    def from_config(cls, cfg: Any, backend: Backend) -> "TSNE":
+        return cls(cfg.perplexity, cfg.tol, backend)
 
     # -- the parent's side: joint P (L, N, N) and beta x mean distance per row, per batch --------
     def prepare(self, parent: list[Tensor], n: int) -> list[tuple[Tensor, Tensor | None]]:
@@ -35,19 +36,19 @@ class TSNE(SimilarityMeasure):
                  None if beta_mean is None else beta_mean.view(groups, -1)[g]) for g in range(groups)]
 
     def _joint(self, acts: list[Tensor]) -> tuple[Tensor, Tensor]:
-        if self.kernels == "native":
+        if self.backend.native_similarity:
             gram = native.grams_acts(acts, acts[0].shape[0])
             cond, beta_mean = native.conditionals(gram, self.perplexity, self.tol)
             return native.joint(cond), beta_mean.view(-1)
         n = acts[0].shape[0]
         d = shifted_distances(acts)
-        cond, beta = calibrate(d, self.perplexity, self.tol)
+        cond, beta = calibrate(d, self.perplexity, self.tol, check_every=self.backend.host_check_every)
         return symmetrise(with_diagonal(cond.view(len(acts), n, n - 1))), beta * d.mean(1).double()
 
     # -- a population against it --------------------------------------------------------------
     def score(self, hidden: list[list[Tensor]], stacked: list[Tensor] | None, states: list, n: int) -> Tensor:
         n_layers, size, groups = len(hidden), len(hidden[0]), len(states)
-        if self.kernels == "native":                       # Grams, search and KL fused, per set
+        if self.backend.native_similarity:                 # Grams, search and KL fused, per set
             return self._native(hidden, states, size, n)
         if stacked is not None:                            # one architecture: Grams batched over networks
             d = shifted_distances_stacked(stacked, n).view(groups, -1, n - 1)
@@ -57,7 +58,8 @@ class TSNE(SimilarityMeasure):
         out = []
         for g, (p, parent_bm) in enumerate(states):
             guess = parent_bm.view(n_layers, 1, -1).expand(-1, size, -1).reshape(-1)
-            cond, _ = calibrate(d[g], self.perplexity, self.tol, beta_mean=guess)
+            cond, _ = calibrate(d[g], self.perplexity, self.tol, beta_mean=guess,
+                                check_every=self.backend.host_check_every)
             out.append(kl_from_conditionals(p, cond.view(-1, n, n - 1)).sum(0))     # (pop,)
         return torch.stack(out)
 

@@ -18,6 +18,7 @@ import torch
 
 from ecomp.nets.data import RunData
 from ecomp.core.evolution import GenerationRecord
+from ecomp.kernels.backend import Backend, resolve
 from ecomp.nets.network import Layers
 from ecomp.nets.parent import TrainSpec
 from ecomp.plugins import plugin_class
@@ -39,10 +40,14 @@ class Problem:
     batch_size: int                     # data.batch_size: EComp's generation batch, fine-tuning's batch
     generator: torch.Generator          # seeded with the run's seed (it already drew ``data``)
     seed: int
-    device: torch.device = torch.device("cpu")
+    backend: Backend = field(default_factory=resolve)   # how the run computes (its device and kernels)
     timer: PhaseTimer = field(default_factory=NullTimer)
     on_generation: Callable[[GenerationRecord], None] = _ignore   # tracking and progress
     on_step: Callable[[], None] = _ignore                        # progress of other long steps
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
 
 
 @dataclass

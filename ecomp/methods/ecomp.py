@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ecomp.core.evolution import EComp, MutationSpec
+from ecomp.core.evolution import EComp
+from ecomp.core.mutation import MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.core.initialiser import l1_population
 from ecomp.measures import measure_class
@@ -29,7 +30,7 @@ class ECompMethod(Method):
     finetune_epochs: int = 0           # post-step: Adam on the subset, 0 = the paper (none)
     lr: float | None = None            # the fine-tuning's learning rate; None: the parent's
     parent_lr: float = 1e-3
-    selection: Selection = Selection()
+    selection: Selection = field(default_factory=Selection)
     compression: str = "units"         # fitness.compression: units (the paper) | params
 
     name = "ecomp"
@@ -40,8 +41,8 @@ class ECompMethod(Method):
     @classmethod
     def from_config(cls, cfg: Any, scenario: str | None = None) -> "ECompMethod":
         f, m, s, kr = cfg.fitness, cfg.operators.mutation, cfg.similarity, cfg.population.keep_ratio
-        return cls(scenario=scenario or "".join(f"{w:g}" for w in (f.w_acc, f.w_sim, f.w_comp)),
-                   weights=Weights(f.w_acc, f.w_sim, f.w_comp), mutation=MutationSpec(m.rate, m.low, m.high),
+        weights = Weights(f.w_acc, f.w_sim, f.w_comp)
+        return cls(scenario=scenario or weights.scenario, weights=weights, mutation=MutationSpec(**m),
                    population_size=cfg.population.size, keep_high=kr.high, keep_low=kr.low,
                    similarity=s, layers=None if s.layers is None else list(s.layers),
                    evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
@@ -104,7 +105,7 @@ class ECompMethod(Method):
         parent = [(w.to(dev), b.to(dev)) for w, b in problem.parent]
         pop = l1_population(parent, self.population_size, self.keep_high, self.keep_low)
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
-        measure = measure_class(self.similarity._target_).from_config(self.similarity, dev)
+        measure = measure_class(self.similarity._target_).from_config(self.similarity, problem.backend)
         evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure,
                         compression=self.compression)
         ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer,

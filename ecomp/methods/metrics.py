@@ -9,25 +9,20 @@ from __future__ import annotations
 
 from ecomp.nets.data import Split
 from ecomp.nets.network import Layers, accuracy
-
-
-def hidden_units(layers: Layers) -> int:
-    return sum(w.shape[0] for w, _ in layers[:-1])
-
-
-def parameters(layers: Layers) -> int:
-    return sum(w.numel() + b.numel() for w, b in layers)
+from ecomp.nets.sizes import size, widths_of
 
 
 def network_metrics(layers: Layers, parent: Layers, val: Split, test: Split, prefix: str = "best_") -> dict[str, float]:
     """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, params_ratio}``."""
     layers = [(w.cpu(), b.cpu()) for w, b in layers]
+    units, params = (size(widths_of(layers), k) for k in ("units", "params"))
+    parent_units, parent_params = (size(widths_of(parent), k) for k in ("units", "params"))
     out = {
         "test_accuracy": accuracy(layers, test.x, test.y),
         "val_accuracy": accuracy(layers, val.x, val.y) if val.x.shape[0] else float("nan"),
-        "compression": hidden_units(layers) / hidden_units(parent),
-        "hidden_units": float(hidden_units(layers)),
-        "parameters": float(parameters(layers)),
-        "params_ratio": parameters(layers) / parameters(parent),
+        "compression": units / parent_units,
+        "hidden_units": float(units),
+        "parameters": float(params),
+        "params_ratio": params / parent_params,
     }
     return {prefix + k: float(v) for k, v in out.items()}

@@ -13,8 +13,8 @@ Storage slots: individual ``i`` is stored at slot ``slot(i)``. That is ``i`` unl
 are then alike): crossover in place (:func:`ecomp.core.recombination.recombine`) leaves
 most children in their bulk parent's slot instead of copying them into child order.
 ``offsets``, ``w_offsets``, ``b_offsets`` and ``stacked`` are in slot order; every
-per-individual accessor (``first``, ``rest``, ``individual``) and :func:`forward`'s
-results are in individual order.
+per-individual accessor (``first``, ``rest``, ``individual``) and the forward pass's
+(:mod:`ecomp.kernels.forward`) results are in individual order.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ecomp.nets.network import Layers
+from ecomp.nets.sizes import size
 
 
 @dataclass
@@ -91,9 +92,14 @@ class Population:
         """``(pop,)`` int64 slots in individual order, or None when slot ``i`` holds individual ``i``."""
         return None if self.slots is None else torch.tensor(self.slots, device=self.device)
 
-    def _live(self) -> None:
+    def check_live(self) -> None:
+        """Raise if this population's storage was handed to its children (:meth:`retire`)."""
         if self.retired:
             raise RuntimeError("this population's storage was reused by its children (crossover in place)")
+
+    def retire(self) -> None:
+        """Crossover in place wrote the children over this storage: every later access raises."""
+        self.retired = True
 
     def layer_shape(self, i: int, l: int) -> tuple[int, int]:
         """``(out, in)`` of individual ``i``'s later layer ``l`` (layer ``l + 1`` of the network)."""
@@ -101,7 +107,7 @@ class Population:
         return (w[l + 1] if l + 1 < len(w) else self.classes), w[l]
 
     def first(self, i: int) -> tuple[Tensor, Tensor]:
-        self._live()
+        self.check_live()
         s = self.slot(i)
         o, h = self.offsets[s], self.widths[i][0]
         return self.first_w[o:o + h], self.first_b[o:o + h]
@@ -109,7 +115,7 @@ class Population:
     @property
     def rest(self) -> list[Layers]:
         """Per individual: its layers after the first, as views into the packed buffers."""
-        self._live()
+        self.check_live()
         if self._rest is None:
             self._rest = [[self._layer(i, l) for l in range(len(self.layer_w))] for i in range(self.size)]
         return self._rest
@@ -122,30 +128,25 @@ class Population:
     def stacked(self, l: int) -> tuple[Tensor, Tensor]:
         """Later layer ``l`` of a population of one architecture as ``(pop, out, in)``, ``(pop, out)``
         views, in slot order (individual ``i`` at ``slot(i)``)."""
-        self._live()
+        self.check_live()
         out, inp = self.layer_shape(0, l)
         return self.layer_w[l].view(self.size, out, inp), self.layer_b[l].view(self.size, out)
 
     def individual(self, i: int) -> Layers:
         """Individual ``i`` as ``(weight, bias)`` pairs (views, not copies)."""
-        self._live()
+        self.check_live()
         later = self._rest[i] if self._rest is not None else [self._layer(i, l) for l in range(len(self.layer_w))]
         return [self.first(i), *later]
 
-    def hidden_units(self) -> Tensor:
-        """(pop,) total hidden units of each individual."""
-        return torch.tensor([sum(w) for w in self.widths], dtype=torch.float64)
-
-    def parameters(self) -> Tensor:
-        """(pop,) weights and biases of each individual."""
-        dims = [(self.first_w.shape[1], *w, self.classes) for w in self.widths]
-        return torch.tensor([sum((d[l] + 1) * d[l + 1] for l in range(len(d) - 1)) for d in dims],
-                            dtype=torch.float64)
+    def sizes(self, kind: str) -> Tensor:
+        """(pop,) float64 :func:`ecomp.nets.sizes.size` of each individual (``units`` or ``params``)."""
+        dims = self.first_w.shape[1]
+        return torch.tensor([size((dims, *w, self.classes), kind) for w in self.widths], dtype=torch.float64)
 
     def take(self, indices: list[int]) -> "Population":
         """A new population of individuals ``indices`` (copies, in that order, stored in order):
         one ``index_select`` per buffer through index ranges, no per-individual tensor work."""
-        self._live()
+        self.check_live()
         dev, slots = self.device, [self.slot(i) for i in indices]
         widths = [self.widths[i] for i in indices]
         rows = index_ranges([self.offsets[s] for s in slots], [w[0] for w in widths], dev)
@@ -186,118 +187,3 @@ def index_ranges(starts: list[int], lengths: list[int], device: torch.device | s
     n = torch.tensor(lengths, dtype=torch.int64, device=device)
     before = torch.cumsum(n, 0) - n                                 # where each range begins in the result
     return torch.arange(total, device=device) + torch.repeat_interleave(s - before, n, output_size=total)
-
-
-# Above this many images per network, one GEMM per network is already near BLAS speed and the
-# stacked path loses. Measured on 100 networks of one architecture (204-209 wide): at 100 images
-# the batched path took 42.6-52 ms against 43.2-56 ms for the forward pass and 14 against 17 ms
-# for the distances (benchmarks/bench_kernels.py); at 1,000 images, 390 against 352 ms forward.
-BATCHED_MAX_ROWS = 256
-FIRST_LAYER_CHUNK = 512   # rows of the packed first layer per GEMM call (see first_layer)
-
-
-def first_layer(pop: Population, x: Tensor, chunk: int = FIRST_LAYER_CHUNK, out: Tensor | None = None) -> Tensor:
-    """``(sum of widths, batch)``: every individual's first-layer pre-activations, transposed.
-
-    One ``(14k, 784) x (784, 100)`` product would be a single call, but BLAS then packs
-    the whole 44 MB weight matrix and runs at about half its speed on the small side
-    of 100; blocks of a few hundred rows stay in cache (benchmarks/bench_kernels.py
-    measures both). ``out``: flat storage of at least ``sum of widths x batch`` elements to
-    write into (see :class:`Workspace`), else a fresh tensor.
-    """
-    pop._live()
-    xt = x.T.contiguous()                                      # (input, batch)
-    shape = (pop.first_w.shape[0], x.shape[0])
-    if out is not None and out.numel() >= shape[0] * shape[1] and out.dtype == x.dtype and out.device == x.device:
-        z = out[:shape[0] * shape[1]].view(shape)
-    else:
-        z = x.new_empty(shape)
-    for s in range(0, z.shape[0], chunk):
-        e = min(s + chunk, z.shape[0])
-        torch.addmm(pop.first_b[s:e, None], pop.first_w[s:e], xt, out=z[s:e])
-    return z
-
-
-class Workspace:
-    """Flat storage reused by every call of :func:`forward` that is given it (the evaluator keeps
-    one): the first layer's activations of a population are ``sum of widths x batch`` floats, 56 MB
-    for 1,000 networks or 2,048-wide ones, over glibc's 32 MiB mmap threshold, so a fresh tensor
-    per generation was faulted in anew each time. Grows when a larger pass needs it; what
-    :func:`forward` returns is only valid until the next call with the same workspace."""
-
-    def __init__(self) -> None:
-        self.buffer: Tensor | None = None
-
-    def get(self, n: int, like: Tensor) -> Tensor:
-        b = self.buffer
-        if b is None or b.numel() < n or b.dtype != like.dtype or b.device != like.device:
-            self.buffer = None                                 # free the old one first
-            self.buffer = b = like.new_empty(n)
-        return b
-
-
-@torch.no_grad()
-def forward(pop: Population, x: Tensor, batched: bool | None = None, workspace: Workspace | None = None,
-            padded: bool | None = None) -> tuple[Tensor, list[list[Tensor]], list[Tensor] | None]:
-    """Logits ``(pop, batch, classes)``, post-ReLU hidden activations, and (batched path
-    only) the same activations stacked.
-
-    ``hidden[l][i]`` is individual ``i``'s layer-``l`` activation ``(batch, width)``, a
-    transposed view. Evolution makes the population converge to one architecture
-    (every individual with the same widths: by generation 35 of 101 in the run we
-    traced, and so in its final pick); then, for batches of up to ``BATCHED_MAX_ROWS`` images
-    (any batch on a GPU),
-    the later layers run as one batched product per layer instead of one small GEMM
-    per individual, and ``stacked[l]`` is the ``(pop, width, batch)`` tensor the views
-    come from, in slot order (see :class:`Population`). ``batched``: ``None`` picks the
-    batched path when all widths are equal and the batch is small; ``False`` forces the
-    loop (the oracle for the batched path in the tests). ``workspace``: storage for the first
-    layer's activations, reused from call to call (the results then live until the next call).
-    ``padded``: a population of several architectures as zero-padded batched products
-    (:mod:`ecomp.kernels.padded`; one architecture takes the batched path whatever it says); ``None`` = on
-    a GPU (the CPU keeps the loop and its numbers); then ``stacked[l]`` is ``(pop, widest, batch)``
-    in individual order, zeros beyond each width.
-    """
-    out = None if workspace is None else workspace.get(pop.first_w.shape[0] * x.shape[0], x)
-    z0t = first_layer(pop, x, out=out).relu_()                 # (sum_h, batch), slot order
-    classes = pop.classes
-    n_hidden = len(pop.widths[0])
-    uniform = pop.uniform
-    if not uniform and (padded if padded is not None else (pop.device.type != "cpu" and batched is not False)):
-        from ecomp.kernels.padded import forward_padded
-
-        return forward_padded(pop, z0t)
-    if batched is None:
-        # (the image limit is the CPU's; on a GPU the batched products always win over a loop)
-        batched = uniform and pop.size > 1 and (x.shape[0] <= BATCHED_MAX_ROWS or pop.device.type != "cpu")
-    if batched:
-        if not uniform:
-            raise ValueError("the batched forward pass needs every individual to have the same widths")
-        a = z0t.view(pop.size, pop.widths[0][0], x.shape[0])    # (pop, h0, batch), a view
-        stacked = [a]
-        for l in range(n_hidden):
-            w, b = pop.stacked(l)                                             # (pop, out, in): views
-            a = torch.baddbmm(b.unsqueeze(2), w, a)                           # (pop, out, batch)
-            if l < n_hidden - 1:
-                stacked.append(a.relu_())
-        logits = a.transpose(1, 2)                                            # (pop, batch, classes)
-        order = [pop.slot(i) for i in range(pop.size)]
-        if pop.slots is not None:                                             # slot order -> individual order
-            logits = logits.index_select(0, pop.slot_index())
-        hidden = [[t[s].T for s in order] for t in stacked]
-        return logits, hidden, stacked
-    z0 = z0t.T                                                 # (batch, sum_h), a view
-    logits = x.new_empty(pop.size, x.shape[0], classes)
-    hidden: list[list[Tensor]] = [[] for _ in range(n_hidden)]
-    for i in range(pop.size):
-        o = pop.offsets[pop.slot(i)]
-        a = z0[:, o:o + pop.widths[i][0]]                      # (batch, h)
-        hidden[0].append(a)
-        layers = pop.rest[i]
-        for l in range(len(layers) - 1):
-            w, b = layers[l]
-            a = torch.addmm(b, a, w.T).relu_()                 # (batch, h)
-            hidden[l + 1].append(a)
-        w, b = layers[-1]
-        torch.addmm(b, a, w.T, out=logits[i])                  # (batch, classes)
-    return logits, hidden, None
