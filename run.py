@@ -9,16 +9,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ecomp.app.caches import Caches
 from ecomp.app.callbacks import record_failure
 from ecomp.app.cli import check_composition, check_overrides, fail
-from ecomp.app.config import ConfigError, register_configs
+from ecomp.app.config import register_configs
+from ecomp.errors import EcompError
 from ecomp.app.credentials import take_passwords
-from ecomp.nets.data import DataError
-from ecomp.app.tracking import TrackingError
 from ecomp.app.pipeline import run_experiment, scenario_name
 
 log = logging.getLogger("ecomp")
-register_configs()
+# What the jobs of this process share (the dataset read, a checkpoint read, the parent's test
+# accuracy, the splits' digests): owned here, by the entry point, and handed to every run.
+CACHES = Caches()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -27,8 +29,9 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
     hc = HydraConfig.get()
     sweep = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
     try:
-        result = run_experiment(cfg, scenario=scenario(cfg, hc.runtime.choices.get("fitness")), sweep=sweep)
-    except (ConfigError, DataError, TrackingError) as exc:
+        result = run_experiment(cfg, scenario=scenario(cfg, hc.runtime.choices.get("fitness")), sweep=sweep,
+                                caches=CACHES)
+    except EcompError as exc:
         if sweep is None:
             fail(str(exc))
         record_failure(sweep, hc.job.override_dirname, exc)
@@ -52,9 +55,10 @@ def scenario(cfg: DictConfig, choice: str | None) -> str | None:
 
 
 if __name__ == "__main__":
+    register_configs()                                  # the schema conf/config.yaml names first
     try:
         sys.argv[1:] = take_passwords(sys.argv[1:])     # before Hydra writes any of it down
-    except ConfigError as exc:
+    except EcompError as exc:
         fail(str(exc))
     sys.argv[1:] = check_overrides(sys.argv[1:])
     check_composition(sys.argv[1:])

@@ -78,7 +78,7 @@ def shared_paths(overrides: list[str]) -> list[str]:
 
     from ecomp.app.cli import CONF_DIR, check_overrides
     from ecomp.app.config import register_configs
-    from ecomp.app.pipeline import data_root, parent_cache_dir
+    from ecomp.app.parents import data_root, parent_cache_dir
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -36,7 +36,7 @@ from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.core.fitness import Evaluator  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.core.mutation import mutate_  # noqa: E402
-from ecomp.app.pipeline import prepare_parent  # noqa: E402
+from ecomp.app.parents import prepare_parent  # noqa: E402
 from ecomp.nets.population import Population  # noqa: E402
 from ecomp.kernels.forward import first_layer, forward  # noqa: E402
 from ecomp.core.recombination import recombine  # noqa: E402

@@ -62,7 +62,7 @@ def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     from ecomp.core.evolution import EComp, MutationSpec
     from ecomp.core.fitness import ReferenceEvaluator, Weights
     from ecomp.core.initialiser import l1_population
-    from ecomp.app.pipeline import prepare_parent
+    from ecomp.app.parents import prepare_parent
     from ecomp.kernels.backend import resolve
     from ecomp.measures.tsne import TSNE
     from ecomp.nets import data as data_mod

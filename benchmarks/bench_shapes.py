@@ -38,7 +38,7 @@ from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.nets.data import draw_run_data  # noqa: E402
 from ecomp.methods import Problem  # noqa: E402
 from ecomp.methods.ecomp import ECompMethod  # noqa: E402
-from ecomp.app.pipeline import prepare_parent, setup, train_spec  # noqa: E402
+from ecomp.app.parents import prepare_parent, setup, train_spec  # noqa: E402
 
 SHAPES = {"unbalanced 300-100": "[300,100]", "balanced 254-254": "[254,254]"}
 

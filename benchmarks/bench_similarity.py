@@ -34,7 +34,7 @@ from ecomp.core.fitness import Evaluator  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.measures.cka import LinearCKA  # noqa: E402
 from ecomp.measures.tsne import TSNE  # noqa: E402
-from ecomp.app.pipeline import prepare_parent  # noqa: E402
+from ecomp.app.parents import prepare_parent  # noqa: E402
 from ecomp.kernels.forward import forward  # noqa: E402
 
 

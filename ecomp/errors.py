@@ -6,6 +6,8 @@ The entry points (``run.py``, the sweep's set-up callback, ``python -m ecomp.app
 
 from __future__ import annotations
 
+from ecomp.redact import mask
+
 
 class EcompError(Exception):
     """A problem the user can fix; the message is one line."""
@@ -17,3 +19,14 @@ class ConfigError(EcompError, ValueError):
 
 class CheckpointError(ConfigError):
     """The checkpoint given as ``parent.path`` cannot be used as a parent; the message names the file."""
+
+
+class DataError(EcompError, RuntimeError):
+    """The dataset cannot be found or read."""
+
+
+class TrackingError(EcompError, RuntimeError):
+    """The tracking store cannot be used (any password in the message is masked)."""
+
+    def __init__(self, message: str):
+        super().__init__(mask(message))

@@ -91,7 +91,7 @@ def test_unusable_checkpoints_are_refused_in_one_line_naming_the_file(tmp_path):
 
 
 def test_a_network_that_does_not_fit_the_data_is_refused_before_any_run(tmp_path, make_cfg):
-    from ecomp.app.pipeline import setup
+    from ecomp.app.parents import setup
 
     for widths, needle in (((64, 32, 10), "the network takes 64 inputs but data=fashion_mnist has 784 features"),
                            ((784, 32, 7), "the network has 7 outputs but data=fashion_mnist has 10 classes")):
@@ -117,7 +117,9 @@ def test_users_lenet_300_100_is_compressed_by_ecomp_and_a_baseline(tmp_path, mak
     by l1_finetune."""
     import mlflow
 
-    from ecomp.app.pipeline import data_root, load_split, run_experiment
+    from ecomp.app.parents import data_root, load_split
+
+    from ecomp.app.pipeline import run_experiment
     from ecomp.nets.training import fit
 
     cfg0 = make_cfg()

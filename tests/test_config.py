@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, run_cli
+from ecomp.errors import DataError
 
 CASES = [
     (["fitness=999"], "fitness='999'"),
@@ -98,7 +99,7 @@ def test_wrong_type_fails_at_composition(tmp_path):
 def test_missing_dataset_names_both_remedies(tmp_path, monkeypatch, parent_cache):
     from ecomp.nets import data, datasets
 
-    with pytest.raises(data.DataError) as err:
+    with pytest.raises(DataError) as err:
         datasets.prepare(tmp_path / "nowhere", download=False, debian_dir=tmp_path / "no-debian")
     msg = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "data.download=true" in msg
@@ -114,7 +115,7 @@ def test_truncated_dataset_file_is_named(tmp_path):
         (raw / name).write_bytes((src / name).read_bytes())
     with open(raw / "train-labels-idx1-ubyte", "r+b") as f:
         f.truncate(1000)
-    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte is truncated"):
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte is truncated"):
         data.load(tmp_path, train=True)
 
 
@@ -144,22 +145,25 @@ def test_dataset_is_read_once_per_process_until_its_files_change(tmp_path):
 
     import torch
 
-    from ecomp.nets import data, datasets
+    from ecomp.app.caches import Caches
+    from ecomp.nets import datasets
     src = datasets.raw_dir(Path(__file__).resolve().parents[1] / "data")
     raw = datasets.raw_dir(tmp_path)
     raw.mkdir(parents=True)
     for name in datasets.RAW_FILES:
         shutil.copy(src / name, raw / name)
-    a, b = data.load(tmp_path, train=False), data.load(tmp_path, train=False)
+    caches = Caches()
+    a, b = caches.split("fashion_mnist", tmp_path, False, False), caches.split("fashion_mnist", tmp_path, False, False)
     assert a is b                                              # the same tensors, not read twice
+    assert Caches().split("fashion_mnist", tmp_path, False, False) is not a     # nothing shared between caches
     f = raw / "t10k-labels-idx1-ubyte"
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
-    c = data.load(tmp_path, train=False)
+    c = caches.split("fashion_mnist", tmp_path, False, False)
     assert c is not a and torch.equal(c.y, a.y)                # re-read after the file changed
     with open(f, "r+b") as fh:
         fh.truncate(1000)
-    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte is truncated"):
-        data.load(tmp_path, train=False)
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is truncated"):
+        caches.split("fashion_mnist", tmp_path, False, False)
 
 
 def test_config_hash_of_existing_runs_is_unchanged():
@@ -170,7 +174,8 @@ def test_config_hash_of_existing_runs_is_unchanged():
 
     from ecomp.app.cli import CONF_DIR, check_overrides
     from ecomp.app.config import config_hash, register_configs
-    from ecomp.app.pipeline import build_method, setup
+    from ecomp.app.parents import setup
+    from ecomp.app.pipeline import build_method
 
     register_configs()
     for overrides, expected in (([], "8fb7431dfe84981b"), (["method=l1_finetune"], "48b4fb9af578787a"),

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from ecomp.app.credentials import mask, take_password, take_passwords
+from ecomp.app.credentials import take_password, take_passwords
+from ecomp.redact import mask
 from ecomp.errors import ConfigError
 
 

@@ -14,7 +14,8 @@ from ecomp.nets import data as data_mod
 from ecomp.core.initialiser import l1_ranking, prune, pruned_width
 from ecomp.methods.pruning import IMPORTANCES, structured_prune
 from ecomp.nets.network import accuracy, load_network
-from ecomp.app.pipeline import data_root, run_experiment
+from ecomp.app.parents import data_root
+from ecomp.app.pipeline import run_experiment
 from ecomp.nets.training import distillation_loss, fine_tune
 
 GOLDEN = Path(__file__).parent / "data" / "ecomp_tiny_before_methods.json"

@@ -13,7 +13,9 @@ from conftest import run_cli
 def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     import mlflow
 
-    from ecomp.app.pipeline import load_split, run_experiment
+    from ecomp.app.parents import load_split
+
+    from ecomp.app.pipeline import run_experiment
 
     cfg = make_cfg("tracking.register_as=tiny-mlp", "seed=1")
     result = run_experiment(cfg)

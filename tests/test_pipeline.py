@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, run_cli
 from ecomp.core.evolution import MEASURES
 from ecomp.nets.network import accuracy, load_network
-from ecomp.app.pipeline import data_root, run_experiment
+from ecomp.app.parents import data_root
+from ecomp.app.pipeline import run_experiment
 from ecomp.nets import data as data_mod
 
 STATS = [f"{m}_{s}" for m in MEASURES for s in ("mean", "best", "worst")]

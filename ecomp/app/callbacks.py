@@ -20,7 +20,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ecomp.app.credentials import mask
+from ecomp.errors import EcompError
+from ecomp.redact import mask
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,14 @@ class SweepSetup(Callback):
     before any job starts (Hydra calls it before the launcher exists):
 
     0. under Ray, checks the cluster answers (:func:`check_ray_address`);
-    1. checks the config (:func:`ecomp.app.pipeline.setup`), so a bad value fails
+    1. checks the config (:func:`ecomp.app.parents.setup`), so a bad value fails
        once with one line instead of once per job (``device`` is left to the
        jobs under Ray: they may have a GPU where the launching machine has none);
     2. checks the tracking store answers and creates the store (SQLite schema)
-       and the experiment (:func:`ecomp.app.pipeline.prepare_store`), so parallel
+       and the experiment (:func:`ecomp.app.store.prepare_store`), so parallel
        jobs never race on the schema migration or on creating the experiment;
     3. unpacks the data and trains or finds the cached parent network
-       (:func:`ecomp.app.pipeline.prepare_parent`), so it is trained once, not once
+       (:func:`ecomp.app.parents.prepare_parent`), so it is trained once, not once
        per job; jobs then only read ``parent.cache_dir`` and ``data.root``, which
        on a cluster must therefore be on a file system every node sees (or be
        prepared on each node with ``python -m ecomp.app.prepare``).
@@ -172,21 +173,21 @@ class SweepSetup(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from ecomp.app.cli import fail
-        from ecomp.app.config import ConfigError
-        from ecomp.nets.data import DataError
-        from ecomp.app.pipeline import data_root, prepare_parent, prepare_store, resolve_parent, setup, train_spec, tracking_uri
-        from ecomp.app.tracking import TrackingError
+        from ecomp.app.parents import data_root, prepare_parent, resolve_parent, setup, train_spec
+        from ecomp.app.store import prepare_store, tracking_uri
+
+        from ecomp.app.caches import Caches
 
         t = time.perf_counter()
-        stores, parents = set(), set()
+        stores, parents, caches = set(), set(), Caches()
         # Ray jobs run on the cluster's nodes: `device=cuda` needs a GPU there, not here.
         remote = str(config.hydra.launcher.get("_target_", "")).endswith("RayLauncher")
         try:
             if remote:
                 check_ray_address(config.hydra.launcher)
             for cfg in setup_configs(config):
-                setup(OmegaConf.merge(cfg, {"device": "cpu"}) if remote else cfg)
-                resolve_parent(cfg)                      # the parent's shape, from the data or the file
+                setup(OmegaConf.merge(cfg, {"device": "cpu"}) if remote else cfg, caches)
+                resolve_parent(cfg, caches)              # the parent's shape, from the data or the file
                 store = (tracking_uri(cfg), cfg.tracking.experiment)
                 if cfg.tracking.enabled and store not in stores:
                     uri, exp_id = prepare_store(cfg)
@@ -196,9 +197,9 @@ class SweepSetup(Callback):
                         self._open_parent(config, uri, exp_id, cfg.tracking.experiment)
                 parent = (str(data_root(cfg)), cfg.parent.cache_dir, train_spec(cfg).key())
                 if parent not in parents:
-                    prepare_parent(cfg)
+                    prepare_parent(cfg, caches)
                     parents.add(parent)
-        except (ConfigError, DataError, TrackingError, OSError) as exc:
+        except (EcompError, OSError) as exc:
             fail(str(exc))
         log.info("sweep prepared in %.1f s: %d store(s), %d parent network(s)",
                  time.perf_counter() - t, len(stores), len(parents))

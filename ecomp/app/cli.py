@@ -10,7 +10,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    from ecomp.app.credentials import mask
+    from ecomp.redact import mask
 
     print(f"error: {mask(message)}", file=sys.stderr)
     raise SystemExit(code)

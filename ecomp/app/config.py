@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ecomp.core.mutation import MutationSpec
+from ecomp.core.selection import KINDS, Selection
 from ecomp.errors import ConfigError
 
 FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
@@ -26,7 +28,7 @@ class ParentConf:
     """``parent=mlp``: trained by the tool (``hidden`` and the recipe); ``parent=checkpoint``: read
     from ``path`` (``hidden``, ``input_dim``, ``classes`` from the weights; the recipe is then what
     ``method=scratch`` trains with). ``input_dim`` and ``classes`` null: the dataset's. Both are
-    filled in before the run starts (:func:`ecomp.app.pipeline.resolve_parent`)."""
+    filled in before the run starts (:func:`ecomp.app.parents.resolve_parent`)."""
     input_dim: Optional[int] = None
     hidden: Optional[list[int]] = field(default_factory=lambda: [256, 256])
     classes: Optional[int] = None
@@ -62,24 +64,10 @@ class PopulationConf:
 
 
 @dataclass
-class MutationConf:
-    rate: float = 0.01
-    low: float = 0.9
-    high: float = 1.1
-
-
-@dataclass
-class SelectionConf:
-    kind: str = "roulette"            # roulette | tournament
-    temperature: float = 1.0          # roulette: softmax(fitness / temperature); 1 = the paper
-    tournament_size: int = 2
-    elite: int = 0                    # the fittest individuals copied unchanged into the next generation
-
-
-@dataclass
 class OperatorsConf:
-    mutation: MutationConf = field(default_factory=MutationConf)
-    selection: SelectionConf = field(default_factory=SelectionConf)
+    """The operators' own dataclasses are the schema: one source for each default."""
+    mutation: MutationSpec = field(default_factory=MutationSpec)
+    selection: Selection = field(default_factory=Selection)
 
 
 @dataclass
@@ -190,8 +178,6 @@ def validate(cfg: DictConfig) -> None:
         _fail("operators.mutation.rate", m.rate, "a probability in [0, 1]")
     if not (_finite(m.low) and _finite(m.high)) or m.low > m.high:
         _fail("operators.mutation", f"low={m.low} > high={m.high}", "finite factors with low <= high")
-    from ecomp.core.selection import KINDS
-
     sel = cfg.operators.selection
     if sel.kind not in KINDS:
         _fail("operators.selection.kind", sel.kind, f"one of {', '.join(KINDS)}")

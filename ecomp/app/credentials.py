@@ -9,39 +9,28 @@ Two guards:
   composed config, Hydra's output folders and their ``.hydra/*.yaml`` files, the sweep's
   parent run and every job only ever hold the URI without it. Joblib workers inherit the
   environment; Ray nodes do not (set the variable, or ``~/.pgpass``, on each node).
-* :func:`mask` replaces any password left in a text (a URI given to the Python API, an
-  error message) by ``***`` wherever the tool writes a URI: run params, the logged config,
-  the sweep's name and note, log and error lines.
+* :func:`ecomp.redact.mask` replaces any password left in a text (a URI given to the Python
+  API, an error message) by ``***`` wherever the tool writes a URI.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from urllib.parse import unquote
 
 from ecomp.errors import ConfigError
+from ecomp.redact import USERINFO, mask
 
-MASK = "***"
-# scheme://user:password@ (the password may be empty); user and password percent-encoded
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][\w+.-]*://)(?P<user>[^/\s:@'\"]*):(?P<password>[^@\s/'\"]*)@")
-_QUERY = re.compile(r"(?i)(?P<key>[?&]password=)(?P<password>[^&\s'\"]*)")
 # the environment variables each scheme's client reads its credentials from
 _ENV = {"postgresql": (None, "PGPASSWORD"), "http": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
         "https": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 _URI_KEYS = ("tracking.uri=", "+tracking.uri=", "++tracking.uri=")
 
 
-def mask(text: str) -> str:
-    """``text`` with every URI password replaced by ``***`` (``postgresql://u:***@host/db``)."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    return _QUERY.sub(lambda m: f"{m['key']}{MASK}", text)
-
-
 def take_password(uri: str) -> tuple[str, dict[str, str]]:
     """``uri`` without its password, and the environment variables that carry it instead.
     A scheme whose client reads no variable keeps its URI (and :func:`mask` hides it)."""
-    m = _USERINFO.search(uri)
+    m = USERINFO.search(uri)
     if m is None or m.start() != 0:
         return uri, {}
     scheme = m["scheme"][:-3].split("+")[0].lower()

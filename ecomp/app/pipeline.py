@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,41 +14,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ecomp.nets import data as data_mod
+from ecomp.app.caches import Caches
+from ecomp.app.config import config_hash, resolve_backend, used_config
+from ecomp.app.parents import data_root, load_split, prepare_parent, setup, train_spec
+from ecomp.app.provenance import git_commit, repo_root
+from ecomp.app.store import open_run, tracking_uri
 from ecomp.core.fitness import Weights
-from ecomp.app.config import config_hash, resolve_backend, used_config, validate
-from ecomp.app.credentials import mask
-from ecomp.methods.metrics import network_metrics
-from ecomp.methods import Method, Problem, method_class
-from ecomp.nets.network import Architecture, accuracy, save_network
-from ecomp.nets.parent import TrainSpec, cached_parent
 from ecomp.kernels.runtime import keep_freed_memory
+from ecomp.methods import Method, Problem, method_class
+from ecomp.methods.metrics import network_metrics
+from ecomp.nets import data as data_mod
+from ecomp.nets.network import accuracy, save_network
+from ecomp.redact import mask
 from ecomp.timing import NullTimer, PhaseTimer
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def repo_root() -> Path:
-    """The checkout holding ``conf/`` (editable install), else the working directory."""
-    return REPO_ROOT if (REPO_ROOT / "conf").is_dir() else Path.cwd()
 
 
 def scenario_name(cfg: DictConfig) -> str:
     f = cfg.fitness
     return Weights(f.w_acc, f.w_sim, f.w_comp).scenario
-
-
-def git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -62,113 +45,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[key] = v
     return out
-
-
-def tracking_uri(cfg: DictConfig) -> str:
-    from ecomp.app.tracking import default_uri
-
-    return cfg.tracking.uri or default_uri(repo_root())
-
-
-def artifact_location(cfg: DictConfig, uri: str) -> str | None:
-    from ecomp.app.tracking import default_artifact_location
-
-    if cfg.tracking.artifact_location:
-        return cfg.tracking.artifact_location
-    # a database store keeps artifacts next to the repository; a server keeps its own
-    return None if uri.startswith(("http://", "https://")) else default_artifact_location(repo_root())
-
-
-def prepare_store(cfg: DictConfig) -> tuple[str, str]:
-    """Check the store answers and create the experiment; returns ``(uri, experiment_id)``."""
-    from ecomp.app.tracking import check_reachable, ensure_experiment
-
-    uri = tracking_uri(cfg)
-    check_reachable(uri, cfg.tracking.timeout_s)
-    return uri, ensure_experiment(uri, cfg.tracking.experiment, artifact_location(cfg, uri))
-
-
-def data_root(cfg: DictConfig) -> Path:
-    return Path(cfg.data.root) if cfg.data.root else repo_root() / "data"
-
-
-def train_spec(cfg: DictConfig) -> TrainSpec:
-    p = cfg.parent
-    return TrainSpec(Architecture(p.input_dim, tuple(p.hidden), p.classes), p.epochs, p.lr, p.batch_size, p.seed)
-
-
-def parent_cache_dir(cfg: DictConfig) -> Path:
-    """Where trained parents are kept: ``parent.cache_dir``, else ``<repo>/.cache/parents``."""
-    return Path(cfg.parent.cache_dir) if cfg.parent.cache_dir else repo_root() / ".cache" / "parents"
-
-
-# Checkpoints already read in this process, keyed by the file's identity: resolving the config
-# and preparing the parent both need them, and a sweep's jobs share them.
-_CHECKPOINTS: dict[tuple, tuple[list, str]] = {}
-
-
-def _checkpoint(path: str) -> tuple[list, str]:
-    """``(layers, sha256)`` of the checkpoint at ``path`` (read once per process while unchanged)."""
-    from ecomp.nets.checkpoint import read_checkpoint
-
-    p = Path(path).expanduser()
-    st = p.stat() if p.is_file() else None
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns) if st else None
-    if key is None or key not in _CHECKPOINTS:
-        read = read_checkpoint(p)                        # CheckpointError (one line) if unusable
-        _CHECKPOINTS.clear()
-        _CHECKPOINTS[key] = read
-    return _CHECKPOINTS[key]
-
-
-def resolve_parent(cfg: DictConfig) -> str | None:
-    """Fill in what the config leaves to the data and the file: ``parent.input_dim`` and
-    ``parent.classes`` when null (the dataset's), and for ``parent=checkpoint`` the architecture
-    read from the weights, checked against the data. Returns the checkpoint's sha256 (None for
-    a parent the tool trains). Raises :class:`ConfigError` (one line) before anything is created."""
-    from ecomp.nets.checkpoint import check_fits
-    from ecomp.nets.datasets import info
-
-    ds, p = info(cfg.data.name), cfg.parent
-    if p.path is None:
-        if p.input_dim is None:
-            p.input_dim = ds.input_dim
-        if p.classes is None:
-            p.classes = ds.classes
-        return None
-    layers, sha = _checkpoint(p.path)
-    where = f"parent.path={str(p.path)!r}"
-    check_fits(layers, where, ds.input_dim if p.input_dim is None else p.input_dim,
-               ds.classes if p.classes is None else p.classes, ds.name)
-    p.input_dim, p.classes = layers[0][0].shape[1], layers[-1][0].shape[0]
-    p.hidden = [w.shape[0] for w, _ in layers[:-1]]
-    validate(cfg)                                  # settings that depend on the depth (similarity.layers)
-    return sha
-
-
-def setup(cfg: DictConfig) -> str | None:
-    """Check the config and fill in the parent's shape: :func:`validate`, then :func:`resolve_parent`."""
-    validate(cfg)
-    return resolve_parent(cfg)
-
-
-def load_split(cfg: DictConfig, train: bool) -> "data_mod.Split":
-    return data_mod.load(data_root(cfg), train=train, download=cfg.data.download, name=cfg.data.name)
-
-
-def prepare_parent(cfg: DictConfig):
-    """Data and parent network (the user's checkpoint, or trained once and then read from the
-    cache); the config must have been through :func:`setup`."""
-    if cfg.parent.input_dim is None or cfg.parent.hidden is None:
-        resolve_parent(cfg)
-    train = load_split(cfg, train=True)
-    if cfg.parent.path is not None:
-        return train, _checkpoint(cfg.parent.path)[0]
-    t = time.perf_counter()
-    layers, trained = cached_parent(train_spec(cfg), parent_cache_dir(cfg), train)
-    if trained:
-        log.info("trained the parent in %.1f s", time.perf_counter() - t)
-    return train, layers
 
 
 @dataclass
@@ -190,9 +66,11 @@ def build_method(cfg: DictConfig, scenario: str | None = None) -> Method:
 
 
 def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | None = None,
-                   timer: PhaseTimer | None = None) -> RunResult:
-    """Validate, build, compress, measure, track. The single entry point behind ``run.py``."""
-    parent_sha = setup(cfg)
+                   timer: PhaseTimer | None = None, caches: Caches | None = None) -> RunResult:
+    """Validate, build, compress, measure, track. The single entry point behind ``run.py``;
+    ``caches``: what the runs of this process share (None: nothing)."""
+    caches = caches or Caches()
+    parent_sha = setup(cfg, caches)
     method = build_method(cfg, scenario or scenario_name(cfg))
     reads_similarity = "similarity" not in method.groups_unused
     backend = resolve_backend(cfg, reads_similarity)
@@ -235,91 +113,28 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         if tracker is not None:
             # In a fresh process, importing MLflow and opening the store take about two seconds: they
             # run on a thread while the data, the parent and the first generations are computed.
-            tracker.open(lambda t: _open_run(cfg, t, chash, sweep), background="mlflow" not in sys.modules)
+            tracker.open(lambda t: open_run(cfg, t, chash, sweep), background="mlflow" not in sys.modules)
         with (tracker or contextlib.nullcontext()):
-            train, parent = prepare_parent(cfg)
-            test = load_split(cfg, train=False)
-            return _compress(cfg, method, backend, train, test, parent, run_name, timer, tracker)
+            train, parent = prepare_parent(cfg, caches)
+            test = load_split(cfg, train=False, caches=caches)
+            return _compress(cfg, method, backend, caches, train, test, parent, run_name, timer, tracker)
     except SkipRun as skip:
         log.info("skipping %s: FINISHED run %s has this config", run_name, skip.run.info.run_id)
         return RunResult(skip.run.info.run_id, True, dict(skip.run.data.metrics), [])
 
 
-def _open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
-    """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
-    FINISHED run (:class:`ecomp.app.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
-    create the run (a child of its sweep's parent run, when it has one)."""
-    from ecomp.app.sweep_runs import sweep_run_id
-    from ecomp.app.tracking import SkipRun, client_for, find_runs
-
-    uri, exp_id = prepare_store(cfg)
-    client = client_for(uri)
-    for stale in find_runs(client, exp_id, chash, "RUNNING"):
-        # A run of this very config left RUNNING was killed hard (SIGKILL, lost machine).
-        log.warning("marking stale RUNNING run %s as KILLED", stale.info.run_id)
-        client.set_tag(stale.info.run_id, "error", "left RUNNING by a killed process; marked KILLED by a later sweep")
-        client.set_terminated(stale.info.run_id, status="KILLED")
-    if cfg.tracking.skip_finished:
-        done = find_runs(client, exp_id, chash, "FINISHED")
-        if done:
-            raise SkipRun(done[0])
-    parent = sweep_run_id(client, exp_id, sweep) if sweep else None
-    if parent is not None and "mlflow.parentRunId" not in tracker.tags:
-        tracker.tags["mlflow.parentRunId"] = parent
-    tracker.create(uri, exp_id)
-    if cfg.tracking.log_model:                 # imported here, in the background, not after the run
-        import mlflow.pytorch  # noqa: F401
-        try:                                   # torch.export's heavy part: a private module, only a warm-up
-            import torch.export._trace  # noqa: F401
-        except ImportError:
-            pass
-
-
-# The parent's test accuracy, per process: every run of a sweep shares the parent and the
-# test set, and a pass of the full parent over 10,000 images costs about 0.04 s. Keyed by
-# the parent's bytes and the test split object (kept alive here, so its id is not reused).
-_PARENT_ACCURACY: dict[tuple, tuple[float, data_mod.Split]] = {}
-
-
-def parent_test_accuracy(parent: list, test: "data_mod.Split", size: int) -> float:
-    h = hashlib.sha256()
-    for w, b in parent:
-        h.update(w.contiguous().numpy().tobytes())
-        h.update(b.contiguous().numpy().tobytes())
-    key = (h.hexdigest(), id(test), size)
-    if key not in _PARENT_ACCURACY:
-        if len(_PARENT_ACCURACY) >= 8:
-            _PARENT_ACCURACY.clear()
-        _PARENT_ACCURACY[key] = (accuracy(parent, test.x[:size], test.y[:size]), test)
-    return _PARENT_ACCURACY[key][0]
-
-
-# Digests of splits already hashed in this process (the test split is shared by every run of a sweep).
-_DIGESTS: dict[int, tuple[str, object]] = {}
-
-
-def _digest(split) -> str:
-    """sha256 of a split's images and labels (first 16 hex digits): what MLflow shows as its digest."""
-    if id(split.x) not in _DIGESTS:
-        h = hashlib.sha256(split.x.contiguous().numpy().tobytes())
-        h.update(split.y.contiguous().numpy().tobytes())
-        if len(_DIGESTS) >= 16:
-            _DIGESTS.clear()
-        _DIGESTS[id(split.x)] = (h.hexdigest()[:16], split.x)     # keep the tensor alive: ids stay unique
-    return _DIGESTS[id(split.x)][0]
-
-
-def _dataset_inputs(cfg, run_data, test) -> dict[str, tuple[str, str, int, str]]:
+def _dataset_inputs(cfg, caches: Caches, run_data, test) -> dict[str, tuple[str, str, int, str]]:
     """The run's training subset, validation and test images as MLflow dataset inputs."""
     name, root = cfg.data.name, str(data_root(cfg))
-    out = {"training": (f"{name}-subset", _digest(run_data.train), run_data.train.x.shape[0], root),
-           "test": (f"{name}-test", _digest(test), test.x.shape[0], root)}
+    out = {"training": (f"{name}-subset", caches.digest(run_data.train), run_data.train.x.shape[0], root),
+           "test": (f"{name}-test", caches.digest(test), test.x.shape[0], root)}
     if run_data.val.x.shape[0]:
-        out["validation"] = (f"{name}-validation", _digest(run_data.val), run_data.val.x.shape[0], root)
+        out["validation"] = (f"{name}-validation", caches.digest(run_data.val), run_data.val.x.shape[0], root)
     return out
 
 
-def _compress(cfg, method: Method, backend, train, test, parent, run_name, timer, tracker) -> RunResult:
+def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent, run_name, timer,
+              tracker) -> RunResult:
     """Run ``method`` on this run's data and measure what it returns: the one tail every method shares."""
     from tqdm.auto import tqdm
 
@@ -358,7 +173,7 @@ def _compress(cfg, method: Method, backend, train, test, parent, run_name, timer
     metrics.update(outcome.metrics)
     for stage, layers in outcome.stages.items():
         metrics.update(network_metrics(layers, parent, run_data.val, test, prefix=f"{stage}_"))
-    metrics["parent_test_accuracy"] = parent_test_accuracy(parent, test_all, cfg.data.test_size)
+    metrics["parent_test_accuracy"] = caches.parent_test_accuracy(parent, test_all, cfg.data.test_size)
     metrics["parent_val_accuracy"] = accuracy(parent, run_data.val.x, run_data.val.y) if cfg.data.val_size else math.nan
     metrics["run_seconds"] = time.perf_counter() - t0
     if tracker is not None:
@@ -369,7 +184,7 @@ def _compress(cfg, method: Method, backend, train, test, parent, run_name, timer
                              extra={"method": method.name, **method.labels(), "seed": int(cfg.seed),
                                     "test_accuracy": metrics["best_test_accuracy"]})
                 tracker.log_artifacts(Path(tmp))
-            tracker.log_datasets(_dataset_inputs(cfg, run_data, test))
+            tracker.log_datasets(_dataset_inputs(cfg, caches, run_data, test))
             if cfg.tracking.log_model:
                 from ecomp.nets.network import model_from_layers
 

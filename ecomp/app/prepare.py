@@ -12,8 +12,8 @@ import time
 from hydra import compose, initialize_config_dir
 
 from ecomp.app.cli import CONF_DIR, check_overrides, fail
-from ecomp.app.config import ConfigError, register_configs
-from ecomp.nets.data import DataError
+from ecomp.app.config import register_configs
+from ecomp.errors import EcompError
 
 
 def main(argv: list[str]) -> None:
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(argv))
     from ecomp.nets.network import accuracy
-    from ecomp.app.pipeline import load_split, prepare_parent, setup
+    from ecomp.app.parents import load_split, prepare_parent, setup
 
     try:
         setup(cfg)
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
         test = load_split(cfg, train=False)
         print(f"parent ready ({time.perf_counter() - t:.1f} s): test accuracy "
               f"{accuracy(parent, test.x, test.y):.4f}")
-    except (ConfigError, DataError) as exc:
+    except EcompError as exc:
         fail(str(exc))
 
 

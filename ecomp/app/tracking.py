@@ -15,13 +15,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ecomp.app.credentials import mask
+from ecomp.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
-# Fail fast on an unreachable server instead of MLflow's minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# Fail fast on an unreachable server instead of MLflow's minutes of retries (unless the user set them).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def _http_defaults() -> None:
+    """Applied by the first call that talks to a store, not at import."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
@@ -30,11 +35,6 @@ TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message is one line (any password in it masked)."""
-
-    def __init__(self, message: str):
-        super().__init__(mask(message))
 
 
 def default_uri(root: Path) -> str:
@@ -100,6 +100,7 @@ def _check_postgres(uri: str, timeout: float) -> None:
 def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
+    _http_defaults()
     return MlflowClient(tracking_uri=uri)
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ecomp.errors import ConfigError
 from ecomp.kernels import c_library
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ KERNELS = ("auto", "native", "torch")      # similarity.kernels
 CPU_BATCHED_MAX_ROWS = 256
 
 
-class BackendError(ValueError):
+class BackendError(ConfigError):
     """The requested kernels cannot run here; the message is one line."""
 
 

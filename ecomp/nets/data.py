@@ -1,4 +1,4 @@
-"""A run's data: a named dataset's splits (read once per process) and the run's subset and validation images.
+"""A run's data: a named dataset's splits and the run's subset and validation images.
 
 Which datasets exist and how each is read offline is :mod:`ecomp.nets.datasets`.
 """
@@ -11,20 +11,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ecomp.nets.datasets import DataError, Split, info
+from ecomp.nets.datasets import Split, info
 
-__all__ = ["DataError", "Split", "RunData", "load", "draw_run_data", "random_subset"]
-
-
-# Splits already read in this process, keyed by the raw files' identity. A sweep runs many
-# jobs per process (Hydra's basic launcher all of them, joblib's workers several each), and
-# reading and converting the 60,000 training images costs about 0.1 s a run. The tensors
-# are shared: callers index or slice them and never write into them.
-_LOADED: dict[tuple, "Split"] = {}
+__all__ = ["Split", "RunData", "files_key", "load", "draw_run_data", "random_subset"]
 
 
-def _files_key(name: str, root: Path, train: bool) -> tuple | None:
-    """The identity of the files a split is read from (None while any is missing)."""
+def files_key(name: str, root: Path, train: bool) -> tuple | None:
+    """The identity of the files a split is read from (None while any is missing): a cache key."""
     files = info(name).files(root, train)
     if not all(f.exists() for f in files):
         return None
@@ -34,17 +27,9 @@ def _files_key(name: str, root: Path, train: bool) -> tuple | None:
 
 
 def load(root: Path, train: bool, download: bool = False, name: str = "fashion_mnist") -> Split:
-    """Dataset ``name``'s whole train or test split, flattened (read once per process while
-    its files stay the same)."""
-    key = _files_key(name, root, train)
-    if key is not None and key in _LOADED:
-        return _LOADED[key]
-    split = info(name).read(Path(root), train, download)
-    key = _files_key(name, root, train)
-    if len(_LOADED) >= 4:                                     # a stale copy after the files changed
-        _LOADED.clear()
-    _LOADED[key] = split
-    return split
+    """Dataset ``name``'s whole train or test split, flattened (:class:`ecomp.app.caches.Caches`
+    keeps it for the later runs of a process)."""
+    return info(name).read(Path(root), train, download)
 
 
 def random_subset(split: Split, size: int, generator: torch.Generator) -> Split:

@@ -28,9 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
-class DataError(RuntimeError):
-    """The dataset cannot be found or read."""
+from ecomp.errors import DataError
 
 
 @dataclass

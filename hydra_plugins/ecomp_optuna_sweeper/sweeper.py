@@ -198,7 +198,8 @@ class ECompOptunaSweeper(Sweeper):
         """``hydra.sweeper.storage``, else ``sqlite:///<folder of the MLflow SQLite store>/optuna.db``."""
         if self.storage:
             return self.storage
-        from ecomp.app.pipeline import repo_root, tracking_uri
+        from ecomp.app.provenance import repo_root
+        from ecomp.app.store import tracking_uri
 
         uri = tracking_uri(self.config)
         folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else repo_root() / "mlruns"
@@ -278,7 +279,7 @@ class ECompOptunaSweeper(Sweeper):
         cfg = self.config
         if not cfg.tracking.enabled:
             return None
-        from ecomp.app.pipeline import prepare_store
+        from ecomp.app.store import prepare_store
         from ecomp.app.tracking import client_for
 
         uri, exp_id = prepare_store(cfg)
@@ -311,7 +312,7 @@ class ECompOptunaSweeper(Sweeper):
             return
         from optuna.trial import TrialState
 
-        from ecomp.app.pipeline import tracking_uri
+        from ecomp.app.store import tracking_uri
         from ecomp.app.tracking import client_for
 
         client = client_for(tracking_uri(self.config))

@@ -1,0 +1,66 @@
+"""The run's MLflow store: its URI and artifact location from the config, opening it, and opening
+the run itself (skipping a config that already has a FINISHED run)."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from ecomp.app.provenance import repo_root
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    from ecomp.app.tracking import default_uri
+
+    return cfg.tracking.uri or default_uri(repo_root())
+
+
+def artifact_location(cfg: DictConfig, uri: str) -> str | None:
+    from ecomp.app.tracking import default_artifact_location
+
+    if cfg.tracking.artifact_location:
+        return cfg.tracking.artifact_location
+    # a database store keeps artifacts next to the repository; a server keeps its own
+    return None if uri.startswith(("http://", "https://")) else default_artifact_location(repo_root())
+
+
+def prepare_store(cfg: DictConfig) -> tuple[str, str]:
+    """Check the store answers and create the experiment; returns ``(uri, experiment_id)``."""
+    from ecomp.app.tracking import check_reachable, ensure_experiment
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri, cfg.tracking.timeout_s)
+    return uri, ensure_experiment(uri, cfg.tracking.experiment, artifact_location(cfg, uri))
+
+
+def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
+    """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
+    FINISHED run (:class:`ecomp.app.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
+    create the run (a child of its sweep's parent run, when it has one)."""
+    from ecomp.app.sweep_runs import sweep_run_id
+    from ecomp.app.tracking import SkipRun, client_for, find_runs
+
+    uri, exp_id = prepare_store(cfg)
+    client = client_for(uri)
+    for stale in find_runs(client, exp_id, chash, "RUNNING"):
+        # A run of this very config left RUNNING was killed hard (SIGKILL, lost machine).
+        log.warning("marking stale RUNNING run %s as KILLED", stale.info.run_id)
+        client.set_tag(stale.info.run_id, "error", "left RUNNING by a killed process; marked KILLED by a later sweep")
+        client.set_terminated(stale.info.run_id, status="KILLED")
+    if cfg.tracking.skip_finished:
+        done = find_runs(client, exp_id, chash, "FINISHED")
+        if done:
+            raise SkipRun(done[0])
+    parent = sweep_run_id(client, exp_id, sweep) if sweep else None
+    if parent is not None and "mlflow.parentRunId" not in tracker.tags:
+        tracker.tags["mlflow.parentRunId"] = parent
+    tracker.create(uri, exp_id)
+    if cfg.tracking.log_model:                 # imported here, in the background, not after the run
+        import mlflow.pytorch  # noqa: F401
+        try:                                   # torch.export's heavy part: a private module, only a warm-up
+            import torch.export._trace  # noqa: F401
+        except ImportError:
+            pass
