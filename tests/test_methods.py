@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,6 @@ from ecomp.app.parents import data_root
 from ecomp.app.pipeline import run_experiment
 from ecomp.nets.training import distillation_loss, fine_tune
 
-GOLDEN = Path(__file__).parent / "data" / "ecomp_tiny_before_methods.json"
 SHARED = ["best_test_accuracy", "best_val_accuracy", "best_compression", "best_hidden_units", "best_parameters",
           "best_params_ratio", "parent_test_accuracy", "parent_val_accuracy", "run_seconds"]
 
@@ -91,20 +88,6 @@ def test_validation_split_is_disjoint_and_keeps_the_papers_subset():
     rest = rd.without_val()
     assert len(rest.y) == 800 and not set(rest.y.tolist()) & set(rd.val.y.tolist())
     assert rest.y.tolist() == sorted(rest.y.tolist())           # original order
-
-
-@pytest.mark.slow
-def test_ecomp_history_and_metrics_are_those_from_before_methods_existed(make_cfg):
-    golden = json.loads(GOLDEN.read_text())
-    cfg = make_cfg(*[o for o in golden["overrides"] if not o.startswith("parent.cache_dir")])
-    from ecomp.app.config import resolve_backend
-
-    if torch.__version__ != golden["torch"] or resolve_backend(cfg).kernels != golden["kernels"]:
-        pytest.skip(f"golden made with torch {golden['torch']} and {golden['kernels']} kernels")
-    result = run_experiment(cfg)
-    assert result.history == golden["history"]
-    for key, value in golden["metrics"].items():
-        assert result.metrics[key] == value, key
 
 
 def runs_by_name(store):

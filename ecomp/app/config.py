@@ -319,26 +319,19 @@ def resolve_backend(cfg, reads_similarity: bool = True):
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from ecomp.kernels.backend import usable_devices
 
-    if device == "cpu":
-        return
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            _fail("device", device, "cpu (no CUDA GPU is available on this machine)")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            _fail("device", device, f"cpu or cuda:0..cuda:{torch.cuda.device_count() - 1}")
-        return
-    _fail("device", device, "cpu, cuda or cuda:<index>")
+    allowed = usable_devices(device)
+    if allowed is not None:
+        _fail("device", device, allowed)
 
 
 # Keys that do not change a run's numbers: excluded from the config hash that
 # identifies a run for resuming sweeps.
 _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
-# Keys added after runs were first recorded, left out of the hash while they hold the value
-# that reproduces the earlier behaviour: a run of an unchanged config keeps its hash, so
-# existing sweeps are still recognised (and skipped) after an upgrade.
+# Keys left out of the hash while they hold the value that reproduces the behaviour from before
+# they existed: a run of an unchanged config keeps its hash, so recorded sweeps are still
+# recognised (and skipped).
 _HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None}
 
 

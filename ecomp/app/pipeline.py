@@ -111,7 +111,7 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
 
     try:
         if tracker is not None:
-            # In a fresh process, importing MLflow and opening the store take about two seconds: they
+            # In a fresh process, importing MLflow and opening the store take seconds: they
             # run on a thread while the data, the parent and the first generations are computed.
             tracker.open(lambda t: open_run(cfg, t, chash, sweep), background="mlflow" not in sys.modules)
         with (tracker or contextlib.nullcontext()):

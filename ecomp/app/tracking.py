@@ -169,7 +169,7 @@ class RunTracker:
 
     :meth:`open` runs ``opener(self)`` (open the store, look for this config's runs, then
     :meth:`create` the run) either at once or, in a fresh process, on a thread: importing
-    MLflow and opening the store cost about two seconds there, which then overlap with
+    MLflow and opening the store take seconds there, which then overlap with
     loading the data and the first generations. Until the run exists, generations are kept
     with the time they happened. If the opener finds a FINISHED run it raises
     :class:`SkipRun`, re-raised in the caller at the next generation (or its first call

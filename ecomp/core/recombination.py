@@ -49,29 +49,26 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     Children ``2k`` and ``2k + 1`` come from pair ``k``. The parents' tensors
     are not modified unless ``in_place``. ``out``, if given, is storage of at least
     the children's first-layer rows that must not overlap the parents' (the loop
-    passes a recycled buffer: writing into touched memory is about 3x faster than
-    into a fresh 40 MB allocation, which glibc always maps anew). ``layers_out``, if given,
-    does the same for the later layers: one ``(weights, biases)`` pair of flat buffers per later
-    layer; a pair too small, or sharing storage with the parents' layer, is not used. (Without
-    it a wide population's later layers, over glibc's 32 MiB mmap threshold from width 1,024 or
-    about 400 networks, were faulted in anew every generation: ``benchmarks/bench_scaling.py``.)
+    passes a recycled buffer: memory already touched is not page-faulted in again, as a fresh
+    allocation above glibc's mmap threshold is). ``layers_out``, if given, does the same for
+    the later layers: one ``(weights, biases)`` pair of flat buffers per later layer; a pair too
+    small, or sharing storage with the parents' layer, is not used.
 
     ``in_place``: the children may take over the parents' storage, which is what
-    :class:`ecomp.core.evolution.EComp` does once the population has one architecture (from
-    about generation 35 of 101 in the default run) and the native kernels are in use.
-    Each parent's slot then goes to the first child that has it as bulk parent, which
-    needs only its donor block written; the children of parents picked more than once
-    are copied into the slots of parents no child has as bulk (see
-    :func:`ecomp.kernels.native.recombine_inplace`), so about 60 % of the bytes a generation
-    used to copy stay where they are. The children are the same, individual for
+    :class:`ecomp.core.evolution.EComp` does once the population has one architecture and the
+    backend has the native copies. Each parent's slot then goes to the first child that has it
+    as bulk parent, which needs only its donor block written; the children of parents picked
+    more than once are copied into the slots of parents no child has as bulk (see
+    :func:`ecomp.kernels.native.recombine_inplace`), so most bytes stay where they are. The
+    children are the same, individual for
     individual; they are stored out of order (``Population.slots``), and ``pop`` is
     retired: using it afterwards raises. Where in place cannot apply (several
     architectures, no native kernels, not a CPU float32 population) this argument is
     ignored and the parents are left intact.
 
     ``ecomp.kernels.native.recombine`` writes each layer's children in one threaded pass over
-    their memory (``use_native``: None = when the C kernels are available and the
-    population is float32 on the CPU); the fallback copies each bulk parent's layer and
+    their memory (``use_native``: None = when the backend has the native copies and the
+    population is float32); the fallback copies each bulk parent's layer and
     then assigns the donor's block, a few hundred tensor operations per generation. Off the
     CPU (``use_gather``: None = on a GPU) there is no per-individual loop: each layer is one
     gather through an index tensor built for the whole generation (:func:`_recombine_gather`).

@@ -92,6 +92,20 @@ def resolve(device: torch.device | str = "cpu", kernels: str = "auto") -> Backen
                    padded=not on_cpu, gathered=not on_cpu, host_check_every=1 if on_cpu else 3)
 
 
+def usable_devices(device: str) -> str | None:
+    """None if ``device`` can run here, else what can (for the config's one-line error)."""
+    if device == "cpu":
+        return None
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            return "cpu (no CUDA GPU is available on this machine)"
+        index = device.split(":")[1] if ":" in device else "0"
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            return f"cpu or cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        return None
+    return "cpu, cuda or cuda:<index>"
+
+
 def for_tensor(t: torch.Tensor) -> Backend:
     """The default backend for ``t``'s device (``kernels=auto``): what a function given no backend uses."""
     return resolve(t.device, "auto")

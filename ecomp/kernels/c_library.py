@@ -1,14 +1,9 @@
 """The C library behind :mod:`ecomp.kernels.native`: compiled on first use, loaded with :mod:`ctypes`.
 
-Why: the PyTorch path (:mod:`ecomp.kernels.tsne_torch`) makes a dozen passes over every ``(N, N)``
-matrix per perplexity iteration and as many again for the KL, each a separate kernel over
-2 million entries per generation. ``ecomp/csrc/tsne.c`` does all of it one point set at a
-time while the set sits in cache: the Gram matrix straight from the activations, the
-shifted distances, the Halley search with a vectorised ``exp``, the symmetrised joint and
-the KL with a vectorised ``log``. ``ecomp/csrc/ops.c`` writes each layer's crossover children in
-one threaded pass (``benchmarks/bench_kernels.py`` times both against the PyTorch code).
+``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies
+(``benchmarks/bench_kernels.py`` times both against the PyTorch code).
 
-How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/csrc`` once
+How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/kernels/csrc`` once
 into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
 hashes the sources, the flags, the compiler's version and the machine, so a changed source
 or compiler gets a fresh build and parallel jobs or cluster nodes sharing a home directory

@@ -25,8 +25,9 @@ def first_layer(pop: Population, x: Tensor, chunk: int = FIRST_LAYER_CHUNK, out:
 
     One product over every row would be a single call, but BLAS then packs the whole weight
     matrix and runs well below its speed on the small side of a batch; blocks of a few hundred
-    rows stay in cache (``benchmarks/bench_kernels.py`` measures both). ``out``: flat storage of at least ``sum of widths x batch`` elements to
-    write into (see :class:`Workspace`), else a fresh tensor.
+    rows stay in cache (``benchmarks/bench_kernels.py`` measures both). ``out``: flat storage of
+    at least ``sum of widths x batch`` elements to write into (see :class:`Workspace`), else a
+    fresh tensor.
     """
     pop.check_live()
     xt = x.T.contiguous()                                      # (input, batch)

@@ -70,7 +70,7 @@ def _split(fn, m: int, *args) -> int:
 
 
 def _check(name: str, t: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
-    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != shape:
+    if not t.is_cpu or t.dtype != dtype or tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected a CPU {dtype} tensor of shape {shape}, "
                          f"got {t.device.type} {t.dtype} {tuple(t.shape)}")
     return t.contiguous()
@@ -232,7 +232,7 @@ def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int]
     except TypeError:
         raise ValueError("recombine_inplace: slots, sources, donors and cuts must be integers") from None
     if w.dtype != torch.float32 or b.dtype != torch.float32 or w.dim() != 3 or b.shape != w.shape[:2] \
-            or not (w.is_contiguous() and b.is_contiguous()) or w.device.type != "cpu" or b.device.type != "cpu":
+            or not (w.is_contiguous() and b.is_contiguous()) or not (w.is_cpu and b.is_cpu):
         raise ValueError("recombine_inplace: expected contiguous float32 CPU tensors w (slots, rows, cols) "
                          f"and b (slots, rows); got {tuple(w.shape)} {w.dtype} and {tuple(b.shape)} {b.dtype}")
     size, rows, cols = w.shape

@@ -1,9 +1,8 @@
 """Process-level settings that make the many short-lived CPU tensors of a run cheap.
 
 glibc returns every freed block above its ``mmap`` threshold to the kernel, so the
-next allocation of that size page-faults all of it in again: a fresh 8 MB tensor
-costs about as much as the arithmetic done on it, and most of a generation's
-temporaries are 1-30 MB. :func:`keep_freed_memory` raises the ``mmap`` threshold to
+next allocation of that size page-faults all of it in again, which for a
+generation's temporaries of a few MB costs as much as the arithmetic done on them. :func:`keep_freed_memory` raises the ``mmap`` threshold to
 glibc's ceiling (32 MiB) and stops heap trimming, so freed temporaries are reused
 from the heap instead. It changes speed only, never a result, and it does nothing
 off glibc. Peak memory is unchanged (what was freed is reused, not added to).

@@ -212,11 +212,10 @@ def calibrate(d: Tensor, perplexity: float, tol: float = 1e-5, max_iter: int = 6
     make ``exp`` six times slower). Rows whose distances are all equal (dead ReLUs, a
     width-1 layer with identical values) have a uniform conditional for every ``beta``.
 
-    The step is Halley's (cubic convergence; it needs ``E[d^3]``, one cheap pass more).
-    On the first generation of a paper-default run (20,000 rows, measured with ``stats``):
-    from the second-order start, 3 evaluations on all rows and a 4th on 64 % of them
-    (Newton took 4 full ones and a tail of 6); from the parent's guess, 2 on all rows and
-    a 3rd on 24 %. One iteration is nine passes over the active rows:
+    The step is Halley's (cubic convergence; it needs ``E[d^3]``, one cheap pass more):
+    from the second-order start most rows converge in three or four evaluations, from the
+    parent's guess in two or three (``stats`` counts them). One iteration is nine passes over
+    the active rows:
     ``-beta d``, clamp, ``exp``, and four row sums (``Z`` and ``sum e d^j``, j = 1..3). A
     converged row keeps its ``beta``, so its exponentials are already final: they are
     kept (no extra ``exp`` pass at the end). While more than 80 % of the rows are active,

@@ -2,7 +2,7 @@
 
 All first layers are packed into one ``(sum of widths, input)`` matrix so the
 whole population's first layer is a single GEMM on the shared input batch
-(it holds about 85 % of the FLOPs). Each later layer is packed the same way:
+(it holds most of the FLOPs). Each later layer is packed the same way:
 every individual's ``(out, in)`` weights, flattened at their true sizes (no zero
 padding), one after the other in one buffer, and its biases in another. So
 crossover reads and writes each layer of a generation as one block of memory,
