@@ -1,5 +1,7 @@
 # EComp: `make run` and `make test` work on a fresh machine (Python >= 3.10 with venv).
 PYTHON ?= python3
+# Bytecode under .cache/ (which make prepares), not in __pycache__ folders of the checkout.
+export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp

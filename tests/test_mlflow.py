@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from test_scaleout import assert_models_filed
 
 
 @pytest.mark.slow
@@ -27,8 +28,10 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"       # the UI's runs view
     assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.source.type"] == "LOCAL"
 
-    # the model: in the run's outputs, loadable through pyfunc and the PyTorch flavour, same accuracy
+    # the model: in the run's outputs and its experiment's models, loadable through pyfunc and the
+    # PyTorch flavour, same accuracy
     (output,) = run.outputs.model_outputs
+    assert_models_filed(client, [run])
     model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
     assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 784)]
     test = load_split(cfg, train=False)

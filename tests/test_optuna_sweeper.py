@@ -11,6 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_cli
+from test_scaleout import assert_models_filed
 from hydra_plugins.ecomp_optuna_sweeper._space import Dim, SearchError, dim_of, override_value
 from hydra_plugins.ecomp_optuna_sweeper.sweeper import (METRICS, TAG_ROLE, TAG_STUDY, TAG_TRIAL, ECompOptunaSweeper,
                                                         study_name_for)
@@ -190,6 +191,8 @@ def test_a_four_trial_search_lands_four_runs_under_one_parent(search, store, tmp
         assert not [k for k in r.data.params if k.startswith(("tracking.tags", "tracking.parent_run"))]  # tags only
         assert r.data.tags["scenario"] != "121"        # not the paper's scenario: its weights are the trial's
     assert len({r.data.tags["config_hash"] for r in runs}) == 4
+    assert all(r.outputs.model_outputs for r in runs)        # each trial logs its model, filed with its run
+    assert_models_filed(client, runs)
 
     # the report: the trials' front, its settings and test accuracy; the trials stay out of the paper's figures
     import pandas as pd

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, run_cli
-from test_scaleout import assert_complete, runs_of
+from test_scaleout import assert_complete, assert_models_filed, runs_of
 
 
 def _free_port() -> int:
@@ -96,6 +96,7 @@ def test_a_parallel_sweep_logs_into_postgresql_and_its_password_is_stored_nowher
     for run in runs:
         assert_complete(client, run, generations=6)
         assert run.outputs.model_outputs                     # the model is logged there too
+    assert_models_filed(client, runs)
 
 
 def test_a_postgresql_uri_without_its_driver_names_the_extra(tmp_path, parent_cache):

@@ -39,6 +39,18 @@ def runs_of(uri: str, experiment: str = "ecomp", kind: str | None = None):
     return client, [r for r in runs if r.data.tags.get("ecomp.kind") == kind]
 
 
+def assert_models_filed(client: MlflowClient, runs) -> None:
+    """Read as the UI's Models tab reads it: each run's logged model is in the run's experiment, with
+    its artifacts under that experiment's artifact location, and the Default experiment (0) has none."""
+    for exp_id in {r.info.experiment_id for r in runs}:
+        models = client.search_logged_models(experiment_ids=[exp_id])
+        mine = [r for r in runs if r.info.experiment_id == exp_id]
+        assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in mine)
+        root = client.get_experiment(exp_id).artifact_location
+        assert all(m.artifact_location.startswith(root) for m in models), (root, models[0].artifact_location)
+    assert not client.search_logged_models(experiment_ids=["0"])
+
+
 def assert_complete(client: MlflowClient, run, generations: int) -> None:
     """FINISHED, every per-generation metric at every step, the final metrics logged."""
     assert run.info.status == "FINISHED", run.info.run_name
@@ -108,6 +120,7 @@ def test_parallel_sweep_into_one_sqlite_store_loses_nothing(store, tmp_path):
     for r in runs:
         assert_complete(client, r, generations=6)
         assert r.data.tags["sweep"] == str(sweep) and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert_models_filed(client, runs)
     # the parent was trained once, before the jobs, by the launching process
     assert out.count(TRAINED) == 1 and len(list(parents.glob("parent-*.pt"))) == 1
     logs = job_logs(sweep)
@@ -312,6 +325,7 @@ def test_ray_cluster_sweep_logs_to_an_mlflow_server(tmp_path):
             assert_complete(client, r, generations=6)
             assert "best_network.pt" in [a.path for a in client.list_artifacts(r.info.run_id)]
         assert len(list((tmp_path / "artifacts").rglob("best_network.pt"))) == 2   # proxied to the server
+        assert_models_filed(client, runs)
         # the jobs ran as Ray tasks (their output comes back prefixed with the task and pid),
         # and the parent was trained once, by the launching process, not by the tasks
         assert len(re.findall(r"\(_run_job pid=\d+\).*torch threads for this job: 1", out)) == 2, out[-4000:]

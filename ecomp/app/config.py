@@ -114,7 +114,7 @@ class TrackingConf:
     enabled: bool = True
     uri: Optional[str] = None            # default: sqlite:///<repo>/mlruns/mlflow.db
     experiment: str = "ecomp"
-    artifact_location: Optional[str] = None  # default for a local store: <repo>/mlruns/artifacts
+    artifact_location: Optional[str] = None  # default: <sqlite file's folder>/artifacts (<repo>/mlruns/artifacts)
     skip_finished: bool = True
     flush_every: int = 25
     timeout_s: float = 10.0

@@ -4,6 +4,7 @@ the run itself (skipping a config that already has a FINISHED run)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -23,8 +24,11 @@ def artifact_location(cfg: DictConfig, uri: str) -> str | None:
 
     if cfg.tracking.artifact_location:
         return cfg.tracking.artifact_location
-    # a database store keeps artifacts next to the repository; a server keeps its own
-    return None if uri.startswith(("http://", "https://")) else default_artifact_location(repo_root())
+    if uri.startswith(("http://", "https://")):              # a server keeps its own
+        return None
+    if uri.startswith("sqlite:///"):                          # beside the database file: one folder per store
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    return default_artifact_location(repo_root())              # another database: beside the checkout
 
 
 def prepare_store(cfg: DictConfig) -> tuple[str, str]:

@@ -98,9 +98,14 @@ def _check_postgres(uri: str, timeout: float) -> None:
 
 
 def client_for(uri: str):
+    """A client of ``uri``, which also becomes the process's fluent tracking URI: nothing this
+    process does with MLflow afterwards can fall back to MLflow's default store (a
+    ``mlflow.db`` in the working directory)."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     _http_defaults()
+    mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -190,6 +195,7 @@ class RunTracker:
         self.uri: str | None = None
         self.client = None
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.seconds = 0.0   # time spent in MLflow calls on this thread
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -213,7 +219,7 @@ class RunTracker:
         """Create the run with its tags and params (called by the opener)."""
         from mlflow.entities import Param
 
-        self.uri, self.client = uri, client_for(uri)
+        self.uri, self.client, self.experiment_id = uri, client_for(uri), experiment_id
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
@@ -308,7 +314,10 @@ class RunTracker:
         t = time.perf_counter()
         with torch.no_grad():
             signature = infer_signature(example.numpy(), model(example).numpy())
-        mlflow.set_tracking_uri(self.uri)           # log_model writes through the fluent client
+        # log_model writes through the fluent client, and files the model in the fluent client's
+        # experiment: this run's, not the store's Default one (experiment 0).
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
         info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example[:2].numpy(),
                                         run_id=self.run_id, serialization_format="pt2",
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
