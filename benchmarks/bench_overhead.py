@@ -5,7 +5,8 @@
 
 Three settings of the same run, timed as whole processes from start to exit, interleaved
 round by round (so the machine's drift hits all alike), each into a fresh store in a
-temporary folder:
+temporary folder (one store per setting, reused from round to round as a user's
+``mlruns/`` is; ``--fresh-store``: a new store for every run, which adds creating its schema):
 
 * ``tracked``: the default (tracking on, the returned network logged as an MLflow Model);
 * ``no model``: ``tracking.log_model=false``;
@@ -33,10 +34,11 @@ SETTINGS = {"tracked": [], "no model": ["tracking.log_model=false"], "untracked"
 RUN_SECONDS = re.compile(r"relative size [0-9.]+, parent [0-9.]+, ([0-9.]+) s")
 
 
-def one(setting: str, overrides: list[str], tmp: Path, k: int) -> tuple[float, float]:
+def one(setting: str, overrides: list[str], tmp: Path, k: int, fresh: bool) -> tuple[float, float]:
     """``(whole-process seconds, the run's own run_seconds)`` of one ``python run.py``."""
-    folder = tmp / f"{setting.replace(' ', '_')}-{k}"
+    folder = tmp / (f"{setting.replace(' ', '_')}-{k}" if fresh else setting.replace(" ", "_"))
     args = [sys.executable, str(ROOT / "run.py"), *overrides, *SETTINGS[setting], "progress=false",
+            "tracking.skip_finished=false",
             f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"hydra.run.dir={folder / 'out'}"]
     t = time.perf_counter()
     proc = subprocess.run(args, cwd=tmp, capture_output=True, text=True)
@@ -52,16 +54,18 @@ def one(setting: str, overrides: list[str], tmp: Path, k: int) -> tuple[float, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fresh-store", action="store_true", help="a new MLflow store for every run")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. seed=1)")
     args = ap.parse_args()
     times: dict[str, list[tuple[float, float]]] = {s: [] for s in SETTINGS}
     with tempfile.TemporaryDirectory(prefix="ecomp-overhead-") as d:
         tmp = Path(d)
-        one("untracked", args.overrides, tmp, -1)                     # warm-up: page cache, C library, parent
+        for setting in SETTINGS:                    # warm-up: page cache, C library, parent, each store's schema
+            one(setting, args.overrides, tmp, -1, args.fresh_store)
         for k in range(args.rounds):
             order = list(SETTINGS) if k % 2 == 0 else list(reversed(SETTINGS))
             for setting in order:
-                times[setting].append(one(setting, args.overrides, tmp, k))
+                times[setting].append(one(setting, args.overrides, tmp, k, args.fresh_store))
                 print(f"round {k + 1}: {setting:9s} {times[setting][-1][0]:6.2f} s whole, "
                       f"{times[setting][-1][1]:6.2f} s run_seconds", flush=True)
     wall = {s: statistics.median(w for w, _ in v) for s, v in times.items()}

@@ -44,6 +44,9 @@ def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
     FINISHED run (:class:`ecomp.app.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
     create the run (a child of its sweep's parent run, when it has one)."""
+    from ecomp.app.tracking import mlflow_defaults
+
+    mlflow_defaults()
     from ecomp.app.sweep_runs import sweep_run_id
     from ecomp.app.tracking import SkipRun, client_for, find_runs
 
@@ -63,8 +66,4 @@ def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
         tracker.tags["mlflow.parentRunId"] = parent
     tracker.create(uri, exp_id)
     if cfg.tracking.log_model:                 # imported here, in the background, not after the run
-        import mlflow.pytorch  # noqa: F401
-        try:                                   # torch.export's heavy part: a private module, only a warm-up
-            import torch.export._trace  # noqa: F401
-        except ImportError:
-            pass
+        import mlflow.pyfunc  # noqa: F401

@@ -19,13 +19,16 @@ from ecomp.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
-# Fail fast on an unreachable server instead of MLflow's minutes of retries (unless the user set them).
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# MLflow settings EComp changes unless the user set them: fail fast on an unreachable server
+# instead of MLflow's minutes of retries, and no usage telemetry (the tool runs offline; MLflow's
+# telemetry would try the network in the background and at exit).
+MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                   "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def _http_defaults() -> None:
-    """Applied by the first call that talks to a store, not at import."""
-    for key, value in HTTP_DEFAULTS.items():
+def mlflow_defaults() -> None:
+    """Applied before MLflow is first imported by a run (not at this module's import)."""
+    for key, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -101,10 +104,10 @@ def client_for(uri: str):
     """A client of ``uri``, which also becomes the process's fluent tracking URI: nothing this
     process does with MLflow afterwards can fall back to MLflow's default store (a
     ``mlflow.db`` in the working directory)."""
+    mlflow_defaults()
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    _http_defaults()
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -161,6 +164,15 @@ def unique_violation(exc: Exception) -> bool:
     return any(m in str(exc) for m in UNIQUE_MESSAGES)
 
 
+def _lower_priority() -> None:
+    """This thread at the lowest CPU priority (Linux: per thread): importing MLflow and opening
+    the store then take the cores' idle time and never slow the run's computation."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):            # not Linux, or not allowed: run as it is
+        pass
+
+
 class SkipRun(Exception):
     """This config already has a FINISHED run (``run``): the work is not done again."""
 
@@ -204,6 +216,8 @@ class RunTracker:
     def open(self, opener: Callable[["RunTracker"], None], background: bool) -> None:
         def target() -> None:
             try:
+                if background:
+                    _lower_priority()
                 opener(self)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self._error = exc
@@ -300,27 +314,30 @@ class RunTracker:
                 time.sleep(0.05 * (attempt + 1))
         self.seconds += time.perf_counter() - t
 
-    def log_model(self, model, example, register_as: str | None = None,
+    def log_model(self, network: Path, example, scores, register_as: str | None = None,
                   version_tags: dict[str, str] | None = None) -> str:
-        """Log ``model`` (an ``nn.Module``) as an MLflow Model of the PyTorch flavour, in the safe
-        ``pt2`` (``torch.export``) format, with a signature inferred from ``example``; register it
-        as a new version of ``register_as`` with ``version_tags`` when given. Returns its URI."""
+        """Log the network saved at ``network`` (a ``best_network.pt``) as an MLflow Model: a pyfunc
+        model from code (:mod:`ecomp.app.network_model`, nothing pickled) whose artifact is that
+        file, with the signature of ``example`` inputs and their ``scores``; register it as a new
+        version of ``register_as`` with ``version_tags`` when given. Returns its URI."""
         import mlflow
-        import mlflow.pytorch
+        import mlflow.pyfunc
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
+
+        from ecomp.app import network_model
 
         self.wait()
         t = time.perf_counter()
-        with torch.no_grad():
-            signature = infer_signature(example.numpy(), model(example).numpy())
-        # log_model writes through the fluent client, and files the model in the fluent client's
-        # experiment: this run's, not the store's Default one (experiment 0).
+        signature = infer_signature(example.numpy(), scores.numpy())
+        # The model is filed in the fluent client's experiment: this run's, not the store's
+        # Default one (experiment 0).
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)
-        info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example[:2].numpy(),
-                                        run_id=self.run_id, serialization_format="pt2",
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        info = Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
+                         python_model=network_model.__file__, artifacts={"network": str(network)},
+                         signature=signature, input_example=example[:2].numpy(),
+                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
         if register_as:
             _ensure_registered_model(self.client, register_as)
             self.client.create_model_version(register_as, info.model_uri, run_id=self.run_id, tags=version_tags)

@@ -111,14 +111,20 @@ def load_network(path: Path, expected: Architecture | None = None) -> Layers:
 
 
 @torch.no_grad()
+def logits(layers: Layers, x: Tensor) -> Tensor:
+    """Class scores ``(n, classes)`` of flat inputs ``x`` by a plain per-layer forward pass."""
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = torch.addmm(b, h, w.T)
+        if i < len(layers) - 1:
+            h = h.relu()
+    return h
+
+
+@torch.no_grad()
 def accuracy(layers: Layers, x: Tensor, y: Tensor, chunk: int = 10_000) -> float:
-    """Fraction of ``x`` classified as ``y`` by a plain per-layer forward pass."""
+    """Fraction of ``x`` classified as ``y`` by :func:`logits`, ``chunk`` images at a time."""
     correct = 0
     for s in range(0, x.shape[0], chunk):
-        h = x[s:s + chunk]
-        for i, (w, b) in enumerate(layers):
-            h = torch.addmm(b, h, w.T)
-            if i < len(layers) - 1:
-                h = h.relu()
-        correct += int((h.argmax(1) == y[s:s + chunk]).sum())
+        correct += int((logits(layers, x[s:s + chunk]).argmax(1) == y[s:s + chunk]).sum())
     return correct / x.shape[0]
