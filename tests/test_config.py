@@ -30,6 +30,7 @@ CASES = [
     (["data=digits", "data.train_size=1300"],
      "data.train_size=1300: an integer in [1, 1297] (data=digits has 1297 training images)"),
     (["parent=checkpoint", "parent.path=/nonexistent/model.pt"], "parent.path='/nonexistent/model.pt': no such file"),
+    (["parent=checkpoint"], "parent.path=None: missing: parent=checkpoint reads your network from parent.path="),
     (["evolution.epochs=0"], "evolution.epochs=0"),
     (["device=cuda"], "device='cuda'"),
     (["device=tpu"], "device='tpu'"),

@@ -52,6 +52,14 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def joblib_jobs(n_jobs: int | None, cores: int) -> int:
+    """How many jobs joblib runs at once for ``n_jobs``: ``-1`` one per core, ``-2`` all cores but
+    one (joblib's rule), null or 0 one."""
+    if not n_jobs:
+        return 1
+    return max(1, cores + 1 + n_jobs) if n_jobs < 0 else int(n_jobs)
+
+
 def threads_per_job(launcher: DictConfig | None, cores: int) -> int | None:
     """Torch threads for one job of a sweep run by ``launcher``, or None to keep torch's default.
 
@@ -64,12 +72,7 @@ def threads_per_job(launcher: DictConfig | None, cores: int) -> int | None:
     """
     target = str((launcher or {}).get("_target_", ""))
     if target.endswith("JoblibLauncher"):
-        n_jobs = launcher.get("n_jobs")
-        if n_jobs is None or n_jobs == 0:
-            n_jobs = 1
-        elif n_jobs < 0:
-            n_jobs = max(1, cores + 1 + n_jobs)
-        return max(1, cores // n_jobs)
+        return max(1, cores // joblib_jobs(launcher.get("n_jobs"), cores))
     if target.endswith("RayLauncher"):
         num_cpus = ((launcher.get("ray") or {}).get("remote") or {}).get("num_cpus")
         return max(1, int(num_cpus or 1))

@@ -257,7 +257,10 @@ def validate(cfg: DictConfig) -> None:
 
 def _validate_parent(p: DictConfig) -> None:
     """A trained parent needs its architecture and recipe; a checkpoint needs only its path (the
-    file itself is checked when it is read, :func:`ecomp.parents.resolve_parent`)."""
+    file itself is checked when it is read, :func:`ecomp.app.parents.resolve_parent`)."""
+    if p.path is None and p.hidden is None:                # parent=checkpoint without its file
+        _fail("parent.path", None, "missing: parent=checkpoint reads your network from parent.path=<file.pt or "
+                                   ".pt2> (parent=mlp trains one with parent.hidden widths)")
     for k in ("input_dim", "classes"):
         if p[k] is not None and p[k] < 1:
             _fail(f"parent.{k}", p[k], "null (the dataset's) or an integer >= 1")

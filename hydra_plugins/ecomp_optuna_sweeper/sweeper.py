@@ -80,14 +80,11 @@ def study_name_for(definition: dict) -> str:
 
 def parallel_jobs(launcher: DictConfig) -> int:
     """How many jobs the launcher runs at once: joblib's ``n_jobs``, Ray: this machine's cores, else 1."""
-    from ecomp.app.callbacks import available_cores
+    from ecomp.app.callbacks import available_cores, joblib_jobs
 
     target = str(launcher.get("_target_", ""))
     if target.endswith("JoblibLauncher"):
-        n = launcher.get("n_jobs")
-        if not n:
-            return 1
-        return max(1, available_cores() + 1 + n) if n < 0 else int(n)
+        return joblib_jobs(launcher.get("n_jobs"), available_cores())
     if target.endswith("RayLauncher"):
         return available_cores()
     return 1
