@@ -35,9 +35,14 @@ import json, shutil, sys, tempfile, time
 root, overrides = sys.argv[1], sys.argv[2:]
 sys.path.insert(0, root)
 from hydra import compose, initialize_config_dir
-from ecomp.app.cli import CONF_DIR, check_overrides
-from ecomp.app.config import register_configs
-from ecomp.app.pipeline import run_experiment
+try:                                                   # the tree's layout: packages by role, or flat (older)
+    from ecomp.app.cli import CONF_DIR, check_overrides
+    from ecomp.app.config import register_configs
+    from ecomp.app.pipeline import run_experiment
+except ImportError:
+    from ecomp.cli import CONF_DIR, check_overrides
+    from ecomp.config import register_configs
+    from ecomp.pipeline import run_experiment
 from ecomp.timing import PhaseTimer
 register_configs()
 store = tempfile.mkdtemp(prefix="ecomp-compare-")       # store and artifacts, removed at the end
@@ -47,7 +52,11 @@ try:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(base + overrides))
     run_experiment(cfg)                               # warm-up: data, kernels, store, allocator
-    timer = PhaseTimer(cfg.device)
+    try:                                              # the tree's timer: synchronises a GPU at each phase
+        from ecomp.kernels.backend import resolve
+        timer = PhaseTimer(resolve(cfg.device).synchronize)
+    except ImportError:
+        timer = PhaseTimer(cfg.device)
     t = time.perf_counter()
     res = run_experiment(cfg, timer=timer)
     total = time.perf_counter() - t

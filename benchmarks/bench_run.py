@@ -120,7 +120,7 @@ def bench_device(args, device: str) -> None:
     runs, phases = [], []
     widths = []
     for r in range(args.repeats):
-        timer = PhaseTimer(device)
+        timer = PhaseTimer(resolve_backend(device).synchronize)
         t = time.perf_counter()
         res = run_experiment(cfg, timer=timer)
         runs.append(time.perf_counter() - t)

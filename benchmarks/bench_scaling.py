@@ -131,7 +131,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     cuda = dev.type == "cuda"
     batches = [(x[s:s + batch].to(dev), y[s:s + batch].to(dev)) for s in range(0, x.shape[0], batch)]
     parent = [(w.to(dev), b.to(dev)) for w, b in random_parent(width, depth, seed)]
-    timer = PhaseTimer(device)                               # synchronises a GPU at every phase boundary
+    timer = PhaseTimer(resolve(device).synchronize)          # synchronises a GPU at every phase boundary
     ev = Evaluator(parent, batches, TSNE(backend=resolve(device)), timer=timer)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g, timer)
     pop = l1_population(parent, population, 0.9, 0.207)

@@ -1,31 +1,29 @@
-"""Per-phase wall-clock accounting for the evolution loop (used by the benchmark)."""
+"""Per-phase wall-clock accounting for the evolution loop (used by the benchmarks)."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
-
-import torch
 
 
 class PhaseTimer:
-    """Accumulates seconds per named phase; synchronises CUDA so GPU time lands in its phase."""
+    """Accumulates seconds per named phase. ``synchronize``: waits for queued device work, called
+    at each phase boundary so a GPU's time lands in its phase (the backend's ``synchronize``)."""
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, synchronize: Callable[[], None] | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self.cuda = torch.device(device).type == "cuda"
+        self.synchronize = synchronize or (lambda: None)
 
     @contextmanager
     def phase(self, name: str):
-        if self.cuda:
-            torch.cuda.synchronize()
+        self.synchronize()
         t = time.perf_counter()
         try:
             yield
         finally:
-            if self.cuda:
-                torch.cuda.synchronize()
+            self.synchronize()
             self.seconds[name] += time.perf_counter() - t
 
 
@@ -33,7 +31,7 @@ class NullTimer(PhaseTimer):
     """A timer that measures nothing (the default outside benchmarks)."""
 
     def __init__(self) -> None:
-        super().__init__("cpu")
+        super().__init__()
 
     @contextmanager
     def phase(self, name: str):

@@ -64,6 +64,11 @@ class Backend:
         """What the similarity runs on: ``native`` or ``torch`` (the run's ``kernels`` tag)."""
         return "native" if self.native_similarity else "torch"
 
+    def synchronize(self) -> None:
+        """Wait for the work queued on the device (nothing to wait for on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def batched(self, rows: int) -> bool:
         """A one-architecture population of ``rows`` images per network takes the batched products."""
         return self.batched_max_rows is None or rows <= self.batched_max_rows
