@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hydra import compose, initialize_config_dir
 
@@ -18,7 +19,9 @@ from ecomp.app.cli import CONF_DIR, check_overrides
 from ecomp.app.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
-# Hypothesis keeps its examples under .cache/ (which make prepares), not in a .hypothesis/ folder of the checkout.
+# Hypothesis keeps its examples and caches under .cache/ (which make prepares), not in a
+# .hypothesis/ folder of the checkout.
+set_hypothesis_home_dir(REPO / ".cache" / "hypothesis")
 settings.register_profile("ecomp", database=DirectoryBasedExampleDatabase(str(REPO / ".cache" / "hypothesis")))
 settings.load_profile("ecomp")
 
