@@ -107,3 +107,30 @@ def test_archives_that_are_not_programs_are_refused_in_one_line(tmp_path):
         with pytest.raises(CheckpointError) as err:
             read_checkpoint(tmp_path / name)
         assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["chain", "bias", "not a dict", "unreadable pt2"])
+def test_broken_checkpoints_are_refused_through_run_py(tmp_path, case):
+    """Each kind of broken file, as a user meets it: one line naming the file and what is wrong,
+    exit 2, no run created."""
+    path = tmp_path / ("m.pt2" if case == "unreadable pt2" else "m.pt")
+    if case == "chain":                                   # layer 1 takes 7 inputs, layer 0 gives 16
+        state = {"0.weight": torch.rand(16, 784), "0.bias": torch.rand(16),
+                 "1.weight": torch.rand(10, 7), "1.bias": torch.rand(10)}
+        torch.save(state, path)
+        needle = "layer 1 takes 7 inputs but the layer before gives 16"
+    elif case == "bias":
+        state = dict(mlp().state_dict())
+        state["1.bias"] = torch.rand(3)
+        torch.save(state, path)
+        needle = "layer 1's bias has shape (3,), expected (16,)"
+    elif case == "not a dict":
+        torch.save([torch.rand(3)], path)
+        needle = "expected a state dict (names -> tensors), found list"
+    else:
+        good = io.BytesIO()
+        torch.export.save(torch.export.export(mlp().eval(), (torch.rand(2, 1, 28, 28),)), good)
+        path.write_bytes(good.getvalue()[: len(good.getvalue()) // 2])      # cut in half
+        needle = "not a torch.export archive"
+    line = refused_through_run_py(tmp_path, path)[0]
+    assert line.startswith(f"error: parent.path='{path}'") and needle in line, line
