@@ -31,6 +31,8 @@ def mlflow_defaults() -> None:
     for key, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
+# The logged model's code (MLflow's models from code): passed by path, never imported here.
+NETWORK_MODEL = Path(__file__).with_name("network_model.py")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
 TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
@@ -325,8 +327,6 @@ class RunTracker:
         import torch
         from mlflow.models import Model, infer_signature
 
-        from ecomp.app import network_model
-
         self.wait()
         t = time.perf_counter()
         signature = infer_signature(example.numpy(), scores.numpy())
@@ -335,7 +335,7 @@ class RunTracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)
         info = Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
-                         python_model=network_model.__file__, artifacts={"network": str(network)},
+                         python_model=str(NETWORK_MODEL), artifacts={"network": str(network)},
                          signature=signature, input_example=example[:2].numpy(),
                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
         if register_as:
