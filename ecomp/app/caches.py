@@ -49,9 +49,8 @@ class Caches:
     def split(self, name: str, root: Path, train: bool, download: bool) -> data_mod.Split:
         """Dataset ``name``'s whole split, read once while its files stay the same (callers only
         index or slice the shared tensors)."""
-        split = self.splits.get(data_mod.files_key(name, root, train),
-                                lambda: data_mod.load(root, train=train, download=download, name=name))
-        return split
+        return self.splits.get(data_mod.files_key(name, root, train),
+                               lambda: data_mod.load(root, train=train, download=download, name=name))
 
     def checkpoint(self, path: str | Path) -> tuple[Layers, str]:
         """``(layers, sha256)`` of the checkpoint at ``path``, read once while the file is unchanged."""
