@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ecomp.core import conv_operators
 from ecomp.core.fitness import Evaluator, Parts, Weights, needed_parts
 from ecomp.core.mutation import MutationSpec, mutate_
+from ecomp.nets.conv_population import ConvPopulation
 from ecomp.nets.population import Population
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import Selection, elites
@@ -70,6 +72,14 @@ class EComp:
         """Yield generation 0 (the initial population on batch 0), then one record per batch."""
         yield self._evaluate(population, 0, 0)
         generation = 0
+        if isinstance(population, ConvPopulation):      # per-individual storage: nothing to recycle
+            for _ in range(epochs):
+                for k in range(len(self.evaluator.batches)):
+                    generation += 1
+                    with self.timer.phase("operators"):
+                        children = self._breed_conv()
+                    yield self._evaluate(children, k, generation)
+            return
         # Two recycled first-layer buffers, alternating, so children never overlap their parents.
         # Widths never grow (children take their parents' shapes): size x widest rows suffice.
         # Once the population has one architecture, crossover works in place instead (the
@@ -101,6 +111,16 @@ class EComp:
         m = self.mutation
         mutate_(children, m.rate, m.low, m.high, self.generator, backend=self.backend)
         return children if kept is None else Population.concat([children, kept])
+
+    def _breed_conv(self) -> ConvPopulation:
+        """:meth:`_breed` for a convolutional population (the same draws in the same order)."""
+        sel, pop = self.selection, self.population
+        pairs = sel.pairs(self.fitness, self.generator)
+        kept = pop.take(elites(self.fitness, sel.elite)) if sel.elite else None
+        children = conv_operators.recombine(pop, pairs, self.generator)
+        m = self.mutation
+        conv_operators.mutate_(children, m.rate, m.low, m.high, self.generator)
+        return children if kept is None else ConvPopulation.concat([children, kept])
 
     def pick_best(self, on_batch: Callable[[int], None] | None = None,
                   group: int = PICK_GROUP) -> tuple[int, Tensor]:

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ecomp.measures.base import SimilarityMeasure
-from ecomp.nets.network import Layers, model_from_layers
-from ecomp.nets.population import Population
-from ecomp.nets.sizes import size, widths_of
+from ecomp.kernels import conv_forward
 from ecomp.kernels.forward import Workspace, forward
+from ecomp.measures.base import SimilarityMeasure
+from ecomp.nets import convnet
+from ecomp.nets.conv_population import ConvPopulation
+from ecomp.nets.convnet import ConvNet
+from ecomp.nets.network import Net, model_from_layers
+from ecomp.nets.population import Population
+from ecomp.nets.sizes import net_size
 from ecomp.timing import NullTimer, PhaseTimer
 
 
@@ -59,7 +63,10 @@ def needed_parts(w: Weights) -> frozenset[str]:
     return frozenset(p for p, weight in (("accuracy", w.w_acc), ("similarity", w.w_sim)) if weight != 0)
 
 
-def _hidden_acts(layers: Layers, x: Tensor) -> list[Tensor]:
+def _hidden_acts(layers: Net, x: Tensor, features: str = "flat") -> list[Tensor]:
+    """Post-ReLU activations of every hidden layer (a conv stage's as ``features`` per image)."""
+    if isinstance(layers, ConvNet):
+        return convnet.run(layers, x, features)[1]
     acts, h = [], x
     for w, b in layers[:-1]:
         h = torch.addmm(b, h, w.T).relu()
@@ -75,11 +82,14 @@ class Evaluator:
     chooses. ``compression``: what a child's size counts, relative to the parent's
     (:func:`ecomp.nets.sizes.size`): ``units`` (hidden units, the paper's) or ``params``.
     ``padded``: forces the padded forward pass on or off (``None``: as the backend says).
+    A convolutional parent (:class:`ecomp.nets.convnet.ConvNet`) takes a
+    :class:`ecomp.nets.conv_population.ConvPopulation`; ``features``: what the similarity reads
+    of a conv stage's maps, ``flat`` (every value) or ``pooled`` (each channel's mean).
     """
 
-    def __init__(self, parent: Layers, batches: list[tuple[Tensor, Tensor]], measure: SimilarityMeasure,
+    def __init__(self, parent: Net, batches: list[tuple[Tensor, Tensor]], measure: SimilarityMeasure,
                  layers: list[int] | None = None, timer: PhaseTimer | None = None, compression: str = "units",
-                 padded: bool | None = None):
+                 padded: bool | None = None, features: str = "flat"):
         self.measure = measure
         self.backend = measure.backend
         self.parent = parent
@@ -87,7 +97,8 @@ class Evaluator:
         self.layers = list(range(len(parent) - 1)) if layers is None else list(layers)
         self.timer = timer or NullTimer()
         self.size_kind = compression
-        self.parent_size = float(size(widths_of(parent), compression))
+        self.parent_size = float(net_size(parent, compression))
+        self.features = features
         self._parent: dict[int, object] = {}
         self.workspace = Workspace()          # the population's first-layer activations, reused
         self.padded = padded                  # several widths as zero-padded stacks (forward's ``padded``)
@@ -103,7 +114,7 @@ class Evaluator:
             ks = [j for j in range(k, min(k + group, len(self.batches))) if j not in self._parent]
             n = self.batches[k][0].shape[0]
             with self.timer.phase("forward"):
-                acts = _hidden_acts(self.parent, torch.cat([self.batches[j][0] for j in ks]))
+                acts = _hidden_acts(self.parent, torch.cat([self.batches[j][0] for j in ks]), self.features)
             with self.timer.phase("similarity"):
                 states = self.measure.prepare([acts[l] for l in self.layers], n)
             self._parent.update(zip(ks, states))
@@ -129,11 +140,17 @@ class Evaluator:
         zeros = torch.zeros(pop.size)
         if not parts & PARTS:
             return [Parts(zeros, zeros, compression) for _ in ks]
+        conv = isinstance(pop, ConvPopulation)
+        if conv and len(ks) > 1:               # a conv population's maps of 1,000 images would be GBs
+            return [p for k in ks for p in self.evaluate_many(pop, [k], parts)]
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
             # logits: (pop, sum of batch sizes, C)
-            logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded,
-                                              backend=self.backend)
+            if conv:
+                logits, hidden, stacked = conv_forward.forward(pop, x, self.features)
+            else:
+                logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded,
+                                                  backend=self.backend)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:
@@ -157,7 +174,7 @@ class ReferenceEvaluator(Evaluator):
     @torch.no_grad()
     def _parent_state(self, k: int, group: int = 1):
         if k not in self._parent:
-            acts = _hidden_acts(self.parent, self.batches[k][0])
+            acts = _hidden_acts(self.parent, self.batches[k][0], self.features)
             self._parent[k] = self.measure.reference_prepare([acts[l] for l in self.layers])
         return self._parent[k]
 
@@ -167,10 +184,10 @@ class ReferenceEvaluator(Evaluator):
         parent = self._parent_state(k)
         acc, sim = [], []
         for i in range(pop.size):
-            layers = pop.individual(i)
+            layers = pop.network(i) if isinstance(pop, ConvPopulation) else pop.individual(i)
             model = model_from_layers(layers)
             acc.append(float((model(x).argmax(1) == y).float().mean()))
-            acts = _hidden_acts(layers, x)
+            acts = _hidden_acts(layers, x, self.features)
             sim.append(self.measure.reference(parent, [acts[l] for l in self.layers]))
         return Parts(torch.tensor(acc), torch.tensor(sim, dtype=torch.float32), self.compression(pop))
 

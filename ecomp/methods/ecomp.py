@@ -8,9 +8,12 @@ from typing import Any
 from ecomp.core.evolution import EComp
 from ecomp.core.mutation import MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.core import conv_initialiser
 from ecomp.core.initialiser import l1_population
 from ecomp.measures import measure_class
 from ecomp.core.selection import Selection
+from ecomp.nets.convnet import ConvNet
+from ecomp.nets.network import detached, to_device
 from ecomp.nets.training import fine_tune
 from ecomp.methods.base import Method, Outcome, Problem
 
@@ -31,7 +34,8 @@ class ECompMethod(Method):
     lr: float | None = None            # the fine-tuning's learning rate; None: the parent's
     parent_lr: float = 1e-3
     selection: Selection = field(default_factory=Selection)
-    compression: str = "units"         # fitness.compression: units (the paper) | params
+    compression: str = "units"         # fitness.compression: units (the paper) | params | macs
+    features: str = "flat"             # similarity.features: a conv stage's maps flat | pooled per channel
 
     name = "ecomp"
     settings = ("finetune_epochs", "lr")
@@ -47,7 +51,8 @@ class ECompMethod(Method):
                    similarity=s, layers=None if s.layers is None else list(s.layers),
                    evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
                    finetune_epochs=cfg.method.finetune_epochs or 0, lr=cfg.method.lr, parent_lr=cfg.parent.lr,
-                   selection=Selection(**cfg.operators.selection), compression=f.compression)
+                   selection=Selection(**cfg.operators.selection), compression=f.compression,
+                   features=s.features or "flat")
 
     def setting_values(self) -> dict[str, Any]:
         """The selection's effective settings (they replace ``operators.selection`` in the config
@@ -64,6 +69,8 @@ class ECompMethod(Method):
             out["similarity"] = self.measure_name
         if self.compression != "units":
             out["compression"] = self.compression
+        if self.features != "flat":
+            out["features"] = self.features
         return out
 
     @property
@@ -102,23 +109,23 @@ class ECompMethod(Method):
     def run(self, problem: Problem) -> Outcome:
         x, y, bs, dev = problem.data.train.x, problem.data.train.y, problem.batch_size, problem.device
         batches = [(x[s:s + bs].to(dev), y[s:s + bs].to(dev)) for s in range(0, x.shape[0], bs)]
-        parent = [(w.to(dev), b.to(dev)) for w, b in problem.parent]
-        pop = l1_population(parent, self.population_size, self.keep_high, self.keep_low)
+        parent = to_device(problem.parent, dev)
+        initial = conv_initialiser.l1_population if isinstance(parent, ConvNet) else l1_population
+        pop = initial(parent, self.population_size, self.keep_high, self.keep_low)
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
         measure = measure_class(self.similarity._target_).from_config(self.similarity, problem.backend)
         evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure,
-                        compression=self.compression)
+                        compression=self.compression, features=self.features)
         ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer,
                       selection=self.selection)
         for rec in ecomp.run(pop, self.epochs):
             problem.on_generation(rec)
         best, mean_fit = ecomp.pick_best(on_batch=lambda k: problem.on_step())
-        evolved = [(w.detach().cpu().clone(), b.detach().cpu().clone())
-                   for w, b in ecomp.population.individual(best)]
+        final = ecomp.population
+        evolved = detached(final.network(best) if isinstance(parent, ConvNet) else final.individual(best))
         metrics = {"best_mean_fitness": float(mean_fit[best])}
         if not self.finetune_epochs:
             return Outcome(evolved, metrics)
         lr = self.parent_lr if self.lr is None else self.lr
-        on_device = [(w.to(dev), b.to(dev)) for w, b in evolved]
-        tuned = fine_tune(on_device, x.to(dev), y.to(dev), self.finetune_epochs, lr, bs, problem.generator)
+        tuned = fine_tune(to_device(evolved, dev), x.to(dev), y.to(dev), self.finetune_epochs, lr, bs, problem.generator)
         return Outcome(tuned, metrics, stages={"evolved": evolved})

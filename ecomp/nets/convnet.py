@@ -1,0 +1,283 @@
+"""The convolutional layer kind: sequential CNNs of Conv2d, ReLU, pooling, Flatten and Linear.
+
+A :class:`ConvNet` is a :class:`ConvPlan` (the input's shape and, per weight layer, a
+:class:`Stage`: its kind, units, kernel, stride, padding and the pooling after it) and the
+``(weight, bias)`` pairs of its weight layers (conv weights ``(out, in, k, k)``, linear
+``(out, in)``). Every stage but the last is followed by a ReLU, then its pooling; a Flatten
+sits before the first linear stage. The last stage is the classifier, never pruned.
+
+BatchNorm is folded into the convolution before it when a network is read or trained
+(:func:`fold_batchnorm`): in evaluation a BatchNorm is a per-channel affine map, so
+``conv -> BN`` is exactly one convolution with scaled filters and a shifted bias (up to float
+rounding). A network is then only convolutions and biases, and crossover, mutation and the
+pruning baselines need no BatchNorm state: a channel is its filter and its bias.
+
+A *unit* is a stage's output channel (conv) or neuron (linear). The input of the network takes
+flat images ``(n, C*H*W)``, as every dataset here gives them; the module form starts with an
+``Unflatten``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Layers = list[tuple[Tensor, Tensor]]
+POOLS = ("max", "avg")
+FEATURES = ("flat", "pooled")          # similarity.features: a conv stage's maps flattened, or averaged per channel
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str                  # conv | linear
+    out: int                   # units: output channels or neurons
+    kernel: int = 1            # conv only: square kernel size
+    stride: int = 1
+    padding: int = 0
+    pool: str | None = None    # max | avg | None, after the ReLU
+    pool_size: int = 1         # pooling window = its stride
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    in_shape: tuple[int, int, int]       # (channels, height, width) of one image
+    stages: tuple[Stage, ...]
+
+    @property
+    def classes(self) -> int:
+        return self.stages[-1].out
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        """Units of every prunable stage (all but the classifier)."""
+        return tuple(s.out for s in self.stages[:-1])
+
+    def with_units(self, units: tuple[int, ...]) -> "ConvPlan":
+        """The same structure with ``units[l]`` units in prunable stage ``l``."""
+        return replace(self, stages=tuple(replace(s, out=u) for s, u in zip(self.stages, units)) + self.stages[-1:])
+
+    def maps(self) -> list[tuple[int, int, int]]:
+        """Per stage: ``(units, height, width)`` after its ReLU, before its pooling (``1, 1`` for linear)."""
+        c, h, w = self.in_shape
+        out = []
+        for s in self.stages:
+            if s.kind == "conv":
+                h = (h + 2 * s.padding - s.kernel) // s.stride + 1
+                w = (w + 2 * s.padding - s.kernel) // s.stride + 1
+                out.append((s.out, h, w))
+                h, w = h // s.pool_size, w // s.pool_size
+            else:
+                out.append((s.out, 1, 1))
+            c = s.out
+        return out
+
+    def flat_size(self) -> int:
+        """Pixels per channel that reach the first linear stage (after the last conv's pooling)."""
+        c, h, w = self.in_shape
+        for s in self.stages:
+            if s.kind == "linear":
+                return h * w
+            h = (h + 2 * s.padding - s.kernel) // s.stride + 1
+            w = (w + 2 * s.padding - s.kernel) // s.stride + 1
+            h, w = h // s.pool_size, w // s.pool_size
+        return h * w
+
+    def problems(self) -> str | None:
+        """Why this plan cannot run (one phrase), or None."""
+        if not self.stages or self.stages[-1].kind != "linear":
+            return "the last layer must be a Linear classifier"
+        kinds = [s.kind for s in self.stages]
+        if "conv" in kinds[kinds.index("linear"):]:
+            return "a convolution after a Linear layer is not supported"
+        c, h, w = self.in_shape
+        for i, s in enumerate(self.stages):
+            if s.kind != "conv":
+                continue
+            h, w = (h + 2 * s.padding - s.kernel) // s.stride + 1, (w + 2 * s.padding - s.kernel) // s.stride + 1
+            if h < 1 or w < 1:
+                return f"layer {i} (conv, kernel {s.kernel}) shrinks the image below 1 pixel"
+            if s.pool and (h // s.pool_size < 1 or w // s.pool_size < 1):
+                return f"the {s.pool_size}x{s.pool_size} pooling after layer {i} shrinks the {h}x{w} image below 1 pixel"
+            h, w = h // s.pool_size, w // s.pool_size
+        return None
+
+    def to_dict(self) -> dict:
+        return {"in_shape": list(self.in_shape), "stages": [asdict(s) for s in self.stages]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConvPlan":
+        return cls(tuple(int(v) for v in d["in_shape"]), tuple(Stage(**s) for s in d["stages"]))
+
+
+@dataclass
+class ConvNet:
+    """A network of this layer kind: its plan and its weights (on one device)."""
+    plan: ConvPlan
+    layers: Layers
+
+    def __post_init__(self) -> None:
+        got = tuple(w.shape[0] for w, _ in self.layers)
+        want = tuple(s.out for s in self.plan.stages)
+        if got != want:
+            raise ValueError(f"weights with units {got} do not match the plan's {want}")
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def to(self, device) -> "ConvNet":
+        return ConvNet(self.plan, [(w.to(device), b.to(device)) for w, b in self.layers])
+
+    def detached(self) -> "ConvNet":
+        """A copy on the CPU, detached from any graph."""
+        return ConvNet(self.plan, [(w.detach().cpu().clone(), b.detach().cpu().clone()) for w, b in self.layers])
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "cnn", "plan": self.plan.to_dict()})
+
+
+def lenet5(in_shape: tuple[int, int, int], classes: int, channels=(6, 16), kernel: int = 5, padding=(2, 0),
+           pool: int = 2, hidden=(120, 84), pool_kind: str = "max") -> ConvPlan:
+    """LeNet-5's plan (conv 6 and 16 channels 5x5, ReLU, 2x2 max-pool; hidden 120 and 84), any sizes."""
+    pads = list(padding) + [0] * (len(channels) - len(padding))
+    stages = [Stage("conv", c, kernel, 1, pads[i], pool_kind if pool > 1 else None, pool) for i, c in enumerate(channels)]
+    stages += [Stage("linear", h) for h in hidden] + [Stage("linear", classes)]
+    return ConvPlan(tuple(in_shape), tuple(stages))
+
+
+def build_module(plan: ConvPlan, batchnorm: bool = False) -> nn.Sequential:
+    """``Unflatten -> (Conv [-> BN] -> ReLU [-> Pool])* -> Flatten -> (Linear -> ReLU)* -> Linear``."""
+    mods: list[nn.Module] = [nn.Unflatten(1, plan.in_shape)]
+    c_in, flat = plan.in_shape[0], plan.flat_size()
+    flattened = False
+    for i, s in enumerate(plan.stages):
+        last = i == len(plan.stages) - 1
+        if s.kind == "conv":
+            mods.append(nn.Conv2d(c_in, s.out, s.kernel, s.stride, s.padding))
+            if batchnorm:
+                mods.append(nn.BatchNorm2d(s.out))
+        else:
+            if not flattened:
+                mods.append(nn.Flatten())
+                c_in, flattened = c_in * flat, True
+            mods.append(nn.Linear(c_in, s.out))
+        if not last:
+            mods.append(nn.ReLU())
+            if s.pool:
+                mods.append((nn.MaxPool2d if s.pool == "max" else nn.AvgPool2d)(s.pool_size))
+        c_in = s.out
+    return nn.Sequential(*mods)
+
+
+def weight_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Sequential) -> Layers:
+    """The ``(weight, bias)`` pairs of ``model``'s conv and linear layers, every BatchNorm2d folded
+    exactly into the convolution before it (its evaluation-mode affine map)."""
+    layers: Layers = []
+    mods = list(model)
+    for i, m in enumerate(mods):
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        w = m.weight.detach().clone()
+        b = m.bias.detach().clone() if m.bias is not None else w.new_zeros(w.shape[0])
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if isinstance(nxt, nn.BatchNorm2d):
+            scale = nxt.weight / torch.sqrt(nxt.running_var + nxt.eps)
+            w = w * scale.view(-1, 1, 1, 1)
+            b = (b - nxt.running_mean) * scale + nxt.bias
+        layers.append((w.contiguous(), b.contiguous()))
+    return layers
+
+
+def to_module(net: ConvNet) -> nn.Sequential:
+    """A fresh module holding copies of ``net``'s weights (no BatchNorm: it is folded)."""
+    model = build_module(net.plan)
+    with torch.no_grad():
+        for m, (w, b) in zip(weight_modules(model), net.layers):
+            m.weight.copy_(w)
+            m.bias.copy_(b)
+    return model.to(net.layers[0][0].device)
+
+
+def from_module(model: nn.Module, plan: ConvPlan) -> ConvNet:
+    """The network a module built by :func:`build_module` holds (units read from its weights)."""
+    layers = fold_batchnorm(model)
+    return ConvNet(plan.with_units(tuple(w.shape[0] for w, _ in layers[:-1])), layers)
+
+
+def _stage(plan: ConvPlan, i: int, h: Tensor, w: Tensor, b: Tensor, flat_before: bool) -> Tensor:
+    s = plan.stages[i]
+    if s.kind == "conv":
+        return F.conv2d(h, w, b, s.stride, s.padding)
+    if flat_before:
+        h = h.flatten(1)
+    return torch.addmm(b, h, w.T)
+
+
+def _after(plan: ConvPlan, i: int, h: Tensor) -> Tensor:
+    s = plan.stages[i]
+    if s.pool == "max":
+        return F.max_pool2d(h, s.pool_size)
+    if s.pool == "avg":
+        return F.avg_pool2d(h, s.pool_size)
+    return h
+
+
+def features_of(a: Tensor, features: str) -> Tensor:
+    """A stage's post-ReLU output as one row per image: flat, or averaged over each channel's map."""
+    if a.dim() == 2:
+        return a
+    return a.flatten(1) if features == "flat" else a.mean((2, 3))
+
+
+@torch.no_grad()
+def run(net: ConvNet, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
+    """Logits ``(n, classes)`` of flat images ``x`` by a plain layer-by-layer pass, and (when
+    ``features`` is given) every prunable stage's post-ReLU activations as rows per image."""
+    plan, h = net.plan, x.view(x.shape[0], *net.plan.in_shape)
+    acts: list[Tensor] = []
+    last = len(net.layers) - 1
+    for i, (w, b) in enumerate(net.layers):
+        h = _stage(plan, i, h, w, b, h.dim() == 4)
+        if i < last:
+            h = h.relu()
+            if features is not None:
+                acts.append(features_of(h, features))
+            h = _after(plan, i, h)
+    return h, acts
+
+
+def macs(plan: ConvPlan) -> int:
+    """Multiply-accumulates of one image's forward pass (convolutions and linear layers)."""
+    total, c_in, flat = 0, plan.in_shape[0], plan.flat_size()
+    flattened = False
+    for s, (c, h, w) in zip(plan.stages, plan.maps()):
+        if s.kind == "conv":
+            total += s.out * c_in * s.kernel * s.kernel * h * w
+        else:
+            if not flattened:
+                c_in, flattened = c_in * flat, True
+            total += s.out * c_in
+        c_in = s.out
+    return total
+
+
+def params(plan: ConvPlan) -> int:
+    total, c_in, flat = 0, plan.in_shape[0], plan.flat_size()
+    flattened = False
+    for s in plan.stages:
+        if s.kind == "conv":
+            total += s.out * (c_in * s.kernel * s.kernel + 1)
+        else:
+            if not flattened:
+                c_in, flattened = c_in * flat, True
+            total += s.out * (c_in + 1)
+        c_in = s.out
+    return total
