@@ -20,7 +20,7 @@ from ecomp.core.selection import KINDS, Selection
 from ecomp.errors import ConfigError
 
 FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
-COMPRESSION = ("units", "params")         # fitness.compression: what a child's size counts
+PARENT_KINDS = ("mlp", "cnn")                # parent.kind: the layer kind of a parent the tool trains
 
 
 @dataclass
@@ -38,6 +38,12 @@ class ParentConf:
     seed: int = 0
     cache_dir: Optional[str] = None   # default: <repo>/.cache/parents
     path: Optional[str] = None        # parent=checkpoint: the user's trained network
+    kind: str = "mlp"                 # mlp | cnn (parent=cnn; a checkpoint's is read from the file)
+    channels: Optional[list[int]] = None   # cnn: output channels of each convolution
+    kernel: Optional[int] = None           # cnn: square kernel size of every convolution
+    padding: Optional[list[int]] = None    # cnn: zero padding of each convolution (missing: 0)
+    pool: Optional[int] = None             # cnn: max-pooling window (= stride) after each convolution; 1 = none
+    batchnorm: bool = False                # cnn: trained with BatchNorm after each convolution (then folded)
 
 
 @dataclass
@@ -79,6 +85,7 @@ class SimilarityConf:
     layers: Optional[list[int]] = None   # hidden layers compared; None: all
     tol: Optional[float] = 1e-5
     kernels: Optional[str] = "auto"      # auto | native | torch (ecomp.kernels.native)
+    features: Optional[str] = "flat"     # what a conv stage offers: flat maps | pooled (each channel's mean)
 
 
 @dataclass
@@ -86,7 +93,7 @@ class FitnessConf:
     w_acc: float = 1.0
     w_sim: float = 2.0
     w_comp: float = 1.0
-    compression: str = "units"           # units: hidden units / the parent's (the paper) | params
+    compression: str = "units"           # units: hidden units / the parent's (the paper) | params | macs
 
 
 @dataclass
@@ -226,14 +233,19 @@ def validate(cfg: DictConfig) -> None:
         _fail("similarity.perplexity", s.perplexity, f"a number in [1, data.batch_size - 1 = {d.batch_size - 1})")
     if "tol" in measure.settings and (not _finite(s.tol) or s.tol <= 0):
         _fail("similarity.tol", s.tol, "a number > 0")
-    if f.compression not in COMPRESSION:
-        _fail("fitness.compression", f.compression, f"one of {', '.join(COMPRESSION)}")
+    from ecomp.nets.convnet import FEATURES
+    from ecomp.nets.sizes import SIZES
+
+    if f.compression not in SIZES:
+        _fail("fitness.compression", f.compression, f"one of {', '.join(SIZES)}")
+    if s.features not in FEATURES:
+        _fail("similarity.features", s.features, f"one of {', '.join(FEATURES)}")
     _validate_parent(cfg.parent)
-    hidden = list(cfg.parent.hidden or [])
+    hidden = list(cfg.parent.hidden or []) + (list(cfg.parent.channels or []) if cfg.parent.kind == "cnn" else [])
     if s.layers is not None and hidden:                  # a checkpoint's depth: checked once read
         for layer in s.layers:
             if not 0 <= layer < len(hidden):
-                _fail("similarity.layers", list(s.layers), f"hidden layer indices in [0, {len(hidden) - 1}]")
+                _fail("similarity.layers", list(s.layers), f"prunable layer indices in [0, {len(hidden) - 1}]")
         if not len(s.layers):
             _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
     if cfg.evolution.epochs < 1:
@@ -269,6 +281,19 @@ def _validate_parent(p: DictConfig) -> None:
     hidden = list(p.hidden or [])
     if p.path is None and (not hidden or any(h < 1 for h in hidden)):
         _fail("parent.hidden", hidden, "a non-empty list of positive widths, e.g. [300, 100]")
+    if p.kind not in PARENT_KINDS:
+        _fail("parent.kind", p.kind, f"one of {', '.join(PARENT_KINDS)}")
+    if p.kind == "cnn" and p.path is None:
+        channels = list(p.channels or [])
+        if not channels or any(c < 1 for c in channels):
+            _fail("parent.channels", channels, "a non-empty list of positive channel counts, e.g. [6, 16]")
+        if p.kernel is None or p.kernel < 1:
+            _fail("parent.kernel", p.kernel, "an integer >= 1 (the square kernel of every convolution)")
+        padding = list(p.padding or [])
+        if len(padding) > len(channels) or any(v < 0 for v in padding):
+            _fail("parent.padding", padding, f"at most {len(channels)} integers >= 0, one per convolution")
+        if p.pool is None or p.pool < 1:
+            _fail("parent.pool", p.pool, "an integer >= 1 (the max-pooling window after each convolution; 1 = none)")
     for k in ("epochs", "batch_size"):
         if p[k] < 1:
             _fail(f"parent.{k}", p[k], "an integer >= 1")
@@ -335,7 +360,9 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 # Keys left out of the hash while they hold the value that reproduces the behaviour from before
 # they existed: a run of an unchanged config keeps its hash, so recorded sweeps are still
 # recognised (and skipped).
-_HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None}
+_HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
+                 ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
+                 ("parent", "pool"): None, ("parent", "batchnorm"): False, ("similarity", "features"): "flat"}
 
 
 def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:

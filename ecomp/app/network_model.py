@@ -1,16 +1,21 @@
 """The MLflow Model a run logs: its returned network, as a pyfunc model from code.
 
 This file is the model's code (MLflow's "models from code": the logged model holds a copy of
-it, nothing pickled). Its one artifact is the tool's own ``best_network.pt``, a state dict of
-``(out, in)`` weights and biases loaded with ``weights_only=True``; the network is run as
-``Linear -> ReLU -> ... -> Linear`` on flattened images. It needs only torch and numpy, not
-``ecomp``, so ``mlflow models serve`` runs it in a plain environment.
+it, nothing pickled). Its artifacts are the tool's own ``best_network.pt``, a state dict of
+weights and biases loaded with ``weights_only=True``, and its ``.json`` architecture. An MLP is
+run as ``Linear -> ReLU -> ... -> Linear`` on flattened images; a CNN by the plan in the JSON
+(:mod:`ecomp.nets.convnet`'s layout: each stage, then ReLU and its pooling, a Flatten before the
+first linear stage). It needs only torch and numpy, not ``ecomp``, so ``mlflow models serve``
+runs it in a plain environment.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
@@ -21,15 +26,27 @@ class Network(PythonModel):
     def load_context(self, context) -> None:
         state = torch.load(context.artifacts["network"], map_location="cpu", weights_only=True)
         self.layers = [(state[f"{i}.weight"], state[f"{i}.bias"]) for i in range(len(state) // 2)]
+        meta = json.loads(open(context.artifacts["architecture"]).read()) if "architecture" in context.artifacts else {}
+        self.plan = meta.get("plan")
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         h = x.reshape(x.shape[0], -1)
+        if self.plan is not None:
+            h = h.view(x.shape[0], *self.plan["in_shape"])
+        stages = self.plan["stages"] if self.plan is not None else [{"kind": "linear"}] * len(self.layers)
         with torch.no_grad():
-            for i, (w, b) in enumerate(self.layers):
-                h = torch.addmm(b, h, w.T)
+            for i, ((w, b), s) in enumerate(zip(self.layers, stages)):
+                if s["kind"] == "conv":
+                    h = F.conv2d(h, w, b, s["stride"], s["padding"])
+                else:
+                    h = torch.addmm(b, h.flatten(1), w.T)
                 if i < len(self.layers) - 1:
                     h = h.relu()
+                    if s.get("pool") == "max":
+                        h = F.max_pool2d(h, s["pool_size"])
+                    elif s.get("pool") == "avg":
+                        h = F.avg_pool2d(h, s["pool_size"])
         return h.numpy()
 
 

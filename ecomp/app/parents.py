@@ -12,8 +12,10 @@ from omegaconf import DictConfig
 from ecomp.app.caches import Caches
 from ecomp.app.config import validate
 from ecomp.app.provenance import repo_root
+from ecomp.errors import CheckpointError, ConfigError
+from ecomp.nets.convnet import ConvNet, ConvPlan, lenet5
 from ecomp.nets.data import Split
-from ecomp.nets.network import Architecture, Layers
+from ecomp.nets.network import Architecture, Net
 from ecomp.nets.parent import TrainSpec, cached_parent
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,25 @@ def data_root(cfg: DictConfig) -> Path:
     return Path(cfg.data.root) if cfg.data.root else repo_root() / "data"
 
 
-def train_spec(cfg: DictConfig) -> TrainSpec:
+def train_spec(cfg: DictConfig, parent: Net | None = None) -> TrainSpec:
+    """How the parent is (or, for a checkpoint, would be) trained: ``method=scratch``'s recipe.
+    A checkpoint's architecture is ``parent``'s."""
     p = cfg.parent
-    return TrainSpec(Architecture(p.input_dim, tuple(p.hidden), p.classes), p.epochs, p.lr, p.batch_size, p.seed)
+    recipe = (p.epochs, p.lr, p.batch_size, p.seed)
+    if isinstance(parent, ConvNet):
+        return TrainSpec(parent.plan, *recipe)
+    if p.kind == "cnn":
+        return TrainSpec(cnn_plan(cfg), *recipe, batchnorm=bool(p.batchnorm))
+    return TrainSpec(Architecture(p.input_dim, tuple(p.hidden), p.classes), *recipe)
+
+
+def cnn_plan(cfg: DictConfig) -> ConvPlan:
+    """``parent=cnn``'s plan on the data's images: LeNet-5's shape with the config's sizes."""
+    from ecomp.nets.datasets import info
+
+    p, ds = cfg.parent, info(cfg.data.name)
+    return lenet5(ds.shape, p.classes or ds.classes, tuple(p.channels), p.kernel, tuple(p.padding or ()), p.pool,
+                  tuple(p.hidden))
 
 
 def parent_cache_dir(cfg: DictConfig) -> Path:
@@ -50,13 +68,28 @@ def resolve_parent(cfg: DictConfig, caches: Caches) -> str | None:
             p.input_dim = ds.input_dim
         if p.classes is None:
             p.classes = ds.classes
+        if p.kind == "cnn":
+            why = cnn_plan(cfg).problems()
+            if why:
+                raise ConfigError(f"parent=cnn with channels={list(p.channels)}, kernel={p.kernel}, padding="
+                                  f"{list(p.padding or [])}, pool={p.pool} on data={ds.name} ({'x'.join(map(str, ds.shape))} "
+                                  f"images): {why}; use a smaller parent.kernel or parent.pool, or more parent.padding")
         return None
-    layers, sha = caches.checkpoint(p.path)
+    net, sha = caches.checkpoint(p.path)
     where = f"parent.path={str(p.path)!r}"
-    check_fits(layers, where, ds.input_dim if p.input_dim is None else p.input_dim,
+    check_fits(net, where, ds.input_dim if p.input_dim is None else p.input_dim,
                ds.classes if p.classes is None else p.classes, ds.name)
-    p.input_dim, p.classes = layers[0][0].shape[1], layers[-1][0].shape[0]
-    p.hidden = [w.shape[0] for w, _ in layers[:-1]]
+    if isinstance(net, ConvNet):
+        if net.plan.in_shape != ds.shape:
+            raise CheckpointError(f"{where}: the network takes {'x'.join(map(str, net.plan.in_shape))} images but "
+                                  f"data={ds.name} has {'x'.join(map(str, ds.shape))} images")
+        stages = net.plan.stages
+        p.kind, p.channels = "cnn", [s.out for s in stages if s.kind == "conv"]
+        p.hidden = [s.out for s in stages[:-1] if s.kind == "linear"]
+        p.input_dim, p.classes = ds.input_dim, net.plan.classes
+    else:
+        p.input_dim, p.classes = net[0][0].shape[1], net[-1][0].shape[0]
+        p.hidden = [w.shape[0] for w, _ in net[:-1]]
     validate(cfg)                                  # settings that depend on the depth (similarity.layers)
     return sha
 
@@ -72,7 +105,7 @@ def load_split(cfg: DictConfig, train: bool, caches: Caches | None = None) -> Sp
     return (caches or Caches()).split(cfg.data.name, data_root(cfg), train, cfg.data.download)
 
 
-def prepare_parent(cfg: DictConfig, caches: Caches | None = None) -> tuple[Split, Layers]:
+def prepare_parent(cfg: DictConfig, caches: Caches | None = None) -> tuple[Split, Net]:
     """Data and parent network (the user's checkpoint, or trained once and then read from the
     cache); the config must have been through :func:`setup`."""
     caches = caches or Caches()

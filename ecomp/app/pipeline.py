@@ -22,9 +22,9 @@ from ecomp.app.store import open_run, tracking_uri
 from ecomp.core.fitness import Weights
 from ecomp.kernels.runtime import keep_freed_memory
 from ecomp.methods import Method, Problem, method_class
-from ecomp.methods.metrics import network_metrics
+from ecomp.methods.metrics import cost_metrics, network_metrics
 from ecomp.nets import data as data_mod
-from ecomp.nets.network import accuracy, logits, save_network
+from ecomp.nets.network import accuracy, detached, logits, save_network, to_device
 from ecomp.redact import mask
 from ecomp.timing import NullTimer, PhaseTimer
 
@@ -145,7 +145,7 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
     run_data = data_mod.draw_run_data(train, cfg.data.train_size, cfg.data.val_size, gen)
     test_all, test = test, data_mod.Split(test.x[:cfg.data.test_size], test.y[:cfg.data.test_size])
     history: list[dict[str, float]] = []
-    problem = Problem(parent=[(w.to(device), b.to(device)) for w, b in parent], recipe=train_spec(cfg),
+    problem = Problem(parent=to_device(parent, device), recipe=train_spec(cfg, parent),
                       data=run_data, batch_size=cfg.data.batch_size, generator=gen, seed=int(cfg.seed),
                       backend=backend, timer=timer)
     total = method.progress_total(problem)
@@ -167,9 +167,10 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
         outcome = method.run(problem)
     finally:
         bar.close()
-    best = [(w.detach().cpu(), b.detach().cpu()) for w, b in outcome.network]
+    best = detached(outcome.network)
     with timer.phase("forward"):
         metrics = network_metrics(best, parent, run_data.val, test)
+        metrics.update(cost_metrics(best, parent, test))
     metrics.update(outcome.metrics)
     for stage, layers in outcome.stages.items():
         metrics.update(network_metrics(layers, parent, run_data.val, test, prefix=f"{stage}_"))

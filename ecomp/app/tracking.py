@@ -335,7 +335,8 @@ class RunTracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)
         info = Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
-                         python_model=str(NETWORK_MODEL), artifacts={"network": str(network)},
+                         python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
+                                                                        "architecture": str(network) + ".json"},
                          signature=signature, input_example=example[:2].numpy(),
                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
         if register_as:

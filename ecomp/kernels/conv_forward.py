@@ -6,7 +6,7 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
   the straightforward oracle.
 * :func:`forward_grouped`: one batch per architecture. The individuals of one architecture
   (evolution makes most of them alike within a few dozen generations) run as one network: their
-  first convolutions' filters concatenated into one convolution on the shared images, every
+  first convolutions' filters concatenated into one GEMM on the shared images' patches, every
   later convolution as a grouped convolution (``groups`` = individuals), every linear stage as
   one batched product. ``benchmarks/bench_conv.py`` measures both; the grouped pass is the default.
 
@@ -30,7 +30,7 @@ MAX_ELEMENTS = 1 << 25          # floats per activation tensor of a chunk (128 M
 @torch.no_grad()
 def forward_loop(pop: ConvPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
     """Logits ``(pop, batch, classes)`` and ``hidden[l][i]``, individual ``i``'s stage-``l``
-    post-ReLU activations as ``(batch, features)``, one network at a time."""
+    output as ``(batch, features)``, one network at a time."""
     logits = x.new_empty(pop.size, x.shape[0], pop.classes)
     hidden: list[list[Tensor]] = [[] for _ in range(len(pop.plan.stages) - 1)]
     for i in range(pop.size):
@@ -46,50 +46,134 @@ def _chunk(plan: ConvPlan, units: tuple[int, ...], n_images: int, size: int) -> 
     return max(1, min(size, MAX_ELEMENTS // max(1, widest * n_images)))
 
 
+def _max_pool(h: Tensor, k: int) -> Tensor:
+    """``max_pool2d(h, k)`` of a channels-last ``h`` as ``k * k - 1`` elementwise maxima of
+    strided slices: each slice is whole rows of channels, so it runs at memory speed."""
+    n, c, hh, ww = h.shape
+    v = h.permute(0, 2, 3, 1)[:, :hh // k * k, :ww // k * k]             # (n, H, W, c), a view
+    rows = v[:, 0::k]
+    for i in range(1, k):
+        rows = torch.maximum(rows, v[:, i::k])
+    out = rows[:, :, 0::k]
+    for j in range(1, k):
+        out = torch.maximum(out, rows[:, :, j::k])
+    return out.permute(0, 3, 1, 2)                                     # (n, c, H/k, W/k), channels-last
+
+
+def _relu_pool(plan: ConvPlan, l: int, h: Tensor) -> Tensor:
+    """ReLU then the stage's pooling; a max-pool first, on ``k * k`` times fewer values (the two
+    commute exactly: the ReLU is monotonic)."""
+    s = plan.stages[l]
+    if s.pool == "max":
+        return _max_pool(h, s.pool_size).relu_()
+    return convnet._after(plan, l, h.relu_())
+
+
+def _first_conv(x4: Tensor, w: Tensor, b: Tensor, stride: int, padding: int) -> Tensor:
+    """The first convolution of every individual at once, as one GEMM of the images' patches
+    (``unfold``) by all filters, written channels-last: the input has one or three channels,
+    where a direct convolution runs well below the machine's GEMM speed."""
+    n, k = x4.shape[0], w.shape[2]
+    patches = F.unfold(x4, k, padding=padding, stride=stride)             # (n, C*k*k, L)
+    ho = (x4.shape[2] + 2 * padding - k) // stride + 1
+    wo = (x4.shape[3] + 2 * padding - k) // stride + 1
+    out = torch.addmm(b, patches.transpose(1, 2).reshape(n * ho * wo, -1), w.reshape(w.shape[0], -1).T)
+    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)                   # (n, g*u, H, W), channels-last
+
+
+def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
+    """Per individual of a channels-last ``(n, g*c, H, W)`` block: its maps as ``(n, features)`` rows."""
+    n, gc, hh, ww = h.shape
+    c = gc // g
+    if features == "flat":               # (n, H, W, g, c) in memory -> (g, n, H*W*c)
+        per = h.permute(0, 2, 3, 1).reshape(n, hh * ww, g, c).permute(2, 0, 1, 3).reshape(g, n, -1)
+    else:
+        per = h.mean((2, 3)).view(n, g, c).transpose(0, 1)
+    return list(per.unbind(0))
+
+
 @torch.no_grad()
-def _group(pop: ConvPopulation, members: list[int], x4: Tensor, features: str) -> tuple[Tensor, list[list[Tensor]]]:
-    """Logits ``(g, batch, classes)`` and per-stage activations of individuals ``members`` (one architecture)."""
-    plan, g, n = pop.plan, len(members), x4.shape[0]
-    h = x4
+def _first_stage(pop: ConvPopulation, order: list[int], x4: Tensor) -> list[tuple[list[int], Tensor]]:
+    """Stage 0 (a convolution) of individuals ``order``, in as few GEMMs as the memory budget
+    allows: ``(individuals, their outputs (n, sum of units, H, W) channels-last)`` per chunk."""
+    plan, s = pop.plan, pop.plan.stages[0]
+    _, hh, ww = plan.maps()[0]
+    out, start = [], 0
+    while start < len(order):
+        end, total = start, 0
+        while end < len(order) and (end == start or (total + pop.widths[order[end]][0]) * hh * ww * x4.shape[0]
+                                    <= MAX_ELEMENTS):
+            total += pop.widths[order[end]][0]
+            end += 1
+        part = order[start:end]
+        w = torch.cat([pop.members[i][0][0] for i in part])
+        b = torch.cat([pop.members[i][0][1] for i in part])
+        out.append((part, _relu_pool(plan, 0, _first_conv(x4, w, b, s.stride, s.padding))))
+        start = end
+    return out
+
+
+@torch.no_grad()
+def _later(pop: ConvPopulation, members: list[int], h: Tensor, features: str) -> tuple[Tensor, list[list[Tensor]]]:
+    """Stages 1 on of individuals ``members`` (one architecture) from their stage-0 outputs ``h``
+    ``(n, g*u, H, W)``: logits ``(g, n, classes)`` and each later prunable stage's outputs."""
+    plan, g, n = pop.plan, len(members), h.shape[0]
     acts: list[list[Tensor]] = []
     last = len(plan.stages) - 1
-    for l, s in enumerate(plan.stages):
+    for l in range(1, len(plan.stages)):
+        s = plan.stages[l]
         ws = [pop.members[i][l][0] for i in members]
         b = torch.cat([pop.members[i][l][1] for i in members])
         if s.kind == "conv":
-            h = F.conv2d(h, torch.cat(ws), b, s.stride, s.padding, 1, 1 if l == 0 else g)   # (n, g*u, H, W)
-            h = h.relu_()
-            c = ws[0].shape[0]
-            view = h.view(n, g, c, h.shape[2], h.shape[3])
-            acts.append([features_of(view[:, j], features) for j in range(g)])
-            h = convnet._after(plan, l, h)
+            w = torch.cat(ws).contiguous(memory_format=torch.channels_last)
+            h = F.conv2d(h.contiguous(memory_format=torch.channels_last), w, b, s.stride, s.padding, 1, g)
+            h = _relu_pool(plan, l, h)
+            acts.append(_flat_features(h, g, features))
             continue
         if h.dim() == 4:                                               # the Flatten: (g, n, u*h*w)
             h = h.reshape(n, g, -1).transpose(0, 1)
-        w = torch.stack(ws)                                            # (g, out, in)
-        h = torch.baddbmm(b.view(g, 1, -1), h, w.transpose(1, 2))      # (g, n, out)
+        h = torch.baddbmm(b.view(g, 1, -1), h, torch.stack(ws).transpose(1, 2))   # (g, n, out)
         if l < last:
             h = h.relu_()
-            acts.append([h[j] for j in range(g)])
+            acts.append(list(h.unbind(0)))
     return h, acts
 
 
 @torch.no_grad()
 def forward_grouped(pop: ConvPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
-    """:func:`forward_loop`'s results, one batch per architecture (in chunks)."""
-    x4 = x.view(x.shape[0], *pop.plan.in_shape)
-    logits = x.new_empty(pop.size, x.shape[0], pop.classes)
-    n_stages = len(pop.plan.stages) - 1
+    """:func:`forward_loop`'s results, one batch per architecture (in chunks). A first stage
+    that is a convolution runs for the whole population at once (:func:`_first_stage`)."""
+    plan, n = pop.plan, x.shape[0]
+    x4 = x.view(n, *plan.in_shape)
+    logits = x.new_empty(pop.size, n, pop.classes)
+    n_stages = len(plan.stages) - 1
     hidden: list[list[Tensor | None]] = [[None] * pop.size for _ in range(n_stages)]
-    for units, members in pop.groups().items():
-        step = _chunk(pop.plan, units, x.shape[0], len(members))
-        for s in range(0, len(members), step):
-            part = members[s:s + step]
-            out, acts = _group(pop, part, x4, features)
-            logits[part] = out
-            for l in range(n_stages):
-                for j, i in enumerate(part):
-                    hidden[l][i] = acts[l][j]
+    groups = pop.groups()
+    if plan.stages[0].kind != "conv":
+        raise ValueError("a convolutional population starts with a convolution")
+    widths = pop.widths
+    for part, h in _first_stage(pop, [i for m in groups.values() for i in m], x4):
+        # the chunk holds whole runs of one architecture, one after the other: each run's
+        # stage-0 maps are a slice of channels, and its later stages run together
+        start, channel = 0, 0
+        while start < len(part):
+            units, end = widths[part[start]], start
+            while end < len(part) and widths[part[end]] == units:
+                end += 1
+            run = part[start:end]
+            h0 = h[:, channel:channel + len(run) * units[0]]
+            channel += len(run) * units[0]
+            start = end
+            for i, a in zip(run, _flat_features(h0, len(run), features)):
+                hidden[0][i] = a
+            step = _chunk(plan, units, n, len(run))
+            for s in range(0, len(run), step):
+                sub = run[s:s + step]
+                out, acts = _later(pop, sub, h0[:, s * units[0]:(s + len(sub)) * units[0]], features)
+                logits[sub] = out
+                for l in range(1, n_stages):
+                    for j, i in enumerate(sub):
+                        hidden[l][i] = acts[l - 1][j]
     return logits, hidden
 
 

@@ -1,22 +1,35 @@
 """The figures every method's returned network is judged by, computed in one place.
 
-Sizes are relative to the parent: ``compression`` counts hidden units (the paper's
-measure), ``params_ratio`` counts weights and biases. Both are logged for every run, whichever
-EComp's fitness used (``fitness.compression``).
+Sizes are relative to the parent: ``compression`` counts prunable units (hidden neurons and conv
+channels: the paper's measure), ``params_ratio`` weights and biases, ``macs_ratio``
+multiply-accumulates per image (counted by torch's FLOP counter, :func:`ecomp.nets.sizes.counted_macs`).
+All are logged for every run, whichever EComp's fitness used (``fitness.compression``).
+Latencies (:func:`cost_metrics`) depend on the machine: they are logged, never hashed or compared
+across machines.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+
+import torch
+
 from ecomp.nets.data import Split
-from ecomp.nets.network import Layers, accuracy
-from ecomp.nets.sizes import size, widths_of
+from ecomp.nets.network import Net, accuracy, detached, model_from_layers
+from ecomp.nets.sizes import counted_macs, net_size
+
+LATENCY_BATCH = 256
+LATENCY_WARMUP, LATENCY_REPEATS = 3, 15
 
 
-def network_metrics(layers: Layers, parent: Layers, val: Split, test: Split, prefix: str = "best_") -> dict[str, float]:
-    """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, params_ratio}``."""
-    layers = [(w.cpu(), b.cpu()) for w, b in layers]
-    units, params = (size(widths_of(layers), k) for k in ("units", "params"))
-    parent_units, parent_params = (size(widths_of(parent), k) for k in ("units", "params"))
+def network_metrics(layers: Net, parent: Net, val: Split, test: Split, prefix: str = "best_") -> dict[str, float]:
+    """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, params_ratio,
+    macs, macs_ratio}``."""
+    layers, parent = detached(layers), detached(parent)
+    units, params = (net_size(layers, k) for k in ("units", "params"))
+    parent_units, parent_params = (net_size(parent, k) for k in ("units", "params"))
+    macs = counted_macs(layers)
     out = {
         "test_accuracy": accuracy(layers, test.x, test.y),
         "val_accuracy": accuracy(layers, val.x, val.y) if val.x.shape[0] else float("nan"),
@@ -24,5 +37,29 @@ def network_metrics(layers: Layers, parent: Layers, val: Split, test: Split, pre
         "hidden_units": float(units),
         "parameters": float(params),
         "params_ratio": params / parent_params,
+        "macs": float(macs),
+        "macs_ratio": macs / counted_macs(parent),
     }
     return {prefix + k: float(v) for k, v in out.items()}
+
+
+@torch.inference_mode()
+def latency_ms(net: Net, x: torch.Tensor, warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS) -> float:
+    """Median wall time (ms) of the network's module on ``x``, after ``warmup`` untimed calls."""
+    model = model_from_layers(detached(net)).eval()
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def cost_metrics(best: Net, parent: Net, test: Split) -> dict[str, float]:
+    """``parent_macs`` and, on the CPU at batch ``LATENCY_BATCH`` (test images), ``best_latency_ms``
+    and ``parent_latency_ms``."""
+    x = test.x[:LATENCY_BATCH].contiguous()
+    return {"parent_macs": float(counted_macs(parent)),
+            "best_latency_ms": latency_ms(best, x), "parent_latency_ms": latency_ms(parent, x)}

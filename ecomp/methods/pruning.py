@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ecomp.core.initialiser import pruned_width
-from ecomp.nets.network import Layers, layers_of, linear_layers, model_from_layers
+from ecomp.nets import convnet
+from ecomp.nets.convnet import ConvNet
+from ecomp.nets.network import Layers, Net, layers_of, linear_layers, model_from_layers
 
 # importance criterion -> (Torch-Pruning class name, keyword arguments). "first": the score of a
 # neuron is that of its own incoming row, as EComp's L1 ranking; "mean": Torch-Pruning's group
@@ -38,31 +40,40 @@ def _scorer(importance: str):
     return getattr(tp.importance, cls)(**kwargs)
 
 
-def structured_prune(parent: Layers, keep: float, importance: str = "l1",
-                     data: tuple[Tensor, Tensor] | None = None) -> Layers:
-    """A copy of ``parent`` keeping ``pruned_width(width, keep)`` neurons of every hidden layer.
+def structured_prune(parent: Net, keep: float, importance: str = "l1",
+                     data: tuple[Tensor, Tensor] | None = None) -> Net:
+    """A copy of ``parent`` keeping ``pruned_width(units, keep)`` units of every prunable layer:
+    hidden neurons, and a CNN's convolution channels (its dependency graph removes a filter, its
+    bias and the next layer's matching input channel, or after the Flatten its block of columns).
 
     ``data`` ``(x, y)``: the images whose cross-entropy gradient the ``taylor`` criterion
-    needs (the run's training subset). Kept neurons stay in their original order.
+    needs (the run's training subset). Kept units stay in their original order.
     """
     import torch_pruning as tp
 
+    conv = isinstance(parent, ConvNet)
     model = model_from_layers(parent)
-    x_example = parent[0][0].new_zeros(1, parent[0][0].shape[1])
+    first = convnet.weight_modules(model)[0] if conv else linear_layers(model)[0]
+    c, h, w = parent.plan.in_shape if conv else (1, 1, first.in_features)
+    x_example = first.weight.new_zeros(1, c * h * w)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x_example)
-    hidden = linear_layers(model)[:-1]
+    hidden = (convnet.weight_modules(model) if conv else linear_layers(model))[:-1]
     if importance in NEEDS_GRADIENTS:
         if data is None:
             raise ValueError(f"importance={importance!r} needs data for its gradients")
         model.zero_grad()
         F.cross_entropy(model(data[0]), data[1]).backward()
     scorer = _scorer(importance)
-    groups = [graph.get_pruning_group(lin, tp.prune_linear_out_channels, idxs=list(range(lin.out_features)))
-              for lin in hidden]
+    def how(m):
+        return tp.prune_conv_out_channels if isinstance(m, torch.nn.Conv2d) else tp.prune_linear_out_channels
+
+    groups = [graph.get_pruning_group(m, how(m), idxs=list(range(m.weight.shape[0]))) for m in hidden]
     scores = [scorer(g) for g in groups]                # every ranking on the intact parent
-    for lin, score in zip(hidden, scores):
+    for m, score in zip(hidden, scores):
         order = torch.argsort(score, descending=True, stable=True)
         drop = sorted(order[pruned_width(len(score), keep):].tolist())
         if drop:
-            graph.get_pruning_group(lin, tp.prune_linear_out_channels, idxs=drop).prune()
+            graph.get_pruning_group(m, how(m), idxs=drop).prune()
+    if conv:
+        return convnet.from_module(model, parent.plan)
     return [(w.clone(), b.clone()) for w, b in layers_of(model)]

@@ -10,7 +10,7 @@ individuals by architecture instead (:mod:`ecomp.kernels.conv_forward`). The acc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -24,11 +24,10 @@ class ConvPopulation:
     plan: ConvPlan                         # the parent's structure (its units are the parent's)
     members: list[Layers]                  # per individual: one (weight, bias) pair per stage
     slots = None                           # stored in individual order, always (Population's interface)
+    widths: list[tuple[int, ...]] = field(init=False)   # units of each individual's prunable stages
 
-    @property
-    def widths(self) -> list[tuple[int, ...]]:
-        """Units of each individual's prunable stages."""
-        return [tuple(w.shape[0] for w, _ in m[:-1]) for m in self.members]
+    def __post_init__(self) -> None:
+        self.widths = [tuple(w.shape[0] for w, _ in m[:-1]) for m in self.members]
 
     @property
     def size(self) -> int:

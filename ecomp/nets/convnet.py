@@ -61,7 +61,7 @@ class ConvPlan:
         return replace(self, stages=tuple(replace(s, out=u) for s, u in zip(self.stages, units)) + self.stages[-1:])
 
     def maps(self) -> list[tuple[int, int, int]]:
-        """Per stage: ``(units, height, width)`` after its ReLU, before its pooling (``1, 1`` for linear)."""
+        """Per stage: ``(units, height, width)`` of its output before its pooling (``1, 1`` for linear)."""
         c, h, w = self.in_shape
         out = []
         for s in self.stages:
@@ -231,7 +231,8 @@ def _after(plan: ConvPlan, i: int, h: Tensor) -> Tensor:
 
 
 def features_of(a: Tensor, features: str) -> Tensor:
-    """A stage's post-ReLU output as one row per image: flat, or averaged over each channel's map."""
+    """A stage's output as one row per image: flat, or averaged over each channel's map. (The
+    similarity's distances do not depend on the order of the features.)"""
     if a.dim() == 2:
         return a
     return a.flatten(1) if features == "flat" else a.mean((2, 3))
@@ -240,17 +241,17 @@ def features_of(a: Tensor, features: str) -> Tensor:
 @torch.no_grad()
 def run(net: ConvNet, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
     """Logits ``(n, classes)`` of flat images ``x`` by a plain layer-by-layer pass, and (when
-    ``features`` is given) every prunable stage's post-ReLU activations as rows per image."""
+    ``features`` is given) every prunable stage's output (after its ReLU and pooling: what the
+    next layer reads) as rows per image."""
     plan, h = net.plan, x.view(x.shape[0], *net.plan.in_shape)
     acts: list[Tensor] = []
     last = len(net.layers) - 1
     for i, (w, b) in enumerate(net.layers):
         h = _stage(plan, i, h, w, b, h.dim() == 4)
         if i < last:
-            h = h.relu()
+            h = _after(plan, i, h.relu())
             if features is not None:
                 acts.append(features_of(h, features))
-            h = _after(plan, i, h)
     return h, acts
 
 

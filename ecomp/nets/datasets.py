@@ -46,6 +46,7 @@ class DatasetInfo:
     n_test: int
     read: Callable[[Path, bool, bool], Split]        # (root, train, download) -> the whole split
     files: Callable[[Path, bool], list[Path]]        # the files a split is read from (cache key)
+    shape: tuple[int, int, int] = (1, 28, 28)        # (channels, height, width) of one image
 
 
 # --- FashionMNIST: torchvision's files, Debian's package, or a download -------------------------
@@ -143,8 +144,12 @@ def _read_idx_split(raw: Path, train: bool) -> Split:
 
 
 def _flatten(images, targets) -> Split:
-    """torchvision's ``data`` (uint8 tensor or array, ``(n, h, w[, c])``) and ``targets`` as a Split."""
+    """torchvision's ``data`` (uint8 tensor or array, ``(n, h, w[, c])``) and ``targets`` as a Split,
+    each image flattened channel by channel (``C x H x W``, as ``ToTensor`` orders it; a CNN reads
+    it back as maps)."""
     x = torch.as_tensor(images)
+    if x.dim() == 4:
+        x = x.permute(0, 3, 1, 2)
     x = x.reshape(x.shape[0], -1).to(torch.float32).div_(255.0)   # = ToTensor(), in one step
     return Split(x, torch.as_tensor(targets).to(torch.int64))
 
@@ -218,8 +223,8 @@ def _registry() -> dict[str, DatasetInfo]:
         DatasetInfo("fashion_mnist", 784, 10, 60_000, 10_000, _read_fashion, _fashion_files),
         DatasetInfo("mnist", 784, 10, 60_000, 10_000, *mnist),
         DatasetInfo("kmnist", 784, 10, 60_000, 10_000, *kmnist),
-        DatasetInfo("cifar10", 3072, 10, 50_000, 10_000, *cifar),
-        DatasetInfo("digits", 64, 10, 1797 - DIGITS_TEST, DIGITS_TEST, _read_digits, _no_files),
+        DatasetInfo("cifar10", 3072, 10, 50_000, 10_000, *cifar, shape=(3, 32, 32)),
+        DatasetInfo("digits", 64, 10, 1797 - DIGITS_TEST, DIGITS_TEST, _read_digits, _no_files, shape=(1, 8, 8)),
     )}
 
 

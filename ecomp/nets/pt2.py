@@ -4,7 +4,9 @@
 ``weights_only=False`` (or plain ``pickle.loads``): a crafted archive runs code. This reader
 never calls it. It opens the archive's bytes (read once by the caller) as a zip file and reads:
 
-* the program's graph from ``models/<name>.json`` (JSON: the operations, never executed);
+* the program's graph from ``models/<name>.json`` (JSON: the operations, never executed): each
+  node's operation, arguments and outputs (:class:`Node`), which placeholders are which weights,
+  the user input and output, and every tensor's shape;
 * its weights from ``data/weights/``: raw tensor payloads described by the JSON weights
   config, rebuilt with ``torch.frombuffer``; a pickled payload only through
   ``torch.load(weights_only=True)``.
@@ -23,15 +25,18 @@ import re
 import sys
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ecomp.errors import CheckpointError
 
-# The serialised ScalarType codes (torch._export.serde.schema) a network's weights may have.
-_DTYPES = {6: torch.float16, 7: torch.float32, 8: torch.float64, 13: torch.bfloat16}
+# The serialised ScalarType codes (torch._export.serde.schema) a network's weights may have
+# (int64: a BatchNorm's ``num_batches_tracked`` buffer).
+_DTYPES = {5: torch.int64, 6: torch.float16, 7: torch.float32, 8: torch.float64, 13: torch.bfloat16}
+# Serialised argument forms read as plain values (``as_tensor`` becomes a :class:`Ref`).
+_PLAIN_ARGS = ("as_int", "as_float", "as_bool", "as_string", "as_ints", "as_floats", "as_bools", "as_strings")
 _MODEL = re.compile(r"^(?P<prefix>(?:[^/]+/)?)models/(?P<name>[^/]+)\.json$")
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")          # a pickle (protocol >= 2), a torch.save zip
 
@@ -40,10 +45,43 @@ class ArchiveError(CheckpointError):
     """The archive cannot be read safely; one line naming the member."""
 
 
+class Ref(str):
+    """An argument that is a tensor of the graph, by its graph name (``"p_0_weight"``, ``"relu"``)."""
+
+
+@dataclass(frozen=True)
+class Other:
+    """An argument in a serialised form this reader does not interpret (``as_sym_int``, ...)."""
+    form: str
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str                           # "conv2d" (see :func:`_op`)
+    target: str                       # "torch.ops.aten.conv2d.default"
+    name: str                         # the node's name in the graph
+    args: dict[str, object]           # argument name -> Ref | None | int | float | bool | str | list | Other
+    outputs: tuple[str, ...]          # graph names of the tensors it returns ("" for one that is not a tensor)
+    module: str = ""                  # the module it came from, "features.0 (Conv2d)", when the graph says
+
+    def refs(self) -> list[Ref]:
+        """Every tensor it takes, in argument order."""
+        out: list[Ref] = []
+        for v in self.args.values():
+            out.extend(r for r in (v if isinstance(v, list) else [v]) if isinstance(r, Ref))
+        return out
+
+
 @dataclass(frozen=True)
 class Archive:
     ops: list[str]                    # the graph's operations in order, e.g. ["flatten", "linear", "relu"]
     state: dict[str, Tensor]          # weight name -> tensor, e.g. "1.weight"
+    nodes: tuple[Node, ...] = ()      # the graph's operations, in order
+    weights: dict[str, str] = field(default_factory=dict)    # placeholder -> weight name ("p_0_weight" -> "0.weight")
+    inputs: tuple[str, ...] = ()      # the user inputs' placeholders
+    outputs: tuple[str, ...] = ()     # the user outputs' graph names
+    other_inputs: tuple[str, ...] = ()  # kinds of any other inputs (constants, custom objects, tokens)
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)  # tensor -> sizes (None: symbolic)
 
 
 def read_archive(data: bytes, where: str) -> Archive:
@@ -78,11 +116,63 @@ def read_archive(data: bytes, where: str) -> Archive:
             _check_pickle(zf, member, where)
     program = _json(zf, f"{prefix}models/{name}.json", where)
     try:
-        nodes = program["graph_module"]["graph"]["nodes"]
-        ops = [_op(node["target"]) for node in nodes]
-    except (KeyError, TypeError):
+        graph = program["graph_module"]["graph"]
+        nodes = tuple(_node(node) for node in graph["nodes"])
+        weights, inputs, outputs, other = _signature(program["graph_module"]["signature"])
+        shapes = {t: tuple(int(s["as_int"]) if "as_int" in s else None for s in meta["sizes"])
+                  for t, meta in graph.get("tensor_values", {}).items()}
+    except (KeyError, TypeError, AttributeError, ValueError, StopIteration):
         raise ArchiveError(f"{where}: member '{prefix}models/{name}.json' is not a serialised program") from None
-    return Archive(ops, state)
+    return Archive([n.op for n in nodes], state, nodes, weights, inputs, outputs, other, shapes)
+
+
+def _node(node: dict) -> Node:
+    args = {str(i["name"]): _arg(i["arg"]) for i in node.get("inputs", [])}
+    outputs = tuple(_arg(o) if "as_tensor" in o else "" for o in node.get("outputs", []))
+    return Node(_op(node["target"]), node["target"], str(node.get("name", "")), args, outputs,
+                _module((node.get("metadata") or {}).get("nn_module_stack", "")))
+
+
+def _arg(arg: dict) -> object:
+    form, value = next(iter(arg.items()))
+    if form == "as_tensor":
+        return Ref(value["name"])
+    if form in ("as_tensors", "as_optional_tensors"):
+        return [Ref(v["name"]) if isinstance(v, dict) and "name" in v else
+                (Ref(v["as_tensor"]["name"]) if isinstance(v, dict) and "as_tensor" in v else None) for v in value]
+    if form == "as_none":
+        return None
+    if form in _PLAIN_ARGS:
+        return value
+    return Other(form)
+
+
+def _module(stack: str) -> str:
+    """``"L__self__,,...Sequential;L__self___features_0,features.0,torch.nn...Conv2d"`` -> ``"features.0 (Conv2d)"``."""
+    parts = stack.split(";")[-1].split(",") if stack else []
+    if len(parts) < 3 or not parts[1]:
+        return ""
+    return f"{','.join(parts[1:-1])} ({parts[-1].rsplit('.', 1)[-1]})"
+
+
+def _signature(sig: dict) -> tuple[dict[str, str], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    weights, inputs, other = {}, [], []
+    for spec in sig["input_specs"]:
+        kind, body = next(iter(spec.items()))
+        if kind in ("parameter", "buffer"):
+            weights[body["arg"]["name"]] = body[f"{kind}_name"]
+        elif kind == "user_input" and "as_tensor" in body["arg"]:
+            inputs.append(body["arg"]["as_tensor"]["name"])
+        else:
+            other.append(kind)
+    outputs = []
+    for spec in sig["output_specs"]:
+        kind, body = next(iter(spec.items()))
+        if kind == "user_output" and "as_tensor" in body["arg"]:
+            outputs.append(body["arg"]["as_tensor"]["name"])
+        else:
+            other.append(kind)
+    return weights, tuple(inputs), tuple(outputs), tuple(other)
 
 
 def _member(zf: zipfile.ZipFile, member: str, where: str, required: bool = True) -> bytes | None:
@@ -125,7 +215,7 @@ def _tensor(zf: zipfile.ZipFile, weights_dir: str, meta: dict, fqn: str, where: 
         offset = int(tm["storage_offset"]["as_int"])
     except KeyError as exc:
         raise ArchiveError(f"{where}: weight {fqn!r} has no usable description ({exc} missing or dtype not one of "
-                           f"float16, bfloat16, float32, float64)") from None
+                           f"float16, bfloat16, float32, float64, int64)") from None
     flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
     needed = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1 if all(sizes) else 0
     if min(sizes, default=1) < 0 or needed > flat.numel():
