@@ -42,8 +42,8 @@ from ecomp.app.cli import check_overrides, fail  # noqa: E402
 from ecomp.app.config import TrackingConf  # noqa: E402
 from ecomp.app.tracking import client_for, default_uri  # noqa: E402
 from ecomp.errors import TrackingError  # noqa: E402
-from experiments.report_data import (SUMMARY_TAG, ReportError, grid_gaps, load_all_runs, load_history,  # noqa: E402
-                                     paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
+from experiments.report_data import (SIZE_COLUMNS, SIZE_LABELS, SUMMARY_TAG, ReportError,  # noqa: E402
+                                     grid_gaps, load_all_runs, load_history, paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
                                      summary_table)
 from experiments.levers import PAPER, lever_markdown, lever_table, with_levers  # noqa: E402
 from experiments.search import SPACE_PARAM, front_markdown, front_table, trial_table  # noqa: E402
@@ -68,8 +68,15 @@ class GridConf:
 
 
 @dataclass
+class ReportConf:
+    size: str = "units"                   # what the frontier and verdict measure sizes in: units | params | macs
+    parent: Optional[str] = None          # mlp | cnn: whose runs; null = the MLPs when both are in the store
+
+
+@dataclass
 class FiguresConf:
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    report: ReportConf = field(default_factory=ReportConf)
     grid: GridConf = field(default_factory=GridConf)
     output_dir: Optional[str] = None      # default: <repo>/reports
     omit_from_figures: list[str] = field(default_factory=list)
@@ -145,7 +152,7 @@ BASELINE_STYLES = (("black", "-"), ("tab:gray", "--"), ("tab:olive", "-."), ("ta
 
 
 def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str], palette: dict,
-                    parent_accuracy: float, zoom: float = 0.1):
+                    parent_accuracy: float, zoom: float = 0.1, size_label: str = SIZE_LABELS["units"]):
     """Test accuracy vs relative size: each baseline's mean over seeds with its 95 % band, EComp's
     returned networks as points by scenario (fine-tuned ones as crosses), the parent as a line.
     Left: everything; right: the same, the top ``zoom`` of accuracy below the parent."""
@@ -169,7 +176,7 @@ def frontier_figure(frontier: pd.DataFrame, ecomp: pd.DataFrame, order: list[str
                            marker=markers[lever], s=24 if lever == PAPER else 34, alpha=0.85,
                            edgecolor="none" if lever == PAPER else "black", linewidth=0.4)
         ax.axhline(parent_accuracy, color="black", linestyle=":", linewidth=1, label=f"parent ({parent_accuracy:.3f})")
-        ax.set(xlabel="relative size (hidden units / parent's)", ylabel="test accuracy")
+        ax.set(xlabel=size_label, ylabel="test accuracy")
     axes[0].set_title("Accuracy vs size: EComp's networks against the baselines")
     axes[1].set_ylim(parent_accuracy - zoom, parent_accuracy + 0.01)
     axes[1].set_title(f"the same, within {zoom:.2f} of the parent")
@@ -265,12 +272,32 @@ def log_report_to(uri: str, run_id: str, files: list[Path]) -> None:
 def build_report(cfg: DictConfig) -> list[Path]:
     """Read the store, write every figure and table, log them; returns the files written."""
     uri = cfg.tracking.uri or default_uri(REPO)
+    size, kind = cfg.report.size, cfg.report.parent
+    if size not in SIZE_COLUMNS:
+        raise ReportError(f"report.size={size!r}: one of {', '.join(SIZE_COLUMNS)}")
+    if kind not in (None, "mlp", "cnn"):
+        raise ReportError(f"report.parent={kind!r}: null (the MLPs when both kinds are in the store), mlp or cnn")
     scenarios, seeds = [str(s) for s in cfg.grid.scenarios], [int(k) for k in cfg.grid.seeds]
     everything = load_all_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s)
+    kinds = set(everything.parent_kind)
+    notes: list[str] = []
+    if kind is None and len(kinds) > 1:       # MLP and CNN runs are never paired, nor drawn together
+        kind = "mlp"
+        notes.append(f"the store holds runs of {', '.join(sorted(kinds))} parents: this report is of the mlp "
+                     "runs (report.parent=cnn for the others)")
+    if kind is not None:
+        if kind not in kinds:
+            raise ReportError(f"report.parent={kind}: no FINISHED runs of a {kind} parent in {uri} "
+                              f"(found: {', '.join(sorted(kinds))})")
+        everything = everything[everything.parent_kind == kind]
+    if size != "units":                       # the frontier and verdict read best_compression as the size
+        measured = everything[SIZE_COLUMNS[size]].notna()
+        if not measured.all():
+            notes.append(f"{int((~measured).sum())} runs logged before {SIZE_COLUMNS[size]} existed are left out")
+        everything = everything[measured].assign(best_compression=everything[SIZE_COLUMNS[size]])
     trials, everything = everything[everything.study != ""], everything[everything.study == ""]   # searches apart
     out = Path(cfg.output_dir) if cfg.output_dir else REPO / "reports"
     files: list[Path] = []
-    notes: list[str] = []
     runs = paper_runs(everything)
     if runs.empty:
         notes.append("no EComp runs of the paper's configuration: Figures 2-5 and summary.* are not drawn")
@@ -296,7 +323,7 @@ def build_report(cfg: DictConfig) -> list[Path]:
         if missing:
             log.warning("missing from the grid (%d of %d): %s", len(missing), len(scenarios) * len(seeds),
                         ", ".join(missing))
-    files += verdict_files(everything, scenarios, out, notes)
+    files += verdict_files(everything, scenarios, out, notes, SIZE_LABELS[size])
     files += search_files(uri, cfg.tracking.experiment, trials, everything, scenarios, out, notes)
     for note in notes:
         log.warning(note)
@@ -315,7 +342,8 @@ def build_report(cfg: DictConfig) -> list[Path]:
     return files
 
 
-def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: list[str]) -> list[Path]:
+def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: list[str],
+                  size_label: str = SIZE_LABELS["units"]) -> list[Path]:
     """``frontier.*``, ``frontier.csv`` and ``verdict.*`` when the store holds baseline runs (else none)."""
     setups = everything.setup.value_counts()
     if len(setups) > 1:                      # pairing by seed needs the same images and parent
@@ -340,7 +368,8 @@ def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: 
     present = [s for s in order if s in set(ecomp.scenario)] + sorted(set(ecomp.scenario) - set(order))
     palette = dict(zip(present, sns.color_palette("tab10", len(present))))
     with sns.axes_style("whitegrid"):
-        files += save(frontier_figure(frontier, ecomp, present, palette, parent), out, "frontier")
+        files += save(frontier_figure(frontier, ecomp, present, palette, parent, size_label=size_label), out,
+                      "frontier")
     if ecomp.empty:
         notes.append("no EComp runs: the frontier has no points and there is no verdict")
         return files

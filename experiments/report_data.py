@@ -25,6 +25,12 @@ HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
 FINAL_KEYS = ("best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy")
 # logged by every method since the baselines came (NaN for older runs)
 METHOD_KEYS = ("best_val_accuracy", "best_params_ratio", "run_seconds")
+# logged since CNNs came (NaN for older runs; every older run is an MLP)
+COST_KEYS = ("best_macs_ratio", "parent_macs", "best_latency_ms", "parent_latency_ms")
+# report.size -> the column holding each returned network's size relative to its parent's
+SIZE_COLUMNS = {"units": "best_compression", "params": "best_params_ratio", "macs": "best_macs_ratio"}
+SIZE_LABELS = {"units": "relative size (prunable units / parent's)", "params": "relative parameters (/ parent's)",
+               "macs": "relative MACs (/ parent's)"}
 CONVERGENCE_TOL = 0.01
 # summary.csv columns: (column stem, source column); each gives <stem>_mean and <stem>_sd
 SUMMARY_COLUMNS = (
@@ -125,7 +131,8 @@ def _row(r) -> dict:
             "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
             "study": tags.get(TAG_STUDY, ""), "trial": tags.get(TAG_TRIAL, ""),
             "parent_run": tags.get("mlflow.parentRunId", ""),
-            **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS)}}
+            "parent_kind": r.data.params.get("parent.kind", "mlp"),
+            **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS, *COST_KEYS)}}
 
 
 # Metrics renamed since runs were first recorded: new name -> old name.
@@ -160,7 +167,9 @@ def base_of(params: dict[str, str]) -> str:
 
 # Params added after runs were first recorded, at the value that behaves as before (as in the
 # config hash, ecomp.app.config._HASH_NEUTRAL): left out, so old and new runs of one setup still pair.
-NEUTRAL_PARAMS = {"parent.path": "None", "fitness.compression": "units"}
+NEUTRAL_PARAMS = {"parent.path": "None", "fitness.compression": "units", "parent.kind": "mlp",
+                  "parent.channels": "None", "parent.kernel": "None", "parent.padding": "None", "parent.pool": "None",
+                  "parent.batchnorm": "False", "similarity.features": "flat"}
 
 
 def _params_hash(params: dict[str, str], keep) -> str:

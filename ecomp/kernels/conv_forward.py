@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ecomp.nets import convnet
 from ecomp.nets.conv_population import ConvPopulation
-from ecomp.nets.convnet import ConvPlan, features_of
+from ecomp.nets.convnet import ConvPlan
 
 MAX_ELEMENTS = 1 << 25          # floats per activation tensor of a chunk (128 MB)
 
@@ -86,7 +86,7 @@ def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
     n, gc, hh, ww = h.shape
     c = gc // g
     if features == "flat":               # (n, H, W, g, c) in memory -> (g, n, H*W*c)
-        per = h.permute(0, 2, 3, 1).reshape(n, hh * ww, g, c).permute(2, 0, 1, 3).reshape(g, n, -1)
+        per = h.permute(0, 2, 3, 1).reshape(n, hh * ww, g, c).permute(2, 0, 1, 3).reshape(g, n, -1).contiguous()
     else:
         per = h.mean((2, 3)).view(n, g, c).transpose(0, 1)
     return list(per.unbind(0))

@@ -17,7 +17,7 @@ from torch import Tensor
 from ecomp.core.initialiser import pruned_width
 from ecomp.nets import convnet
 from ecomp.nets.convnet import ConvNet
-from ecomp.nets.network import Layers, Net, layers_of, linear_layers, model_from_layers
+from ecomp.nets.network import Net, layers_of, linear_layers, model_from_layers
 
 # importance criterion -> (Torch-Pruning class name, keyword arguments). "first": the score of a
 # neuron is that of its own incoming row, as EComp's L1 ranking; "mean": Torch-Pruning's group

@@ -62,7 +62,7 @@ class ConvPlan:
 
     def maps(self) -> list[tuple[int, int, int]]:
         """Per stage: ``(units, height, width)`` of its output before its pooling (``1, 1`` for linear)."""
-        c, h, w = self.in_shape
+        _, h, w = self.in_shape
         out = []
         for s in self.stages:
             if s.kind == "conv":
@@ -72,7 +72,6 @@ class ConvPlan:
                 h, w = h // s.pool_size, w // s.pool_size
             else:
                 out.append((s.out, 1, 1))
-            c = s.out
         return out
 
     def flat_size(self) -> int:
