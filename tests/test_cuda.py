@@ -93,3 +93,27 @@ def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
     assert stacked is not None and stacked[0].shape[1] == max(w[0] for w in gpu.widths)   # the padded path
     assert torch.allclose(logits_c, logits_g.cpu(), rtol=1e-4, atol=1e-5)
     assert all(torch.allclose(a, b.cpu(), rtol=1e-4, atol=1e-5) for la, lb in zip(hidden_c, hidden_g) for a, b in zip(la, lb))
+
+
+# -- convolutional populations on the GPU ---------------------------------------------------------
+
+def test_cuda_conv_population_forward_and_evolution_equal_the_cpu():
+    from ecomp.core import conv_initialiser
+    from ecomp.kernels import conv_forward
+    from ecomp.nets import convnet
+
+    plan = convnet.lenet5((1, 28, 28), 10, channels=(4, 8), hidden=(16,))
+    torch.manual_seed(0)
+    parent = convnet.from_module(convnet.build_module(plan), plan)
+    cpu = conv_initialiser.l1_population(parent, 8, 0.9, 0.3)
+    gpu = conv_initialiser.l1_population(parent.to("cuda"), 8, 0.9, 0.3)
+    x = torch.rand(32, 784, generator=gen(0))
+    ref, _ = conv_forward.forward_loop(cpu, x)
+    fast, hidden = conv_forward.forward_grouped(gpu, x.cuda())
+    torch.testing.assert_close(fast.cpu(), ref, rtol=1e-3, atol=1e-3)
+    assert hidden[0][0].is_cuda
+    batches = [(x.cuda(), torch.randint(0, 10, (32,), generator=gen(1)).cuda())]
+    measure = TSNE(backend=resolve("cuda", "torch"))
+    ecomp = EComp(Evaluator(parent.to("cuda"), batches, measure), Weights(1, 2, 1), MutationSpec(), gen(2))
+    records = list(ecomp.run(gpu, 2))
+    assert len(records) == 3 and ecomp.population.device.type == "cuda"
