@@ -47,12 +47,16 @@ bench: parent
 	$(BIN)/python benchmarks/bench_run.py
 	$(BIN)/python benchmarks/bench_kernels.py
 
-grid: parent
-	$(BIN)/python run.py -m 'fitness=glob(*)' 'seed=range(10)'
+# PARENT=cnn: the same on LeNet-5 (parent=cnn), 2 jobs at a time.
+PARENT ?= mlp
+JOBS = hydra/launcher=joblib hydra.launcher.n_jobs=2
 
-# The baselines' frontier: 4 methods x 8 kept fractions x 10 seeds (about 5-10 min).
+grid: parent
+	$(BIN)/python run.py -m parent=$(PARENT) 'fitness=glob(*)' 'seed=range(10)' $(JOBS)
+
+# The baselines' frontier: 4 methods x 8 kept fractions x 10 seeds (MLP: about 5-10 min).
 baselines: parent
-	$(BIN)/python run.py -m method=l1_prune,l1_finetune,scratch,distill 'method.keep=0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9' 'seed=range(10)'
+	$(BIN)/python run.py -m parent=$(PARENT) method=l1_prune,l1_finetune,scratch,distill 'method.keep=0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9' 'seed=range(10)' $(JOBS)
 
 # A 60-trial multi-objective Optuna search over the fitness weights and operators, 2 trials at a
 # time; rerun to continue it (README: Find EComp's best settings).

@@ -233,3 +233,21 @@ def test_four_d_weights_need_the_plan_and_must_match_it(tmp_path):
 
 def layers_of_conv(model: nn.Module):
     return [(m.weight.detach().clone(), m.bias.detach().clone()) for m in convnet.weight_modules(model)]
+
+
+# ---- through run.py: refused in one line, before any run is created ---------------------------------------------
+
+@pytest.mark.parametrize("case", ["residual", "wrong images"])
+def test_a_cnn_checkpoint_that_cannot_be_compressed_is_refused_through_run_py(tmp_path, case):
+    from conftest import TINY, run_cli
+
+    if case == "residual":
+        path, needle = export(Residual(), tmp_path / "res.pt2"), "a residual or branching connection"
+    else:                                      # 12x12 images; FashionMNIST's are 28x28
+        path, needle = export(lenet(), tmp_path / "lenet.pt2"), "inputs (1x12x12 images) but data=fashion_mnist"
+    db = tmp_path / "mlflow.db"
+    proc = run_cli("run.py", *TINY, "parent=checkpoint", f"parent.path={path}", f"tracking.uri=sqlite:///{db}",
+                   f"hydra.run.dir={tmp_path / 'out'}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not db.exists()

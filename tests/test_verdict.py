@@ -176,3 +176,42 @@ def test_lever_table_pairs_each_lever_with_the_papers_runs_by_seed():
     assert cka.size_difference == pytest.approx(-0.105)
     assert cka.reading.startswith("test accuracy up 1.1 points (95 % CI") and "size down 10.5 points" in cka.reading
     assert t.loc["+ft1"].reading.endswith("size unchanged (in every pair)")
+
+
+def test_mlp_and_cnn_runs_are_never_paired_and_sizes_can_be_macs(tmp_path):
+    from mlflow.entities import Param
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("ecomp", artifact_location=(tmp_path / "artifacts").as_uri())
+    t = int(time.time() * 1000)
+
+    def run(kind, tags, size, macs, acc):
+        r = client.create_run(exp_id, start_time=t, tags={k: str(v) for k, v in tags.items()})
+        client.log_batch(r.info.run_id, params=[Param("parent.kind", kind)] if kind != "mlp" else [],
+                         metrics=[Metric(k, float(v), t, 0) for k, v in {
+                             "best_test_accuracy": acc, "best_compression": size, "best_macs_ratio": macs,
+                             "best_val_accuracy": 0.5, "parent_test_accuracy": 0.9, "accuracy_mean": 0.5,
+                             "compression_mean": size, "similarity_mean": 0.1}.items()])
+        client.set_terminated(r.info.run_id, "FINISHED")
+
+    for seed in SEEDS:
+        for keep in KEEPS:               # the CNN's baseline: accuracy = its MAC ratio; the MLP's: 0.5
+            run("cnn", {"method": "l1_prune", "keep": keep, "seed": seed}, keep, keep ** 2, keep ** 2)
+            run("mlp", {"method": "l1_prune", "keep": keep, "seed": seed}, keep, keep, 0.5)
+        run("cnn", {"method": "ecomp", "scenario": "121", "seed": seed}, 0.7, 0.25, 0.30)
+        run("mlp", {"method": "ecomp", "scenario": "121", "seed": seed}, 0.7, 0.7, 0.40)
+    out = tmp_path / "cnn"
+    figures.build_report(compose_cfg(uri, out, "grid.scenarios=[121]", "report.parent=cnn", "report.size=macs"))
+    verdict = pd.read_csv(out / "verdict.csv", dtype={"ecomp": str})
+    (row,) = verdict.to_dict("records")
+    # at 0.25 of the MACs the CNN baseline's curve gives 0.25: EComp +5 points, none of the MLP's runs
+    assert row["size_mean"] == pytest.approx(0.25) and row["difference"] == pytest.approx(0.05)
+    assert row["n_pairs"] == 10
+    mlp = tmp_path / "mlp"                # both kinds in the store, none asked for: the MLPs, said so
+    figures.build_report(compose_cfg(uri, mlp, "grid.scenarios=[121]"))
+    (row,) = pd.read_csv(mlp / "verdict.csv", dtype={"ecomp": str}).to_dict("records")
+    assert row["difference"] == pytest.approx(-0.1) and "report.parent=cnn" in (mlp / "verdict.md").read_text()
+    with pytest.raises(Exception, match=r"report.size='flops': one of units, params, macs"):
+        figures.build_report(compose_cfg(uri, tmp_path / "bad", "report.size=flops"))
+    assert not (tmp_path / "bad").exists()
