@@ -83,7 +83,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     run_name = method.run_name(cfg.seed)
     tracker = None
     if cfg.tracking.enabled:
-        from ecomp.app.tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker, check_reachable
+        from ecomp.app.reachable import check_reachable
+        from ecomp.app.tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker
 
         uri = tracking_uri(cfg)
         check_reachable(uri, cfg.tracking.timeout_s)            # fails in seconds, before any work
@@ -99,6 +100,9 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
             tags["kernels"] = backend.kernels if cfg.evolution.evaluator == "fast" else "reference"
         if sweep:
             tags[TAG_SWEEP] = sweep
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():                # a Ray task: the node it ran on
+            tags["ray_node"] = ray.get_runtime_context().get_node_id()
         tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
         if cfg.tracking.parent_run:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run
@@ -178,6 +182,9 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
     metrics["parent_val_accuracy"] = accuracy(parent, run_data.val.x, run_data.val.y) if cfg.data.val_size else math.nan
     metrics["run_seconds"] = time.perf_counter() - t0
     if tracker is not None:
+        from ecomp.app.tracking import keep_locally
+        from ecomp.errors import TrackingError
+
         t_tracking, spent = time.perf_counter(), tracker.seconds
         with timer.phase("tracking"):
             with tempfile.TemporaryDirectory() as tmp:
@@ -185,17 +192,22 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
                 network = Path(tmp) / "best_network.pt"
                 save_network(best, network, extra={"method": method.name, **method.labels(), "seed": int(cfg.seed),
                                                    "test_accuracy": metrics["best_test_accuracy"]})
-                tracker.log_artifacts(Path(tmp))
-                if cfg.tracking.log_model:
-                    version_tags = {"method": method.name, **method.labels(), "seed": str(cfg.seed),
-                                    "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
-                    example = test.x[:5].contiguous()
-                    tracker.log_model(network, example, logits(best, example), cfg.tracking.register_as, version_tags)
-            tracker.log_datasets(_dataset_inputs(cfg, caches, run_data, test))
-            # run_seconds is the run's own work, the same with tracking or without; the time this
-            # thread spent on tracking (waiting for the store included) is tracking_seconds
-            metrics["tracking_seconds"] = spent + (time.perf_counter() - t_tracking)
-            tracker.log_metrics(metrics)
+                try:
+                    tracker.log_artifacts(Path(tmp))
+                    if cfg.tracking.log_model:
+                        version_tags = {"method": method.name, **method.labels(), "seed": str(cfg.seed),
+                                        "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
+                        example = test.x[:5].contiguous()
+                        tracker.log_model(network, example, logits(best, example), cfg.tracking.register_as,
+                                          version_tags)
+                    tracker.log_datasets(_dataset_inputs(cfg, caches, run_data, test))
+                    # run_seconds is the run's own work, the same with tracking or without; the time this
+                    # thread spent on tracking (waiting for the store included) is tracking_seconds
+                    metrics["tracking_seconds"] = spent + (time.perf_counter() - t_tracking)
+                    tracker.log_metrics(metrics)
+                    tracker.flush()
+                except TrackingError as exc:      # the store failed: the results are kept on disk
+                    raise keep_locally(exc, Path(tmp), metrics, history) from None
     log.info("%s: test accuracy %.4f (validation %.4f), relative size %.3f, parent %.4f, %.1f s", run_name,
              metrics["best_test_accuracy"], metrics["best_val_accuracy"], metrics["best_compression"],
              metrics["parent_test_accuracy"], metrics["run_seconds"])

@@ -33,7 +33,8 @@ def artifact_location(cfg: DictConfig, uri: str) -> str | None:
 
 def prepare_store(cfg: DictConfig) -> tuple[str, str]:
     """Check the store answers and create the experiment; returns ``(uri, experiment_id)``."""
-    from ecomp.app.tracking import check_reachable, ensure_experiment
+    from ecomp.app.reachable import check_reachable
+    from ecomp.app.tracking import ensure_experiment
 
     uri = tracking_uri(cfg)
     check_reachable(uri, cfg.tracking.timeout_s)

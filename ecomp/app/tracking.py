@@ -10,8 +10,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -50,58 +48,6 @@ def default_artifact_location(root: Path) -> str:
     return (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
 
 
-def check_reachable(uri: str, timeout: float) -> None:
-    """Raise :class:`TrackingError` within ``timeout`` seconds if ``uri`` cannot be used."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise TrackingError(f"tracking.uri={uri!r}: server answered {r.status} on /health")
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(f"tracking.uri={uri!r}: MLflow server unreachable ({reason}); "
-                                f"start it or use a sqlite:/// URI") from None
-    elif uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrackingError(f"tracking.uri={uri!r}: cannot create {path.parent} ({exc})") from None
-        if not os.access(path.parent, os.W_OK):
-            raise TrackingError(f"tracking.uri={uri!r}: folder {path.parent} is not writable")
-    elif uri.startswith(("postgresql:", "postgresql+")):
-        _check_postgres(uri, timeout)
-    elif "://" not in uri or uri.startswith("file:"):
-        raise TrackingError(f"tracking.uri={uri!r}: MLflow 3 needs a database or server URI "
-                            f"(sqlite:///path/to/mlflow.db or http://host:port), not a file store")
-
-
-# The driver module each PostgreSQL URI scheme needs (MLflow 3 serves a plain postgresql:// through psycopg 3).
-POSTGRES_DRIVERS = {"postgresql": "psycopg", "postgresql+psycopg": "psycopg", "postgresql+psycopg2": "psycopg2"}
-
-
-def _check_postgres(uri: str, timeout: float) -> None:
-    """The driver is installed and the server answers (in ``timeout`` seconds, not after retries)."""
-    import importlib.util
-    import socket
-    from urllib.parse import urlsplit
-
-    scheme = uri.split("://", 1)[0]
-    module = POSTGRES_DRIVERS.get(scheme)
-    if module is None:
-        raise TrackingError(f"tracking.uri={uri!r}: unknown PostgreSQL driver {scheme!r}; use "
-                            f"{' or '.join(s + '://' for s in POSTGRES_DRIVERS)}")
-    if importlib.util.find_spec(module) is None:
-        raise TrackingError(f"tracking.uri={uri!r}: the PostgreSQL driver ({module}) is not installed; "
-                            f"pip install -e '.[postgres]'")
-    parts = urlsplit(uri)
-    if parts.hostname and not parts.hostname.startswith("/"):
-        try:
-            socket.create_connection((parts.hostname, parts.port or 5432), timeout=timeout).close()
-        except OSError as exc:
-            raise TrackingError(f"tracking.uri={uri!r}: PostgreSQL server unreachable ({exc})") from None
-
-
 def client_for(uri: str):
     """A client of ``uri``, which also becomes the process's fluent tracking URI: nothing this
     process does with MLflow afterwards can fall back to MLflow's default store (a
@@ -111,6 +57,9 @@ def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(uri)
+    # A failing database call is raised to the run, which reports it in one line (TrackingError):
+    # not also logged by MLflow, traceback and all.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -175,6 +124,34 @@ def _lower_priority() -> None:
         pass
 
 
+def store_error(uri: str | None, what: str, exc: BaseException) -> TrackingError:
+    """One line for a failed call to the store: its URI, what failed, and why (the first 300 characters)."""
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return TrackingError(f"tracking.uri={uri!r}: {what} failed ({reason[:300]})")
+
+
+def keep_locally(error: TrackingError, files: Path, metrics: dict[str, float],
+                 history: list[dict[str, float]]) -> TrackingError:
+    """The store failed: copy the run's ``files`` (network, config) and write its ``metrics.json``
+    into the Hydra run folder (a fresh temporary folder outside Hydra); ``error`` naming that folder."""
+    import json
+    import shutil
+    import tempfile
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+        folder = folder or Path(tempfile.mkdtemp(prefix="ecomp-run-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in Path(files).iterdir():
+            shutil.copy2(f, folder / f.name)
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history}, indent=1))
+    except OSError as exc:
+        return TrackingError(f"{error}; the run's results could not be saved locally either ({exc})")
+    return TrackingError(f"{error}; the run's network and metrics are saved in {folder}")
+
+
 class SkipRun(Exception):
     """This config already has a FINISHED run (``run``): the work is not done again."""
 
@@ -197,7 +174,12 @@ class RunTracker:
     Metrics are buffered and sent with ``log_batch`` every ``flush_every`` generations
     and at the end. Leaving the ``with`` block by an exception flushes what was logged,
     records the error, and ends the run FAILED (KILLED on Ctrl-C / SIGTERM); it is never
-    left RUNNING.
+    left RUNNING while the store can be written.
+
+    A call to the store that fails raises :class:`TrackingError` (one line naming the URI)
+    and marks the tracker ``broken``: later calls raise that error without trying the
+    store again, except a flush between generations, which warns once and lets the run
+    go on (its results are then kept locally, :func:`keep_locally`).
     """
 
     def __init__(self, run_name: str, tags: dict[str, str], params: dict[str, Any], flush_every: int = 25):
@@ -210,6 +192,8 @@ class RunTracker:
         self.client = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.artifact_uri: str | None = None
+        self.broken: TrackingError | None = None   # the first failed call to the store
         self.seconds = 0.0   # time spent in MLflow calls on this thread
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -237,10 +221,20 @@ class RunTracker:
 
         self.uri, self.client, self.experiment_id = uri, client_for(uri), experiment_id
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
-        self.run_id = run.info.run_id
+        self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
         for s in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[s:s + 100])
+
+    def _call(self, what: str, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)``, a call to the store: its failure becomes :class:`TrackingError`."""
+        if self.broken is not None:
+            raise self.broken
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises, the store failed
+            self.broken = store_error(self.uri, what, exc)
+            raise self.broken from None
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -271,8 +265,11 @@ class RunTracker:
         """One generation's (or any step's) metrics, buffered; sent every ``flush_every`` steps."""
         ts = int(time.time() * 1000)
         self.buffer.extend((k, v, ts, step) for k, v in metrics.items())
-        if self.ready and (step + 1) % self.flush_every == 0:
-            self.flush()
+        if self.ready and self.broken is None and (step + 1) % self.flush_every == 0:
+            try:
+                self.flush()
+            except TrackingError as exc:
+                log.warning("%s; the run goes on, its results will be kept locally", exc)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
@@ -285,7 +282,8 @@ class RunTracker:
         t = time.perf_counter()
         while self.buffer:
             chunk, self.buffer = self.buffer[:MAX_METRICS_PER_BATCH], self.buffer[MAX_METRICS_PER_BATCH:]
-            self.client.log_batch(self.run_id, metrics=[Metric(*m) for m in chunk])
+            self._call("sending the run's metrics", self.client.log_batch, self.run_id,
+                       metrics=[Metric(*m) for m in chunk])
         self.seconds += time.perf_counter() - t
 
     def log_datasets(self, splits: dict[str, tuple[str, str, int, str]]) -> None:
@@ -303,17 +301,20 @@ class RunTracker:
                                        source=json.dumps({"uri": source}), profile=json.dumps({"num_rows": rows})),
                                tags=[InputTag("mlflow.data.context", context)])
                   for context, (name, digest, rows, source) in splits.items()]
-        for attempt in range(UNIQUE_RETRIES):
-            try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
-                break
-            except MlflowException as exc:
-                # Parallel jobs on the same data (one seed, several scenarios) log the same datasets:
-                # MLflow looks a dataset up, then inserts it, so two jobs at once can both insert. The
-                # loser's transaction is rolled back whole, and a retry finds the winner's dataset.
-                if attempt == UNIQUE_RETRIES - 1 or not unique_violation(exc):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        def send() -> None:
+            for attempt in range(UNIQUE_RETRIES):
+                try:
+                    self.client.log_inputs(self.run_id, datasets=inputs)
+                    break
+                except MlflowException as exc:
+                    # Parallel jobs on the same data (one seed, several scenarios) log the same datasets:
+                    # MLflow looks a dataset up, then inserts it, so two jobs at once can both insert. The
+                    # loser's transaction is rolled back whole, and a retry finds the winner's dataset.
+                    if attempt == UNIQUE_RETRIES - 1 or not unique_violation(exc):
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+
+        self._call("recording the run's datasets", send)
         self.seconds += time.perf_counter() - t
 
     def log_model(self, network: Path, example, scores, register_as: str | None = None,
@@ -332,23 +333,30 @@ class RunTracker:
         signature = infer_signature(example.numpy(), scores.numpy())
         # The model is filed in the fluent client's experiment: this run's, not the store's
         # Default one (experiment 0).
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(experiment_id=self.experiment_id)
-        info = Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
-                         python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
-                                                                        "architecture": str(network) + ".json"},
-                         signature=signature, input_example=example[:2].numpy(),
-                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        def send():
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(experiment_id=self.experiment_id)
+            return Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
+                             python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
+                                                                            "architecture": str(network) + ".json"},
+                             signature=signature, input_example=example[:2].numpy(),
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+
+        info = self._call("logging the run's model", send)
         if register_as:
-            _ensure_registered_model(self.client, register_as)
-            self.client.create_model_version(register_as, info.model_uri, run_id=self.run_id, tags=version_tags)
+            def register() -> None:
+                _ensure_registered_model(self.client, register_as)
+                self.client.create_model_version(register_as, info.model_uri, run_id=self.run_id, tags=version_tags)
+
+            self._call(f"registering the model as {register_as!r}", register)
         self.seconds += time.perf_counter() - t
         return info.model_uri
 
     def log_artifacts(self, folder: Path) -> None:
         self.wait()
         t = time.perf_counter()
-        self.client.log_artifacts(self.run_id, str(folder))
+        self._call(f"writing the run's artifacts to {self.artifact_uri}", self.client.log_artifacts,
+                   self.run_id, str(folder))
         self.seconds += time.perf_counter() - t
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -362,17 +370,27 @@ class RunTracker:
         if self.run_id is None:
             return False
         status = "FINISHED"
-        try:
-            self.flush()
-        except Exception as flush_exc:  # noqa: BLE001 - the run must still be closed
-            log.error("could not flush metrics: %s", flush_exc)
-            status = "FAILED"
+        if self.broken is None:
+            try:
+                self.flush()
+            except TrackingError:   # the run must still be closed
+                pass
+        error = None if exc_type is None else f"{exc_type.__name__}: {exc}"
+        if self.broken is not None:
+            status, error = "FAILED", error or str(self.broken)
         if exc_type is not None:
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-            message = f"{exc_type.__name__}: {exc}"[:5000]
+        if error is not None:
             try:
-                self.client.set_tag(self.run_id, "error", message)
+                self.client.set_tag(self.run_id, "error", error[:5000])
             except Exception:  # noqa: BLE001
                 pass
-        self.client.set_terminated(self.run_id, status=status)
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as close_exc:  # noqa: BLE001 - the store is gone: the run stays RUNNING there
+            log.debug("could not end run %s %s: %s", self.run_id, status, close_exc)
+            if exc_type is None:
+                raise store_error(self.uri, f"ending run {self.run_id} {status}", close_exc) from None
+        if exc_type is None and self.broken is not None:
+            raise self.broken
         return False
