@@ -376,7 +376,7 @@ def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: 
     files += lever_files(ecomp, order, out)
     table = verdict_table(ecomp, baselines, order)
     table.to_csv(out / "verdict.csv", index=False)
-    (out / "verdict.md").write_text(verdict_markdown(table, frontier, parent, notes))
+    (out / "verdict.md").write_text(verdict_markdown(table, frontier, parent, notes, size_label))
     return files + [out / "verdict.csv", out / "verdict.md"]
 
 

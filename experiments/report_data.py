@@ -30,8 +30,8 @@ METHOD_KEYS = ("best_val_accuracy", "best_params_ratio", "run_seconds")
 COST_KEYS = ("best_macs_ratio", "parent_macs", "best_latency_ms", "parent_latency_ms")
 # report.size -> the column holding each returned network's size relative to its parent's
 SIZE_COLUMNS = {"units": "best_compression", "params": "best_params_ratio", "macs": "best_macs_ratio"}
-SIZE_LABELS = {"units": "relative size (prunable units / parent's)", "params": "relative parameters (/ parent's)",
-               "macs": "relative MACs (/ parent's)"}
+SIZE_LABELS = {"units": "prunable units relative to the parent's", "params": "parameters relative to the parent's",
+               "macs": "multiply-accumulates relative to the parent's"}
 CONVERGENCE_TOL = 0.01
 # summary.csv columns: (column stem, source column); each gives <stem>_mean and <stem>_sd
 SUMMARY_COLUMNS = (

@@ -143,7 +143,8 @@ def verdict_table(ecomp: pd.DataFrame, baselines: pd.DataFrame, order: list[str]
                                        "baseline_accuracy", "difference", "ci_low", "ci_high", "reading"])
 
 
-def verdict_markdown(table: pd.DataFrame, frontier: pd.DataFrame, parent_accuracy: float, notes: list[str]) -> str:
+def verdict_markdown(table: pd.DataFrame, frontier: pd.DataFrame, parent_accuracy: float, notes: list[str],
+                     size: str = "hidden units relative to the parent's") -> str:
     """``verdict.md``: the table in points, then how it was computed."""
     head = ["EComp", "runs", "mean size", "EComp test acc.", "baseline", "pairs", "baseline acc. at that size",
             "EComp - baseline (points)", "95 % CI (points)", "reading"]
@@ -158,7 +159,7 @@ def verdict_markdown(table: pd.DataFrame, frontier: pd.DataFrame, parent_accurac
                      f"{r.baseline} | {r.n_pairs} | {num(r.baseline_accuracy, '.4f')} | {diff} | {ci} | {r.reading} |")
     keeps = ", ".join(f"{k:g}" for k in sorted(frontier.keep.unique())) if len(frontier) else "none"
     lines += ["", "Mean size and accuracies over the runs paired with the baseline (`pairs` of `runs`). "
-              "Size = hidden units relative to the parent's. Test accuracy on the test images. A baseline's "
+              f"Size = {size}. Test accuracy on the test images. A baseline's "
               "accuracy at EComp's size is read off its frontier (kept fractions " + keeps + ") for the same seed, "
               "by linear interpolation; the difference is paired by seed and its 95 % CI is a BCa bootstrap of the "
               "mean (scipy.stats.bootstrap). 1 point = 0.01 test accuracy. `+ftN`: EComp's network fine-tuned N "

@@ -253,6 +253,7 @@ CNN_TINY = ["parent=cnn", "data=digits", "parent.kernel=3", "parent.padding=[1,1
             "progress=false"]
 
 
+@pytest.mark.slow
 def test_a_cnn_run_through_run_py_logs_macs_latency_and_a_model_that_predicts(tmp_path):
     import mlflow
 
@@ -278,6 +279,7 @@ def test_a_cnn_run_through_run_py_logs_macs_latency_and_a_model_that_predicts(tm
     assert float((model.predict(x).argmax(1) == y).mean()) == pytest.approx(m["best_test_accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["l1_prune", "l1_finetune", "scratch", "distill"])
 def test_every_baseline_runs_on_a_cnn(tmp_path, method):
     proc = run_cli("run.py", *CNN_TINY, f"method={method}", "method.keep=0.5", "tracking.enabled=false",

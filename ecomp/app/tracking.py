@@ -115,12 +115,15 @@ def unique_violation(exc: Exception) -> bool:
     return any(m in str(exc) for m in UNIQUE_MESSAGES)
 
 
-def _lower_priority() -> None:
-    """This thread at the lowest CPU priority (Linux: per thread): importing MLflow and opening
-    the store then take the cores' idle time and never slow the run's computation."""
+OPENER_NICE = 10   # the background opener's niceness: the run's threads (nice 0) get ~90 % of a shared core
+
+
+def _set_priority(tid: int, nice: int) -> None:
+    """Thread ``tid`` at niceness ``nice`` (Linux: per thread); silently as it is where not allowed
+    (not Linux; an unprivileged process may not lower a niceness it raised)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):            # not Linux, or not allowed: run as it is
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):
         pass
 
 
@@ -196,6 +199,7 @@ class RunTracker:
         self.broken: TrackingError | None = None   # the first failed call to the store
         self.seconds = 0.0   # time spent in MLflow calls on this thread
         self._thread: threading.Thread | None = None
+        self._opener_tid: int | None = None      # the background opener thread's native id
         self._error: BaseException | None = None
 
     # -- opening ------------------------------------------------------------------------------
@@ -203,7 +207,10 @@ class RunTracker:
         def target() -> None:
             try:
                 if background:
-                    _lower_priority()
+                    # importing MLflow and opening the store take the cores' spare time while the
+                    # run computes; wait() gives the thread its priority back once the run needs it
+                    self._opener_tid = threading.get_native_id()
+                    _set_priority(self._opener_tid, OPENER_NICE)
                 opener(self)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self._error = exc
@@ -253,6 +260,10 @@ class RunTracker:
         """Block until the run exists (or raise why it will not)."""
         if self._thread is not None:
             t = time.perf_counter()
+            if self._thread.is_alive() and self._opener_tid is not None:
+                # the run waits for it now: at a low priority, other processes' work (a sweep's
+                # other jobs) would starve it
+                _set_priority(self._opener_tid, os.getpriority(os.PRIO_PROCESS, 0))
             self._thread.join()
             self.seconds += time.perf_counter() - t
         self._raise()
