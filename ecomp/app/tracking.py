@@ -115,7 +115,7 @@ def unique_violation(exc: Exception) -> bool:
     return any(m in str(exc) for m in UNIQUE_MESSAGES)
 
 
-OPENER_NICE = 10   # the background opener's niceness: the run's threads (nice 0) get ~90 % of a shared core
+OPENER_NICE = 19   # the lowest: the opener only takes the cores' idle time while the run computes
 
 
 def _set_priority(tid: int, nice: int) -> None:
