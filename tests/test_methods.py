@@ -136,7 +136,9 @@ def test_training_baselines_beat_plain_pruning_and_are_seeded(make_cfg):
     assert tuned["best_test_accuracy"] > pruned["best_test_accuracy"]
     assert tuned["pruned_test_accuracy"] == pruned["best_test_accuracy"]
     a, b = acc("method=l1_finetune", "seed=1"), acc("method=l1_finetune", "seed=1")
-    assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+    timed = ("seconds", "latency")                 # wall times, machine-dependent
+    assert {k: v for k, v in a.items() if not any(t in k for t in timed)} == \
+        {k: v for k, v in b.items() if not any(t in k for t in timed)}
 
 
 @pytest.mark.slow
