@@ -14,10 +14,8 @@ warm-up, in the same process as the parent it is compared with.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,24 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
 from ecomp.core.conv_initialiser import l1_population  # noqa: E402
 from ecomp.nets import convnet  # noqa: E402
-from ecomp.nets.network import load_network, model_from_layers  # noqa: E402
+from ecomp.methods.metrics import latency_ms  # noqa: E402
+from ecomp.nets.network import load_network  # noqa: E402
 from ecomp.nets.sizes import plan_size  # noqa: E402
 
 KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
-@torch.inference_mode()
 def median_ms(net, batch: int, repeats: int) -> float:
-    model = model_from_layers(net).eval()
-    x = torch.rand(batch, net.plan.in_shape[0] * net.plan.in_shape[1] * net.plan.in_shape[2])
-    for _ in range(5):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    """The logged latency's measurement (:func:`ecomp.methods.metrics.latency_ms`) at ``batch`` random images."""
+    c, h, w = net.plan.in_shape
+    return latency_ms(net, torch.rand(batch, c * h * w), warmup=5, repeats=repeats)
 
 
 def store_networks(uri: str) -> list[tuple[str, convnet.ConvNet]]:
