@@ -31,8 +31,12 @@ from test_scaleout import BIN, assert_complete, free_port, healthy, runs_of, sta
 RAY_HEALTH = {"RAY_health_check_initial_delay_ms": "2000", "RAY_health_check_period_ms": "2000",
               "RAY_health_check_timeout_ms": "5000", "RAY_health_check_failure_threshold": "3"}
 FITNESS = ["120", "021", "100", "101"]
-# Sweep 2 runs longer jobs (51 generations, a flush after each), so that one is caught mid-run.
-LONGER = [*TINY[:3], "data.train_size=5000", *TINY[4:], "tracking.flush_every=1"]
+# Sweep 2 runs longer jobs (201 generations of 500 images, a flush after each), so that one is
+# caught mid-run: a run's store opens in the background while its first generations compute, and
+# a TINY evolution (0.3 s) is over before its first metrics reach the server.
+GENERATIONS = 201
+LONGER = [*TINY[:2], "population.size=20", "data.train_size=10000", "data.batch_size=500", *TINY[5:],
+          "evolution.epochs=10", "tracking.flush_every=1"]
 
 
 def worker_ports(n: int = 40, taken: set[int] = frozenset()) -> tuple[int, int]:
@@ -190,11 +194,14 @@ def test_a_sweep_spreads_over_two_ray_nodes_and_survives_losing_one(tmp_path):
             assert time.monotonic() < deadline, "no job of the second node was seen mid-run"
             running = [r for r in runs_of(uri)[1] if r.info.status == "RUNNING"
                        and r.data.tags.get("ray_node") == node_id and r.data.tags.get("seed") in ("1", "2")]
-            if running and len(client.get_metric_history(running[0].info.run_id, "accuracy_mean")) >= 2:
+            # mid-run: its metrics stream live (>= 2 seen) and at most half its generations are done
+            seen = [len(client.get_metric_history(r.info.run_id, "accuracy_mean")) for r in running]
+            mid = [r for r, n in zip(running, seen) if 2 <= n <= GENERATIONS // 2]
+            if mid:
                 lost = descendants(node.pid)     # a lost machine: the node and every process it started
                 os.killpg(node.pid, signal.SIGKILL)
                 kill_all(lost)
-                killed = running[0]
+                killed = mid[0]
             time.sleep(0.2)
         node.wait(timeout=30)
         # a lost machine: nothing of that node survives (its raylet and workers name its port)
@@ -223,7 +230,7 @@ def test_a_sweep_spreads_over_two_ray_nodes_and_survives_losing_one(tmp_path):
         assert {r.info.status for r in later} <= {"FINISHED", "KILLED"}, [(r.info.run_name, r.info.status)
                                                                           for r in later]
         for r in finished:
-            assert_complete(client, r, generations=51)
+            assert_complete(client, r, generations=GENERATIONS)
         stale = client.get_run(killed.info.run_id)
         assert stale.info.status == "KILLED" and "killed process" in stale.data.tags["error"]
         assert killed.info.run_id not in {r.info.run_id for r in finished}
