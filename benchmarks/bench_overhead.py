@@ -71,8 +71,8 @@ def main() -> None:
     wall = {s: statistics.median(w for w, _ in v) for s, v in times.items()}
     inner = {s: statistics.median(r for _, r in v) for s, v in times.items()}
     print(f"\nmedians of {args.rounds} interleaved rounds (whole process; in-process run_seconds beside):")
-    print(f"| setting | whole process | vs untracked | run_seconds | vs untracked |")
-    print(f"|---|---|---|---|---|")
+    print("| setting | whole process | vs untracked | run_seconds | vs untracked |")
+    print("|---|---|---|---|---|")
     for s in SETTINGS:
         print(f"| {s} | {wall[s]:.2f} s | {wall[s] / wall['untracked']:.2f}x | {inner[s]:.2f} s | "
               f"{inner[s] / inner['untracked']:.2f}x |")

@@ -147,7 +147,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
             p = ecomp.population
             rows.append({"total": now - t_last, **{k: sec.get(k, 0.0) - last.get(k, 0.0) for k in PHASES},
                          "faults": f_now - f_last,
-                         "flops": forward_flops(p.widths, batch), "params": float(p.parameters().sum()),
+                         "flops": forward_flops(p.widths, batch), "params": float(p.sizes("params").sum()),
                          "units": float(p.sizes("units").sum()), "uniform": p.uniform})
         last, t_last, f_last = sec, time.perf_counter(), faults()
     # the final pick: the last population on PICK_GROUP batches at once (one forward pass), per batch
@@ -168,7 +168,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     return {**med, "gens": len(rows), "uniform_share": sum(r["uniform"] for r in rows) / len(rows),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "gpu_peak": torch.cuda.max_memory_allocated(dev) if cuda else 0, "device": device,
-            "rss_before": rss0 * 1024, "rss_data": rss_data * 1024, "kernels": ev.kernels,
+            "rss_before": rss0 * 1024, "rss_data": rss_data * 1024, "kernels": ev.backend.kernels,
             "isa": c_library.isa() if ev.backend.native_similarity else "", "threads": torch.get_num_threads(), "data": data}
 
 

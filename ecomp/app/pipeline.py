@@ -167,10 +167,14 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
                         sim=f"{rec.metrics['similarity_mean']:.3f}", refresh=False)
 
     problem.on_generation, problem.on_step = on_generation, lambda: bar.update(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_method = time.perf_counter()
     try:
         outcome = method.run(problem)
     finally:
         bar.close()
+    method_seconds = time.perf_counter() - t_method
     best = detached(outcome.network)
     with timer.phase("forward"):
         metrics = network_metrics(best, parent, run_data.val, test)
@@ -181,6 +185,10 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
     metrics["parent_test_accuracy"] = caches.parent_test_accuracy(parent, test_all, cfg.data.test_size)
     metrics["parent_val_accuracy"] = accuracy(parent, run_data.val.x, run_data.val.y) if cfg.data.val_size else math.nan
     metrics["run_seconds"] = time.perf_counter() - t0
+    if history:                                 # the evolution's pace (baselines that train log no history)
+        metrics["seconds_per_generation"] = method_seconds / len(history)
+    if device.type == "cuda":                   # what the run held on the GPU at most
+        metrics["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     if tracker is not None:
         from ecomp.app.tracking import keep_locally
         from ecomp.errors import TrackingError

@@ -20,6 +20,10 @@ from ecomp.nets.network import Net, accuracy, detached, model_from_layers
 from ecomp.nets.sizes import counted_macs, net_size
 
 LATENCY_BATCH = 256
+# The logged metrics that are readings of the machine (wall times, GPU memory), not of the run's
+# numbers: two runs of one config and seed agree on every other metric, bit for bit.
+MACHINE_READINGS = ("run_seconds", "tracking_seconds", "seconds_per_generation", "best_latency_ms",
+                    "parent_latency_ms", "gpu_peak_mib")
 LATENCY_WARMUP, LATENCY_REPEATS = 3, 15
 
 
