@@ -144,9 +144,9 @@ def test_a_failed_flush_fails_in_one_line_and_leaves_nothing_running(parent_cach
     writable again: the run goes on to its end, keeps its results locally and is marked FAILED."""
     db = tmp_path / "store" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    # Three passes over the data (901 generations), one torch thread (the store is opened on a thread
-    # of the lowest priority, which busy cores would keep waiting until late in the run), no model to
-    # log (its import is part of that opening): the lock comes mid-run.
+    # Three passes over the data (901 generations), one torch thread (the store is opened by a helper
+    # process of the lowest priority, which busy cores would keep waiting until late in the run), no
+    # model to log (its import is part of that opening): the lock comes mid-run.
     run = popen_run([*LONG, "evolution.epochs=3", "threads=1", "tracking.log_model=false",
                      f"parent.cache_dir={parent_cache}",
                      f"tracking.uri={uri}",
@@ -207,3 +207,40 @@ def test_an_unwritable_artifact_folder_fails_in_one_line_and_marks_the_run_faile
     client, runs = runs_of(uri)
     (failed,) = runs
     assert failed.info.status == "FAILED" and str(artifacts) in failed.data.tags["error"]
+
+
+# ---------------------------------------------------------------- d: the run's own process is killed
+
+@pytest.mark.slow
+def test_a_run_whose_process_is_killed_is_ended_killed_by_its_tracking_process(parent_cache, tmp_path):
+    """SIGKILL to the computing process alone (its tracking helper untouched, as when the kernel's
+    out-of-memory killer picks it): the helper reads the end of its input and ends the run KILLED."""
+    db = tmp_path / "store" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    run = popen_run([*LONG, f"parent.cache_dir={parent_cache}", f"tracking.uri={uri}",
+                     f"hydra.run.dir={tmp_path / 'out'}"], tmp_path / "run", tmp_path / "cwd")
+    try:
+        until(lambda: steps_logged(db) >= 3, run, tmp_path / "run", "3 generations in the store")
+        helpers = [int(p) for p in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()]
+        run.kill()
+        run.wait(timeout=30)
+        client, runs = runs_of(uri)
+        deadline = time.monotonic() + 60
+        while runs[0].info.status == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            client, runs = runs_of(uri)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert helpers, "the run had no tracking process"
+    (killed,) = runs
+    assert killed.info.status == "KILLED", killed.info.status
+    assert "killed process" in killed.data.tags["error"]
+    assert steps_logged(db) < GENERATIONS, "the run was over before it was killed"
+    for pid in helpers:                               # and the helper has exited
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
@@ -23,13 +21,20 @@ from mlflow.pyfunc import PythonModel
 class Network(PythonModel):
     """``predict``: flat images ``(n, input)`` -> class scores ``(n, classes)``."""
 
+    # torch is imported where it is used: MLflow runs this file when the model is logged, and the
+    # process that logs it (ecomp.app.tracker_process) has no use for torch otherwise.
     def load_context(self, context) -> None:
+        import torch
+
         state = torch.load(context.artifacts["network"], map_location="cpu", weights_only=True)
         self.layers = [(state[f"{i}.weight"], state[f"{i}.bias"]) for i in range(len(state) // 2)]
         meta = json.loads(open(context.artifacts["architecture"]).read()) if "architecture" in context.artifacts else {}
         self.plan = meta.get("plan")
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         h = x.reshape(x.shape[0], -1)
         if self.plan is not None:

@@ -109,15 +109,22 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
         params = {k: v for k, v in flatten(used_config(cfg, method.groups_unused)).items()
                   if not k.startswith(("tracking.tags.", "tracking.parent_run"))}   # logged as tags above
         params["tracking.uri"] = mask(uri)
-        tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
+        if "mlflow" in sys.modules:            # MLflow is loaded already (a test, an in-process trial)
+            tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
+        else:
+            # In a fresh process, importing MLflow and opening the store take seconds: a helper
+            # process does them, and all the tracking, while the run computes.
+            from ecomp.app.tracker_process import TrackerProcess
+
+            tracker = TrackerProcess(run_name, tags, params, cfg.tracking.flush_every)
 
     from ecomp.app.tracking import SkipRun
 
     try:
-        if tracker is not None:
-            # In a fresh process, importing MLflow and opening the store take seconds: they
-            # run on a thread while the data, the parent and the first generations are computed.
-            tracker.open(lambda t: open_run(cfg, t, chash, sweep), background="mlflow" not in sys.modules)
+        if tracker is not None and tracker.in_process:
+            tracker.open(lambda t: open_run(cfg, t, chash, sweep))
+        elif tracker is not None:
+            tracker.open(OmegaConf.to_container(cfg, resolve=True), chash, sweep)
         with (tracker or contextlib.nullcontext()):
             train, parent = prepare_parent(cfg, caches)
             test = load_split(cfg, train=False, caches=caches)
@@ -206,8 +213,9 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
                         version_tags = {"method": method.name, **method.labels(), "seed": str(cfg.seed),
                                         "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
                         example = test.x[:5].contiguous()
-                        tracker.log_model(network, example, logits(best, example), cfg.tracking.register_as,
-                                          version_tags)
+                        requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+                        tracker.log_model(network, example.numpy(), logits(best, example).numpy(), requirements,
+                                          cfg.tracking.register_as, version_tags)
                     tracker.log_datasets(_dataset_inputs(cfg, caches, run_data, test))
                     # run_seconds is the run's own work, the same with tracking or without; the time this
                     # thread spent on tracking (waiting for the store included) is tracking_seconds

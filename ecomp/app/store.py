@@ -66,5 +66,15 @@ def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     if parent is not None and "mlflow.parentRunId" not in tracker.tags:
         tracker.tags["mlflow.parentRunId"] = parent
     tracker.create(uri, exp_id)
-    if cfg.tracking.log_model:                 # imported here, in the background, not after the run
+    if cfg.tracking.log_model:                 # done here, beside the run, not after it
         import mlflow.pyfunc  # noqa: F401
+
+        try:
+            # Logging a model checks its requirements against the installed packages, and the first
+            # check maps every installed file to its package (1.4 s here): a private MLflow helper,
+            # its map cached for the process. Without it, the check runs at the end, as MLflow does.
+            from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+            _init_modules_to_packages_map()
+        except Exception:  # noqa: BLE001 - a later MLflow without it
+            pass

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,18 +115,6 @@ def unique_violation(exc: Exception) -> bool:
     return any(m in str(exc) for m in UNIQUE_MESSAGES)
 
 
-OPENER_NICE = 19   # the lowest: the opener only takes the cores' idle time while the run computes
-
-
-def _set_priority(tid: int, nice: int) -> None:
-    """Thread ``tid`` at niceness ``nice`` (Linux: per thread); silently as it is where not allowed
-    (not Linux; an unprivileged process may not lower a niceness it raised)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except (AttributeError, OSError):
-        pass
-
-
 def store_error(uri: str | None, what: str, exc: BaseException) -> TrackingError:
     """One line for a failed call to the store: its URI, what failed, and why (the first 300 characters)."""
     reason = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -164,15 +152,12 @@ class SkipRun(Exception):
 
 
 class RunTracker:
-    """Context manager around one MLflow run, which may be opened in the background.
+    """Context manager around one MLflow run, its calls to the store made on the caller's thread.
 
-    :meth:`open` runs ``opener(self)`` (open the store, look for this config's runs, then
-    :meth:`create` the run) either at once or, in a fresh process, on a thread: importing
-    MLflow and opening the store take seconds there, which then overlap with
-    loading the data and the first generations. Until the run exists, generations are kept
-    with the time they happened. If the opener finds a FINISHED run it raises
-    :class:`SkipRun`, re-raised in the caller at the next generation (or its first call
-    that needs the run), so the work stops.
+    :meth:`open` runs ``opener(self)``: open the store, look for this config's runs, then
+    :meth:`create` the run; if it finds a FINISHED run it raises :class:`SkipRun`. A fresh
+    ``run.py`` process does not use this class itself: :class:`ecomp.app.tracker_process.TrackerProcess`
+    runs one in a helper process, beside the computation.
 
     Metrics are buffered and sent with ``log_batch`` every ``flush_every`` generations
     and at the end. Leaving the ``with`` block by an exception flushes what was logged,
@@ -184,6 +169,8 @@ class RunTracker:
     store again, except a flush between generations, which warns once and lets the run
     go on (its results are then kept locally, :func:`keep_locally`).
     """
+
+    in_process = True       # the store is called from this process (TrackerProcess: from a helper)
 
     def __init__(self, run_name: str, tags: dict[str, str], params: dict[str, Any], flush_every: int = 25):
         self.run_name = run_name
@@ -198,29 +185,11 @@ class RunTracker:
         self.artifact_uri: str | None = None
         self.broken: TrackingError | None = None   # the first failed call to the store
         self.seconds = 0.0   # time spent in MLflow calls on this thread
-        self._thread: threading.Thread | None = None
-        self._opener_tid: int | None = None      # the background opener thread's native id
-        self._error: BaseException | None = None
 
     # -- opening ------------------------------------------------------------------------------
-    def open(self, opener: Callable[["RunTracker"], None], background: bool) -> None:
-        def target() -> None:
-            try:
-                if background:
-                    # importing MLflow and opening the store take the cores' spare time while the
-                    # run computes; wait() gives the thread its priority back once the run needs it
-                    self._opener_tid = threading.get_native_id()
-                    _set_priority(self._opener_tid, OPENER_NICE)
-                opener(self)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                self._error = exc
-
-        if not background:
-            target()
-            self._raise()
-            return
-        self._thread = threading.Thread(target=target, name="mlflow-open", daemon=True)
-        self._thread.start()
+    def open(self, opener: Callable[["RunTracker"], None]) -> None:
+        """``opener(self)``: open the store, look for this config's runs, then :meth:`create` the run."""
+        opener(self)
 
     def create(self, uri: str, experiment_id: str) -> None:
         """Create the run with its tags and params (called by the opener)."""
@@ -243,30 +212,13 @@ class RunTracker:
             self.broken = store_error(self.uri, what, exc)
             raise self.broken from None
 
-    def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
     @property
     def ready(self) -> bool:
-        """The opener has finished (its error or :class:`SkipRun`, if any, is raised here)."""
-        if self._thread is not None and self._thread.is_alive():
-            return False
-        self._raise()
+        """The run exists (always, once :meth:`open` has returned; see :class:`TrackerProcess`)."""
         return True
 
     def wait(self) -> None:
-        """Block until the run exists (or raise why it will not)."""
-        if self._thread is not None:
-            t = time.perf_counter()
-            if self._thread.is_alive() and self._opener_tid is not None:
-                # the run waits for it now: at a low priority, other processes' work (a sweep's
-                # other jobs) would starve it
-                _set_priority(self._opener_tid, os.getpriority(os.PRIO_PROCESS, 0))
-            self._thread.join()
-            self.seconds += time.perf_counter() - t
-        self._raise()
+        """Nothing to wait for: the store is called on this thread."""
 
     def __enter__(self) -> "RunTracker":
         return self
@@ -276,7 +228,12 @@ class RunTracker:
         """One generation's (or any step's) metrics, buffered; sent every ``flush_every`` steps."""
         ts = int(time.time() * 1000)
         self.buffer.extend((k, v, ts, step) for k, v in metrics.items())
-        if self.ready and self.broken is None and (step + 1) % self.flush_every == 0:
+        if self.ready and (step + 1) % self.flush_every == 0:
+            self.flush_between()
+
+    def flush_between(self) -> None:
+        """A flush between generations: a failed one warns and the run goes on."""
+        if self.broken is None:
             try:
                 self.flush()
             except TrackingError as exc:
@@ -328,30 +285,35 @@ class RunTracker:
         self._call("recording the run's datasets", send)
         self.seconds += time.perf_counter() - t
 
-    def log_model(self, network: Path, example, scores, register_as: str | None = None,
+    def log_model(self, network: Path, example, scores, requirements: list[str], register_as: str | None = None,
                   version_tags: dict[str, str] | None = None) -> str:
         """Log the network saved at ``network`` (a ``best_network.pt``) as an MLflow Model: a pyfunc
         model from code (:mod:`ecomp.app.network_model`, nothing pickled) whose artifact is that
-        file, with the signature of ``example`` inputs and their ``scores``; register it as a new
-        version of ``register_as`` with ``version_tags`` when given. Returns its URI."""
+        file, with the signature of ``example`` inputs and their ``scores`` (numpy arrays) and the
+        pip ``requirements`` it is served with; register it as a new version of ``register_as`` with
+        ``version_tags`` when given. Returns its URI."""
         import mlflow
         import mlflow.pyfunc
-        import torch
         from mlflow.models import Model, infer_signature
 
         self.wait()
         t = time.perf_counter()
-        signature = infer_signature(example.numpy(), scores.numpy())
+        # A signature, and no input example: MLflow checks an example by loading the model, which
+        # imports torch into the tracking process at the end of the run (2.3 s of the user's wait).
+        # The model's loading and predictions are tested instead (tests/test_mlflow.py).
+        signature = infer_signature(example, scores)
         # The model is filed in the fluent client's experiment: this run's, not the store's
         # Default one (experiment 0).
         def send():
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(experiment_id=self.experiment_id)
-            return Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
-                             python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
-                                                                            "architecture": str(network) + ".json"},
-                             signature=signature, input_example=example[:2].numpy(),
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+            with warnings.catch_warnings():     # MLflow's advice for models unlike this one
+                warnings.filterwarnings("ignore", message=".*An input example was not provided")
+                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+                return Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
+                                 python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
+                                                                                "architecture": str(network) + ".json"},
+                                 signature=signature, pip_requirements=requirements)
 
         info = self._call("logging the run's model", send)
         if register_as:
@@ -371,26 +333,34 @@ class RunTracker:
         self.seconds += time.perf_counter() - t
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        error = None if exc_type is None else f"{exc_type.__name__}: {exc}"
+        self.close(error, killed=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+        return False
+
+    def close(self, error: str | None = None, killed: bool = False) -> None:
+        """End the run: FINISHED, or FAILED with ``error`` (KILLED when ``killed``: Ctrl-C, SIGTERM);
+        a store that failed on the way fails it too. Raises that store error when the run itself
+        succeeded, so that its results are kept locally."""
         try:
             self.wait()
         except BaseException as open_exc:  # noqa: BLE001 - no run was created: nothing to close
-            if exc_type is None:
+            if error is None:
                 raise
             log.debug("the run was not opened: %s", open_exc)
-            return False
+            return
         if self.run_id is None:
-            return False
+            return
         status = "FINISHED"
         if self.broken is None:
             try:
                 self.flush()
             except TrackingError:   # the run must still be closed
                 pass
-        error = None if exc_type is None else f"{exc_type.__name__}: {exc}"
+        failed = error is not None
         if self.broken is not None:
             status, error = "FAILED", error or str(self.broken)
-        if exc_type is not None:
-            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        if failed:
+            status = "KILLED" if killed else "FAILED"
         if error is not None:
             try:
                 self.client.set_tag(self.run_id, "error", error[:5000])
@@ -400,8 +370,7 @@ class RunTracker:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as close_exc:  # noqa: BLE001 - the store is gone: the run stays RUNNING there
             log.debug("could not end run %s %s: %s", self.run_id, status, close_exc)
-            if exc_type is None:
+            if not failed:
                 raise store_error(self.uri, f"ending run {self.run_id} {status}", close_exc) from None
-        if exc_type is None and self.broken is not None:
+        if not failed and self.broken is not None:
             raise self.broken
-        return False
