@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	rm -rf ecomp.egg-info    # setuptools' build leftover: the installed metadata is in $(VENV)
 	touch $(STAMP)
 
 # FashionMNIST offline: Debian's dataset-fashion-mnist, installed when missing and we can.

@@ -110,3 +110,39 @@ def test_parallel_jobs_logging_the_same_datasets_all_succeed(tmp_path):
         assert len(inputs) == 2
         stored |= {(d.dataset.name, d.dataset.digest) for d in inputs}
     assert len(stored) == 20
+
+
+def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg):
+    """The helper process of :class:`TrackerProcess`, as a sweep's worker uses it: one for all its
+    runs; a run it fails to open leaves no answer behind for the next; a FINISHED config is skipped."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from ecomp.app import tracker_process
+    from ecomp.app.tracking import SkipRun
+    from ecomp.errors import TrackingError
+
+    def track(cfg, name: str, chash: str, generations: int = 3):
+        tracker = tracker_process.TrackerProcess(name, {"config_hash": chash}, {"p": 1}, flush_every=2)
+        with tracker:
+            tracker.open(OmegaConf.to_container(cfg, resolve=True), chash, None)
+            for g in range(generations):
+                tracker.log_generation(g, {"accuracy_mean": g / 10})
+            tracker.log_metrics({"best_test_accuracy": 0.5})
+            tracker.flush()
+        return tracker
+
+    cfg = make_cfg()
+    first = track(cfg, "a", "hash-a")
+    helper = tracker_process.helper()[0]
+    with pytest.raises(TrackingError, match="not-a-scheme"):          # the store refuses this URI
+        track(make_cfg("tracking.uri=not-a-scheme://x"), "broken", "hash-b")
+    with pytest.raises(SkipRun):                                      # hash-a has a FINISHED run
+        track(cfg, "a again", "hash-a")
+    second = track(cfg, "c", "hash-c", generations=5)
+    assert tracker_process.helper()[0] is helper and helper.poll() is None
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    for tracker, steps in ((first, 3), (second, 5)):
+        run = client.get_run(tracker.run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["best_test_accuracy"] == 0.5
+        assert [m.step for m in client.get_metric_history(tracker.run_id, "accuracy_mean")] == list(range(steps))

@@ -122,11 +122,15 @@ class TrackerProcess:
                 os.setpriority(os.PRIO_PROCESS, self._proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
             except OSError:
                 pass
-        try:
-            while self._due:
+        first: BaseException | None = None
+        while self._due:              # every answer is read, so that none is left for the next run
+            try:
                 self._receive()
-        finally:
-            self.seconds += time.perf_counter() - t
+            except BaseException as exc:  # noqa: BLE001 - raised below, once all are read
+                first = first or exc
+        self.seconds += time.perf_counter() - t
+        if first is not None:
+            raise first
 
     def __enter__(self) -> "TrackerProcess":
         return self
@@ -200,72 +204,103 @@ def helper() -> tuple[subprocess.Popen, Any]:
 
 
 # --- the child --------------------------------------------------------------------------------
-def serve(inp, out) -> None:
-    """Answer the computing process's messages with a real RunTracker until it closes the run."""
-    from omegaconf import OmegaConf
+class Orphaned(Exception):
+    """The computing process is gone: nobody reads the answers any more."""
 
-    from ecomp.app.store import open_run
-    from ecomp.app.tracking import RunTracker, SkipRun
 
-    tracker: RunTracker | None = None        # the run being tracked, None between runs
-    error: BaseException | None = None       # the first failure of an unanswered request
+class Helper:
+    """The child's side: a real RunTracker per run, driven by the computing process's messages."""
 
-    def answer(*msg) -> None:
-        pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.flush()
+    def __init__(self, out):
+        self.out = out
+        self.tracker = None                      # the run being tracked, None between runs
+        self.error: BaseException | None = None  # the first failure of an unanswered request
 
-    def failure(exc: BaseException, what: str) -> BaseException:
-        return _portable(exc, tracker.uri if tracker else None, what)
-
-    while True:
+    def answer(self, *msg) -> None:
         try:
-            verb, args = pickle.load(inp)
-        except EOFError:
-            break
+            pickle.dump(msg, self.out, protocol=pickle.HIGHEST_PROTOCOL)
+            self.out.flush()
+        except OSError as exc:                   # BrokenPipeError
+            raise Orphaned from exc
+
+    def failure(self, exc: BaseException, what: str) -> BaseException:
+        return _portable(exc, self.tracker.uri if self.tracker else None, what)
+
+    def answer_result(self, fn, what: str) -> None:
+        """Answer ``fn()``'s outcome: ``ok`` or its error, made portable."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - handed to the computing process
+            self.answer("error", self.failure(exc, what))
+            return
+        self.answer("ok", None)
+
+    def open(self, cfg, chash, sweep, run_name, tags, params, flush_every) -> None:
+        from omegaconf import OmegaConf
+
+        from ecomp.app.store import open_run
+        from ecomp.app.tracking import RunTracker, SkipRun
+
+        _lowest_priority()                 # again: the last run's wait may have raised it
+        tracker, self.error = RunTracker(run_name, tags, params, flush_every), None
+        try:
+            tracker.open(lambda t: open_run(OmegaConf.create(cfg), t, chash, sweep))
+        except SkipRun as skip:
+            self.answer("skip", skip.run.info.run_id, dict(skip.run.data.metrics))
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the computing process
+            self.answer("error", self.failure(exc, "opening the run"))
+            return
+        self.tracker = tracker
+        self.answer("ok", tracker.run_id)
+
+    def handle(self, verb: str, args: tuple) -> None:
+        tracker = self.tracker
         if verb == "open":
-            cfg, chash, sweep, run_name, tags, params, flush_every = args
-            _lowest_priority()                 # again: the last run's wait may have raised it
-            tracker, error = RunTracker(run_name, tags, params, flush_every), None
-            try:
-                tracker.open(lambda t: open_run(OmegaConf.create(cfg), t, chash, sweep))
-                answer("ok", tracker.run_id)
-            except SkipRun as skip:
-                answer("skip", skip.run.info.run_id, dict(skip.run.data.metrics))
-                tracker = None
-            except BaseException as exc:  # noqa: BLE001 - handed to the computing process
-                answer("error", failure(exc, "opening the run"))
-                tracker = None
+            self.open(*args)
         elif tracker is None:             # not opened: nothing to log; still answer what is due
             if verb in ANSWERED:
-                answer("ok", None)
+                self.answer("ok", None)
         elif verb == "entries":
             tracker.buffer.extend(args[0])
             tracker.flush_between()
         elif verb == "call":
             name, call_args, kwargs = args
-            if error is None and tracker.broken is None:
+            if self.error is None and tracker.broken is None:
                 try:
                     getattr(tracker, name)(*call_args, **kwargs)
-                except BaseException as exc:  # noqa: BLE001 - answered at the next flush
-                    error = tracker.broken or failure(exc, name.replace("_", " "))
+                except Exception as exc:  # noqa: BLE001 - answered at the next flush
+                    self.error = tracker.broken or self.failure(exc, name.replace("_", " "))
         elif verb == "flush":
-            try:
-                if error is not None:
-                    raise error
+            def flush() -> None:
+                if self.error is not None:
+                    raise self.error
                 tracker.flush()
-                answer("ok", None)
-            except BaseException as exc:  # noqa: BLE001
-                answer("error", failure(exc, "flushing the run"))
+
+            self.answer_result(flush, "flushing the run")
         elif verb == "close":
             message, killed = args
-            try:
-                tracker.close(message or (str(error) if error is not None else None), killed)
-                answer("ok", None)
-            except BaseException as exc:  # noqa: BLE001
-                answer("error", failure(exc, "ending the run"))
-            tracker = None
-    if tracker is not None:                        # the computing process died mid-run
-        tracker.close("the run's process ended without closing its run: a killed process", killed=True)
+            self.tracker = None           # closed, whatever the answer
+            self.answer_result(lambda: tracker.close(message or (str(self.error) if self.error else None), killed),
+                               "ending the run")
+
+    def serve(self, inp) -> None:
+        """Until the computing process's input ends; then a run it left open is ended KILLED."""
+        try:
+            while True:
+                try:
+                    verb, args = pickle.load(inp)
+                except (EOFError, pickle.UnpicklingError):      # the computing process is gone
+                    break
+                self.handle(verb, args)
+        except Orphaned:
+            pass
+        if self.tracker is not None:
+            try:      # nobody waits for this process now: its priority back, where that is allowed
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+            except OSError:
+                pass
+            self.tracker.close("the run's process ended without closing its run: a killed process", killed=True)
 
 
 def _lowest_priority() -> None:
@@ -287,8 +322,7 @@ def main() -> None:
     # as the run's own log lines (Hydra's format, on stdout)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    with os.fdopen(int(sys.argv[1]), "wb") as answers:
-        serve(sys.stdin.buffer, answers)
+    Helper(open(int(sys.argv[1]), "wb")).serve(sys.stdin.buffer)   # noqa: SIM115 - ended by os._exit
     sys.stdout.flush()
     os._exit(0)              # no teardown of MLflow, SQLAlchemy and pandas: nothing waits for it
 
