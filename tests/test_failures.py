@@ -217,11 +217,15 @@ def test_a_run_whose_process_is_killed_is_ended_killed_by_its_tracking_process(p
     out-of-memory killer picks it): the helper reads the end of its input and ends the run KILLED."""
     db = tmp_path / "store" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    # one torch thread: the other core lets the helper (at the lowest priority) stream the generations
-    run = popen_run([*LONG, "evolution.epochs=3", "threads=1", f"parent.cache_dir={parent_cache}",
+    # Ten passes over the data (3001 generations, 20-30 s), one torch thread: the other core lets the
+    # helper (at the lowest priority) stream the generations once it has opened the store.
+    total = 10 * (GENERATIONS - 1) + 1
+    run = popen_run([*LONG, "evolution.epochs=10", "threads=1", f"parent.cache_dir={parent_cache}",
                      f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"], tmp_path / "run", tmp_path / "cwd")
     try:
         until(lambda: steps_logged(db) >= 3, run, tmp_path / "run", "3 generations in the store")
+        seen = steps_logged(db)      # streaming generation by generation, and not past the middle
+        until(lambda: seen < steps_logged(db) < total // 2, run, tmp_path / "run", "generations flushed mid-run")
         helpers = [int(p) for p in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()]
         run.kill()
         run.wait(timeout=30)
@@ -238,7 +242,7 @@ def test_a_run_whose_process_is_killed_is_ended_killed_by_its_tracking_process(p
     (killed,) = runs
     assert killed.info.status == "KILLED", killed.info.status
     assert "killed process" in killed.data.tags["error"]
-    assert steps_logged(db) < 3 * (GENERATIONS - 1) + 1, "the run was over before it was killed"
+    assert steps_logged(db) < total, "the run was over before it was killed"
     for pid in helpers:                               # and the helper has exited
         deadline = time.monotonic() + 30
         while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" \

@@ -335,8 +335,9 @@ def test_a_search_killed_hard_continues_where_it_stopped(parent_cache, store, tm
 
     from conftest import REPO
 
+    # 300 generations a trial (a few seconds): the kill below lands inside one
     args = [sys.executable, "run.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", *TINY,
-            "data.train_size=5000", f"parent.cache_dir={parent_cache}", f"tracking.uri={store}"]
+            "data.train_size=30000", f"parent.cache_dir={parent_cache}", f"tracking.uri={store}"]
     log = open(tmp_path / "search1.log", "w")
     proc = subprocess.Popen([*args, f"hydra.sweep.dir={tmp_path / 'multirun1'}"], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -349,7 +350,7 @@ def test_a_search_killed_hard_continues_where_it_stopped(parent_cache, store, tm
             if "trials complete;" in (tmp_path / "search1.log").read_text():   # the study exists
                 now = states(study_of(tmp_path)[0])
                 if "COMPLETE" in now and now[-1] == "RUNNING":
-                    time.sleep(0.5)                          # into the trial's job
+                    time.sleep(0.3)                          # into the trial's job
                     os.killpg(proc.pid, signal.SIGKILL)
                     break
             time.sleep(0.2)
