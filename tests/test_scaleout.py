@@ -48,6 +48,10 @@ def assert_models_filed(client: MlflowClient, runs) -> None:
         assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in mine)
         root = client.get_experiment(exp_id).artifact_location
         assert all(m.artifact_location.startswith(root) for m in models), (root, models[0].artifact_location)
+        # "Logged from": the run's script, as its run says (not the tracking helper's)
+        sources = {r.info.run_id: r.data.tags["mlflow.source.name"] for r in mine}
+        assert all(Path(m.tags.get("mlflow.source.name", "")).name == sources[m.source_run_id] for m in models), \
+            [(m.tags.get("mlflow.source.name"), sources[m.source_run_id]) for m in models]
     assert not client.search_logged_models(experiment_ids=["0"])
 
 

@@ -242,6 +242,9 @@ class Helper:
         from ecomp.app.tracking import RunTracker, SkipRun
 
         _lowest_priority()                 # again: the last run's wait may have raised it
+        # MLflow names a logged model's source ("Logged from") after the process's main file:
+        # the run's script, not this helper.
+        sys.argv[0] = tags.get("mlflow.source.name") or sys.argv[0]
         tracker, self.error = RunTracker(run_name, tags, params, flush_every), None
         try:
             tracker.open(lambda t: open_run(OmegaConf.create(cfg), t, chash, sweep))
