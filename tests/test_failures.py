@@ -80,13 +80,8 @@ def steps_logged(db: Path) -> int:
 
 
 def until(ready, proc: subprocess.Popen, log: Path, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before {what}:\n{log.with_suffix('.err').read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"not seen after {timeout:.0f} s: {what}")
-        time.sleep(0.1)
+    """Wait for ``what`` while the run of ``log`` (its ``.err``) goes on."""
+    wait_for(ready, proc, log.with_suffix(".err"), f"the run, waiting for {what},", timeout, every=0.1)
 
 
 def server_cmd(db: Path, artifacts: Path, port: int) -> list[str]:

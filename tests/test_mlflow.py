@@ -116,7 +116,6 @@ def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg)
     """The helper process of :class:`TrackerProcess`, as a sweep's worker uses it: one for all its
     runs; a run it fails to open leaves no answer behind for the next; a FINISHED config is skipped."""
     import mlflow
-    from omegaconf import OmegaConf
 
     from ecomp.app import tracker_process
     from ecomp.app.tracking import SkipRun
@@ -125,7 +124,7 @@ def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg)
     def track(cfg, name: str, chash: str, generations: int = 3):
         tracker = tracker_process.TrackerProcess(name, {"config_hash": chash}, {"p": 1}, flush_every=2)
         with tracker:
-            tracker.open(OmegaConf.to_container(cfg, resolve=True), chash, None)
+            tracker.open(cfg, chash, None)
             for g in range(generations):
                 tracker.log_generation(g, {"accuracy_mean": g / 10})
             tracker.log_metrics({"best_test_accuracy": 0.5})

@@ -379,7 +379,6 @@ def test_a_search_killed_hard_continues_where_it_stopped(parent_cache, store, tm
 @pytest.mark.distributed
 def test_trials_run_as_ray_tasks(parent_cache, store, tmp_path):
     """The same sweeper through the Ray launcher (a one-node cluster on 127.0.0.1): 2 trials in one batch."""
-    import os
     import re
     import shutil
     import subprocess
@@ -388,10 +387,9 @@ def test_trials_run_as_ray_tasks(parent_cache, store, tmp_path):
     from pathlib import Path
 
     from conftest import REPO
-    from test_scaleout import BIN, free_port, start, stop, wait_for
+    from test_scaleout import BIN, free_port, ray_env, start, stop, wait_for
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+    env = ray_env()
     ray_dir = Path(tempfile.mkdtemp(prefix="ecomp-ray-", dir="/tmp"))
     gcs, ray_log = free_port(), tmp_path / "ray.log"
     head = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY
-from test_scaleout import BIN, assert_complete, free_port, healthy, runs_of, start, stop, wait_for
+from test_scaleout import BIN, assert_complete, free_port, healthy, ray_env, runs_of, start, stop, wait_for
 
 # The GCS notices a lost node after health_check_period x failure_threshold (Ray: 3 s x 5);
 # shorter here (but lenient with a loaded machine), so that the lost node is noticed in seconds.
@@ -136,9 +136,7 @@ def sweep_cmd(overrides: list[str], sweep_dir: Path, parents: Path, uri: str, gc
 @pytest.mark.distributed
 def test_a_sweep_spreads_over_two_ray_nodes_and_survives_losing_one(tmp_path):
     t0 = time.perf_counter()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1",
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **RAY_HEALTH)
+    env = ray_env(**RAY_HEALTH)
     ray_dir = Path(tempfile.mkdtemp(prefix="ecomp-ray-", dir="/tmp"))   # short: Ray's socket paths
     port = free_port()
     gcs, uri = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{port}"

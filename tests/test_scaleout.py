@@ -270,14 +270,24 @@ def stop(proc: subprocess.Popen, grace: float = 5) -> None:
     proc.wait(timeout=grace)
 
 
-def wait_for(ready, proc: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+def wait_for(ready, proc: subprocess.Popen, log: Path, what: str, timeout: float, every: float = 0.5) -> None:
+    """Poll ``ready()`` every ``every`` seconds; fail, quoting ``log``, if ``proc`` ends or time runs out."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
             pytest.fail(f"{what} exited with status {proc.returncode}:\n{log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(every)
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """This environment for a Ray cluster of the tests' own: no inherited address, no usage stats,
+    no deduplicated logs, and no background job runner in the MLflow server."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1",
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **extra)
+    return env
 
 
 def healthy(url: str) -> bool:
@@ -292,9 +302,7 @@ def healthy(url: str) -> bool:
 @pytest.mark.distributed
 def test_ray_cluster_sweep_logs_to_an_mlflow_server(tmp_path):
     t0 = time.perf_counter()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1",
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")     # no background job runner in the server
+    env = ray_env()
     ray_dir = Path(tempfile.mkdtemp(prefix="ecomp-ray-", dir="/tmp"))   # short: Ray's socket paths
     gcs, mlflow_port = free_port(), free_port()
     uri = f"http://127.0.0.1:{mlflow_port}"

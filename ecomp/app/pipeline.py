@@ -18,7 +18,7 @@ from ecomp.app.caches import Caches
 from ecomp.app.config import config_hash, resolve_backend, used_config
 from ecomp.app.parents import data_root, load_split, prepare_parent, setup, train_spec
 from ecomp.app.provenance import git_commit, repo_root
-from ecomp.app.store import open_run, tracking_uri
+from ecomp.app.store import tracking_uri
 from ecomp.core.fitness import Weights
 from ecomp.kernels.runtime import keep_freed_memory
 from ecomp.methods import Method, Problem, method_class
@@ -121,10 +121,8 @@ def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | No
     from ecomp.app.tracking import SkipRun
 
     try:
-        if tracker is not None and tracker.in_process:
-            tracker.open(lambda t: open_run(cfg, t, chash, sweep))
-        elif tracker is not None:
-            tracker.open(OmegaConf.to_container(cfg, resolve=True), chash, sweep)
+        if tracker is not None:
+            tracker.open(cfg, chash, sweep)
         with (tracker or contextlib.nullcontext()):
             train, parent = prepare_parent(cfg, caches)
             test = load_split(cfg, train=False, caches=caches)

@@ -51,8 +51,6 @@ def _portable(exc: BaseException, uri: str | None, what: str) -> BaseException:
 class TrackerProcess:
     """:class:`ecomp.app.tracking.RunTracker`'s interface; the work is done by a child process."""
 
-    in_process = False
-
     def __init__(self, run_name: str, tags: dict[str, str], params: dict[str, Any], flush_every: int = 25):
         self.run_name, self.tags, self.params, self.flush_every = run_name, tags, params, flush_every
         self.buffer: list[tuple[str, float, int, int]] = []      # (key, value, timestamp ms, step)
@@ -102,10 +100,13 @@ class TrackerProcess:
         raise answer[1]
 
     # -- RunTracker's interface -----------------------------------------------------------------
-    def open(self, cfg: dict, config_hash: str, sweep: str | None) -> None:
-        """Have the helper open the store and create the run (``cfg``: the resolved config)."""
+    def open(self, cfg, config_hash: str, sweep: str | None) -> None:
+        """Have the helper open the store and create the run (``cfg`` travels resolved, as a dict)."""
+        from omegaconf import OmegaConf
+
         self._proc, self._answers = helper()
-        self._send("open", cfg, config_hash, sweep, self.run_name, self.tags, self.params, self.flush_every)
+        self._send("open", OmegaConf.to_container(cfg, resolve=True), config_hash, sweep, self.run_name,
+                   self.tags, self.params, self.flush_every)
 
     @property
     def ready(self) -> bool:
@@ -238,7 +239,6 @@ class Helper:
     def open(self, cfg, chash, sweep, run_name, tags, params, flush_every) -> None:
         from omegaconf import OmegaConf
 
-        from ecomp.app.store import open_run
         from ecomp.app.tracking import RunTracker, SkipRun
 
         _lowest_priority()                 # again: the last run's wait may have raised it
@@ -247,7 +247,7 @@ class Helper:
         sys.argv[0] = tags.get("mlflow.source.name") or sys.argv[0]
         tracker, self.error = RunTracker(run_name, tags, params, flush_every), None
         try:
-            tracker.open(lambda t: open_run(OmegaConf.create(cfg), t, chash, sweep))
+            tracker.open(OmegaConf.create(cfg), chash, sweep)
         except SkipRun as skip:
             self.answer("skip", skip.run.info.run_id, dict(skip.run.data.metrics))
             return

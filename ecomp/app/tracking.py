@@ -154,8 +154,8 @@ class SkipRun(Exception):
 class RunTracker:
     """Context manager around one MLflow run, its calls to the store made on the caller's thread.
 
-    :meth:`open` runs ``opener(self)``: open the store, look for this config's runs, then
-    :meth:`create` the run; if it finds a FINISHED run it raises :class:`SkipRun`. A fresh
+    :meth:`open` opens the store, looks for this config's runs, then creates the run (:meth:`create`);
+    if it finds a FINISHED run it raises :class:`SkipRun`. A fresh
     ``run.py`` process does not use this class itself: :class:`ecomp.app.tracker_process.TrackerProcess`
     runs one in a helper process, beside the computation.
 
@@ -169,8 +169,6 @@ class RunTracker:
     store again, except a flush between generations, which warns once and lets the run
     go on (its results are then kept locally, :func:`keep_locally`).
     """
-
-    in_process = True       # the store is called from this process (TrackerProcess: from a helper)
 
     def __init__(self, run_name: str, tags: dict[str, str], params: dict[str, Any], flush_every: int = 25):
         self.run_name = run_name
@@ -187,9 +185,12 @@ class RunTracker:
         self.seconds = 0.0   # time spent in MLflow calls on this thread
 
     # -- opening ------------------------------------------------------------------------------
-    def open(self, opener: Callable[["RunTracker"], None]) -> None:
-        """``opener(self)``: open the store, look for this config's runs, then :meth:`create` the run."""
-        opener(self)
+    def open(self, cfg, config_hash: str, sweep: str | None) -> None:
+        """Open ``cfg``'s store, close this config's stale runs, stop if it has a FINISHED one, then
+        :meth:`create` the run (:func:`ecomp.app.store.open_run`)."""
+        from ecomp.app.store import open_run
+
+        open_run(cfg, self, config_hash, sweep)
 
     def create(self, uri: str, experiment_id: str) -> None:
         """Create the run with its tags and params (called by the opener)."""
