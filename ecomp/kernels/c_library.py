@@ -9,7 +9,9 @@ hashes the sources, the flags, the compiler's version and the machine, so a chan
 or compiler gets a fresh build and parallel jobs or cluster nodes sharing a home directory
 never load a stale or half-written one (each build is written to a temporary name and
 renamed). No ``-march=native``: the library carries a baseline and an AVX2 + FMA copy of
-every kernel and picks one at load time, so one build serves every x86-64 node. No
+every kernel and picks one at load time, so one build serves every x86-64 node;
+``ECOMP_KERNEL_ISA=baseline`` makes it run the baseline copy on any CPU (the tests reach both
+copies that way; ``auto``, the default, takes the AVX2 copy where the CPU has it). No
 ``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
 same from run to run and do not depend on the number of threads.
 
@@ -42,7 +44,8 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 7
+ABI_VERSION = 8
+ISAS = ("auto", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -110,6 +113,9 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     if lib.ecomp_abi_version() != ABI_VERSION:
         raise NativeUnavailable(f"{target} has ABI {lib.ecomp_abi_version()}, expected {ABI_VERSION}")
+    lib.ecomp_force_baseline.restype = None
+    if requested_isa() == "baseline":
+        lib.ecomp_force_baseline()
     span = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]        # m0, m1, nthreads
     lib.ecomp_conditionals.argtypes = [_f32, ctypes.c_int, _f64, ctypes.c_double, ctypes.c_double, ctypes.c_int,
                                        _f32, _f64, *span]
@@ -130,6 +136,14 @@ def _build() -> ctypes.CDLL:
                                             ctypes.c_int]
     lib.ecomp_recombine_inplace.restype = None
     return lib
+
+
+def requested_isa() -> str:
+    """``$ECOMP_KERNEL_ISA`` (``auto`` when unset); a one-line :class:`ValueError` for anything else."""
+    isa = os.environ.get("ECOMP_KERNEL_ISA") or "auto"
+    if isa not in ISAS:
+        raise ValueError(f"ECOMP_KERNEL_ISA={isa!r}: expected one of {', '.join(ISAS)}")
+    return isa
 
 
 def load() -> ctypes.CDLL:

@@ -35,13 +35,14 @@
 #include "tsne_body.h"
 #undef KFN
 #pragma GCC pop_options
+static int force_base = 0;
 static int use_avx2(void) {
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
-    return cached;
+    return cached && !force_base;
 }
 #else
 #define ECOMP_HAVE_AVX2 0
@@ -51,7 +52,17 @@ static int use_avx2(void) { return 0; }
 /* Which instruction set the kernels run with: 1 AVX2 + FMA, 0 baseline. */
 int ecomp_isa(void) { return use_avx2(); }
 
-int ecomp_abi_version(void) { return 7; }
+/* Run the baseline copy of every kernel from now on, whatever the CPU supports (ECOMP_KERNEL_ISA=baseline:
+ * the tests' way to reach both copies on one machine). There is no way up: the AVX2 copy runs only
+ * where the CPU has it. */
+void ecomp_force_baseline(void) {
+#if ECOMP_HAVE_AVX2
+    (void)use_avx2();
+    force_base = 1;
+#endif
+}
+
+int ecomp_abi_version(void) { return 8; }
 
 /* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
 int ecomp_openmp(void) {
