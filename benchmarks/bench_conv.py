@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
-from ecomp.core.conv_initialiser import l1_population  # noqa: E402
+from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.kernels import conv_forward  # noqa: E402
 from ecomp.nets import convnet  # noqa: E402
 from ecomp.nets.conv_population import ConvPopulation  # noqa: E402
-from ecomp.nets.sizes import plan_size  # noqa: E402
+from ecomp.nets.convnet import plan_size  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
-from ecomp.core.conv_initialiser import l1_population  # noqa: E402
+from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.nets import convnet  # noqa: E402
 from ecomp.methods.metrics import latency_ms  # noqa: E402
 from ecomp.nets.network import load_network  # noqa: E402
-from ecomp.nets.sizes import plan_size  # noqa: E402
+from ecomp.nets.convnet import plan_size  # noqa: E402
 
 KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 

@@ -108,3 +108,10 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 def random_layers(widths: list[int], generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(widths[i + 1], widths[i], generator=generator) / widths[i] ** 0.5,
              torch.randn(widths[i + 1], generator=generator) * 0.1) for i in range(len(widths) - 1)]
+
+
+def random_mlp(widths: list[int], generator: torch.Generator):
+    """An :class:`ecomp.nets.mlp.MLP` of :func:`random_layers`."""
+    from ecomp.nets.mlp import MLP
+
+    return MLP(random_layers(widths, generator))

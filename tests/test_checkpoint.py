@@ -10,7 +10,9 @@ from torch import nn
 
 from conftest import TINY, run_cli
 from ecomp.nets.checkpoint import CheckpointError, read_checkpoint
-from ecomp.nets.network import accuracy, layers_of, save_network
+from ecomp.nets.mlp import MLP, layers_of
+from ecomp.nets.network import save_network
+from ecomp.nets.structure import accuracy
 
 
 def lenet(widths=(784, 300, 100, 10), flatten=True, seed=0) -> nn.Sequential:
@@ -24,6 +26,7 @@ def lenet(widths=(784, 300, 100, 10), flatten=True, seed=0) -> nn.Sequential:
 
 
 def same(a, b) -> bool:
+    a, b = getattr(a, "layers", a), getattr(b, "layers", b)        # a network or its (weight, bias) pairs
     return len(a) == len(b) and all(torch.equal(w1, w2) and torch.equal(b1, b2) for (w1, b1), (w2, b2) in zip(a, b))
 
 
@@ -37,10 +40,10 @@ def test_a_sequential_state_dict_is_read_with_its_architecture(tmp_path, flatten
 def test_linear_without_bias_and_the_projects_own_files_are_read(tmp_path):
     model = nn.Sequential(nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 2))
     torch.save(model.state_dict(), tmp_path / "nobias.pt")
-    layers = read_checkpoint(tmp_path / "nobias.pt")[0]
+    layers = read_checkpoint(tmp_path / "nobias.pt")[0].layers
     assert torch.equal(layers[0][1], torch.zeros(6)) and torch.equal(layers[0][0], model[0].weight.detach())
     own = layers_of(lenet((8, 7, 3, 2)))
-    save_network(own, tmp_path / "best_network.pt")
+    save_network(MLP(own), tmp_path / "best_network.pt")
     assert same(read_checkpoint(tmp_path / "best_network.pt")[0], own)
 
 
@@ -145,7 +148,7 @@ def test_users_lenet_300_100_is_compressed_by_ecomp_and_a_baseline(tmp_path, mak
     assert client.get_run(ecomp.run_id).data.tags["variant"] == "121 [compression=params]"
     # the returned network keeps the parent's unequal proportions: every layer pruned alike at first
     art = client.download_artifacts(ecomp.run_id, "best_network.pt", str(tmp_path / "art"))
-    widths = [w.shape[0] for w, _ in read_checkpoint(art)[0][:-1]]
+    widths = [w.shape[0] for w, _ in read_checkpoint(art)[0].layers[:-1]]
     assert widths[0] > widths[1] and len(widths) == 2
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from conftest import TINY, run_cli
 from ecomp.nets.checkpoint import read_checkpoint
 from ecomp.errors import CheckpointError
-from ecomp.nets.network import layers_of
+from ecomp.nets.mlp import layers_of
 
 
 class Payload:
@@ -91,9 +91,9 @@ def test_a_crafted_state_dict_is_refused_and_runs_nothing(tmp_path):
 def test_a_benign_pt2_loads_with_the_weights_of_its_program(tmp_path):
     model = mlp()
     torch.export.save(torch.export.export(model.eval(), (torch.rand(2, 1, 28, 28),)), tmp_path / "ok.pt2")
-    layers, sha = read_checkpoint(tmp_path / "ok.pt2")
+    net, sha = read_checkpoint(tmp_path / "ok.pt2")
     expected = layers_of(model)
-    assert all(torch.equal(w, we) and torch.equal(b, be) for (w, b), (we, be) in zip(layers, expected))
+    assert all(torch.equal(w, we) and torch.equal(b, be) for (w, b), (we, be) in zip(net.layers, expected))
     import hashlib
 
     assert sha == hashlib.sha256((tmp_path / "ok.pt2").read_bytes()).hexdigest()

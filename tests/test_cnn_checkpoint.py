@@ -14,10 +14,12 @@ from ecomp.errors import CheckpointError
 from ecomp.nets import convnet
 from ecomp.nets.checkpoint import check_fits, read_checkpoint
 from ecomp.nets.convnet import ConvNet, ConvPlan, Stage
-from ecomp.nets.network import layers_of, save_network
+from ecomp.nets.mlp import layers_of
+from ecomp.nets.network import save_network
 
 
 def same(a, b) -> bool:
+    a, b = getattr(a, "layers", a), getattr(b, "layers", b)        # a network or its (weight, bias) pairs
     return len(a) == len(b) and all(torch.equal(w1, w2) and torch.equal(b1, b2) for (w1, b1), (w2, b2) in zip(a, b))
 
 
@@ -77,7 +79,7 @@ def test_a_named_sequential_state_dict_reads_like_the_numeric_one(tmp_path):
     torch.save(numeric.state_dict(), tmp_path / "numeric.pt")
     torch.save(named.state_dict(), tmp_path / "named.pt")
     a, b = read_checkpoint(tmp_path / "numeric.pt")[0], read_checkpoint(tmp_path / "named.pt")[0]
-    assert isinstance(b, list) and same(a, b) and same(b, layers_of(numeric))
+    assert b.kind == "mlp" and same(a, b) and same(b, layers_of(numeric))
     # nested names, and the same network as a torch.export program
     nested = nn.Sequential(OrderedDict([("features", nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 5),
                                                                    nn.ReLU())), ("output", nn.Linear(5, 3))]))

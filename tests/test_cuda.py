@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_layers
+from conftest import random_mlp
 from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import Evaluator, Weights
 from ecomp.core.initialiser import l1_population
@@ -16,6 +16,7 @@ from ecomp.core.selection import select_pairs
 from ecomp.kernels.tsne_torch import calibrate, shifted_distances
 from ecomp.measures.tsne import TSNE
 from ecomp.kernels.backend import resolve
+from ecomp.nets.structure import to_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -24,13 +25,13 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def to(pop_layers, device):
-    return [(w.to(device), b.to(device)) for w, b in pop_layers]
+def to(net, device):
+    return to_device(net, device)
 
 
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
 def test_cuda_crossover_equals_the_cpu_bit_for_bit(n_hidden):
-    parent = random_layers([12, *[8] * n_hidden, 3], gen(0))
+    parent = random_mlp([12, *[8] * n_hidden, 3], gen(0))
     cpu = l1_population(parent, 8, 1.0, 0.25)
     gpu = l1_population(to(parent, "cuda"), 8, 1.0, 0.25)
     pairs = select_pairs(torch.randn(8, generator=gen(1)), gen(2))
@@ -55,7 +56,7 @@ def test_cuda_perplexity_search_syncs_every_few_iterations_and_agrees():
 
 def test_cuda_evaluation_and_a_few_generations_match_the_cpu():
     g = gen(0)
-    parent = random_layers([30, 24, 24, 5], g)
+    parent = random_mlp([30, 24, 24, 5], g)
     batches = [(torch.rand(40, 30, generator=g), torch.randint(0, 5, (40,), generator=g)) for _ in range(3)]
     pop = l1_population(parent, 10, 0.9, 0.3)
     cpu = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", "torch"))).evaluate(pop, 0)
@@ -74,7 +75,7 @@ def test_cuda_evaluation_and_a_few_generations_match_the_cpu():
 def test_cuda_mutation_is_gathered_and_equals_the_cpu_bit_for_bit(n_hidden):
     from ecomp.core.mutation import mutate_
 
-    parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
+    parent = random_mlp([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
     cpu = l1_population(parent, 12, 1.0, 0.2)
     gpu = l1_population(to(parent, "cuda"), 12, 1.0, 0.2)
     assert mutate_(cpu, 0.5, 0.5, 1.5, gen(5)) == mutate_(gpu, 0.5, 0.5, 1.5, gen(5))   # gathered: the default
@@ -84,7 +85,7 @@ def test_cuda_mutation_is_gathered_and_equals_the_cpu_bit_for_bit(n_hidden):
 def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
     from ecomp.kernels.forward import forward
 
-    parent = random_layers([20, 16, 14, 4], gen(0))
+    parent = random_mlp([20, 16, 14, 4], gen(0))
     cpu = l1_population(parent, 9, 1.0, 0.2)
     gpu = l1_population(to(parent, "cuda"), 9, 1.0, 0.2)
     x = torch.rand(30, 20, generator=gen(1))
@@ -98,15 +99,14 @@ def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
 # -- convolutional populations on the GPU ---------------------------------------------------------
 
 def test_cuda_conv_population_forward_and_evolution_equal_the_cpu():
-    from ecomp.core import conv_initialiser
     from ecomp.kernels import conv_forward
     from ecomp.nets import convnet
 
     plan = convnet.lenet5((1, 28, 28), 10, channels=(4, 8), hidden=(16,))
     torch.manual_seed(0)
     parent = convnet.from_module(convnet.build_module(plan), plan)
-    cpu = conv_initialiser.l1_population(parent, 8, 0.9, 0.3)
-    gpu = conv_initialiser.l1_population(parent.to("cuda"), 8, 0.9, 0.3)
+    cpu = l1_population(parent, 8, 0.9, 0.3)
+    gpu = l1_population(to(parent, "cuda"), 8, 0.9, 0.3)
     x = torch.rand(32, 784, generator=gen(0))
     ref, _ = conv_forward.forward_loop(cpu, x)
     fast, hidden = conv_forward.forward_grouped(gpu, x.cuda())
@@ -114,6 +114,6 @@ def test_cuda_conv_population_forward_and_evolution_equal_the_cpu():
     assert hidden[0][0].is_cuda
     batches = [(x.cuda(), torch.randint(0, 10, (32,), generator=gen(1)).cuda())]
     measure = TSNE(backend=resolve("cuda", "torch"))
-    ecomp = EComp(Evaluator(parent.to("cuda"), batches, measure), Weights(1, 2, 1), MutationSpec(), gen(2))
+    ecomp = EComp(Evaluator(to(parent, "cuda"), batches, measure), Weights(1, 2, 1), MutationSpec(), gen(2))
     records = list(ecomp.run(gpu, 2))
     assert len(records) == 3 and ecomp.population.device.type == "cuda"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_layers
+from conftest import random_layers, random_mlp
 from ecomp.kernels import native
 from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import PARTS, Evaluator, ReferenceEvaluator, Weights, needed_parts
@@ -25,7 +25,7 @@ KERNELS = pytest.mark.parametrize("kernels", [
 
 def problem(seed: int = 0, n_batches: int = 3, batch: int = 40, widths=(30, 24, 24, 5)):
     g = torch.Generator().manual_seed(seed)
-    parent = random_layers(list(widths), g)
+    parent = random_mlp(list(widths), g)
     batches = [(torch.rand(batch, widths[0], generator=g), torch.randint(0, widths[-1], (batch,), generator=g))
                for _ in range(n_batches)]
     return parent, batches
@@ -86,8 +86,8 @@ def test_similarity_layer_subset_and_three_hidden_layers(kernels):
 def test_degenerate_networks_and_huge_weights_stay_finite(kernels):
     """Width-1 children, dead ReLUs (all-zero activations) and fitness weights of 1000."""
     parent, batches = problem(widths=(30, 16, 16, 5))
-    w0, b0 = parent[0]
-    parent[0] = (w0, b0 - 100.0)            # every first-layer unit dead on every input
+    w0, b0 = parent.layers[0]
+    parent.layers[0] = (w0, b0 - 100.0)            # every first-layer unit dead on every input
     pop = l1_population(parent, 6, 1.0, 1 / 16)
     assert pop.widths[-1] == (1, 1)
     ev = Evaluator(parent, batches, TSNE(10.0, backend=resolve("cpu", kernels)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_layers
+from conftest import random_layers, random_mlp
 from ecomp.kernels import native
 from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
@@ -148,7 +148,7 @@ def test_cka_batched_path_equals_the_loop_and_the_reference_evaluator():
     _, hidden, stacked = forward(pop, x)
     assert stacked is not None
     cka = LinearCKA()
-    states = cka.prepare([torch.addmm(parent[0][1], x, parent[0][0].T).relu()], 40)
+    states = cka.prepare([torch.addmm(parent.layers[0][1], x, parent.layers[0][0].T).relu()], 40)
     fast = Evaluator(parent, batches, measure=cka).evaluate(pop, 0).similarity
     ref = ReferenceEvaluator(parent, batches, measure=cka).evaluate(pop, 0).similarity
     assert torch.allclose(fast.double(), ref.double(), rtol=1e-4, atol=1e-6)

@@ -7,11 +7,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import random_layers
+from conftest import random_layers, random_mlp
 from ecomp.nets import data as data_mod
-from ecomp.core.initialiser import l1_ranking, prune, pruned_width
+from ecomp.core.initialiser import pruned_width
+from ecomp.nets.structure import l1_ranking, prune
 from ecomp.methods.pruning import IMPORTANCES, structured_prune
-from ecomp.nets.network import accuracy, load_network
+from ecomp.nets.network import load_network
+from ecomp.nets.structure import accuracy
 from ecomp.app.parents import data_root
 from ecomp.app.pipeline import run_experiment
 from ecomp.methods.metrics import MACHINE_READINGS
@@ -29,37 +31,36 @@ def today_l1(parent, keep):
 @pytest.mark.parametrize("widths", [[784, 256, 256, 10], [20, 13, 13, 13, 5]])
 @pytest.mark.parametrize("keep", [0.2, 0.3, 0.5, 0.625, 0.9, 1.0])
 def test_torch_pruning_l1_gives_exactly_todays_l1_subnetwork(widths, keep):
-    parent = random_layers(widths, torch.Generator().manual_seed(len(widths)))
+    parent = random_mlp(widths, torch.Generator().manual_seed(len(widths)))
     ours, theirs = today_l1(parent, keep), structured_prune(parent, keep, "l1")
-    assert [w.shape for w, _ in theirs] == [w.shape for w, _ in ours]
-    for (w1, b1), (w2, b2) in zip(ours, theirs):
+    assert [w.shape for w, _ in theirs.layers] == [w.shape for w, _ in ours.layers]
+    for (w1, b1), (w2, b2) in zip(ours.layers, theirs.layers):
         assert torch.equal(w1, w2) and torch.equal(b1, b2)
 
 
 @pytest.mark.parametrize("importance", sorted(IMPORTANCES))
 def test_every_importance_keeps_the_asked_widths_and_a_working_network(importance):
     g = torch.Generator().manual_seed(1)
-    parent = random_layers([30, 16, 16, 4], g)
+    parent = random_mlp([30, 16, 16, 4], g)
     x, y = torch.randn(64, 30, generator=g), torch.randint(0, 4, (64,), generator=g)
     net = structured_prune(parent, 0.5, importance, (x, y))
-    assert [w.shape for w, _ in net] == [(8, 30), (8, 8), (4, 8)]
+    assert [w.shape for w, _ in net.layers] == [(8, 30), (8, 8), (4, 8)]
     # each kept hidden neuron is one of the parent's, with its incoming row unchanged
-    rows = {tuple(r.tolist()) for r in parent[0][0]}
-    assert all(tuple(r.tolist()) in rows for r in net[0][0])
+    rows = {tuple(r.tolist()) for r in parent.layers[0][0]}
+    assert all(tuple(r.tolist()) in rows for r in net.layers[0][0])
     if importance != "l1":
-        assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(net, structured_prune(parent, 0.5, "l1")))
+        l1 = structured_prune(parent, 0.5, "l1")
+        assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(net.layers, l1.layers))
 
 
 def test_taylor_without_data_is_refused():
     with pytest.raises(ValueError, match="needs data"):
-        structured_prune(random_layers([6, 4, 3], torch.Generator().manual_seed(0)), 0.5, "taylor")
+        structured_prune(random_mlp([6, 4, 3], torch.Generator().manual_seed(0)), 0.5, "taylor")
 
 
 def test_distillation_loss_is_zero_against_itself_and_mixes_in_labels():
     g = torch.Generator().manual_seed(0)
-    from ecomp.nets.network import model_from_layers
-
-    teacher = model_from_layers(random_layers([5, 7, 3], g))
+    teacher = random_mlp([5, 7, 3], g).to_module()
     x, y = torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
     logits = teacher(x).detach()
     assert distillation_loss(teacher, 4.0)(logits, x, y).item() == pytest.approx(0.0, abs=1e-6)
@@ -69,14 +70,14 @@ def test_distillation_loss_is_zero_against_itself_and_mixes_in_labels():
 
 def test_fine_tune_leaves_its_input_alone_and_zero_epochs_copy():
     g = torch.Generator().manual_seed(0)
-    net = random_layers([10, 6, 3], g)
-    before = [(w.clone(), b.clone()) for w, b in net]
+    net = random_mlp([10, 6, 3], g)
+    before = [(w.clone(), b.clone()) for w, b in net.layers]
     x, y = torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)
     tuned = fine_tune(net, x, y, 2, 1e-2, 8, torch.Generator().manual_seed(1))
-    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(net, before))
-    assert not torch.equal(tuned[0][0], net[0][0])
+    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(net.layers, before))
+    assert not torch.equal(tuned.layers[0][0], net.layers[0][0])
     copy = fine_tune(net, x, y, 0, 1e-2, 8, torch.Generator())
-    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(copy, net))
+    assert all(torch.equal(a, c) for (a, _), (c, _) in zip(copy.layers, net.layers))
 
 
 def test_validation_split_is_disjoint_and_keeps_the_papers_subset():

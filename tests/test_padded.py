@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_layers
+from conftest import random_layers, random_mlp
 from ecomp.kernels import native
 from ecomp.core.fitness import Evaluator
 from ecomp.core.initialiser import l1_population
@@ -27,7 +27,7 @@ def gen(seed: int) -> torch.Generator:
 
 
 def mixed(n_hidden: int, size: int = 9, seed: int = 0):
-    parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(seed))
+    parent = random_mlp([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(seed))
     pop = l1_population(parent, size, 1.0, 0.2)
     assert not pop.uniform
     return parent, pop
@@ -67,7 +67,7 @@ def test_the_evaluator_on_padded_stacks_gives_the_loops_parts(measure):
 def test_the_padded_forward_refuses_a_population_stored_out_of_order_which_takes_the_batched_path():
     if c_library.compiler() is None:
         pytest.skip("crossover in place needs the native kernels")
-    parent = random_layers([20, 12, 10, 4], gen(0))
+    parent = random_mlp([20, 12, 10, 4], gen(0))
     pop = l1_population(parent, 8, 0.5, 0.5)                       # one architecture
     for s in range(5):
         pop = recombine(pop, select_pairs(torch.randn(8, generator=gen(s)), gen(s + 10)), gen(s + 20), in_place=True)
@@ -83,7 +83,7 @@ def test_the_padded_forward_refuses_a_population_stored_out_of_order_which_takes
 @pytest.mark.parametrize("n_hidden", [1, 2, 3])
 @pytest.mark.parametrize("uniform", [False, True])
 def test_gathered_mutation_equals_the_loop_bit_for_bit(n_hidden, uniform):
-    parent = random_layers([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
+    parent = random_mlp([20, *[16 - 2 * l for l in range(n_hidden)], 4], gen(0))
     pops = [l1_population(parent, 12, 0.6 if uniform else 1.0, 0.6 if uniform else 0.2) for _ in range(2)]
     g_loop, g_gath = gen(5), gen(5)
     chosen_loop = mutate_(pops[0], 0.5, 0.5, 1.5, g_loop, gathered=False)
@@ -110,7 +110,7 @@ def test_a_few_generations_on_padded_stacks_keep_the_loops_records(monkeypatch):
     real = ecomp.kernels.forward.forward_padded
     monkeypatch.setattr(ecomp.kernels.forward, "forward_padded", lambda pop, z: calls.append(pop.size) or real(pop, z))
 
-    parent = random_layers([20, 16, 14, 4], gen(0))
+    parent = random_mlp([20, 16, 14, 4], gen(0))
     g = gen(3)
     batches = [(torch.rand(25, 20, generator=g), torch.randint(0, 4, (25,), generator=g)) for _ in range(4)]
     records = {}

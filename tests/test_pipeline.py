@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_cli
 from ecomp.core.evolution import MEASURES
-from ecomp.nets.network import accuracy, load_network
+from ecomp.nets.network import load_network
+from ecomp.nets.structure import accuracy
 from ecomp.app.parents import data_root
 from ecomp.app.pipeline import run_experiment
 from ecomp.nets import data as data_mod

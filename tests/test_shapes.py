@@ -14,8 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import random_layers
+from conftest import random_layers, random_mlp
 from ecomp.kernels import native
+from ecomp.nets.mlp import MLP
 from ecomp.core.evolution import EComp, MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
@@ -41,7 +42,7 @@ def populations(draw, min_size: int = 2, max_size: int = 12):
     inp, classes = draw(st.integers(2, 20)), draw(st.integers(2, 6))
     size = 2 * draw(st.integers(min_size // 2, max_size // 2))
     seed = draw(st.integers(0, 2**16))
-    parent = random_layers([inp, *hidden, classes], torch.Generator().manual_seed(seed))
+    parent = random_mlp([inp, *hidden, classes], torch.Generator().manual_seed(seed))
     low = draw(st.floats(0.05, 1.0))
     return parent, l1_population(parent, size, 1.0, low), seed, low
 
@@ -55,13 +56,13 @@ def dims(layers) -> list[tuple[int, int]]:
 def test_initial_population_prunes_every_layer_by_the_same_ratio(case):
     parent, pop, _, low = case
     for i in range(pop.size):
-        assert len(pop.widths[i]) == len(parent) - 1
+        assert len(pop.widths[i]) == len(parent.units)
         ind = pop.individual(i)
-        assert ind[0][0].shape[1] == parent[0][0].shape[1] and ind[-1][0].shape[0] == parent[-1][0].shape[0]
+        assert ind[0][0].shape[1] == parent.layers[0][0].shape[1] and ind[-1][0].shape[0] == parent.layers[-1][0].shape[0]
         for l, (w, _) in enumerate(ind[1:]):                      # the layers chain
             assert w.shape[1] == ind[l][0].shape[0]
     # individual i keeps the same fraction of every hidden layer, each of its own width
-    parent_widths = [w.shape[0] for w, _ in parent[:-1]]
+    parent_widths = [w.shape[0] for w, _ in parent.layers[:-1]]
     for i, ratio in enumerate(keep_ratios(pop.size, 1.0, low)):
         assert pop.widths[i] == tuple(pruned_width(h, ratio) for h in parent_widths)
 
@@ -115,8 +116,8 @@ def test_native_crossover_equals_the_reference(case):
 @given(hidden_widths, st.integers(1, 3), st.integers(0, 2**16))
 def test_in_place_crossover_of_an_unbalanced_architecture_equals_the_copy(hidden, half, seed):
     g = torch.Generator().manual_seed(seed)
-    parent = random_layers([10, *hidden, 3], g)
-    individuals = [[(w * (1 + 0.1 * i), b) for w, b in parent] for i in range(2 * half)]
+    parent = random_mlp([10, *hidden, 3], g)
+    individuals = [[(w * (1 + 0.1 * i), b) for w, b in parent.layers] for i in range(2 * half)]
     pop = Population.from_individuals(individuals)                    # one (unbalanced) architecture
     copy = Population.from_individuals([[(w.clone(), b.clone()) for w, b in ind] for ind in individuals])
     pairs = select_pairs(torch.zeros(pop.size), torch.Generator().manual_seed(seed))
@@ -131,8 +132,8 @@ def test_in_place_crossover_of_an_unbalanced_architecture_equals_the_copy(hidden
 @given(hidden_widths, st.integers(1, 4), st.integers(0, 2**16))
 def test_batched_forward_equals_the_loop_for_an_unbalanced_architecture(hidden, half, seed):
     g = torch.Generator().manual_seed(seed)
-    parent = random_layers([10, *hidden, 4], g)
-    pop = Population.from_individuals([[(w * (1 + 0.1 * i), b) for w, b in parent] for i in range(2 * half)])
+    parent = random_mlp([10, *hidden, 4], g)
+    pop = Population.from_individuals([[(w * (1 + 0.1 * i), b) for w, b in parent.layers] for i in range(2 * half)])
     x = torch.rand(7, 10, generator=g)
     lb, hb, _ = forward(pop, x, batched=True)
     ll, hl, _ = forward(pop, x, batched=False)
@@ -158,8 +159,8 @@ def test_fast_evolution_equals_the_reference_on_unbalanced_parents(kernels, hidd
     balanced or not (found by this test with [6, 6]; noted in the README; test_evaluator
     checks such layers stay finite)."""
     g = torch.Generator().manual_seed(seed)
-    parent = [(w, b + (2.0 if l < len(hidden) else 0.0))
-              for l, (w, b) in enumerate(random_layers([16, *hidden, 3], g))]
+    parent = MLP([(w, b + (2.0 if l < len(hidden) else 0.0))
+              for l, (w, b) in enumerate(random_layers([16, *hidden, 3], g))])
     x = torch.rand(4 * 40, 16, generator=g)
     y = torch.randint(0, 3, (x.shape[0],), generator=g)
     batches = [(x[s:s + 40], y[s:s + 40]) for s in range(0, x.shape[0], 40)]
@@ -178,7 +179,7 @@ def test_fast_evolution_equals_the_reference_on_unbalanced_parents(kernels, hidd
 
 def test_params_compression_counts_weights_and_biases():
     g = torch.Generator().manual_seed(0)
-    parent = random_layers([784, 300, 100, 10], g)
+    parent = random_mlp([784, 300, 100, 10], g)
     pop = l1_population(parent, 4, 1.0, 0.5)
     x = torch.rand(10, 784, generator=g)
     units = Evaluator(parent, [(x, torch.zeros(10, dtype=torch.int64))], TSNE(3.0))

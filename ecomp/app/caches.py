@@ -17,7 +17,7 @@ from typing import Any
 
 from ecomp.nets import data as data_mod
 from ecomp.nets.checkpoint import read_checkpoint
-from ecomp.nets.network import Net, accuracy, pairs_of
+from ecomp.nets.structure import Structure, accuracy
 
 
 class Bounded:
@@ -52,18 +52,18 @@ class Caches:
         return self.splits.get(data_mod.files_key(name, root, train),
                                lambda: data_mod.load(root, train=train, download=download, name=name))
 
-    def checkpoint(self, path: str | Path) -> tuple[Net, str]:
+    def checkpoint(self, path: str | Path) -> tuple[Structure, str]:
         """``(layers, sha256)`` of the checkpoint at ``path``, read once while the file is unchanged."""
         p = Path(path).expanduser()
         st = p.stat() if p.is_file() else None
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns) if st else None
         return self.checkpoints.get(key, lambda: read_checkpoint(p))
 
-    def parent_test_accuracy(self, parent: Net, test: data_mod.Split, size: int) -> float:
+    def parent_test_accuracy(self, parent: Structure, test: data_mod.Split, size: int) -> float:
         """The parent's accuracy on the first ``size`` test images, keyed by its weights' bytes and
         the split (kept alive with the entry, so its id is not reused)."""
         h = hashlib.sha256()
-        for w, b in pairs_of(parent):
+        for w, b in parent.layers:
             h.update(w.contiguous().numpy().tobytes())
             h.update(b.contiguous().numpy().tobytes())
         key = (h.hexdigest(), id(test), size)

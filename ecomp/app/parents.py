@@ -15,7 +15,8 @@ from ecomp.app.provenance import repo_root
 from ecomp.errors import CheckpointError, ConfigError
 from ecomp.nets.convnet import ConvNet, ConvPlan, lenet5
 from ecomp.nets.data import Split
-from ecomp.nets.network import Architecture, Net
+from ecomp.nets.mlp import Architecture
+from ecomp.nets.structure import Structure
 from ecomp.nets.parent import TrainSpec, cached_parent
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def data_root(cfg: DictConfig) -> Path:
     return Path(cfg.data.root) if cfg.data.root else repo_root() / "data"
 
 
-def train_spec(cfg: DictConfig, parent: Net | None = None) -> TrainSpec:
+def train_spec(cfg: DictConfig, parent: Structure | None = None) -> TrainSpec:
     """How the parent is (or, for a checkpoint, would be) trained: ``method=scratch``'s recipe.
     A checkpoint's architecture is ``parent``'s."""
     p = cfg.parent
@@ -88,8 +89,8 @@ def resolve_parent(cfg: DictConfig, caches: Caches) -> str | None:
         p.hidden = [s.out for s in stages[:-1] if s.kind == "linear"]
         p.input_dim, p.classes = ds.input_dim, net.plan.classes
     else:
-        p.input_dim, p.classes = net[0][0].shape[1], net[-1][0].shape[0]
-        p.hidden = [w.shape[0] for w, _ in net[:-1]]
+        p.input_dim, p.classes = net.in_features, net.classes
+        p.hidden = list(net.units)
     validate(cfg)                                  # settings that depend on the depth (similarity.layers)
     return sha
 
@@ -105,7 +106,7 @@ def load_split(cfg: DictConfig, train: bool, caches: Caches | None = None) -> Sp
     return (caches or Caches()).split(cfg.data.name, data_root(cfg), train, cfg.data.download)
 
 
-def prepare_parent(cfg: DictConfig, caches: Caches | None = None) -> tuple[Split, Net]:
+def prepare_parent(cfg: DictConfig, caches: Caches | None = None) -> tuple[Split, Structure]:
     """Data and parent network (the user's checkpoint, or trained once and then read from the
     cache); the config must have been through :func:`setup`."""
     caches = caches or Caches()

@@ -24,7 +24,8 @@ from ecomp.kernels.runtime import keep_freed_memory
 from ecomp.methods import Method, Problem, method_class
 from ecomp.methods.metrics import cost_metrics, network_metrics
 from ecomp.nets import data as data_mod
-from ecomp.nets.network import accuracy, detached, logits, save_network, to_device
+from ecomp.nets.network import save_network
+from ecomp.nets.structure import accuracy, detached, logits, to_device
 from ecomp.redact import mask
 from ecomp.timing import NullTimer, PhaseTimer
 

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(argv))
-    from ecomp.nets.network import accuracy
+    from ecomp.nets.structure import accuracy
     from ecomp.app.parents import load_split, prepare_parent, setup
 
     try:

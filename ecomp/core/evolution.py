@@ -8,13 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ecomp.core import conv_operators
 from ecomp.core.fitness import Evaluator, Parts, Weights, needed_parts
 from ecomp.core.mutation import MutationSpec, mutate_
-from ecomp.nets.conv_population import ConvPopulation
-from ecomp.nets.population import Population
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import Selection, elites
+from ecomp.nets.structure import Individuals
 from ecomp.timing import NullTimer, PhaseTimer
 
 PICK_GROUP = 10   # batches per forward pass in the final pick (1,000 images: near-GEMM-speed products)
@@ -60,38 +58,19 @@ class EComp:
         self.mutation = mutation
         self.generator = generator
         self.timer = timer or NullTimer()
-        self.population: Population | None = None
+        self.population: Individuals | None = None
         self.fitness: Tensor | None = None
 
-    def _evaluate(self, pop: Population, k: int, generation: int) -> GenerationRecord:
+    def _evaluate(self, pop: Individuals, k: int, generation: int) -> GenerationRecord:
         parts = self.evaluator.evaluate(pop, k)
         self.population, self.fitness = pop, parts.fitness(self.weights)
         return summarise(generation, k, parts, self.fitness)
 
-    def run(self, population: Population, epochs: int) -> Iterator[GenerationRecord]:
+    def run(self, population: Individuals, epochs: int) -> Iterator[GenerationRecord]:
         """Yield generation 0 (the initial population on batch 0), then one record per batch."""
         yield self._evaluate(population, 0, 0)
         generation = 0
-        if isinstance(population, ConvPopulation):      # per-individual storage: nothing to recycle
-            for _ in range(epochs):
-                for k in range(len(self.evaluator.batches)):
-                    generation += 1
-                    with self.timer.phase("operators"):
-                        children = self._breed_conv()
-                    yield self._evaluate(children, k, generation)
-            return
-        # Two recycled first-layer buffers, alternating, so children never overlap their parents.
-        # Widths never grow (children take their parents' shapes): size x widest rows suffice.
-        # Once the population has one architecture, crossover works in place instead (the
-        # children take over their parents' storage; see recombination.recombine).
-        capacity = population.size * max(w[0] for w in population.widths)
-        buffers = [population.first_w.new_empty(capacity, population.first_w.shape[1]) for _ in range(2)]
-        # The later layers likewise (flat weights and biases per layer, size x the largest individual's):
-        # a fresh allocation over glibc's mmap threshold would be faulted in anew every generation.
-        size = population.size
-        later = [[(population.layer_w[l].new_empty(size * max(wo[s + 1] - wo[s] for s in range(size))),
-                   population.layer_b[l].new_empty(size * max(bo[s + 1] - bo[s] for s in range(size))))
-                  for l, (wo, bo) in enumerate(zip(population.w_offsets, population.b_offsets))] for _ in range(2)]
+        buffers, later = _recycled_storage(population)
         for _ in range(epochs):
             for k in range(len(self.evaluator.batches)):
                 generation += 1
@@ -99,7 +78,7 @@ class EComp:
                     children = self._breed(buffers[generation % 2], later[generation % 2])
                 yield self._evaluate(children, k, generation)
 
-    def _breed(self, buffer: Tensor, layers_out: list[tuple[Tensor, Tensor]] | None = None) -> Population:
+    def _breed(self, buffer: Tensor | None, layers_out: list[tuple[Tensor, Tensor]] | None = None) -> Individuals:
         """The next generation: ``pop - elite`` children of selected pairs, mutated, then the
         ``elite`` fittest of the current generation, copied unchanged."""
         sel, pop = self.selection, self.population
@@ -110,17 +89,7 @@ class EComp:
                              layers_out=layers_out, backend=self.backend)
         m = self.mutation
         mutate_(children, m.rate, m.low, m.high, self.generator, backend=self.backend)
-        return children if kept is None else Population.concat([children, kept])
-
-    def _breed_conv(self) -> ConvPopulation:
-        """:meth:`_breed` for a convolutional population (the same draws in the same order)."""
-        sel, pop = self.selection, self.population
-        pairs = sel.pairs(self.fitness, self.generator)
-        kept = pop.take(elites(self.fitness, sel.elite)) if sel.elite else None
-        children = conv_operators.recombine(pop, pairs, self.generator)
-        m = self.mutation
-        conv_operators.mutate_(children, m.rate, m.low, m.high, self.generator)
-        return children if kept is None else ConvPopulation.concat([children, kept])
+        return children if kept is None else type(children).concat([children, kept])
 
     def pick_best(self, on_batch: Callable[[int], None] | None = None,
                   group: int = PICK_GROUP) -> tuple[int, Tensor]:
@@ -142,3 +111,22 @@ class EComp:
                     on_batch(k)
         mean = total / len(self.evaluator.batches)
         return int(mean.argmax()), mean
+
+
+def _recycled_storage(population: Individuals) -> tuple[list, list]:
+    """Two alternating sets of buffers for a packed population's children, so children never
+    overlap their parents: the first layers' rows (widths never grow, children take their
+    parents' shapes, so size x widest rows suffice) and every later layer's flat weights and
+    biases (size x the largest individual's). A fresh allocation over glibc's mmap threshold
+    would be faulted in anew every generation. Once the population has one architecture,
+    crossover works in place instead (see :func:`ecomp.core.recombination.recombine`). A
+    population of one network per individual has nothing to recycle: ``None`` for each."""
+    if not population.packed:
+        return [None, None], [None, None]
+    capacity = population.size * max(w[0] for w in population.widths)
+    buffers = [population.first_w.new_empty(capacity, population.first_w.shape[1]) for _ in range(2)]
+    size = population.size
+    later = [[(population.layer_w[l].new_empty(size * max(wo[s + 1] - wo[s] for s in range(size))),
+               population.layer_b[l].new_empty(size * max(bo[s + 1] - bo[s] for s in range(size))))
+              for l, (wo, bo) in enumerate(zip(population.w_offsets, population.b_offsets))] for _ in range(2)]
+    return buffers, later

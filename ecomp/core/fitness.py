@@ -22,12 +22,7 @@ from torch import Tensor
 from ecomp.kernels import conv_forward
 from ecomp.kernels.forward import Workspace, forward
 from ecomp.measures.base import SimilarityMeasure
-from ecomp.nets import convnet
-from ecomp.nets.conv_population import ConvPopulation
-from ecomp.nets.convnet import ConvNet
-from ecomp.nets.network import Net, model_from_layers
-from ecomp.nets.population import Population
-from ecomp.nets.sizes import net_size
+from ecomp.nets.structure import Individuals, Structure
 from ecomp.timing import NullTimer, PhaseTimer
 
 
@@ -63,15 +58,9 @@ def needed_parts(w: Weights) -> frozenset[str]:
     return frozenset(p for p, weight in (("accuracy", w.w_acc), ("similarity", w.w_sim)) if weight != 0)
 
 
-def _hidden_acts(layers: Net, x: Tensor, features: str = "flat") -> list[Tensor]:
-    """Post-ReLU activations of every hidden layer (a conv stage's as ``features`` per image)."""
-    if isinstance(layers, ConvNet):
-        return convnet.run(layers, x, features)[1]
-    acts, h = [], x
-    for w, b in layers[:-1]:
-        h = torch.addmm(b, h, w.T).relu()
-        acts.append(h)
-    return acts
+def _hidden_acts(net: Structure, x: Tensor, features: str = "flat") -> list[Tensor]:
+    """Post-ReLU activations of every prunable layer (a conv stage's as ``features`` per image)."""
+    return net.run(x, features)[1]
 
 
 class Evaluator:
@@ -82,22 +71,23 @@ class Evaluator:
     chooses. ``compression``: what a child's size counts, relative to the parent's
     (:func:`ecomp.nets.sizes.size`): ``units`` (hidden units, the paper's) or ``params``.
     ``padded``: forces the padded forward pass on or off (``None``: as the backend says).
-    A convolutional parent (:class:`ecomp.nets.convnet.ConvNet`) takes a
-    :class:`ecomp.nets.conv_population.ConvPopulation`; ``features``: what the similarity reads
+    The population is the parent's kind's (:func:`ecomp.nets.kinds.population_of`): a packed one
+    runs the population-wide products (:mod:`ecomp.kernels.forward`), one network per individual
+    the grouped pass (:mod:`ecomp.kernels.conv_forward`). ``features``: what the similarity reads
     of a conv stage's maps, ``flat`` (every value) or ``pooled`` (each channel's mean).
     """
 
-    def __init__(self, parent: Net, batches: list[tuple[Tensor, Tensor]], measure: SimilarityMeasure,
+    def __init__(self, parent: Structure, batches: list[tuple[Tensor, Tensor]], measure: SimilarityMeasure,
                  layers: list[int] | None = None, timer: PhaseTimer | None = None, compression: str = "units",
                  padded: bool | None = None, features: str = "flat"):
         self.measure = measure
         self.backend = measure.backend
         self.parent = parent
         self.batches = batches
-        self.layers = list(range(len(parent) - 1)) if layers is None else list(layers)
+        self.layers = list(range(len(parent.units))) if layers is None else list(layers)
         self.timer = timer or NullTimer()
         self.size_kind = compression
-        self.parent_size = float(net_size(parent, compression))
+        self.parent_size = float(parent.size(compression))
         self.features = features
         self._parent: dict[int, object] = {}
         self.workspace = Workspace()          # the population's first-layer activations, reused
@@ -120,14 +110,14 @@ class Evaluator:
             self._parent.update(zip(ks, states))
         return self._parent[k]
 
-    def compression(self, pop: Population) -> Tensor:
+    def compression(self, pop: Individuals) -> Tensor:
         return (pop.sizes(self.size_kind) / self.parent_size).to(torch.float32)
 
-    def evaluate(self, pop: Population, k: int) -> Parts:
+    def evaluate(self, pop: Individuals, k: int) -> Parts:
         return self.evaluate_many(pop, [k])[0]
 
     @torch.no_grad()
-    def evaluate_many(self, pop: Population, ks: list[int], parts: frozenset[str] = PARTS) -> list[Parts]:
+    def evaluate_many(self, pop: Individuals, ks: list[int], parts: frozenset[str] = PARTS) -> list[Parts]:
         """:class:`Parts` on each of the batches ``ks``, from one forward pass over their
         concatenation: with 1,000 images instead of 100 the products are large enough to
         run near the machine's GEMM speed. Accuracy and similarity stay per batch, so the
@@ -140,17 +130,16 @@ class Evaluator:
         zeros = torch.zeros(pop.size)
         if not parts & PARTS:
             return [Parts(zeros, zeros, compression) for _ in ks]
-        conv = isinstance(pop, ConvPopulation)
-        if conv and len(ks) > 1:               # a conv population's maps of 1,000 images would be GBs
+        if not pop.packed and len(ks) > 1:     # one network each: a CNN's maps of 1,000 images would be GBs
             return [p for k in ks for p in self.evaluate_many(pop, [k], parts)]
         x = self.batches[ks[0]][0] if len(ks) == 1 else torch.cat([self.batches[k][0] for k in ks])
         with self.timer.phase("forward"):
             # logits: (pop, sum of batch sizes, C)
-            if conv:
-                logits, hidden, stacked = conv_forward.forward(pop, x, self.features)
-            else:
+            if pop.packed:
                 logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded,
                                                   backend=self.backend)
+            else:
+                logits, hidden, stacked = conv_forward.forward(pop, x, self.features)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:
@@ -179,18 +168,18 @@ class ReferenceEvaluator(Evaluator):
         return self._parent[k]
 
     @torch.no_grad()
-    def evaluate(self, pop: Population, k: int) -> Parts:
+    def evaluate(self, pop: Individuals, k: int) -> Parts:
         x, y = self.batches[k]
         parent = self._parent_state(k)
         acc, sim = [], []
         for i in range(pop.size):
-            layers = pop.network(i) if isinstance(pop, ConvPopulation) else pop.individual(i)
-            model = model_from_layers(layers)
+            net = pop.network(i)
+            model = net.to_module()
             acc.append(float((model(x).argmax(1) == y).float().mean()))
-            acts = _hidden_acts(layers, x, self.features)
+            acts = _hidden_acts(net, x, self.features)
             sim.append(self.measure.reference(parent, [acts[l] for l in self.layers]))
         return Parts(torch.tensor(acc), torch.tensor(sim, dtype=torch.float32), self.compression(pop))
 
-    def evaluate_many(self, pop: Population, ks: list[int], parts: frozenset[str] = PARTS) -> list[Parts]:
+    def evaluate_many(self, pop: Individuals, ks: list[int], parts: frozenset[str] = PARTS) -> list[Parts]:
         """Every part on every batch, whatever ``parts`` asks (the oracle skips nothing)."""
         return [self.evaluate(pop, k) for k in ks]

@@ -1,11 +1,16 @@
-"""Initial population by structured L1 pruning of the parent (Torch-Pruning's L1 criterion)."""
+"""The initial population: structured L1 pruning of the parent (Li et al., Torch-Pruning's L1
+criterion), on units of any layer kind.
+
+Every prunable layer is ranked on the intact parent by the L1 norm of each unit's incoming
+weights (a neuron's row, a filter); individual ``i`` keeps ``pruned_width(units, ratio_i)`` of
+each layer's best, in their original order, so crossover aligns units of the same origin.
+Removing a unit removes what it feeds in the next layer (:func:`ecomp.nets.structure.prune`).
+"""
 
 from __future__ import annotations
 
-import torch
-
-from ecomp.nets.network import Layers
-from ecomp.nets.population import Population
+from ecomp.nets.kinds import population_of
+from ecomp.nets.structure import Structure, l1_ranking, prune
 
 
 def keep_ratios(size: int, high: float, low: float) -> list[float]:
@@ -30,35 +35,12 @@ def pruned_width(width: int, keep: float) -> int:
     return max(1, width - removed)
 
 
-def l1_ranking(parent: Layers) -> list[torch.Tensor]:
-    """Per hidden layer: neuron indices by decreasing L1 norm of their incoming weights."""
-    return [torch.argsort(w.abs().sum(1), descending=True, stable=True) for w, _ in parent[:-1]]
-
-
-def prune(parent: Layers, keep: list[torch.Tensor]) -> Layers:
-    """The sub-network keeping hidden neurons ``keep[l]`` (sorted indices) of each hidden layer."""
-    out: Layers = []
-    prev = None
-    for l, (w, b) in enumerate(parent):
-        rows = keep[l] if l < len(keep) else None
-        if rows is not None:
-            w, b = w[rows], b[rows]
-        if prev is not None:
-            w = w[:, prev]
-        out.append((w.contiguous(), b.contiguous()))
-        prev = rows
-    return out
-
-
-def l1_population(parent: Layers, size: int, keep_high: float, keep_low: float) -> Population:
-    """``size`` pruned copies of ``parent`` with evenly spaced keep ratios.
-
-    Every hidden layer is ranked on the intact parent; kept neurons stay in
-    their original order so that crossover aligns neurons of the same origin.
-    """
+def l1_population(parent: Structure, size: int, keep_high: float, keep_low: float):
+    """``size`` pruned copies of ``parent`` with evenly spaced keep ratios, as the population of
+    its kind (:func:`ecomp.nets.kinds.population_of`)."""
     ranking = l1_ranking(parent)
-    individuals = []
+    members = []
     for ratio in keep_ratios(size, keep_high, keep_low):
         keep = [r[:pruned_width(len(r), ratio)].sort().values for r in ranking]
-        individuals.append(prune(parent, keep))
-    return Population.from_individuals(individuals)
+        members.append(prune(parent, keep))
+    return population_of(parent, members)

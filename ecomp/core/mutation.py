@@ -1,4 +1,4 @@
-"""Multiplicative weight mutation."""
+"""Multiplicative weight mutation, on a population of any layer kind."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from ecomp.kernels.backend import Backend, for_tensor
 from ecomp.nets.population import Population, index_ranges
+from ecomp.nets.structure import Individuals
 
 
 @dataclass
@@ -21,7 +22,7 @@ class MutationSpec:
 
 
 @torch.no_grad()
-def mutate_(pop: Population, rate: float, low: float, high: float, generator: torch.Generator,
+def mutate_(pop: Individuals, rate: float, low: float, high: float, generator: torch.Generator,
             gathered: bool | None = None, backend: Backend | None = None) -> list[int]:
     """In place: each individual, with probability ``rate``, has every weight (not the
     biases) of every layer multiplied by its own factor drawn from ``U(low, high)``.
@@ -30,7 +31,7 @@ def mutate_(pop: Population, rate: float, low: float, high: float, generator: to
     and that nothing else references. Returns the indices of the mutated individuals.
 
     The factors come from ``generator`` (a CPU generator) individual by individual, layer by
-    layer. ``gathered`` (None = as the backend says: on a GPU): draw them in one call, copy them to the device
+    layer. ``gathered`` (None = as the backend says: on a GPU; a packed population only): draw them in one call, copy them to the device
     once, and multiply each layer of all the mutated individuals through one index tensor,
     instead of a draw, a copy and a product per individual and layer. The CPU generator's
     float32 draws concatenate (one draw of ``a + b`` values = a draw of ``a`` then of ``b``;
@@ -39,7 +40,7 @@ def mutate_(pop: Population, rate: float, low: float, high: float, generator: to
     chosen = (torch.rand(pop.size, generator=generator) < rate).nonzero().flatten().tolist()
     if not chosen:
         return chosen
-    if gathered if gathered is not None else (backend or for_tensor(pop.first_w)).gathered:
+    if pop.packed and (gathered if gathered is not None else (backend or for_tensor(pop.first_w)).gathered):
         _mutate_gathered(pop, chosen, low, high, generator)
         return chosen
     for i in chosen:

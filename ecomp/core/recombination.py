@@ -1,12 +1,19 @@
-"""Single-cut, layer-wise crossover that inherits the parents' weights.
+"""Single-cut, layer-wise crossover that inherits the parents' weights, on units of any layer kind.
 
 For a layer with weights ``W1`` (parent 1) and ``W2`` (parent 2) and a cut
-``c``, child 1 is ``W2`` with its top-left ``c x c`` block taken from ``W1``
-(rows ``[:c]`` = ``W1[:c, :c] ++ W2[:c, c:]``, then ``W2[c:]``) and child 2 is
-the mirror image; biases follow the rows (``b1[:c] ++ b2[c:]``). So child 1
-has parent 2's shape and child 2 has parent 1's. The cut is drawn uniformly
-from ``[1, min(both parents' in and out sizes)]`` (inclusive), independently
-per layer and per pair.
+``c``, child 1 is ``W2`` with its block of the first ``c`` output units by the first ``c``
+input units taken from ``W1`` (rows ``[:c]`` = ``W1[:c, :c] ++ W2[:c, c:]``, then ``W2[c:]``)
+and child 2 is the mirror image; biases follow the rows (``b1[:c] ++ b2[c:]``). So child 1
+has parent 2's shape and child 2 has parent 1's. Rows are output units; a unit's inputs are
+what :meth:`ecomp.nets.structure.Structure.block_columns` says (a neuron's column, a
+convolution's input channels, a channel's ``height x width`` block of columns after the
+Flatten). The cut is drawn uniformly from ``[1, limit]`` (inclusive), independently per
+layer and per pair; ``limit`` is the smallest of both parents' output units and input units,
+the first layer's input counted in image features (``C x H x W``, 784 for FashionMNIST): on an
+MLP exactly the paper's bound, and a first convolution on grey images is not capped at 1.
+
+A packed population (:class:`ecomp.nets.population.Population`, the MLP's) is crossed over by
+the fast paths below; a population of one network per individual by :func:`recombine_networks`.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from ecomp.kernels.backend import Backend, for_tensor
 from ecomp.nets.population import Population
 
 
-def draw_cuts(pop: Population, pairs: Tensor, generator: torch.Generator) -> Tensor:
+def draw_cuts(pop, pairs: Tensor, generator: torch.Generator) -> Tensor:
     """``(n_pairs, n_layers)`` cut points, each uniform on ``[1, limit]``."""
     n_layers = len(pop.widths[0]) + 1
-    in_dim = pop.first_w.shape[1]
+    in_dim = pop.in_features
     classes = pop.classes
     limits = []
     for a, b in pairs.tolist():
@@ -32,6 +39,27 @@ def draw_cuts(pop: Population, pairs: Tensor, generator: torch.Generator) -> Ten
     lim = torch.tensor(limits, dtype=torch.float64)                       # (n_pairs, n_layers)
     u = torch.rand(lim.shape, generator=generator, dtype=torch.float64)
     return (1 + (u * lim).floor()).clamp_(max=lim).to(torch.int64)
+
+
+@torch.no_grad()
+def recombine_networks(pop, pairs: Tensor, generator: torch.Generator):
+    """Crossover of a population stored one network per individual (``pop.members``): two
+    children per pair (``2k`` from pair ``k``'s second parent with the first's block, ``2k + 1``
+    the mirror), fresh tensors; the parents are not modified."""
+    cuts = draw_cuts(pop, pairs, generator).tolist()
+    shape = pop.network(0)                      # which inputs a block spans depends on the layer kinds only
+    children = []
+    for (a, b), cut in zip(pairs.tolist(), cuts):
+        for bulk, donor in ((b, a), (a, b)):
+            child = []
+            for l, ((w, bias), (dw, db)) in enumerate(zip(pop.members[bulk], pop.members[donor])):
+                c, cols = cut[l], shape.block_columns(l, cut[l])
+                w, bias = w.clone(), bias.clone()
+                w[:c, :cols] = dw[:c, :cols]
+                bias[:c] = db[:c]
+                child.append((w, bias))
+            children.append(child)
+    return pop.with_members(children)
 
 
 def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: int) -> None:
@@ -74,6 +102,8 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     gather through an index tensor built for the whole generation (:func:`_recombine_gather`).
     All of them only copy, so their children are bit for bit equal.
     """
+    if not pop.packed:
+        return recombine_networks(pop, pairs, generator)
     pop.check_live()
     backend = backend or for_tensor(pop.first_w)
     if use_native is None:

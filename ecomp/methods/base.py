@@ -19,7 +19,7 @@ import torch
 from ecomp.nets.data import RunData
 from ecomp.core.evolution import GenerationRecord
 from ecomp.kernels.backend import Backend, resolve
-from ecomp.nets.network import Net
+from ecomp.nets.structure import Structure
 from ecomp.nets.parent import TrainSpec
 from ecomp.plugins import plugin_class
 from ecomp.timing import NullTimer, PhaseTimer
@@ -34,7 +34,7 @@ def _ignore(*_: Any) -> None:
 
 @dataclass
 class Problem:
-    parent: Net                         # the trained network to compress, on ``device``
+    parent: Structure                         # the trained network to compress, on ``device``
     recipe: TrainSpec                   # how the parent was trained (architecture, epochs, lr, batch)
     data: RunData                       # the run's training subset, validation split, all training images
     batch_size: int                     # data.batch_size: EComp's generation batch, fine-tuning's batch
@@ -52,9 +52,9 @@ class Problem:
 
 @dataclass
 class Outcome:
-    network: Net                                             # the returned network
+    network: Structure                                             # the returned network
     metrics: dict[str, float] = field(default_factory=dict)  # the method's own figures, logged as they are
-    stages: dict[str, Net] = field(default_factory=dict)  # earlier networks measured too, e.g. "evolved"
+    stages: dict[str, Structure] = field(default_factory=dict)  # earlier networks measured too, e.g. "evolved"
 
 
 class Method(ABC):

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ecomp.nets.network import model_from_layers
 from ecomp.nets.training import distillation_loss
 from ecomp.methods.base import Problem
 from ecomp.methods.l1_finetune import L1Finetune
@@ -28,5 +27,5 @@ class Distill(L1Finetune):
                    temperature=m.temperature, alpha=m.alpha)
 
     def loss(self, problem: Problem):
-        teacher = model_from_layers(problem.parent).eval()
+        teacher = problem.parent.to_module().eval()
         return distillation_loss(teacher, self.temperature, self.alpha)

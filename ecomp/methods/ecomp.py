@@ -8,12 +8,10 @@ from typing import Any
 from ecomp.core.evolution import EComp
 from ecomp.core.mutation import MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
-from ecomp.core import conv_initialiser
 from ecomp.core.initialiser import l1_population
 from ecomp.measures import measure_class
 from ecomp.core.selection import Selection
-from ecomp.nets.convnet import ConvNet
-from ecomp.nets.network import detached, to_device
+from ecomp.nets.structure import detached, to_device
 from ecomp.nets.training import fine_tune
 from ecomp.methods.base import Method, Outcome, Problem
 
@@ -110,8 +108,7 @@ class ECompMethod(Method):
         x, y, bs, dev = problem.data.train.x, problem.data.train.y, problem.batch_size, problem.device
         batches = [(x[s:s + bs].to(dev), y[s:s + bs].to(dev)) for s in range(0, x.shape[0], bs)]
         parent = to_device(problem.parent, dev)
-        initial = conv_initialiser.l1_population if isinstance(parent, ConvNet) else l1_population
-        pop = initial(parent, self.population_size, self.keep_high, self.keep_low)
+        pop = l1_population(parent, self.population_size, self.keep_high, self.keep_low)
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
         measure = measure_class(self.similarity._target_).from_config(self.similarity, problem.backend)
         evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure,
@@ -122,7 +119,7 @@ class ECompMethod(Method):
             problem.on_generation(rec)
         best, mean_fit = ecomp.pick_best(on_batch=lambda k: problem.on_step())
         final = ecomp.population
-        evolved = detached(final.network(best) if isinstance(parent, ConvNet) else final.individual(best))
+        evolved = detached(final.network(best))
         metrics = {"best_mean_fitness": float(mean_fit[best])}
         if not self.finetune_epochs:
             return Outcome(evolved, metrics)

@@ -16,8 +16,8 @@ import time
 import torch
 
 from ecomp.nets.data import Split
-from ecomp.nets.network import Net, accuracy, detached, model_from_layers
-from ecomp.nets.sizes import counted_macs, net_size
+from ecomp.nets.structure import Structure, accuracy, detached
+from ecomp.nets.sizes import counted_macs
 
 LATENCY_BATCH = 256
 # The logged metrics that are readings of the machine (wall times, GPU memory), not of the run's
@@ -27,12 +27,12 @@ MACHINE_READINGS = ("run_seconds", "tracking_seconds", "seconds_per_generation",
 LATENCY_WARMUP, LATENCY_REPEATS = 3, 15
 
 
-def network_metrics(layers: Net, parent: Net, val: Split, test: Split, prefix: str = "best_") -> dict[str, float]:
+def network_metrics(layers: Structure, parent: Structure, val: Split, test: Split, prefix: str = "best_") -> dict[str, float]:
     """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, params_ratio,
     macs, macs_ratio}``."""
     layers, parent = detached(layers), detached(parent)
-    units, params = (net_size(layers, k) for k in ("units", "params"))
-    parent_units, parent_params = (net_size(parent, k) for k in ("units", "params"))
+    units, params = (layers.size(k) for k in ("units", "params"))
+    parent_units, parent_params = (parent.size(k) for k in ("units", "params"))
     macs = counted_macs(layers)
     out = {
         "test_accuracy": accuracy(layers, test.x, test.y),
@@ -48,9 +48,9 @@ def network_metrics(layers: Net, parent: Net, val: Split, test: Split, prefix: s
 
 
 @torch.inference_mode()
-def latency_ms(net: Net, x: torch.Tensor, warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS) -> float:
+def latency_ms(net: Structure, x: torch.Tensor, warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS) -> float:
     """Median wall time (ms) of the network's module on ``x``, after ``warmup`` untimed calls."""
-    model = model_from_layers(detached(net)).eval()
+    model = detached(net).to_module().eval()
     for _ in range(warmup):
         model(x)
     times = []
@@ -61,7 +61,7 @@ def latency_ms(net: Net, x: torch.Tensor, warmup: int = LATENCY_WARMUP, repeats:
     return 1e3 * statistics.median(times)
 
 
-def cost_metrics(best: Net, parent: Net, test: Split) -> dict[str, float]:
+def cost_metrics(best: Structure, parent: Structure, test: Split) -> dict[str, float]:
     """``parent_macs`` and, on the CPU at batch ``LATENCY_BATCH`` (test images), ``best_latency_ms``
     and ``parent_latency_ms``."""
     x = test.x[:LATENCY_BATCH].contiguous()

@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ecomp.core.initialiser import pruned_width
-from ecomp.nets import convnet
-from ecomp.nets.convnet import ConvNet
-from ecomp.nets.network import Net, layers_of, linear_layers, model_from_layers
+from ecomp.nets.structure import Structure
 
 # importance criterion -> (Torch-Pruning class name, keyword arguments). "first": the score of a
 # neuron is that of its own incoming row, as EComp's L1 ranking; "mean": Torch-Pruning's group
@@ -40,8 +38,8 @@ def _scorer(importance: str):
     return getattr(tp.importance, cls)(**kwargs)
 
 
-def structured_prune(parent: Net, keep: float, importance: str = "l1",
-                     data: tuple[Tensor, Tensor] | None = None) -> Net:
+def structured_prune(parent: Structure, keep: float, importance: str = "l1",
+                     data: tuple[Tensor, Tensor] | None = None) -> Structure:
     """A copy of ``parent`` keeping ``pruned_width(units, keep)`` units of every prunable layer:
     hidden neurons, and a CNN's convolution channels (its dependency graph removes a filter, its
     bias and the next layer's matching input channel, or after the Flatten its block of columns).
@@ -51,13 +49,11 @@ def structured_prune(parent: Net, keep: float, importance: str = "l1",
     """
     import torch_pruning as tp
 
-    conv = isinstance(parent, ConvNet)
-    model = model_from_layers(parent)
-    first = convnet.weight_modules(model)[0] if conv else linear_layers(model)[0]
-    c, h, w = parent.plan.in_shape if conv else (1, 1, first.in_features)
-    x_example = first.weight.new_zeros(1, c * h * w)
+    model = parent.to_module()
+    weights = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    x_example = weights[0].weight.new_zeros(1, parent.in_features)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x_example)
-    hidden = (convnet.weight_modules(model) if conv else linear_layers(model))[:-1]
+    hidden = weights[:-1]
     if importance in NEEDS_GRADIENTS:
         if data is None:
             raise ValueError(f"importance={importance!r} needs data for its gradients")
@@ -74,6 +70,4 @@ def structured_prune(parent: Net, keep: float, importance: str = "l1",
         drop = sorted(order[pruned_width(len(score), keep):].tolist())
         if drop:
             graph.get_pruning_group(m, how(m), idxs=drop).prune()
-    if conv:
-        return convnet.from_module(model, parent.plan)
-    return [(w.clone(), b.clone()) for w, b in layers_of(model)]
+    return parent.from_module(model)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ecomp.core.initialiser import pruned_width
-from ecomp.nets.convnet import ConvPlan
 from ecomp.nets.parent import train
 from ecomp.methods.base import Method, Outcome, Problem
 
@@ -25,11 +24,8 @@ class Scratch(Method):
         return cls(keep=cfg.method.keep)
 
     def run(self, problem: Problem) -> Outcome:
-        arch = problem.recipe.arch
-        if isinstance(arch, ConvPlan):                 # every prunable stage: channels and neurons
-            small = arch.with_units(tuple(pruned_width(u, self.keep) for u in arch.units))
-        else:
-            small = replace(arch, hidden=tuple(pruned_width(h, self.keep) for h in arch.hidden))
+        arch = problem.recipe.arch                     # every prunable layer: neurons, channels
+        small = arch.with_units(tuple(pruned_width(u, self.keep) for u in arch.units))
         # The run's seed, not the parent's: each seed is a different initialisation.
         spec = replace(problem.recipe, arch=small, seed=problem.seed)
         return Outcome(train(spec, problem.data.without_val()))

@@ -38,13 +38,13 @@ from torch import Tensor
 
 from ecomp.errors import CheckpointError
 from ecomp.nets.convnet import ConvNet, ConvPlan
-from ecomp.nets.network import Layers, Net
+from ecomp.nets.mlp import MLP
+from ecomp.nets.structure import Layers, Structure
 from ecomp.nets.export_graph import SAVE_PT2, export_net, pair, shapes
 from ecomp.nets.pt2 import looks_pickled, read_archive, refusal_reason, weights_only_load
 
-def read_checkpoint(path: str | Path) -> tuple[Net, str]:
-    """The network in ``path`` (float32, CPU): an MLP's ``(weight, bias)`` pairs or a
-    :class:`ConvNet`, and the sha256 of the bytes it was read from (the run's config hash
+def read_checkpoint(path: str | Path) -> tuple[Structure, str]:
+    """The network in ``path`` (float32, CPU): an :class:`MLP` or a :class:`ConvNet`, and the sha256 of the bytes it was read from (the run's config hash
     includes it: new weights, new runs). For the tool's own convolutional file the digest also
     covers the plan read from its ``.json`` (a new plan, new runs)."""
     path = Path(path).expanduser()
@@ -57,12 +57,12 @@ def read_checkpoint(path: str | Path) -> tuple[Net, str]:
         raise CheckpointError(f"{where}: cannot be read ({exc.strerror or exc})") from None
     digest = hashlib.sha256(data)
     if path.suffix == ".pt2":
-        net: Net = export_net(read_archive(data, where), where)
+        net: Structure = export_net(read_archive(data, where), where)
     else:
         state = _load_state(data, where)
         conv = next(((name, t) for name, t in state.items() if t.dim() == 4), None)
         if conv is None:
-            net = _layers(state, where)
+            net = MLP(_layers(state, where))
         else:
             net = _own_convnet(state, path, conv, where)
             digest.update(b"\0plan:" + json.dumps(net.plan.to_dict(), sort_keys=True).encode())
@@ -178,13 +178,10 @@ def _own_convnet(state: dict, path: Path, conv: tuple[str, Tensor], where: str) 
     return ConvNet(plan, layers)
 
 
-def check_fits(layers: Net, where: str, input_dim: int, classes: int, data: str) -> None:
+def check_fits(net: Structure, where: str, input_dim: int, classes: int, data: str) -> None:
     """The network takes the data's features and outputs one score per class."""
-    if isinstance(layers, ConvNet):
-        c, h, w = layers.plan.in_shape
-        takes, gives, images = c * h * w, layers.plan.classes, f" ({c}x{h}x{w} images)"
-    else:
-        takes, gives, images = layers[0][0].shape[1], layers[-1][0].shape[0], ""
+    takes, gives = net.in_features, net.classes
+    images = f" ({'x'.join(map(str, net.in_shape))} images)" if len(net.in_shape) > 1 else ""
     if takes != input_dim:
         raise CheckpointError(f"{where}: the network takes {takes} inputs{images} but data={data} has "
                               f"{input_dim} features per image")

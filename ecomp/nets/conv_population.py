@@ -11,12 +11,13 @@ individuals by architecture instead (:mod:`ecomp.kernels.conv_forward`). The acc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ecomp.nets.convnet import ConvNet, ConvPlan, Layers
-from ecomp.nets.sizes import plan_size
+from ecomp.nets.convnet import ConvNet, ConvPlan, plan_size
+from ecomp.nets.structure import Layers
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ConvPopulation:
     plan: ConvPlan                         # the parent's structure (its units are the parent's)
     members: list[Layers]                  # per individual: one (weight, bias) pair per stage
     slots = None                           # stored in individual order, always (Population's interface)
+    packed: ClassVar[bool] = False         # one network per individual, not packed layer buffers
     widths: list[tuple[int, ...]] = field(init=False)   # units of each individual's prunable stages
 
     def __post_init__(self) -> None:
@@ -40,6 +42,11 @@ class ConvPopulation:
     @property
     def classes(self) -> int:
         return self.plan.classes
+
+    @property
+    def in_features(self) -> int:
+        c, h, w = self.plan.in_shape
+        return c * h * w
 
     @property
     def uniform(self) -> bool:
@@ -64,6 +71,10 @@ class ConvPopulation:
     def sizes(self, kind: str) -> Tensor:
         """(pop,) float64 size of each individual (``units``, ``params`` or ``macs``)."""
         return torch.tensor([plan_size(self.plan.with_units(w), kind) for w in self.widths], dtype=torch.float64)
+
+    def with_members(self, members: list[Layers]) -> "ConvPopulation":
+        """A population of the same plan holding ``members``."""
+        return ConvPopulation(self.plan, members)
 
     def take(self, indices: list[int]) -> "ConvPopulation":
         """Copies of individuals ``indices``, in that order."""

@@ -19,14 +19,16 @@ flat images ``(n, C*H*W)``, as every dataset here gives them; the module form st
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Layers = list[tuple[Tensor, Tensor]]
+from ecomp.nets.sizes import SIZES
+from ecomp.nets.structure import Layers
+
 POOLS = ("max", "avg")
 FEATURES = ("flat", "pooled")          # similarity.features: a conv stage's maps flattened, or averaged per channel
 
@@ -111,10 +113,25 @@ class ConvPlan:
     def from_dict(cls, d: dict) -> "ConvPlan":
         return cls(tuple(int(v) for v in d["in_shape"]), tuple(Stage(**s) for s in d["stages"]))
 
+    # the blueprint interface (ecomp.nets.structure.Blueprint)
+    def build(self, batchnorm: bool = False) -> nn.Sequential:
+        return build_module(self, batchnorm)
+
+    def network(self, model: nn.Module) -> "ConvNet":
+        return from_module(model, self)
+
+    def matches(self, net) -> bool:
+        return net.kind == ConvNet.kind and net.plan == self
+
+    def cache_key(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        return {**recipe, "arch": {"cnn": self.to_dict()}}
+
 
 @dataclass
 class ConvNet:
-    """A network of this layer kind: its plan and its weights (on one device)."""
+    """A network of this layer kind: its plan and its weights, on one device (implements
+    :class:`ecomp.nets.structure.Structure`)."""
+    kind: ClassVar[str] = "cnn"
     plan: ConvPlan
     layers: Layers
 
@@ -124,18 +141,66 @@ class ConvNet:
         if got != want:
             raise ValueError(f"weights with units {got} do not match the plan's {want}")
 
-    def __len__(self) -> int:
-        return len(self.layers)
+    @property
+    def units(self) -> tuple[int, ...]:
+        return self.plan.units
 
-    def to(self, device) -> "ConvNet":
-        return ConvNet(self.plan, [(w.to(device), b.to(device)) for w, b in self.layers])
+    @property
+    def classes(self) -> int:
+        return self.plan.classes
 
-    def detached(self) -> "ConvNet":
-        """A copy on the CPU, detached from any graph."""
-        return ConvNet(self.plan, [(w.detach().cpu().clone(), b.detach().cpu().clone()) for w, b in self.layers])
+    @property
+    def in_features(self) -> int:
+        c, h, w = self.plan.in_shape
+        return c * h * w
 
-    def to_json(self) -> str:
-        return json.dumps({"kind": "cnn", "plan": self.plan.to_dict()})
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.plan.in_shape
+
+    def with_layers(self, layers: Layers) -> "ConvNet":
+        return ConvNet(self.plan.with_units(tuple(w.shape[0] for w, _ in layers[:-1])), layers)
+
+    def input_columns(self, layer: int, kept: Tensor) -> Tensor:
+        """The same channels for a convolution or a linear layer after a linear one; each kept
+        channel's block of ``height x width`` columns for the first linear layer after the Flatten."""
+        s, before = self.plan.stages[layer], self.plan.stages[layer - 1]
+        if s.kind == "linear" and before.kind == "conv":
+            hw = self.plan.flat_size()
+            return (kept.view(-1, 1) * hw + torch.arange(hw, device=kept.device)).flatten()
+        return kept
+
+    def block_columns(self, layer: int, cut: int) -> int:
+        """A first convolution has at most its image's channels as inputs (all of them when it has
+        fewer than ``cut``); after the Flatten a unit spans its channel's ``height x width`` block."""
+        s = self.plan.stages[layer]
+        if layer == 0:
+            return min(cut, self.plan.in_shape[0]) if s.kind == "conv" else cut
+        if s.kind == "linear" and self.plan.stages[layer - 1].kind == "conv":
+            return cut * self.plan.flat_size()
+        return cut
+
+    def size(self, kind: str) -> int:
+        return plan_size(self.plan, kind)
+
+    def run(self, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
+        return run(self, x, features)
+
+    def to_module(self, batchnorm: bool = False) -> nn.Sequential:
+        return to_module(self, batchnorm)
+
+    def from_module(self, model: nn.Module) -> "ConvNet":
+        return from_module(model, self.plan)
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.kind, "plan": self.plan.to_dict()}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], layers: Layers) -> "ConvNet":
+        net = cls(ConvPlan.from_dict(meta["plan"]), layers)
+        if net.plan.problems() or params(net.plan) != sum(w.numel() + b.numel() for w, b in layers):
+            raise ValueError("the weights do not fit the plan in its .json")
+        return net
 
 
 def lenet5(in_shape: tuple[int, int, int], classes: int, channels=(6, 16), kernel: int = 5, padding=(2, 0),
@@ -195,13 +260,18 @@ def fold_batchnorm(model: nn.Sequential) -> Layers:
     return layers
 
 
-def to_module(net: ConvNet) -> nn.Sequential:
-    """A fresh module holding copies of ``net``'s weights (no BatchNorm: it is folded)."""
-    model = build_module(net.plan)
+def to_module(net: ConvNet, batchnorm: bool = False) -> nn.Sequential:
+    """A fresh module holding copies of ``net``'s weights. Its BatchNorm was folded when it was
+    read; ``batchnorm=True`` puts an identity BatchNorm after each convolution (mean 0, variance
+    ``1 - eps``, scale 1, shift 0), for a method that recalibrates or trains it."""
+    model = build_module(net.plan, batchnorm)
     with torch.no_grad():
         for m, (w, b) in zip(weight_modules(model), net.layers):
             m.weight.copy_(w)
             m.bias.copy_(b)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.fill_(1.0 - m.eps)
     return model.to(net.layers[0][0].device)
 
 
@@ -267,6 +337,17 @@ def macs(plan: ConvPlan) -> int:
             total += s.out * c_in
         c_in = s.out
     return total
+
+
+def plan_size(plan: ConvPlan, kind: str) -> int:
+    """The ``kind`` size of a convolutional network of ``plan``."""
+    if kind == "units":
+        return sum(plan.units)
+    if kind == "params":
+        return params(plan)
+    if kind == "macs":
+        return macs(plan)
+    raise ValueError(f"size kind {kind!r}: one of {', '.join(SIZES)}")
 
 
 def params(plan: ConvPlan) -> int:

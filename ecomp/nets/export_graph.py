@@ -4,7 +4,7 @@
 weights as plain tensors; :class:`_Reader` walks the nodes in order and builds the network:
 ``Conv2d`` (with a ``BatchNorm2d`` after it folded in), ``ReLU``, ``MaxPool2d``/``AvgPool2d``
 (window = stride, no padding), ``Dropout`` (ignored), ``Flatten`` and ``Linear``. A program with
-a convolution reads as a :class:`~ecomp.nets.convnet.ConvNet`, one without as an MLP's pairs.
+a convolution reads as a :class:`~ecomp.nets.convnet.ConvNet`, one without as an :class:`~ecomp.nets.mlp.MLP`.
 Anything else (a branch, a residual ``add``, grouped or dilated convolutions, other operations)
 is refused in one :class:`CheckpointError` line naming the layer or operation.
 """
@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ecomp.errors import CheckpointError
 from ecomp.nets.convnet import ConvNet, ConvPlan, Stage
-from ecomp.nets.network import Net
+from ecomp.nets.mlp import MLP
+from ecomp.nets.structure import Structure
 from ecomp.nets.pt2 import Archive, Node, Ref
 
 _SUPPORTED = ("supported: a chain of Conv2d, BatchNorm2d (eval), ReLU, MaxPool2d/AvgPool2d (window = stride, "
@@ -128,7 +129,7 @@ class _Reader:
                             f"ReLU ({_SUPPORTED})")
 
     # -- the walk --
-    def read(self) -> Net:
+    def read(self) -> Structure:
         a = self.a
         if a.other_inputs:
             raise self.fail(f"the program has inputs or outputs of kinds {sorted(set(a.other_inputs))} (constants, "
@@ -352,7 +353,7 @@ class _Reader:
         self.flattened = True
         self.layers.append(_Layer("linear", label, node.op, w, b))
 
-    def build(self) -> Net:
+    def build(self) -> Structure:
         if not self.layers:
             raise self.fail("the program has no Conv2d or Linear layer")
         last = self.layers[-1]
@@ -371,7 +372,7 @@ class _Reader:
                                     f"before gives {pairs[i - 1][0].shape[0]}")
             if len(pairs) < 2:
                 raise self.fail("a single linear layer has no hidden layer to compress (at least 2 needed)")
-            return pairs
+            return MLP(pairs)
         if self.in_shape is None:
             raise self.fail("the program's input shape (C, H, W) is not known")
         if None in self.in_shape:
@@ -390,5 +391,5 @@ class _Reader:
         return ConvNet(plan, pairs)
 
 
-def export_net(archive: Archive, where: str) -> Net:
+def export_net(archive: Archive, where: str) -> Structure:
     return _Reader(archive, where).read()

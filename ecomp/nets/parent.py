@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from ecomp.nets import convnet
-from ecomp.nets.convnet import ConvPlan
+
 from ecomp.nets.data import Split
-from ecomp.nets.network import Architecture, Net, build_mlp, layers_of, load_network, save_network
+from ecomp.nets.network import load_network, save_network
+from ecomp.nets.structure import Blueprint, Structure
 from ecomp.nets.training import fit
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSpec:
-    arch: Architecture | ConvPlan        # an MLP's widths, or a CNN's plan (:mod:`ecomp.nets.convnet`)
+    arch: Blueprint                      # an MLP's Architecture, a CNN's ConvPlan, ...
     epochs: int = 4
     lr: float = 1e-3
     batch_size: int = 100
@@ -29,29 +29,21 @@ class TrainSpec:
 
     def key(self) -> str:
         """A short hash of the spec: the cache file name (an MLP's is what it has always been)."""
-        d = asdict(self)
-        if isinstance(self.arch, Architecture):
-            d["arch"]["hidden"] = list(self.arch.hidden)
-            del d["batchnorm"]
-        else:
-            d["arch"] = {"cnn": self.arch.to_dict()}
+        recipe = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "arch"}
+        d = self.arch.cache_key(recipe)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train(spec: TrainSpec, data: Split) -> Net:
+def train(spec: TrainSpec, data: Split) -> Structure:
     """Adam + cross-entropy over the full training split (CPU, deterministic for a seed). A CNN
     trained with BatchNorm comes back with it folded into its convolutions."""
     g = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)  # nn.Linear's initialisation uses the global generator
-    if isinstance(spec.arch, ConvPlan):
-        model = fit(convnet.build_module(spec.arch, spec.batchnorm), data.x, data.y, spec.epochs, spec.lr,
-                    spec.batch_size, g)
-        return convnet.from_module(model, spec.arch)
-    model = fit(build_mlp(spec.arch), data.x, data.y, spec.epochs, spec.lr, spec.batch_size, g)
-    return [(w.clone(), b.clone()) for w, b in layers_of(model)]
+    model = fit(spec.arch.build(spec.batchnorm), data.x, data.y, spec.epochs, spec.lr, spec.batch_size, g)
+    return spec.arch.network(model)
 
 
-def cached_parent(spec: TrainSpec, cache_dir: Path, train_data: Split) -> tuple[Net, bool]:
+def cached_parent(spec: TrainSpec, cache_dir: Path, train_data: Split) -> tuple[Structure, bool]:
     """The parent for ``spec``: loaded from ``cache_dir`` or trained and saved there.
 
     Returns ``(layers, trained_now)``. A cache file that cannot be read or does

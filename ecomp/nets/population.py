@@ -20,13 +20,15 @@ per-individual accessor (``first``, ``rest``, ``individual``) and the forward pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 from itertools import accumulate
 
 import torch
 from torch import Tensor
 
-from ecomp.nets.network import Layers
+from ecomp.nets.mlp import MLP
 from ecomp.nets.sizes import size
+from ecomp.nets.structure import Layers
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Population:
     w_offsets: list[list[int]] = field(init=False)  # per later layer: where slot s starts in layer_w
     b_offsets: list[list[int]] = field(init=False)
     slots: list[int] | None = None          # storage slot of individual i (None: slot i)
+    packed: ClassVar[bool] = True           # layers packed across individuals (the MLP's fast paths)
     retired: bool = field(init=False, default=False, repr=False)   # storage handed to its children
     _rest: list[Layers] | None = field(init=False, default=None, repr=False)
 
@@ -78,6 +81,10 @@ class Population:
     @property
     def classes(self) -> int:
         return self.layer_b[-1].numel() // self.size
+
+    @property
+    def in_features(self) -> int:
+        return self.first_w.shape[1]
 
     @property
     def uniform(self) -> bool:
@@ -138,8 +145,12 @@ class Population:
         later = self._rest[i] if self._rest is not None else [self._layer(i, l) for l in range(len(self.layer_w))]
         return [self.first(i), *later]
 
+    def network(self, i: int) -> MLP:
+        """Individual ``i`` as a network (its layers are views, not copies)."""
+        return MLP(self.individual(i))
+
     def sizes(self, kind: str) -> Tensor:
-        """(pop,) float64 :func:`ecomp.nets.sizes.size` of each individual (``units`` or ``params``)."""
+        """(pop,) float64 :func:`ecomp.nets.sizes.size` of each individual (``units``, ``params`` or ``macs``)."""
         dims = self.first_w.shape[1]
         return torch.tensor([size((dims, *w, self.classes), kind) for w in self.widths], dtype=torch.float64)
 

@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ecomp.nets import convnet
-from ecomp.nets.convnet import ConvNet
-from ecomp.nets.network import Net, layers_of, model_from_layers
+from ecomp.nets.structure import Structure
 
 # loss(logits, x_batch, y_batch) -> scalar
 Loss = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -56,13 +54,11 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float = 1.0
     return loss
 
 
-def fine_tune(layers: Net, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
-              generator: torch.Generator, loss: Loss = cross_entropy) -> Net:
-    """A trained copy of ``layers`` (the input is not changed); 0 epochs returns a plain copy.
+def fine_tune(net: Structure, x: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
+              generator: torch.Generator, loss: Loss = cross_entropy) -> Structure:
+    """A trained copy of ``net`` (the input is not changed); 0 epochs returns a plain copy.
     A convolutional network trains without BatchNorm (it was folded when the network was read)."""
-    model = model_from_layers(layers)
+    model = net.to_module()
     if epochs:
         fit(model, x, y, epochs, lr, batch_size, generator, loss)
-    if isinstance(layers, ConvNet):
-        return convnet.from_module(model, layers.plan)
-    return [(w.clone(), b.clone()) for w, b in layers_of(model)]
+    return net.from_module(model)

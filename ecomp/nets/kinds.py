@@ -1,0 +1,43 @@
+"""The one place that picks a layer kind: by name, by a saved network's description, by a
+population's members.
+
+Every kind is a module that implements :class:`ecomp.nets.structure.Structure` (and its
+blueprint); adding one is adding it to :data:`KINDS` and, where its networks need a population
+of their own, to :func:`population_of`. Everything else asks the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ecomp.nets.conv_population import ConvPopulation
+from ecomp.nets.convnet import ConvNet
+from ecomp.nets.mlp import MLP
+from ecomp.nets.population import Population
+from ecomp.nets.structure import Layers, Structure
+
+KINDS: dict[str, type] = {MLP.kind: MLP, ConvNet.kind: ConvNet}
+
+
+def as_structure(net: Structure | Layers) -> Structure:
+    """``net`` itself, or plain ``(weight, bias)`` pairs of linear layers as an :class:`MLP`."""
+    if isinstance(net, list):
+        return MLP(net)
+    return net
+
+
+def from_meta(meta: dict[str, Any], layers: Layers) -> Structure:
+    """The network a saved state dict's ``layers`` and its ``.json`` description hold (a file
+    without ``kind`` is an MLP's, as the tool wrote them first); ``ValueError`` if they do not fit."""
+    kind = meta.get("kind", MLP.kind)
+    if kind not in KINDS:
+        raise ValueError(f"unknown network kind {kind!r} (known: {', '.join(KINDS)})")
+    return KINDS[kind].from_meta(meta, layers)
+
+
+def population_of(parent: Structure, members: list[Structure]) -> Population | ConvPopulation:
+    """The population of ``members`` (networks of ``parent``'s kind): MLPs packed for the
+    population-wide products (:class:`Population`), others one network each (:class:`ConvPopulation`)."""
+    if parent.kind == MLP.kind:
+        return Population.from_individuals([m.layers for m in members])
+    return ConvPopulation(parent.plan, [m.layers for m in members])

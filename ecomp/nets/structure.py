@@ -1,0 +1,174 @@
+"""The interface every layer kind implements, and what is written once on top of it.
+
+A *structure* is a trained network of one layer kind: its ``(weight, bias)`` pairs, one per
+weight layer (``layers``), and what the kind needs to read them. Its prunable *units* are the
+output units of every weight layer but the classifier: a hidden neuron, a convolution's filter
+with its bias. Removing unit ``u`` of layer ``l`` removes row ``u`` of layer ``l`` and the input
+columns of layer ``l + 1`` that unit feeds (``input_columns``: a neuron's column, a channel of
+the next convolution, a channel's block of columns after a Flatten). The operators (L1 pruning,
+crossover, mutation), the fitness, the methods and the tracking see a network only through this
+interface; each kind implements it in its own module (:mod:`ecomp.nets.mlp`,
+:mod:`ecomp.nets.convnet`) and :mod:`ecomp.nets.kinds` is the one place that picks a kind.
+
+A *blueprint* is a kind's untrained description (an MLP's widths, a CNN's plan): what the tool
+trains a parent from, and what a checkpoint's weights are checked against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+Layers = list[tuple[Tensor, Tensor]]      # (weight, bias) per weight layer, weights (out, in, ...)
+
+
+class Structure(Protocol):
+    kind: ClassVar[str]                    # the kind's name: mlp | cnn (a network file's "kind")
+    layers: Layers
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        """Units of every prunable layer (all but the classifier)."""
+
+    @property
+    def classes(self) -> int: ...
+
+    @property
+    def in_features(self) -> int:
+        """Features of one flat input image (``C x H x W``)."""
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input image the network reads (``(features,)`` for a flat one)."""
+
+    def with_layers(self, layers: Layers) -> "Structure":
+        """A network of this kind and shape but ``layers``' units (read from their rows)."""
+
+    def input_columns(self, layer: int, kept: Tensor) -> Tensor:
+        """The indices along ``layer``'s second weight dimension (its inputs) that the kept units
+        ``kept`` of the layer before feed."""
+
+    def block_columns(self, layer: int, cut: int) -> int:
+        """How many of ``layer``'s inputs (second weight dimension) crossover's block of ``cut``
+        units spans."""
+
+    def size(self, kind: str) -> int:
+        """``units``, ``params`` or ``macs`` (one image's multiply-accumulates)."""
+
+    def run(self, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
+        """Logits of flat images ``x`` by a plain layer-by-layer pass, and (with ``features``) every
+        prunable layer's output after its ReLU (and pooling), one row per image."""
+
+    def to_module(self, batchnorm: bool = False) -> nn.Module:
+        """A fresh ``nn.Module`` (flat images in, logits out) holding copies of the weights."""
+
+    def from_module(self, model: nn.Module) -> "Structure":
+        """The network ``model`` (one :meth:`to_module` built, since trained) holds now."""
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON description beside a saved state dict (``kind`` and the shape)."""
+
+
+class Individuals(Protocol):
+    """A population as the loop, the operators and the fitness see it. Two storages implement it:
+    :class:`ecomp.nets.population.Population` packs every layer across individuals (an MLP's;
+    the population-wide products and crossover's fast paths need it), and
+    :class:`ecomp.nets.conv_population.ConvPopulation` keeps one network per individual."""
+    packed: ClassVar[bool]                 # layers packed across individuals (the fast paths apply)
+    widths: list[tuple[int, ...]]          # units of each individual's prunable layers
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def classes(self) -> int: ...
+
+    @property
+    def in_features(self) -> int: ...
+
+    @property
+    def uniform(self) -> bool:
+        """Every individual has the same units (one architecture)."""
+
+    def individual(self, i: int) -> Layers:
+        """Individual ``i``'s ``(weight, bias)`` pairs (its storage, not copies)."""
+
+    def network(self, i: int) -> Structure:
+        """Individual ``i`` as a network of its kind."""
+
+    def sizes(self, kind: str) -> Tensor:
+        """``(pop,)`` float64 size of each individual."""
+
+    def take(self, indices: list[int]) -> "Individuals":
+        """Copies of individuals ``indices``, in that order."""
+
+
+class Blueprint(Protocol):
+    """An untrained description of a network of one kind."""
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        """Units of every prunable layer."""
+
+    def with_units(self, units: tuple[int, ...]) -> "Blueprint":
+        """The same shape with ``units[l]`` units in prunable layer ``l``."""
+
+    def build(self, batchnorm: bool = False) -> nn.Module:
+        """A freshly initialised module of this shape (flat images in, logits out)."""
+
+    def network(self, model: nn.Module) -> Structure:
+        """The structure a module built by :meth:`build` holds (BatchNorm folded where there is one)."""
+
+    def matches(self, net: Structure) -> bool:
+        """``net`` has this shape."""
+
+    def cache_key(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        """What a parent trained by ``recipe`` (a :class:`ecomp.nets.parent.TrainSpec` as a dict)
+        from this blueprint is cached under: the kind decides what of the recipe it depends on."""
+
+
+def l1_ranking(net: Structure) -> list[Tensor]:
+    """Per prunable layer: unit indices by decreasing L1 norm of their incoming weights (Li et al.)."""
+    return [torch.argsort(w.abs().flatten(1).sum(1), descending=True, stable=True) for w, _ in net.layers[:-1]]
+
+
+def prune(net: Structure, keep: list[Tensor]) -> Structure:
+    """The sub-network keeping units ``keep[l]`` (sorted indices) of each prunable layer."""
+    out: Layers = []
+    prev = None
+    for l, (w, b) in enumerate(net.layers):
+        rows = keep[l] if l < len(keep) else None
+        if rows is not None:
+            w, b = w[rows], b[rows]
+        if prev is not None:
+            w = w[:, net.input_columns(l, prev)]
+        out.append((w.contiguous(), b.contiguous()))
+        prev = rows
+    return net.with_layers(out)
+
+
+def to_device(net: Structure, device) -> Structure:
+    """``net`` with its weights on ``device`` (the same tensors when already there)."""
+    return net.with_layers([(w.to(device), b.to(device)) for w, b in net.layers])
+
+
+def detached(net: Structure) -> Structure:
+    """A copy on the CPU, detached from any graph."""
+    return net.with_layers([(w.detach().cpu().clone(), b.detach().cpu().clone()) for w, b in net.layers])
+
+
+@torch.no_grad()
+def logits(net: Structure, x: Tensor) -> Tensor:
+    """Class scores ``(n, classes)`` of flat inputs ``x``."""
+    return net.run(x)[0]
+
+
+@torch.no_grad()
+def accuracy(net: Structure, x: Tensor, y: Tensor, chunk: int = 10_000) -> float:
+    """Fraction of ``x`` classified as ``y`` by :func:`logits`, ``chunk`` images at a time."""
+    correct = 0
+    for s in range(0, x.shape[0], chunk):
+        correct += int((logits(net, x[s:s + chunk]).argmax(1) == y[s:s + chunk]).sum())
+    return correct / x.shape[0]
