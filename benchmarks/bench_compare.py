@@ -87,14 +87,15 @@ def shared_paths(overrides: list[str]) -> list[str]:
 
     from ecomp.app.cli import CONF_DIR, check_overrides
     from ecomp.app.config import register_configs
-    from ecomp.app.parents import data_root, parent_cache_dir
+    from ecomp.app.spec import build
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(list(overrides)))
-    cache = parent_cache_dir(cfg)
+    spec = build(cfg)
+    cache = spec.parent.cache_dir
     given = {o.split("=", 1)[0] for o in overrides}
-    extra = [] if "data.root" in given else [f"data.root={data_root(cfg).resolve()}"]
+    extra = [] if "data.root" in given else [f"data.root={spec.data.root.resolve()}"]
     return extra + ([] if "parent.cache_dir" in given else [f"parent.cache_dir={cache.resolve()}"])
 
 

@@ -37,6 +37,7 @@ from ecomp.core.fitness import Evaluator  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.core.mutation import mutate_  # noqa: E402
 from ecomp.app.parents import prepare_parent  # noqa: E402
+from ecomp.app.spec import build  # noqa: E402
 from ecomp.nets.population import Population  # noqa: E402
 from ecomp.kernels.forward import first_layer, forward  # noqa: E402
 from ecomp.core.recombination import recombine  # noqa: E402
@@ -75,7 +76,8 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config")
-    train, parent = prepare_parent(cfg)
+    spec = build(cfg)
+    train, parent = prepare_parent(spec.parent, spec.data)
     g = torch.Generator().manual_seed(0)
     x, y = train.x[:1000], train.y[:1000]
     batches = [(x[s:s + 100], y[s:s + 100]) for s in range(0, 1000, 100)]

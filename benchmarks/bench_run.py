@@ -63,11 +63,13 @@ def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     from ecomp.core.fitness import ReferenceEvaluator, Weights
     from ecomp.core.initialiser import l1_population
     from ecomp.app.parents import prepare_parent
+    from ecomp.app.spec import build
     from ecomp.kernels.backend import resolve
     from ecomp.measures.tsne import TSNE
     from ecomp.nets import data as data_mod
 
-    train, parent = prepare_parent(cfg)
+    spec = build(cfg)
+    train, parent = prepare_parent(spec.parent, spec.data)
     g = torch.Generator().manual_seed(0)
     sub = data_mod.random_subset(train, cfg.data.batch_size * generations, g)
     bs = cfg.data.batch_size

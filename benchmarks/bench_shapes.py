@@ -37,28 +37,27 @@ from ecomp.app.cli import CONF_DIR, check_overrides  # noqa: E402
 from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.nets.data import draw_run_data  # noqa: E402
 from ecomp.methods import Problem  # noqa: E402
-from ecomp.methods.ecomp import ECompMethod  # noqa: E402
-from ecomp.app.parents import prepare_parent, setup, train_spec  # noqa: E402
+from ecomp.app.parents import prepare_parent  # noqa: E402
+from ecomp.app.spec import build  # noqa: E402
 
 SHAPES = {"unbalanced 300-100": "[300,100]", "balanced 254-254": "[254,254]"}
 
 
-def compose_cfg(hidden: str):
+def compose_spec(hidden: str):
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides([f"parent.hidden={hidden}", "progress=false"]))
-    setup(cfg)
-    return cfg
+    return build(cfg)
 
 
-def generation_times(cfg, train, parent) -> list[float]:
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
-    data = draw_run_data(train, cfg.data.train_size, cfg.data.val_size, gen)
+def generation_times(spec, train, parent) -> list[float]:
+    gen = torch.Generator().manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    data = draw_run_data(train, spec.data.train_size, spec.data.val_size, gen)
     stamps: list[float] = []
-    problem = Problem(parent=parent, recipe=train_spec(cfg), data=data, batch_size=cfg.data.batch_size,
-                      generator=gen, seed=int(cfg.seed), on_generation=lambda rec: stamps.append(time.perf_counter()))
-    ECompMethod.from_config(cfg).run(problem)
+    problem = Problem(parent=parent, recipe=spec.parent.recipe, data=data, batch_size=spec.data.batch_size,
+                      generator=gen, seed=spec.seed, on_generation=lambda rec: stamps.append(time.perf_counter()))
+    spec.method.run(problem)
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
@@ -79,17 +78,17 @@ def main() -> None:
     a = ap.parse_args()
     problems = {}
     for label, hidden in SHAPES.items():
-        cfg = compose_cfg(hidden)
-        train, parent = prepare_parent(cfg)
-        params = sum(w.numel() + b.numel() for w, b in parent)
+        spec = compose_spec(hidden)
+        train, parent = prepare_parent(spec.parent, spec.data)
+        params = sum(w.numel() + b.numel() for w, b in parent.layers)
         print(f"{label}: {params:,} weights and biases", flush=True)
-        problems[label] = (cfg, train, parent)
-    for label, (cfg, train, parent) in problems.items():       # warm-up (kernels built, caches filled): not timed
-        generation_times(cfg, train, parent)
+        problems[label] = (spec, train, parent)
+    for label, (spec, train, parent) in problems.items():       # warm-up (kernels built, caches filled): not timed
+        generation_times(spec, train, parent)
     times: dict[str, list[list[float]]] = {label: [] for label in SHAPES}
     for r in range(a.repeats):
-        for label, (cfg, train, parent) in problems.items():
-            times[label].append(generation_times(cfg, train, parent))
+        for label, (spec, train, parent) in problems.items():
+            times[label].append(generation_times(spec, train, parent))
             print(f"  repeat {r + 1}, {label}: {1000 * statistics.median(times[label][-1]):.1f} ms per generation",
                   flush=True)
     print(f"\nmedian ms per generation ({torch.get_num_threads()} threads, {a.repeats} paired runs of 100 generations):")

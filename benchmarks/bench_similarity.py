@@ -35,6 +35,7 @@ from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.measures.cka import LinearCKA  # noqa: E402
 from ecomp.measures.tsne import TSNE  # noqa: E402
 from ecomp.app.parents import prepare_parent  # noqa: E402
+from ecomp.app.spec import build  # noqa: E402
 from ecomp.kernels.forward import forward  # noqa: E402
 
 
@@ -45,7 +46,8 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config")
-    train, parent = prepare_parent(cfg)
+    spec = build(cfg)
+    train, parent = prepare_parent(spec.parent, spec.data)
     sub = random_subset(train, 100, torch.Generator().manual_seed(0))
     batches = [(sub.x, sub.y)]
     measures = {"tsne (native)": TSNE(backend=resolve("cpu", "native"))} if c_library.available() else {}

@@ -17,6 +17,18 @@ class ConfigError(EcompError, ValueError):
     """A configuration value is out of range."""
 
 
+def invalid(key: str, value, allowed: str) -> ConfigError:
+    """The one-line error for ``key=value``: what is allowed instead."""
+    return ConfigError(f"invalid config: {key}={value!r}: {allowed}")
+
+
+def finite(x) -> bool:
+    """A finite int or float (not a bool, not a string)."""
+    import math
+
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class CheckpointError(ConfigError):
     """The checkpoint given as ``parent.path`` cannot be used as a parent; the message names the file."""
 

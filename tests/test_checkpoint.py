@@ -94,13 +94,13 @@ def test_unusable_checkpoints_are_refused_in_one_line_naming_the_file(tmp_path):
 
 
 def test_a_network_that_does_not_fit_the_data_is_refused_before_any_run(tmp_path, make_cfg):
-    from ecomp.app.parents import setup
+    from ecomp.app.spec import build
 
     for widths, needle in (((64, 32, 10), "the network takes 64 inputs but data=fashion_mnist has 784 features"),
                            ((784, 32, 7), "the network has 7 outputs but data=fashion_mnist has 10 classes")):
         torch.save(lenet(widths).state_dict(), tmp_path / "m.pt")
         with pytest.raises(CheckpointError, match=needle):
-            setup(make_cfg("parent=checkpoint", f"parent.path={tmp_path / 'm.pt'}"))
+            build(make_cfg("parent=checkpoint", f"parent.path={tmp_path / 'm.pt'}"))
     # through run.py, as a user meets it: one line, exit 2, and the store holds no run
     torch.save(nn.Sequential(nn.Conv2d(1, 4, 3)).state_dict(), tmp_path / "conv.pt")
     db = tmp_path / "mlflow.db"
@@ -120,18 +120,19 @@ def test_users_lenet_300_100_is_compressed_by_ecomp_and_a_baseline(tmp_path, mak
     by l1_finetune."""
     import mlflow
 
-    from ecomp.app.parents import data_root, load_split
+    from ecomp.app.parents import load_split
+    from ecomp.app.spec import data_spec
 
     from ecomp.app.pipeline import run_experiment
     from ecomp.nets.training import fit
 
     cfg0 = make_cfg()
-    train, test = load_split(cfg0, train=True), load_split(cfg0, train=False)
+    train, test = load_split(data_spec(cfg0), train=True), load_split(data_spec(cfg0), train=False)
     model = fit(lenet(), train.x[:6000], train.y[:6000], 1, 1e-3, 100, torch.Generator().manual_seed(0))
     path = tmp_path / "lenet.pt"
     torch.save(model.state_dict(), path)
     expected = accuracy(layers_of(model), test.x[:1000], test.y[:1000])
-    assert data_root(cfg0).exists()
+    assert data_spec(cfg0).root.exists()
 
     ecomp = run_experiment(make_cfg("parent=checkpoint", f"parent.path={path}", "fitness.compression=params"))
     base = run_experiment(make_cfg("parent=checkpoint", f"parent.path={path}", "method=l1_finetune",

@@ -14,7 +14,7 @@ from ecomp.nets.structure import l1_ranking, prune
 from ecomp.methods.pruning import IMPORTANCES, structured_prune
 from ecomp.nets.network import load_network
 from ecomp.nets.structure import accuracy
-from ecomp.app.parents import data_root
+from ecomp.app.spec import data_spec
 from ecomp.app.pipeline import run_experiment
 from ecomp.methods.metrics import MACHINE_READINGS
 from ecomp.nets.training import distillation_loss, fine_tune
@@ -124,7 +124,7 @@ def test_each_baseline_is_a_tracked_run_with_the_shared_tail(make_cfg, store, tm
     assert not any(k.startswith(("fitness", "population.", "similarity.")) for k in run.data.params)
     folder = client.download_artifacts(run.info.run_id, "", str(tmp_path))
     layers = load_network(f"{folder}/best_network.pt")
-    test = data_mod.load(data_root(cfg), train=False)
+    test = data_mod.load(data_spec(cfg).root, train=False)
     assert accuracy(layers, test.x[:1000], test.y[:1000]) == m["best_test_accuracy"]
     assert result.history == []
 

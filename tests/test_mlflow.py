@@ -15,6 +15,7 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     import mlflow
 
     from ecomp.app.parents import load_split
+    from ecomp.app.spec import data_spec
 
     from ecomp.app.pipeline import run_experiment
 
@@ -34,7 +35,7 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     assert_models_filed(client, [run])
     model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
     assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 784)]
-    test = load_split(cfg, train=False)
+    test = load_split(data_spec(cfg), train=False)
     x, y = test.x[:cfg.data.test_size].numpy(), test.y[:cfg.data.test_size].numpy()
     accuracy = float((np.asarray(model.predict(x)).argmax(1) == y).mean())
     assert accuracy == pytest.approx(run.data.metrics["best_test_accuracy"], abs=1e-9)
@@ -118,13 +119,14 @@ def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg)
     import mlflow
 
     from ecomp.app import tracker_process
+    from ecomp.app.spec import store_spec
     from ecomp.app.tracking import SkipRun
     from ecomp.errors import TrackingError
 
     def track(cfg, name: str, chash: str, generations: int = 3):
         tracker = tracker_process.TrackerProcess(name, {"config_hash": chash}, {"p": 1}, flush_every=2)
         with tracker:
-            tracker.open(cfg, chash, None)
+            tracker.open(store_spec(cfg), chash, None)
             for g in range(generations):
                 tracker.log_generation(g, {"accuracy_mean": g / 10})
             tracker.log_metrics({"best_test_accuracy": 0.5})

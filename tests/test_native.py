@@ -171,8 +171,7 @@ def test_a_fresh_cache_builds_and_a_missing_compiler_falls_back(tmp_path):
     assert missing.stdout.split() == ["torch", "-"]
     assert "no C compiler found" in missing.stderr and "using the PyTorch similarity path" in missing.stderr
     strict = _in_subprocess(
-        "from omegaconf import OmegaConf; from ecomp.app.config import resolve_backend; "
-        "resolve_backend(OmegaConf.create({'similarity': {'kernels': 'native'}, 'device': 'cpu'}))",
+        "from ecomp.app.config import resolve_backend; resolve_backend('cpu', 'native')",
         ECOMP_CACHE_DIR=str(tmp_path / "c"), CC="/nonexistent/cc")
     assert strict.returncode != 0
     assert "invalid config: similarity.kernels='native': native similarity kernels unavailable: no C compiler" \

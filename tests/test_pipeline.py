@@ -10,7 +10,7 @@ from conftest import TINY, run_cli
 from ecomp.core.evolution import MEASURES
 from ecomp.nets.network import load_network
 from ecomp.nets.structure import accuracy
-from ecomp.app.parents import data_root
+from ecomp.app.spec import data_spec
 from ecomp.app.pipeline import run_experiment
 from ecomp.nets import data as data_mod
 
@@ -47,7 +47,7 @@ def test_single_run_logs_everything_and_best_network_reloads(make_cfg, store, tm
     # the logged network gives the logged test accuracy again
     folder = client.download_artifacts(run.info.run_id, "", str(tmp_path))
     layers = load_network(f"{folder}/best_network.pt")
-    test = data_mod.load(data_root(cfg), train=False)
+    test = data_mod.load(data_spec(cfg).root, train=False)
     assert accuracy(layers, test.x[:1000], test.y[:1000]) == run.data.metrics["best_test_accuracy"]
     assert "population:" in open(f"{folder}/config.yaml").read()
     assert result.history[0]["accuracy_mean"] == pytest.approx(

@@ -145,7 +145,7 @@ class SweepSetup(Callback):
     before any job starts (Hydra calls it before the launcher exists):
 
     0. under Ray, checks the cluster answers (:func:`check_ray_address`);
-    1. checks the config (:func:`ecomp.app.parents.setup`), so a bad value fails
+    1. reads the config into its run specification (:func:`ecomp.app.spec.build`), so a bad value fails
        once with one line instead of once per job (``device`` is left to the
        jobs under Ray: they may have a GPU where the launching machine has none);
     2. checks the tracking store answers and creates the store (SQLite schema)
@@ -176,10 +176,10 @@ class SweepSetup(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from ecomp.app.cli import fail
-        from ecomp.app.parents import data_root, prepare_parent, resolve_parent, setup, train_spec
-        from ecomp.app.store import prepare_store, tracking_uri
-
         from ecomp.app.caches import Caches
+        from ecomp.app.parents import prepare_parent
+        from ecomp.app.spec import build
+        from ecomp.app.store import prepare_store
 
         t = time.perf_counter()
         stores, parents, caches = set(), set(), Caches()
@@ -189,18 +189,17 @@ class SweepSetup(Callback):
             if remote:
                 check_ray_address(config.hydra.launcher)
             for cfg in setup_configs(config):
-                setup(OmegaConf.merge(cfg, {"device": "cpu"}) if remote else cfg, caches)
-                resolve_parent(cfg, caches)              # the parent's shape, from the data or the file
-                store = (tracking_uri(cfg), cfg.tracking.experiment)
-                if cfg.tracking.enabled and store not in stores:
-                    uri, exp_id = prepare_store(cfg)
+                spec = build(OmegaConf.merge(cfg, {"device": "cpu"}) if remote else cfg, caches)
+                store = (spec.store.uri, spec.store.experiment)
+                if spec.store.enabled and store not in stores:
+                    uri, exp_id = prepare_store(spec.store)
                     stores.add(store)
-                    log.info("tracking store %s ready: experiment %r (id %s)", mask(uri), cfg.tracking.experiment, exp_id)
+                    log.info("tracking store %s ready: experiment %r (id %s)", mask(uri), spec.store.experiment, exp_id)
                     if not _makes_own_parent_runs(config):
-                        self._open_parent(config, uri, exp_id, cfg.tracking.experiment)
-                parent = (str(data_root(cfg)), cfg.parent.cache_dir, train_spec(cfg).key())
+                        self._open_parent(config, uri, exp_id, spec.store.experiment)
+                parent = (str(spec.data.root), str(spec.parent.cache_dir), spec.parent.recipe.key())
                 if parent not in parents:
-                    prepare_parent(cfg, caches)
+                    prepare_parent(spec.parent, spec.data, caches)
                     parents.add(parent)
         except (EcompError, OSError) as exc:
             fail(str(exc))

@@ -66,6 +66,26 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     return out
 
 
+def _unknown_method_setting(key: str, overrides: list[str], conf_dir: Path, config_name: str) -> None:
+    """Fail with the method's own line for ``method.<key>``, a setting its method does not read
+    (its YAML has no such key): which settings it has, and where the setting lives if elsewhere."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ecomp.methods.base import method_class
+
+    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == key]
+    rest = [o for o in overrides if o not in mine]
+    try:
+        with initialize_config_dir(str(conf_dir), version_base="1.3"):
+            target = compose(config_name, overrides=rest).method._target_
+        cls = method_class(target)
+        value = OverridesParser.create().parse_overrides(mine[-1:])[0].value() if mine else None
+    except Exception:  # noqa: BLE001 - another problem: Hydra's own line says it
+        return
+    fail(str(cls.unknown_setting(key.split(".", 1)[1], value)))
+
+
 def check_composition(argv: list[str], conf_dir: Path = CONF_DIR, config_name: str = "config") -> None:
     """Compose once before Hydra does, so a typo or a wrong type fails in one line.
 
@@ -92,6 +112,8 @@ def check_composition(argv: list[str], conf_dir: Path = CONF_DIR, config_name: s
         if cause is not None:
             lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
         key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+        if key and key.startswith("method.") and any("not in struct" in ln for ln in lines):
+            _unknown_method_setting(key, overrides, conf_dir, config_name)
         reason = next((ln for ln in lines if not ln.startswith(("full_key", "reference_type", "object_type",
                                                                 "To append", "Could not override",
                                                                 "Error merging"))), lines[0] if lines else text)

@@ -8,6 +8,7 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from ecomp.core.selection import KINDS, Selection
 from ecomp.errors import ConfigError
 
 FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
-PARENT_KINDS = ("mlp", "cnn")                # parent.kind: the layer kind of a parent the tool trains
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ParentConf:
     seed: int = 0
     cache_dir: Optional[str] = None   # default: <repo>/.cache/parents
     path: Optional[str] = None        # parent=checkpoint: the user's trained network
-    kind: str = "mlp"                 # mlp | cnn (parent=cnn; a checkpoint's is read from the file)
+    kind: str = "mlp"                 # the layer kind (ecomp.nets.kinds): mlp | cnn; a checkpoint's is read from the file
     channels: Optional[list[int]] = None   # cnn: output channels of each convolution
     kernel: Optional[int] = None           # cnn: square kernel size of every convolution
     padding: Optional[list[int]] = None    # cnn: zero padding of each convolution (missing: 0)
@@ -103,20 +103,6 @@ class EvolutionConf:
 
 
 @dataclass
-class MethodConf:
-    """Every ``method.*`` key any method has; each ``conf/method/<name>.yaml`` sets the ones it
-    reads and leaves the others null (setting one its method does not read is an error)."""
-    _target_: str = "ecomp.methods.ecomp.ECompMethod"
-    keep: Optional[float] = None          # kept fraction of every hidden layer
-    importance: Optional[str] = None      # pruning criterion (ecomp.methods.pruning.IMPORTANCES)
-    epochs: Optional[int] = None          # training epochs on the run's subset
-    lr: Optional[float] = None            # Adam learning rate
-    temperature: Optional[float] = None   # distillation temperature
-    alpha: Optional[float] = None         # distillation: weight of the soft targets (1 - alpha: labels)
-    finetune_epochs: Optional[int] = None  # ecomp: fine-tune the returned network (0 = the paper)
-
-
-@dataclass
 class TrackingConf:
     enabled: bool = True
     uri: Optional[str] = None            # default: sqlite:///<repo>/mlruns/mlflow.db
@@ -139,7 +125,8 @@ class Config:
     operators: OperatorsConf = field(default_factory=OperatorsConf)
     similarity: SimilarityConf = field(default_factory=SimilarityConf)
     fitness: FitnessConf = field(default_factory=FitnessConf)
-    method: MethodConf = field(default_factory=MethodConf)
+    # A method's keys are its own (its class's ``settings``, its YAML's keys): not typed here.
+    method: Any = field(default_factory=lambda: {"_target_": "ecomp.methods.ecomp.ECompMethod"})
     evolution: EvolutionConf = field(default_factory=EvolutionConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     seed: int = 0
@@ -241,13 +228,8 @@ def validate(cfg: DictConfig) -> None:
     if s.features not in FEATURES:
         _fail("similarity.features", s.features, f"one of {', '.join(FEATURES)}")
     _validate_parent(cfg.parent)
-    hidden = list(cfg.parent.hidden or []) + (list(cfg.parent.channels or []) if cfg.parent.kind == "cnn" else [])
-    if s.layers is not None and hidden:                  # a checkpoint's depth: checked once read
-        for layer in s.layers:
-            if not 0 <= layer < len(hidden):
-                _fail("similarity.layers", list(s.layers), f"prunable layer indices in [0, {len(hidden) - 1}]")
-        if not len(s.layers):
-            _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
+    if s.layers is not None and not len(s.layers):        # indices are checked against the parent's depth
+        _fail("similarity.layers", [], "null (all hidden layers) or a non-empty list")
     if cfg.evolution.epochs < 1:
         _fail("evolution.epochs", cfg.evolution.epochs, "an integer >= 1")
     from ecomp.kernels.backend import KERNELS                               # lazily: it imports torch
@@ -281,19 +263,11 @@ def _validate_parent(p: DictConfig) -> None:
     hidden = list(p.hidden or [])
     if p.path is None and (not hidden or any(h < 1 for h in hidden)):
         _fail("parent.hidden", hidden, "a non-empty list of positive widths, e.g. [300, 100]")
-    if p.kind not in PARENT_KINDS:
-        _fail("parent.kind", p.kind, f"one of {', '.join(PARENT_KINDS)}")
-    if p.kind == "cnn" and p.path is None:
-        channels = list(p.channels or [])
-        if not channels or any(c < 1 for c in channels):
-            _fail("parent.channels", channels, "a non-empty list of positive channel counts, e.g. [6, 16]")
-        if p.kernel is None or p.kernel < 1:
-            _fail("parent.kernel", p.kernel, "an integer >= 1 (the square kernel of every convolution)")
-        padding = list(p.padding or [])
-        if len(padding) > len(channels) or any(v < 0 for v in padding):
-            _fail("parent.padding", padding, f"at most {len(channels)} integers >= 0, one per convolution")
-        if p.pool is None or p.pool < 1:
-            _fail("parent.pool", p.pool, "an integer >= 1 (the max-pooling window after each convolution; 1 = none)")
+    from ecomp.nets.kinds import settings_problem
+
+    problem = settings_problem(p.kind, OmegaConf.to_container(p), trained=p.path is None)
+    if problem:
+        _fail(*problem)
     for k in ("epochs", "batch_size"):
         if p[k] < 1:
             _fail(f"parent.{k}", p[k], "an integer >= 1")
@@ -302,46 +276,26 @@ def _validate_parent(p: DictConfig) -> None:
 
 
 def validate_method(m: DictConfig) -> None:
-    """The method exists, every ``method.*`` key set is one it reads, and each is in range."""
+    """``method._target_`` names a compression method (its own settings it checks itself when
+    it is built: :meth:`ecomp.methods.base.Method.from_settings`)."""
     from ecomp.methods.base import method_class
-    from ecomp.methods.pruning import IMPORTANCES
 
     try:
-        cls = method_class(m._target_)
+        method_class(m._target_)
     except ValueError as exc:
         _fail("method._target_", m._target_, f"a compression method class ({exc})")
-    settings = [k for k in m if k != "_target_"]          # every key of MethodConf
-    for key in settings:
-        if m[key] is not None and key not in cls.settings:
-            hint = "; fine-tuning after pruning is method=l1_finetune" if key == "finetune_epochs" else ""
-            _fail(f"method.{key}", m[key], f"not a setting of method={cls.name} "
-                                           f"(its settings: {', '.join(cls.settings) or 'none'}){hint}")
-        if key in cls.settings and m[key] is None and key not in cls.optional:
-            _fail(f"method.{key}", None, f"method={cls.name} needs a value")
-    checks = {
-        "keep": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
-        "importance": (lambda v: v in IMPORTANCES, f"one of {', '.join(IMPORTANCES)}"),
-        "epochs": (lambda v: v >= 0, "an integer >= 0"),
-        "finetune_epochs": (lambda v: v >= 0, "an integer >= 0"),
-        "lr": (lambda v: _finite(v) and v > 0, "a number > 0"),
-        "temperature": (lambda v: _finite(v) and v > 0, "a number > 0"),
-        "alpha": (lambda v: _finite(v) and 0 <= v <= 1, "a weight in [0, 1]"),
-    }
-    for key, (ok, allowed) in checks.items():
-        if m[key] is not None and not ok(m[key]):
-            _fail(f"method.{key}", m[key], allowed)
 
 
-def resolve_backend(cfg, reads_similarity: bool = True):
+def resolve_backend(device: str, kernels: str | None, reads_similarity: bool = True):
     """The run's :class:`ecomp.kernels.backend.Backend`, from ``device`` and (for a method that reads
     the similarity) ``similarity.kernels``; :class:`ConfigError` if ``native`` was asked for and
     cannot be had here."""
     from ecomp.kernels.backend import BackendError, resolve
 
     # a method that reads no similarity never needs the C similarity kernels (nor their build)
-    kernels = (cfg.similarity.kernels or "auto") if reads_similarity else "torch"
+    kernels = (kernels or "auto") if reads_similarity else "torch"
     try:
-        return resolve(cfg.device, kernels)
+        return resolve(device, kernels)
     except BackendError as exc:
         _fail("similarity.kernels", kernels, f"{str(exc).splitlines()[0]}; use auto or torch")
 
@@ -365,15 +319,15 @@ _HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, 
                  ("parent", "pool"): None, ("parent", "batchnorm"): False, ("similarity", "features"): "flat"}
 
 
-def used_config(cfg: DictConfig, unused: tuple[str, ...]) -> dict:
+def used_config(cfg: DictConfig | dict, unused: tuple[str, ...]) -> dict:
     """The resolved config as a dict, without the top-level groups in ``unused``."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     for k in unused:
         c.pop(k, None)
     return c
 
 
-def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = (), method: dict | None = None,
+def config_hash(cfg: DictConfig | dict, exclude: tuple[str, ...] = (), method: dict | None = None,
                 extra: dict | None = None) -> str:
     """A short, stable hash of the effective config, without tracking and launcher keys, without
     the groups in ``exclude`` (those the run's method does not read), with the ``method``

@@ -15,13 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ecomp.app.caches import Caches
-from ecomp.app.config import config_hash, resolve_backend, used_config
-from ecomp.app.parents import data_root, load_split, prepare_parent, setup, train_spec
+from ecomp.app.parents import load_split, prepare_parent
 from ecomp.app.provenance import git_commit, repo_root
-from ecomp.app.store import tracking_uri
+from ecomp.app.spec import DataSpec, RunSpec, build, plain
 from ecomp.core.fitness import Weights
 from ecomp.kernels.runtime import keep_freed_memory
-from ecomp.methods import Method, Problem, method_class
+from ecomp.methods import Problem
 from ecomp.methods.metrics import cost_metrics, network_metrics
 from ecomp.nets import data as data_mod
 from ecomp.nets.network import save_network
@@ -37,17 +36,6 @@ def scenario_name(cfg: DictConfig) -> str:
     return Weights(f.w_acc, f.w_sim, f.w_comp).scenario
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 @dataclass
 class RunResult:
     run_id: str | None
@@ -56,86 +44,78 @@ class RunResult:
     history: list[dict[str, float]]
 
 
-def _set_threads(cfg: DictConfig) -> None:
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-
-
-def build_method(cfg: DictConfig, scenario: str | None = None) -> Method:
-    """The method ``method._target_`` names, built from the config (already validated)."""
-    return method_class(cfg.method._target_).from_config(cfg, scenario)
-
-
 def run_experiment(cfg: DictConfig, scenario: str | None = None, sweep: str | None = None,
                    timer: PhaseTimer | None = None, caches: Caches | None = None) -> RunResult:
-    """Validate, build, compress, measure, track. The single entry point behind ``run.py``;
-    ``caches``: what the runs of this process share (None: nothing)."""
+    """Read the config into a :class:`RunSpec` (everything checked before anything is created), then
+    :func:`run` it. The single entry point behind ``run.py``; ``caches``: what the runs of this
+    process share (None: nothing)."""
     caches = caches or Caches()
-    parent_sha = setup(cfg, caches)
-    method = build_method(cfg, scenario or scenario_name(cfg))
-    reads_similarity = "similarity" not in method.groups_unused
-    backend = resolve_backend(cfg, reads_similarity)
-    _set_threads(cfg)
+    return run(build(cfg, caches, scenario), sweep, timer, caches)
+
+
+def run(spec: RunSpec, sweep: str | None = None, timer: PhaseTimer | None = None,
+        caches: Caches | None = None) -> RunResult:
+    """Compress, measure, track: the run ``spec`` describes."""
+    caches = caches or Caches()
+    method = spec.method
+    if spec.threads:
+        torch.set_num_threads(int(spec.threads))
     keep_freed_memory()
     timer = timer or NullTimer()
-    chash = config_hash(cfg, exclude=method.groups_unused,
-                        method={"name": method.name, **method.setting_values()},
-                        extra={"parent_sha256": parent_sha} if parent_sha else None)
-    run_name = method.run_name(cfg.seed)
+    run_name = spec.run_name
     tracker = None
-    if cfg.tracking.enabled:
+    if spec.store.enabled:
         from ecomp.app.reachable import check_reachable
         from ecomp.app.tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker
 
-        uri = tracking_uri(cfg)
-        check_reachable(uri, cfg.tracking.timeout_s)            # fails in seconds, before any work
+        check_reachable(spec.store.uri, spec.store.timeout_s)        # fails in seconds, before any work
         commit = git_commit(repo_root())
-        tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(cfg.seed),
-                TAG_HASH: chash, "mlflow.source.name": Path(sys.argv[0]).name or "run.py",
+        tags = {TAG_METHOD: method.name, **method.labels(), TAG_VARIANT: method.variant(), TAG_SEED: str(spec.seed),
+                TAG_HASH: spec.config_hash, "mlflow.source.name": Path(sys.argv[0]).name or "run.py",
                 "mlflow.source.type": "LOCAL",
                 "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
         tags.update(method.tags())
-        if parent_sha:
-            tags["parent_sha256"] = parent_sha
-        if reads_similarity and cfg.similarity.kernels is not None:
-            tags["kernels"] = backend.kernels if cfg.evolution.evaluator == "fast" else "reference"
+        if spec.parent.sha256:
+            tags["parent_sha256"] = spec.parent.sha256
+        if spec.kernels_tag:
+            tags["kernels"] = spec.kernels_tag
         if sweep:
             tags[TAG_SWEEP] = sweep
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():                # a Ray task: the node it ran on
             tags["ray_node"] = ray.get_runtime_context().get_node_id()
-        tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
-        if cfg.tracking.parent_run:
-            tags["mlflow.parentRunId"] = cfg.tracking.parent_run
-        params = {k: v for k, v in flatten(used_config(cfg, method.groups_unused)).items()
+        tags.update(spec.store.tags)
+        if spec.store.parent_run:
+            tags["mlflow.parentRunId"] = spec.store.parent_run
+        params = {k: v for k, v in spec.params().items()
                   if not k.startswith(("tracking.tags.", "tracking.parent_run"))}   # logged as tags above
-        params["tracking.uri"] = mask(uri)
+        params["tracking.uri"] = mask(spec.store.uri)
         if "mlflow" in sys.modules:            # MLflow is loaded already (a test, an in-process trial)
-            tracker = RunTracker(run_name, tags, params, cfg.tracking.flush_every)
+            tracker = RunTracker(run_name, tags, params, spec.store.flush_every)
         else:
             # In a fresh process, importing MLflow and opening the store take seconds: a helper
             # process does them, and all the tracking, while the run computes.
             from ecomp.app.tracker_process import TrackerProcess
 
-            tracker = TrackerProcess(run_name, tags, params, cfg.tracking.flush_every)
+            tracker = TrackerProcess(run_name, tags, params, spec.store.flush_every)
 
     from ecomp.app.tracking import SkipRun
 
     try:
         if tracker is not None:
-            tracker.open(cfg, chash, sweep)
+            tracker.open(spec.store, spec.config_hash, sweep)
         with (tracker or contextlib.nullcontext()):
-            train, parent = prepare_parent(cfg, caches)
-            test = load_split(cfg, train=False, caches=caches)
-            return _compress(cfg, method, backend, caches, train, test, parent, run_name, timer, tracker)
+            train, parent = prepare_parent(spec.parent, spec.data, caches)
+            test = load_split(spec.data, train=False, caches=caches)
+            return _compress(spec, caches, train, test, parent, timer, tracker)
     except SkipRun as skip:
         log.info("skipping %s: FINISHED run %s has this config", run_name, skip.run.info.run_id)
         return RunResult(skip.run.info.run_id, True, dict(skip.run.data.metrics), [])
 
 
-def _dataset_inputs(cfg, caches: Caches, run_data, test) -> dict[str, tuple[str, str, int, str]]:
+def _dataset_inputs(data: DataSpec, caches: Caches, run_data, test) -> dict[str, tuple[str, str, int, str]]:
     """The run's training subset, validation and test images as MLflow dataset inputs."""
-    name, root = cfg.data.name, str(data_root(cfg))
+    name, root = data.name, str(data.root)
     out = {"training": (f"{name}-subset", caches.digest(run_data.train), run_data.train.x.shape[0], root),
            "test": (f"{name}-test", caches.digest(test), test.x.shape[0], root)}
     if run_data.val.x.shape[0]:
@@ -143,23 +123,23 @@ def _dataset_inputs(cfg, caches: Caches, run_data, test) -> dict[str, tuple[str,
     return out
 
 
-def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent, run_name, timer,
-              tracker) -> RunResult:
+def _compress(spec: RunSpec, caches: Caches, train, test, parent, timer, tracker) -> RunResult:
     """Run ``method`` on this run's data and measure what it returns: the one tail every method shares."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    device = backend.device
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
-    run_data = data_mod.draw_run_data(train, cfg.data.train_size, cfg.data.val_size, gen)
-    test_all, test = test, data_mod.Split(test.x[:cfg.data.test_size], test.y[:cfg.data.test_size])
+    method, data, run_name = spec.method, spec.data, spec.run_name
+    device = spec.backend.device
+    gen = torch.Generator().manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    run_data = data_mod.draw_run_data(train, data.train_size, data.val_size, gen)
+    test_all, test = test, data_mod.Split(test.x[:data.test_size], test.y[:data.test_size])
     history: list[dict[str, float]] = []
-    problem = Problem(parent=to_device(parent, device), recipe=train_spec(cfg, parent),
-                      data=run_data, batch_size=cfg.data.batch_size, generator=gen, seed=int(cfg.seed),
-                      backend=backend, timer=timer)
+    problem = Problem(parent=to_device(parent, device), recipe=spec.parent.recipe,
+                      data=run_data, batch_size=data.batch_size, generator=gen, seed=spec.seed,
+                      backend=spec.backend, timer=timer)
     total = method.progress_total(problem)
-    bar = tqdm(total=total, desc=run_name, disable=not cfg.progress or total is None, leave=False,
+    bar = tqdm(total=total, desc=run_name, disable=not spec.progress or total is None, leave=False,
                dynamic_ncols=True)
 
     def on_generation(rec) -> None:
@@ -168,9 +148,7 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
             with timer.phase("tracking"):
                 tracker.log_generation(rec.generation, rec.metrics)
         bar.update(1)
-        bar.set_postfix(gen=rec.generation, acc=f"{rec.metrics['accuracy_mean']:.3f}",
-                        comp=f"{rec.metrics['compression_mean']:.3f}",
-                        sim=f"{rec.metrics['similarity_mean']:.3f}", refresh=False)
+        bar.set_postfix(method.progress(rec), refresh=False)
 
     problem.on_generation, problem.on_step = on_generation, lambda: bar.update(1)
     if device.type == "cuda":
@@ -188,8 +166,8 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
     metrics.update(outcome.metrics)
     for stage, layers in outcome.stages.items():
         metrics.update(network_metrics(layers, parent, run_data.val, test, prefix=f"{stage}_"))
-    metrics["parent_test_accuracy"] = caches.parent_test_accuracy(parent, test_all, cfg.data.test_size)
-    metrics["parent_val_accuracy"] = accuracy(parent, run_data.val.x, run_data.val.y) if cfg.data.val_size else math.nan
+    metrics["parent_test_accuracy"] = caches.parent_test_accuracy(parent, test_all, data.test_size)
+    metrics["parent_val_accuracy"] = accuracy(parent, run_data.val.x, run_data.val.y) if data.val_size else math.nan
     metrics["run_seconds"] = time.perf_counter() - t0
     if history:                                 # the evolution's pace (baselines that train log no history)
         metrics["seconds_per_generation"] = method_seconds / len(history)
@@ -202,20 +180,20 @@ def _compress(cfg, method: Method, backend, caches: Caches, train, test, parent,
         t_tracking, spent = time.perf_counter(), tracker.seconds
         with timer.phase("tracking"):
             with tempfile.TemporaryDirectory() as tmp:
-                Path(tmp, "config.yaml").write_text(mask(OmegaConf.to_yaml(cfg, resolve=True)))
+                Path(tmp, "config.yaml").write_text(mask(OmegaConf.to_yaml(plain(spec.config))))
                 network = Path(tmp) / "best_network.pt"
-                save_network(best, network, extra={"method": method.name, **method.labels(), "seed": int(cfg.seed),
+                save_network(best, network, extra={"method": method.name, **method.labels(), "seed": spec.seed,
                                                    "test_accuracy": metrics["best_test_accuracy"]})
                 try:
                     tracker.log_artifacts(Path(tmp))
-                    if cfg.tracking.log_model:
-                        version_tags = {"method": method.name, **method.labels(), "seed": str(cfg.seed),
+                    if spec.store.log_model:
+                        version_tags = {"method": method.name, **method.labels(), "seed": str(spec.seed),
                                         "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
                         example = test.x[:5].contiguous()
                         requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
                         tracker.log_model(network, example.numpy(), logits(best, example).numpy(), requirements,
-                                          cfg.tracking.register_as, version_tags)
-                    tracker.log_datasets(_dataset_inputs(cfg, caches, run_data, test))
+                                          spec.store.register_as, version_tags)
+                    tracker.log_datasets(_dataset_inputs(data, caches, run_data, test))
                     # run_seconds is the run's own work, the same with tracking or without; the time this
                     # thread spent on tracking (waiting for the store included) is tracking_seconds
                     metrics["tracking_seconds"] = spent + (time.perf_counter() - t_tracking)

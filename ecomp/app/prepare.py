@@ -20,14 +20,15 @@ def main(argv: list[str]) -> None:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=check_overrides(argv))
+    from ecomp.app.parents import load_split, prepare_parent
+    from ecomp.app.spec import build
     from ecomp.nets.structure import accuracy
-    from ecomp.app.parents import load_split, prepare_parent, setup
 
     try:
-        setup(cfg)
+        spec = build(cfg)
         t = time.perf_counter()
-        _, parent = prepare_parent(cfg)
-        test = load_split(cfg, train=False)
+        _, parent = prepare_parent(spec.parent, spec.data)
+        test = load_split(spec.data, train=False)
         print(f"parent ready ({time.perf_counter() - t:.1f} s): test accuracy "
               f"{accuracy(parent, test.x, test.y):.4f}")
     except EcompError as exc:

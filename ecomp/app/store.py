@@ -1,29 +1,24 @@
-"""The run's MLflow store: its URI and artifact location from the config, opening it, and opening
-the run itself (skipping a config that already has a FINISHED run)."""
+"""The run's MLflow store: its artifact location, opening it, and opening the run itself
+(skipping a config that already has a FINISHED run). The store's settings come in as a
+:class:`ecomp.app.spec.StoreSpec`."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from ecomp.app.provenance import repo_root
 
 log = logging.getLogger(__name__)
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    from ecomp.app.tracking import default_uri
-
-    return cfg.tracking.uri or default_uri(repo_root())
-
-
-def artifact_location(cfg: DictConfig, uri: str) -> str | None:
+def artifact_location(configured: str | None, uri: str) -> str | None:
+    """Where a new experiment in store ``uri`` keeps its artifacts: ``tracking.artifact_location``
+    when set, else beside a SQLite file, else beside the checkout (a server keeps its own)."""
     from ecomp.app.tracking import default_artifact_location
 
-    if cfg.tracking.artifact_location:
-        return cfg.tracking.artifact_location
+    if configured:
+        return configured
     if uri.startswith(("http://", "https://")):              # a server keeps its own
         return None
     if uri.startswith("sqlite:///"):                          # beside the database file: one folder per store
@@ -31,17 +26,17 @@ def artifact_location(cfg: DictConfig, uri: str) -> str | None:
     return default_artifact_location(repo_root())              # another database: beside the checkout
 
 
-def prepare_store(cfg: DictConfig) -> tuple[str, str]:
-    """Check the store answers and create the experiment; returns ``(uri, experiment_id)``."""
+def prepare_store(store) -> tuple[str, str]:
+    """Check the store (a :class:`ecomp.app.spec.StoreSpec`) answers and create the experiment;
+    returns ``(uri, experiment_id)``."""
     from ecomp.app.reachable import check_reachable
     from ecomp.app.tracking import ensure_experiment
 
-    uri = tracking_uri(cfg)
-    check_reachable(uri, cfg.tracking.timeout_s)
-    return uri, ensure_experiment(uri, cfg.tracking.experiment, artifact_location(cfg, uri))
+    check_reachable(store.uri, store.timeout_s)
+    return store.uri, ensure_experiment(store.uri, store.experiment, store.artifact_location)
 
 
-def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
+def open_run(store, tracker, chash: str, sweep: str | None) -> None:
     """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
     FINISHED run (:class:`ecomp.app.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
     create the run (a child of its sweep's parent run, when it has one)."""
@@ -51,14 +46,14 @@ def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     from ecomp.app.sweep_runs import sweep_run_id
     from ecomp.app.tracking import SkipRun, client_for, find_runs
 
-    uri, exp_id = prepare_store(cfg)
+    uri, exp_id = prepare_store(store)
     client = client_for(uri)
     for stale in find_runs(client, exp_id, chash, "RUNNING"):
         # A run of this very config left RUNNING was killed hard (SIGKILL, lost machine).
         log.warning("marking stale RUNNING run %s as KILLED", stale.info.run_id)
         client.set_tag(stale.info.run_id, "error", "left RUNNING by a killed process; marked KILLED by a later sweep")
         client.set_terminated(stale.info.run_id, status="KILLED")
-    if cfg.tracking.skip_finished:
+    if store.skip_finished:
         done = find_runs(client, exp_id, chash, "FINISHED")
         if done:
             raise SkipRun(done[0])
@@ -66,7 +61,7 @@ def open_run(cfg: DictConfig, tracker, chash: str, sweep: str | None) -> None:
     if parent is not None and "mlflow.parentRunId" not in tracker.tags:
         tracker.tags["mlflow.parentRunId"] = parent
     tracker.create(uri, exp_id)
-    if cfg.tracking.log_model:                 # done here, beside the run, not after it
+    if store.log_model:                        # done here, beside the run, not after it
         import mlflow.pyfunc  # noqa: F401
 
         try:

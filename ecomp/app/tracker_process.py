@@ -100,13 +100,10 @@ class TrackerProcess:
         raise answer[1]
 
     # -- RunTracker's interface -----------------------------------------------------------------
-    def open(self, cfg, config_hash: str, sweep: str | None) -> None:
-        """Have the helper open the store and create the run (``cfg`` travels resolved, as a dict)."""
-        from omegaconf import OmegaConf
-
+    def open(self, store, config_hash: str, sweep: str | None) -> None:
+        """Have the helper open the store (a :class:`ecomp.app.spec.StoreSpec`) and create the run."""
         self._proc, self._answers = helper()
-        self._send("open", OmegaConf.to_container(cfg, resolve=True), config_hash, sweep, self.run_name,
-                   self.tags, self.params, self.flush_every)
+        self._send("open", store, config_hash, sweep, self.run_name, self.tags, self.params, self.flush_every)
 
     @property
     def ready(self) -> bool:
@@ -236,9 +233,7 @@ class Helper:
             return
         self.answer("ok", None)
 
-    def open(self, cfg, chash, sweep, run_name, tags, params, flush_every) -> None:
-        from omegaconf import OmegaConf
-
+    def open(self, store, chash, sweep, run_name, tags, params, flush_every) -> None:
         from ecomp.app.tracking import RunTracker, SkipRun
 
         _lowest_priority()                 # again: the last run's wait may have raised it
@@ -247,7 +242,7 @@ class Helper:
         sys.argv[0] = tags.get("mlflow.source.name") or sys.argv[0]
         tracker, self.error = RunTracker(run_name, tags, params, flush_every), None
         try:
-            tracker.open(OmegaConf.create(cfg), chash, sweep)
+            tracker.open(store, chash, sweep)
         except SkipRun as skip:
             self.answer("skip", skip.run.info.run_id, dict(skip.run.data.metrics))
             return

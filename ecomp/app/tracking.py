@@ -185,12 +185,12 @@ class RunTracker:
         self.seconds = 0.0   # time spent in MLflow calls on this thread
 
     # -- opening ------------------------------------------------------------------------------
-    def open(self, cfg, config_hash: str, sweep: str | None) -> None:
-        """Open ``cfg``'s store, close this config's stale runs, stop if it has a FINISHED one, then
+    def open(self, store, config_hash: str, sweep: str | None) -> None:
+        """Open the store (a :class:`ecomp.app.spec.StoreSpec`), close this config's stale runs, stop if it has a FINISHED one, then
         :meth:`create` the run (:func:`ecomp.app.store.open_run`)."""
         from ecomp.app.store import open_run
 
-        open_run(cfg, self, config_hash, sweep)
+        open_run(store, self, config_hash, sweep)
 
     def create(self, uri: str, experiment_id: str) -> None:
         """Create the run with its tags and params (called by the opener)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -28,8 +29,8 @@ class SimilarityMeasure(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: Any, backend: Backend) -> "SimilarityMeasure":
-        """Build from the ``similarity`` config group (attribute access only: no Hydra here)."""
+    def from_settings(cls, settings: Mapping[str, Any], backend: Backend) -> "SimilarityMeasure":
+        """Build from the ``similarity`` group's values (``settings["perplexity"]``, ...)."""
 
     @abstractmethod
     def prepare(self, parent: list[Tensor], n: int) -> list[Any]:

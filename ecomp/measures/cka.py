@@ -19,6 +19,7 @@ batched product for a population of one architecture and one product per network
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -64,7 +65,7 @@ class LinearCKA(SimilarityMeasure):
         self.backend = backend or resolve()
 
     @classmethod
-    def from_config(cls, cfg: Any, backend: Backend) -> "LinearCKA":
+    def from_settings(cls, settings: Mapping[str, Any], backend: Backend) -> "LinearCKA":
         return cls(backend)
 
     def prepare(self, parent: list[Tensor], n: int) -> list[list[Tensor]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,8 @@ class TSNE(SimilarityMeasure):
         self.backend = backend or resolve()
 
     @classmethod
-    def from_config(cls, cfg: Any, backend: Backend) -> "TSNE":
-        return cls(cfg.perplexity, cfg.tol, backend)
+    def from_settings(cls, settings: Mapping[str, Any], backend: Backend) -> "TSNE":
+        return cls(settings["perplexity"], settings["tol"], backend)
 
     # -- the parent's side: joint P (L, N, N) and beta x mean distance per row, per batch --------
     def prepare(self, parent: list[Tensor], n: int) -> list[tuple[Tensor, Tensor | None]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ from ecomp.core.evolution import GenerationRecord
 from ecomp.kernels.backend import Backend, resolve
 from ecomp.nets.structure import Structure
 from ecomp.nets.parent import TrainSpec
+from ecomp.errors import ConfigError, invalid
 from ecomp.plugins import plugin_class
 from ecomp.timing import NullTimer, PhaseTimer
 
@@ -58,17 +59,50 @@ class Outcome:
 
 
 class Method(ABC):
-    """A compression method. Subclasses set ``name`` and ``settings`` and implement the rest."""
+    """A compression method: a dataclass whose fields are its settings. Subclasses set ``name`` and
+    ``settings`` (the ``method.*`` keys it reads, its YAML's keys), check their ranges in
+    :meth:`check` and implement :meth:`run`; nothing else in the tool lists a method's keys."""
 
     name: ClassVar[str]
     settings: ClassVar[tuple[str, ...]]          # the ``method.*`` keys it reads
     optional: ClassVar[tuple[str, ...]] = ()     # those of them that may be null
+    hints: ClassVar[dict[str, str]] = {}         # a key it does not read -> where that setting lives
     groups_unused: ClassVar[tuple[str, ...]] = EVOLUTION_GROUPS
 
     @classmethod
-    @abstractmethod
-    def from_config(cls, cfg: Any, scenario: str | None = None) -> "Method":
-        """Build from the composed config (attribute access only: no Hydra here)."""
+    def from_settings(cls, settings: Mapping[str, Any], context: Mapping[str, Any],
+                      scenario: str | None = None) -> "Method":
+        """The method with its ``method.*`` values ``settings``; ``context``: the run's other config
+        groups as plain values (what a method reads beyond its own keys, e.g. EComp's fitness).
+        :class:`ConfigError` (one line) for a key it does not read, a null it needs, a value out of range."""
+        for key, value in settings.items():
+            if key not in cls.settings:
+                raise cls.unknown_setting(key, value)
+        for key in cls.settings:
+            if settings.get(key) is None and key not in cls.optional:
+                raise invalid(f"method.{key}", None, f"method={cls.name} needs a value")
+        method = cls.build(_typed(cls, settings), context, scenario)
+        method.check()
+        return method
+
+    @classmethod
+    def unknown_setting(cls, key: str, value: Any) -> ConfigError:
+        """The one-line error for ``method.<key>``, a key this method does not read."""
+        hint = f"; {cls.hints[key]}" if key in cls.hints else ""
+        return invalid(f"method.{key}", value, f"not a setting of method={cls.name} "
+                                               f"(its settings: {', '.join(cls.settings) or 'none'}){hint}")
+
+    @classmethod
+    def build(cls, settings: dict[str, Any], context: Mapping[str, Any], scenario: str | None) -> "Method":
+        """The method from checked-for-presence settings (a dataclass: its fields are its settings)."""
+        return cls(**settings)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` (:func:`ecomp.errors.invalid`) for a setting out of range."""
+
+    def progress(self, record: GenerationRecord) -> dict[str, str]:
+        """What a progress bar shows of one of the method's records (none by default)."""
+        return {}
 
     def setting_values(self) -> dict[str, Any]:
         """The settings that shape this method's result (its part of the run's config hash)."""
@@ -100,6 +134,14 @@ class Method(ABC):
     @abstractmethod
     def run(self, problem: Problem) -> Outcome:
         ...
+
+
+def _typed(cls: type, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with an integer given for a float field made a float (``method.keep=1`` is 1.0),
+    as a typed config would; every other value as it is (the method's ``check`` judges it)."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    return {k: float(v) if "float" in kinds.get(k, "") and isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in settings.items()}
 
 
 def method_class(target: str) -> type[Method]:

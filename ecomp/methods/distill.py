@@ -5,8 +5,8 @@ distillation at temperature ``method.temperature``) for ``method.epochs`` on the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from ecomp.errors import finite, invalid
 from ecomp.nets.training import distillation_loss
 from ecomp.methods.base import Problem
 from ecomp.methods.l1_finetune import L1Finetune
@@ -20,11 +20,12 @@ class Distill(L1Finetune):
     name = "distill"
     settings = ("keep", "importance", "epochs", "lr", "temperature", "alpha")
 
-    @classmethod
-    def from_config(cls, cfg: Any, scenario: str | None = None) -> "Distill":
-        m = cfg.method
-        return cls(keep=m.keep, importance=m.importance, epochs=m.epochs, lr=m.lr,
-                   temperature=m.temperature, alpha=m.alpha)
+    def check(self) -> None:
+        super().check()
+        if not finite(self.temperature) or self.temperature <= 0:
+            raise invalid("method.temperature", self.temperature, "a number > 0")
+        if not finite(self.alpha) or not 0 <= self.alpha <= 1:
+            raise invalid("method.alpha", self.alpha, "a weight in [0, 1]")
 
     def loss(self, problem: Problem):
         teacher = problem.parent.to_module().eval()

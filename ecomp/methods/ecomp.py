@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from ecomp.core.evolution import EComp
 from ecomp.core.mutation import MutationSpec
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.core.initialiser import l1_population
+from ecomp.errors import finite, invalid
 from ecomp.measures import measure_class
 from ecomp.core.selection import Selection
 from ecomp.nets.structure import detached, to_device
@@ -24,7 +26,7 @@ class ECompMethod(Method):
     population_size: int
     keep_high: float
     keep_low: float
-    similarity: Any                    # the ``similarity`` config group (its ``_target_`` names the measure)
+    similarity: dict[str, Any]         # the ``similarity`` group's values (its ``_target_`` names the measure)
     layers: list[int] | None
     evaluator: str = "fast"            # fast | reference
     epochs: int = 1                    # evolution epochs (passes over the subset)
@@ -41,16 +43,30 @@ class ECompMethod(Method):
     groups_unused = ()
 
     @classmethod
-    def from_config(cls, cfg: Any, scenario: str | None = None) -> "ECompMethod":
-        f, m, s, kr = cfg.fitness, cfg.operators.mutation, cfg.similarity, cfg.population.keep_ratio
-        weights = Weights(f.w_acc, f.w_sim, f.w_comp)
-        return cls(scenario=scenario or weights.scenario, weights=weights, mutation=MutationSpec(**m),
-                   population_size=cfg.population.size, keep_high=kr.high, keep_low=kr.low,
-                   similarity=s, layers=None if s.layers is None else list(s.layers),
-                   evaluator=cfg.evolution.evaluator, epochs=cfg.evolution.epochs,
-                   finetune_epochs=cfg.method.finetune_epochs or 0, lr=cfg.method.lr, parent_lr=cfg.parent.lr,
-                   selection=Selection(**cfg.operators.selection), compression=f.compression,
-                   features=s.features or "flat")
+    def build(cls, settings: dict[str, Any], context: Mapping[str, Any], scenario: str | None) -> "ECompMethod":
+        """Its own keys (``method.finetune_epochs``, ``method.lr``) and the groups it reads:
+        ``population``, ``operators``, ``similarity``, ``fitness``, ``evolution`` and ``parent.lr``."""
+        f, s, ops = context["fitness"], context["similarity"], context["operators"]
+        pop, kr = context["population"], context["population"]["keep_ratio"]
+        weights = Weights(f["w_acc"], f["w_sim"], f["w_comp"])
+        return cls(scenario=scenario or weights.scenario, weights=weights, mutation=MutationSpec(**ops["mutation"]),
+                   population_size=pop["size"], keep_high=kr["high"], keep_low=kr["low"],
+                   similarity=dict(s), layers=None if s["layers"] is None else list(s["layers"]),
+                   evaluator=context["evolution"]["evaluator"], epochs=context["evolution"]["epochs"],
+                   finetune_epochs=settings.get("finetune_epochs") or 0, lr=settings.get("lr"),
+                   parent_lr=context["parent"]["lr"], selection=Selection(**ops["selection"]),
+                   compression=f["compression"], features=s["features"] or "flat")
+
+    def check(self) -> None:
+        if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
+            raise invalid("method.finetune_epochs", self.finetune_epochs, "an integer >= 0")
+        if self.lr is not None and (not finite(self.lr) or self.lr <= 0):
+            raise invalid("method.lr", self.lr, "a number > 0")
+
+    def progress(self, record) -> dict[str, str]:
+        m = record.metrics
+        return {"gen": str(record.generation), "acc": f"{m['accuracy_mean']:.3f}",
+                "comp": f"{m['compression_mean']:.3f}", "sim": f"{m['similarity_mean']:.3f}"}
 
     def setting_values(self) -> dict[str, Any]:
         """The selection's effective settings (they replace ``operators.selection`` in the config
@@ -73,7 +89,7 @@ class ECompMethod(Method):
 
     @property
     def measure_name(self) -> str:
-        return measure_class(self.similarity._target_).name
+        return measure_class(self.similarity["_target_"]).name
 
     def tags(self) -> dict[str, str]:
         return {"similarity": self.measure_name}
@@ -110,7 +126,7 @@ class ECompMethod(Method):
         parent = to_device(problem.parent, dev)
         pop = l1_population(parent, self.population_size, self.keep_high, self.keep_low)
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
-        measure = measure_class(self.similarity._target_).from_config(self.similarity, problem.backend)
+        measure = measure_class(self.similarity["_target_"]).from_settings(self.similarity, problem.backend)
         evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure,
                         compression=self.compression, features=self.features)
         ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer,

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from ecomp.errors import finite, invalid
 from ecomp.nets.training import cross_entropy, fine_tune
 from ecomp.methods.base import Outcome, Problem
 from ecomp.methods.l1_prune import L1Prune
@@ -19,10 +19,12 @@ class L1Finetune(L1Prune):
     name = "l1_finetune"
     settings = ("keep", "importance", "epochs", "lr")
 
-    @classmethod
-    def from_config(cls, cfg: Any, scenario: str | None = None) -> "L1Finetune":
-        m = cfg.method
-        return cls(keep=m.keep, importance=m.importance, epochs=m.epochs, lr=m.lr)
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise invalid("method.epochs", self.epochs, "an integer >= 0")
+        if not finite(self.lr) or self.lr <= 0:
+            raise invalid("method.lr", self.lr, "a number > 0")
 
     def loss(self, problem: Problem):
         return cross_entropy

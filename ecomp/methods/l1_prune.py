@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
+from ecomp.errors import finite, invalid
 from ecomp.methods.base import Method, Outcome, Problem
-from ecomp.methods.pruning import NEEDS_GRADIENTS, structured_prune
+from ecomp.methods.pruning import IMPORTANCES, NEEDS_GRADIENTS, structured_prune
 
 
 @dataclass
@@ -16,10 +15,13 @@ class L1Prune(Method):
 
     name = "l1_prune"
     settings = ("keep", "importance")
+    hints = {"finetune_epochs": "fine-tuning after pruning is method=l1_finetune"}
 
-    @classmethod
-    def from_config(cls, cfg: Any, scenario: str | None = None) -> "L1Prune":
-        return cls(keep=cfg.method.keep, importance=cfg.method.importance)
+    def check(self) -> None:
+        if not finite(self.keep) or not 0 < self.keep <= 1:
+            raise invalid("method.keep", self.keep, "a fraction in (0, 1]")
+        if self.importance not in IMPORTANCES:
+            raise invalid("method.importance", self.importance, f"one of {', '.join(IMPORTANCES)}")
 
     def pruned(self, problem: Problem):
         t = problem.data.train

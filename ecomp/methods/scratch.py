@@ -5,8 +5,8 @@ run's validation images. It asks whether the parent's knowledge is worth anythin
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
+from ecomp.errors import finite, invalid
 from ecomp.core.initialiser import pruned_width
 from ecomp.nets.parent import train
 from ecomp.methods.base import Method, Outcome, Problem
@@ -19,9 +19,9 @@ class Scratch(Method):
     name = "scratch"
     settings = ("keep",)
 
-    @classmethod
-    def from_config(cls, cfg: Any, scenario: str | None = None) -> "Scratch":
-        return cls(keep=cfg.method.keep)
+    def check(self) -> None:
+        if not finite(self.keep) or not 0 < self.keep <= 1:
+            raise invalid("method.keep", self.keep, "a fraction in (0, 1]")
 
     def run(self, problem: Problem) -> Outcome:
         arch = problem.recipe.arch                     # every prunable layer: neurons, channels

@@ -19,6 +19,7 @@ flat images ``(n, C*H*W)``, as every dataset here gives them; the module form st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
@@ -194,6 +195,40 @@ class ConvNet:
 
     def meta(self) -> dict[str, Any]:
         return {"kind": self.kind, "plan": self.plan.to_dict()}
+
+    def blueprint(self) -> ConvPlan:
+        return self.plan
+
+    def settings(self) -> dict[str, Any]:
+        stages = self.plan.stages
+        return {"kind": self.kind, "channels": [s.out for s in stages if s.kind == "conv"],
+                "hidden": [s.out for s in stages[:-1] if s.kind == "linear"], "input_dim": self.in_features,
+                "classes": self.classes}
+
+    @staticmethod
+    def blueprint_for(image: tuple[int, ...], classes: int, settings: Mapping[str, Any]) -> ConvPlan:
+        """``parent=cnn``'s plan on the data's images: LeNet-5's shape with the settings' sizes."""
+        return lenet5(tuple(image), settings.get("classes") or classes, tuple(settings["channels"]),
+                      settings["kernel"], tuple(settings.get("padding") or ()), settings["pool"],
+                      tuple(settings["hidden"]))
+
+    @staticmethod
+    def settings_problem(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+        """The first ``parent.*`` setting of a CNN the tool trains that is out of range, as
+        ``(key, value, allowed)``."""
+        channels = list(settings.get("channels") or [])
+        if not channels or any(c < 1 for c in channels):
+            return "parent.channels", channels, "a non-empty list of positive channel counts, e.g. [6, 16]"
+        kernel = settings.get("kernel")
+        if kernel is None or kernel < 1:
+            return "parent.kernel", kernel, "an integer >= 1 (the square kernel of every convolution)"
+        padding = list(settings.get("padding") or [])
+        if len(padding) > len(channels) or any(v < 0 for v in padding):
+            return "parent.padding", padding, f"at most {len(channels)} integers >= 0, one per convolution"
+        pool = settings.get("pool")
+        if pool is None or pool < 1:
+            return "parent.pool", pool, "an integer >= 1 (the max-pooling window after each convolution; 1 = none)"
+        return None
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], layers: Layers) -> "ConvNet":

@@ -8,13 +8,14 @@ of their own, to :func:`population_of`. Everything else asks the network.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ecomp.nets.conv_population import ConvPopulation
 from ecomp.nets.convnet import ConvNet
 from ecomp.nets.mlp import MLP
 from ecomp.nets.population import Population
-from ecomp.nets.structure import Layers, Structure
+from ecomp.nets.structure import Blueprint, Layers, Structure
 
 KINDS: dict[str, type] = {MLP.kind: MLP, ConvNet.kind: ConvNet}
 
@@ -41,3 +42,17 @@ def population_of(parent: Structure, members: list[Structure]) -> Population | C
     if parent.kind == MLP.kind:
         return Population.from_individuals([m.layers for m in members])
     return ConvPopulation(parent.plan, [m.layers for m in members])
+
+
+def blueprint_for(kind: str, image: tuple[int, ...], classes: int, settings: Mapping[str, Any]) -> Blueprint:
+    """The untrained network of kind ``kind`` that ``parent.*`` ``settings`` describe on images of
+    shape ``image`` with ``classes`` classes (a parent the tool trains)."""
+    return KINDS[kind].blueprint_for(image, classes, settings)
+
+
+def settings_problem(kind: str, settings: Mapping[str, Any], trained: bool) -> tuple[str, Any, str] | None:
+    """An unknown ``parent.kind``, or (for a parent the tool trains) the first of the kind's own
+    ``parent.*`` settings out of range, as ``(key, value, allowed)``; None when all is well."""
+    if kind not in KINDS:
+        return "parent.kind", kind, f"one of {', '.join(KINDS)}"
+    return KINDS[kind].settings_problem(settings) if trained else None

@@ -9,6 +9,8 @@ population of MLPs is packed for speed (:class:`ecomp.nets.population.Population
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +47,9 @@ class Architecture:
 
     def with_units(self, units: tuple[int, ...]) -> "Architecture":
         return Architecture(self.input_dim, tuple(units), self.classes)
+
+    def problems(self) -> str | None:
+        return None
 
     def build(self, batchnorm: bool = False) -> nn.Sequential:
         """``Flatten -> (Linear -> ReLU) * len(hidden) -> Linear`` (no BatchNorm in an MLP)."""
@@ -145,6 +150,24 @@ class MLP:
 
     def meta(self) -> dict[str, Any]:
         return {"kind": self.kind, **json.loads(architecture_of(self.layers).to_json())}
+
+    def blueprint(self) -> Architecture:
+        return architecture_of(self.layers)
+
+    def settings(self) -> dict[str, Any]:
+        return {"input_dim": self.in_features, "hidden": list(self.units), "classes": self.classes}
+
+    @staticmethod
+    def blueprint_for(image: tuple[int, ...], classes: int, settings: Mapping[str, Any]) -> Architecture:
+        """``parent=mlp``'s widths: ``parent.hidden`` between the image's features (or
+        ``parent.input_dim``) and its classes (or ``parent.classes``)."""
+        features = settings.get("input_dim") or math.prod(image)
+        return Architecture(features, tuple(settings["hidden"]), settings.get("classes") or classes)
+
+    @staticmethod
+    def settings_problem(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+        """Nothing beyond ``parent.hidden`` (checked for every kind) to check."""
+        return None
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], layers: Layers) -> "MLP":

@@ -70,6 +70,12 @@ class Structure(Protocol):
     def meta(self) -> dict[str, Any]:
         """The JSON description beside a saved state dict (``kind`` and the shape)."""
 
+    def blueprint(self) -> "Blueprint":
+        """This network's shape, untrained (what ``method=scratch`` retrains)."""
+
+    def settings(self) -> dict[str, Any]:
+        """The ``parent.*`` settings that describe this network (a checkpoint's, for the record)."""
+
 
 class Individuals(Protocol):
     """A population as the loop, the operators and the fitness see it. Two storages implement it:
@@ -114,6 +120,9 @@ class Blueprint(Protocol):
 
     def with_units(self, units: tuple[int, ...]) -> "Blueprint":
         """The same shape with ``units[l]`` units in prunable layer ``l``."""
+
+    def problems(self) -> str | None:
+        """Why a network of this shape cannot run (one phrase, naming the settings to change), or None."""
 
     def build(self, batchnorm: bool = False) -> nn.Module:
         """A freshly initialised module of this shape (flat images in, logits out)."""

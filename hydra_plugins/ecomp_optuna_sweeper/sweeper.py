@@ -196,9 +196,9 @@ class ECompOptunaSweeper(Sweeper):
         if self.storage:
             return self.storage
         from ecomp.app.provenance import repo_root
-        from ecomp.app.store import tracking_uri
+        from ecomp.app.spec import store_spec
 
-        uri = tracking_uri(self.config)
+        uri = store_spec(self.config).uri
         folder = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else repo_root() / "mlruns"
         return f"sqlite:///{folder / 'optuna.db'}"
 
@@ -276,10 +276,11 @@ class ECompOptunaSweeper(Sweeper):
         cfg = self.config
         if not cfg.tracking.enabled:
             return None
+        from ecomp.app.spec import store_spec
         from ecomp.app.store import prepare_store
         from ecomp.app.tracking import client_for
 
-        uri, exp_id = prepare_store(cfg)
+        uri, exp_id = prepare_store(store_spec(cfg))
         client = client_for(uri)
         found = client.search_runs([exp_id], f"tags.{TAG_STUDY} = '{name}' and tags.{TAG_ROLE} = 'study'",
                                    max_results=1)
@@ -309,10 +310,10 @@ class ECompOptunaSweeper(Sweeper):
             return
         from optuna.trial import TrialState
 
-        from ecomp.app.store import tracking_uri
+        from ecomp.app.spec import store_spec
         from ecomp.app.tracking import client_for
 
-        client = client_for(tracking_uri(self.config))
+        client = client_for(store_spec(self.config).uri)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         client.log_metric(run_id, "complete_trials", states.count(TrialState.COMPLETE))
         client.log_metric(run_id, "failed_trials", states.count(TrialState.FAIL))

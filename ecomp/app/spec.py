@@ -1,0 +1,169 @@
+"""The run specification: the composed config, read once, as frozen typed parts.
+
+An entry point (``run.py``, the sweep's set-up, the Optuna sweeper, a benchmark) composes the
+config with Hydra and calls :func:`build` once; everything below receives the :class:`RunSpec`
+(or one of its parts) and never the config. :func:`build` checks the config, reads what the
+config leaves to the data and to a checkpoint (the parent's shape), builds the method from its
+own settings and chooses the backend, all before anything is created; the composed config is
+never edited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from ecomp.app.caches import Caches
+from ecomp.app.config import config_hash, resolve_backend, used_config, validate
+from ecomp.app.provenance import repo_root
+from ecomp.core.fitness import Weights
+from ecomp.errors import invalid
+from ecomp.kernels.backend import Backend
+from ecomp.methods import Method, method_class
+from ecomp.nets.parent import TrainSpec
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str
+    root: Path
+    download: bool
+    train_size: int
+    val_size: int
+    test_size: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ParentSpec:
+    recipe: TrainSpec              # the shape (a blueprint) and how it is, or would be, trained
+    path: str | None               # a checkpoint's file; None: the tool trains ``recipe``
+    sha256: str | None             # the checkpoint's bytes
+    cache_dir: Path                # where the tool keeps the parents it trained
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """``tracking.*``, with the store's URI and artifact location resolved."""
+    enabled: bool
+    uri: str
+    experiment: str
+    artifact_location: str | None
+    skip_finished: bool
+    flush_every: int
+    timeout_s: float
+    log_model: bool
+    register_as: str | None
+    parent_run: str | None
+    tags: tuple[tuple[str, str], ...]      # extra (key, value) tags of the run (picklable: crosses processes)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    parent: ParentSpec
+    data: DataSpec
+    store: StoreSpec
+    method: Method
+    backend: Backend
+    seed: int
+    threads: int | None
+    progress: bool
+    config_hash: str
+    kernels_tag: str | None        # what the similarity ran on (a run's ``kernels`` tag), None if unread
+    config: Mapping[str, Any]      # the resolved config as plain values: logged as params and config.yaml
+
+    @property
+    def run_name(self) -> str:
+        return self.method.run_name(self.seed)
+
+    def params(self) -> dict[str, Any]:
+        """The config the method reads, flat (``fitness.w_acc``), for the run's parameters."""
+        return _flatten(used_config(_thaw(self.config), self.method.groups_unused))
+
+
+def data_spec(cfg: DictConfig) -> DataSpec:
+    d = cfg.data
+    root = Path(d.root) if d.root else repo_root() / "data"
+    return DataSpec(d.name, root, bool(d.download), int(d.train_size), int(d.val_size), int(d.test_size),
+                    int(d.batch_size))
+
+
+def store_spec(cfg: DictConfig) -> StoreSpec:
+    """``cfg.tracking`` with its store resolved (:mod:`ecomp.app.store`)."""
+    from ecomp.app.store import artifact_location
+    from ecomp.app.tracking import default_uri
+
+    t = cfg.tracking
+    uri = t.uri or default_uri(repo_root())
+    return StoreSpec(bool(t.enabled), uri, t.experiment, artifact_location(t.artifact_location, uri),
+                     bool(t.skip_finished), int(t.flush_every), float(t.timeout_s), bool(t.log_model), t.register_as,
+                     t.parent_run, tuple((str(k), str(v)) for k, v in (t.tags or {}).items()))
+
+
+def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = None) -> RunSpec:
+    """The run ``cfg`` describes; :class:`ConfigError` (one line) for anything out of range."""
+    from ecomp.app.parents import resolve_parent
+
+    caches = caches or Caches()
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data = data_spec(cfg)
+    parent, described = resolve_parent(config["parent"], data, caches)
+    config["parent"].update(described)                   # the parent as read: what is logged and hashed
+    depth = len(parent.recipe.arch.units)
+    layers = config["similarity"]["layers"]
+    if layers is not None and any(not 0 <= l < depth for l in layers):
+        raise invalid("similarity.layers", list(layers), f"prunable layer indices in [0, {depth - 1}]")
+    f = config["fitness"]
+    method_conf = {k: v for k, v in config["method"].items() if k != "_target_"}
+    method = method_class(config["method"]["_target_"]).from_settings(
+        method_conf, config, scenario or Weights(f["w_acc"], f["w_sim"], f["w_comp"]).scenario)
+    reads_similarity = "similarity" not in method.groups_unused
+    backend = resolve_backend(cfg.device, cfg.similarity.kernels, reads_similarity)
+    chash = config_hash(config, exclude=method.groups_unused,
+                        method={"name": method.name, **method.setting_values()},
+                        extra={"parent_sha256": parent.sha256} if parent.sha256 else None)
+    kernels = None
+    if reads_similarity and cfg.similarity.kernels is not None:
+        kernels = backend.kernels if cfg.evolution.evaluator == "fast" else "reference"
+    return RunSpec(parent=parent, data=data, store=store_spec(cfg), method=method, backend=backend,
+                   seed=int(cfg.seed), threads=cfg.threads, progress=bool(cfg.progress), config_hash=chash,
+                   kernels_tag=kernels,
+                   config=_freeze(config))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec's frozen config as ordinary dicts and lists (for YAML and JSON)."""
+    return _thaw(config)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+

@@ -1,0 +1,163 @@
+"""What every layer kind must do, tested on each kind in ``tests/kinds.py`` against references that
+do not use the kind's own rules: the initial population against the parent with the removed units
+masked, crossover against the single-cut rule written out per network, mutation, the evaluator
+against the per-network reference, sizes against torch's counter, files and an evolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecomp.core.evolution import EComp
+from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
+from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
+from ecomp.core.mutation import MutationSpec, mutate_
+from ecomp.core.recombination import draw_cuts, recombine
+from ecomp.core.selection import select_pairs
+from ecomp.measures.tsne import TSNE
+from ecomp.nets.checkpoint import read_checkpoint
+from ecomp.nets.network import load_network, save_network
+from ecomp.nets.sizes import counted_macs
+from ecomp.nets.structure import logits
+
+from kinds import FEATURES, KINDS
+
+KIND = pytest.mark.parametrize("kind", sorted(KINDS))
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def masked_logits(parent, keep: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The parent's module with every unit not in ``keep`` silenced after its ReLU: what the
+    pruned network must compute, found without the kind's pruning rules."""
+    model = parent.to_module()
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) == len(keep)
+    for relu, kept in zip(relus, keep):
+        def hook(_m, _i, out, kept=kept):
+            mask = torch.zeros(out.shape[1])
+            mask[kept] = 1
+            return out * mask.view(1, -1, *([1] * (out.dim() - 2)))
+        relu.register_forward_hook(hook)
+    with torch.no_grad():
+        return model(x)
+
+
+@KIND
+def test_the_initial_population_is_the_parent_with_its_smallest_l1_units_removed(kind):
+    parent = KINDS[kind]()
+    pop = l1_population(parent, 6, 0.9, 0.3)
+    x = torch.rand(20, FEATURES, generator=gen(1))
+    assert pop.size == 6 and pop.in_features == FEATURES and pop.classes == parent.classes
+    for i, ratio in enumerate(keep_ratios(6, 0.9, 0.3)):
+        keep = [torch.topk(w.abs().flatten(1).sum(1), pruned_width(w.shape[0], ratio)).indices.sort().values
+                for w, _ in parent.layers[:-1]]
+        net = pop.network(i)
+        assert net.kind == parent.kind and net.units == tuple(len(k) for k in keep) == pop.widths[i]
+        torch.testing.assert_close(logits(net, x), masked_logits(parent, keep, x), rtol=1e-5, atol=1e-5)
+
+
+@KIND
+def test_a_crossover_block_spans_the_inputs_its_units_feed(kind):
+    net = KINDS[kind]()
+    for layer in range(1, len(net.layers)):
+        for cut in range(1, net.units[layer - 1] + 1):
+            assert net.block_columns(layer, cut) == len(net.input_columns(layer, torch.arange(cut)))
+
+
+@KIND
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crossover_follows_the_single_cut_rule_written_out_per_network(kind, seed):
+    pop = l1_population(KINDS[kind](seed), 8, 1.0, 0.4)
+    pairs = select_pairs(torch.randn(8, generator=gen(seed)), gen(seed + 10))
+    before = [[(w.clone(), b.clone()) for w, b in pop.network(i).layers] for i in range(pop.size)]
+    cuts = draw_cuts(pop, pairs, gen(seed)).tolist()
+    shape = pop.network(0)
+    expected = []
+    for (a, b), cut in zip(pairs.tolist(), cuts):
+        for bulk, donor in ((b, a), (a, b)):
+            child = []
+            for l, ((w, bias), (dw, db)) in enumerate(zip(before[bulk], before[donor])):
+                c = cut[l]
+                cols = min(c, w.shape[1]) if l == 0 else shape.block_columns(l, c)
+                w, bias = w.clone(), bias.clone()
+                w[:c, :cols], bias[:c] = dw[:c, :cols], db[:c]
+                child.append((w, bias))
+            expected.append(child)
+    children = recombine(pop, pairs, gen(seed))
+    assert children.size == pop.size
+    for j, want in enumerate(expected):
+        got = children.network(j).layers
+        assert all(torch.equal(w, v) and torch.equal(b, c) for (w, b), (v, c) in zip(got, want)), j
+    for i in range(pop.size):                              # the parents are left alone
+        assert all(torch.equal(w, v) for (w, _), (v, _) in zip(pop.network(i).layers, before[i]))
+
+
+@KIND
+def test_mutation_scales_each_weight_of_the_chosen_and_nothing_else(kind):
+    pop = l1_population(KINDS[kind](), 6, 1.0, 0.5)
+    before = [[(w.clone(), b.clone()) for w, b in pop.network(i).layers] for i in range(pop.size)]
+    assert mutate_(pop, 0.0, 0.9, 1.1, gen(0)) == []
+    chosen = mutate_(pop, 0.5, 0.9, 1.1, gen(1))
+    assert 0 < len(chosen) < pop.size
+    for i in range(pop.size):
+        for (w, b), (w0, b0) in zip(pop.network(i).layers, before[i]):
+            assert torch.equal(b, b0)
+            if i not in chosen:
+                assert torch.equal(w, w0)
+                continue
+            ratio = w[w0 != 0] / w0[w0 != 0]
+            assert ((ratio > 0.9 - 1e-6) & (ratio < 1.1 + 1e-6)).all() and ratio.std() > 0
+
+
+@KIND
+def test_the_evaluator_equals_the_per_network_reference(kind):
+    parent = KINDS[kind]()
+    pop = l1_population(parent, 6, 0.9, 0.3)
+    g = gen(4)
+    batches = [(torch.rand(40, FEATURES, generator=g), torch.randint(0, parent.classes, (40,), generator=g))]
+    fast = Evaluator(parent, batches, TSNE(10.0)).evaluate(pop, 0)
+    ref = ReferenceEvaluator(parent, batches, TSNE(10.0)).evaluate(pop, 0)
+    torch.testing.assert_close(fast.accuracy, ref.accuracy)
+    torch.testing.assert_close(fast.compression, ref.compression)
+    torch.testing.assert_close(fast.similarity, ref.similarity, rtol=1e-3, atol=1e-4)
+
+
+@KIND
+@pytest.mark.parametrize("size", ["units", "params", "macs"])
+def test_sizes_are_the_counts_of_the_module(kind, size):
+    net = l1_population(KINDS[kind](), 2, 0.6, 0.6).network(0)
+    module = net.to_module()
+    counts = {"units": sum(net.units), "params": sum(p.numel() for p in module.parameters()),
+              "macs": counted_macs(net)}
+    assert net.size(size) == counts[size]
+
+
+@KIND
+def test_a_network_file_round_trips_and_reads_as_a_checkpoint(kind, tmp_path):
+    net = l1_population(KINDS[kind](), 2, 0.6, 0.6).network(1)
+    save_network(net, tmp_path / "best_network.pt", extra={"seed": 3})
+    for back in (load_network(tmp_path / "best_network.pt", expected=net.blueprint()),
+                 read_checkpoint(tmp_path / "best_network.pt")[0]):
+        assert back.kind == net.kind and back.units == net.units
+        assert all(torch.equal(w, v) and torch.equal(b, c) for (w, b), (v, c) in zip(back.layers, net.layers))
+    with pytest.raises(ValueError, match="expected"):
+        load_network(tmp_path / "best_network.pt", expected=KINDS[kind]().blueprint())
+
+
+@KIND
+def test_an_evolution_keeps_its_size_and_children_take_their_parents_shapes(kind):
+    parent = KINDS[kind]()
+    g = gen(5)
+    batches = [(torch.rand(20, FEATURES, generator=g), torch.randint(0, parent.classes, (20,), generator=g))
+               for _ in range(3)]
+    pop = l1_population(parent, 8, 0.9, 0.3)
+    shapes = set(pop.widths)
+    ecomp = EComp(Evaluator(parent, batches, TSNE(5.0)), Weights(1, 2, 1), MutationSpec(rate=0.5), gen(6))
+    records = list(ecomp.run(pop, epochs=2))
+    assert len(records) == 1 + 2 * len(batches) and ecomp.population.size == 8
+    assert set(ecomp.population.widths) <= shapes
+    best, mean = ecomp.pick_best()
+    assert ecomp.population.network(best).kind == parent.kind and torch.isfinite(mean).all()
