@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_layers
+from conftest import random_layers, random_mlp
 from ecomp.kernels import native
 from ecomp.core.initialiser import l1_population
 from ecomp.core.mutation import mutate_
@@ -17,7 +17,7 @@ from ecomp.kernels import c_library
 
 def tiny_population(seed: int = 0, size: int = 6, n_hidden: int = 2) -> Population:
     g = torch.Generator().manual_seed(seed)
-    parent = random_layers([12, *[8] * n_hidden, 3], g)
+    parent = random_mlp([12, *[8] * n_hidden, 3], g)
     return l1_population(parent, size, 1.0, 0.25)
 
 
@@ -159,8 +159,16 @@ def test_mutation_rate_zero_changes_nothing_and_rate_is_respected():
     pop = tiny_population(size=100)
     w = pop.first_w.clone()
     assert mutate_(pop, 0.0, 0.9, 1.1, gen(0)) == [] and torch.equal(w, pop.first_w)
-    n = sum(len(mutate_(tiny_population(size=100), 0.1, 0.9, 1.1, gen(s))) for s in range(20))
-    assert 120 < n < 280   # 2000 draws at rate 0.1
+    n = 0
+    for s in range(20):                          # 2000 draws at rate 0.1
+        pop = tiny_population(size=100)
+        before = [[w.clone() for w, _ in pop.individual(i)] for i in range(pop.size)]
+        chosen = mutate_(pop, 0.1, 0.9, 1.1, gen(s))
+        n += len(chosen)
+        for i in range(pop.size):                # the reported individuals changed, every weight; no other did
+            changed = [not torch.equal(w, w0) for (w, _), w0 in zip(pop.individual(i), before[i])]
+            assert all(changed) if i in chosen else not any(changed), (s, i)
+    assert 120 < n < 280
 
 
 def test_mutation_same_seed_same_result():
@@ -202,7 +210,7 @@ def test_native_recombine_rejects_bad_arguments_in_one_line():
 def uniform_population(size: int = 8, n_hidden: int = 2, seed: int = 0) -> Population:
     """``size`` networks of one architecture (6 units per hidden layer), all different."""
     g = gen(seed)
-    pop = l1_population(random_layers([12, *[8] * n_hidden, 3], g), size, 0.75, 0.75)
+    pop = l1_population(random_mlp([12, *[8] * n_hidden, 3], g), size, 0.75, 0.75)
     mutate_(pop, 1.0, 0.5, 1.5, g)
     return pop
 
@@ -335,7 +343,7 @@ def test_gather_recombination_equals_the_other_paths(n_hidden):
         a, b = pops["gather"], pops["slices"]
         assert a.widths == b.widths and torch.equal(a.first_w, b.first_w) and torch.equal(a.first_b, b.first_b)
         assert all(torch.equal(x, y) for x, y in zip(a.layer_w + a.layer_b, b.layer_w + b.layer_b))
-    uniform = l1_population(random_layers([12, *[8] * n_hidden, 3], gen(3)), 8, 0.75, 0.75)
+    uniform = l1_population(random_mlp([12, *[8] * n_hidden, 3], gen(3)), 8, 0.75, 0.75)
     stored = Population(uniform.widths, uniform.first_w, uniform.first_b, uniform.layer_w, uniform.layer_b,
                         slots=[3, 1, 0, 2, 7, 6, 5, 4])
     pairs = select_pairs(torch.randn(8, generator=gen(4)), gen(5))
