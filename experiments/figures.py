@@ -40,7 +40,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from ecomp.app.cli import check_overrides, fail  # noqa: E402
 from ecomp.app.config import TrackingConf  # noqa: E402
-from ecomp.app.tracking import client_for, default_uri  # noqa: E402
+from ecomp.app.store import client_for, default_uri  # noqa: E402
 from ecomp.errors import TrackingError  # noqa: E402
 from experiments.report_data import (SIZE_COLUMNS, SIZE_LABELS, SUMMARY_TAG, ReportError,  # noqa: E402
                                      grid_gaps, load_all_runs, load_history, paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,

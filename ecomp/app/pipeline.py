@@ -66,7 +66,8 @@ def run(spec: RunSpec, sweep: str | None = None, timer: PhaseTimer | None = None
     tracker = None
     if spec.store.enabled:
         from ecomp.app.reachable import check_reachable
-        from ecomp.app.tracking import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT, RunTracker
+        from ecomp.app.store import TAG_HASH, TAG_METHOD, TAG_SEED, TAG_SWEEP, TAG_VARIANT
+        from ecomp.app.tracking import RunTracker
 
         check_reachable(spec.store.uri, spec.store.timeout_s)        # fails in seconds, before any work
         commit = git_commit(repo_root())
@@ -99,7 +100,7 @@ def run(spec: RunSpec, sweep: str | None = None, timer: PhaseTimer | None = None
 
             tracker = TrackerProcess(run_name, tags, params, spec.store.flush_every)
 
-    from ecomp.app.tracking import SkipRun
+    from ecomp.app.store import SkipRun
 
     try:
         if tracker is not None:

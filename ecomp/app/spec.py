@@ -21,9 +21,10 @@ from ecomp.app.caches import Caches
 from ecomp.app.config import config_hash, resolve_backend, used_config, validate
 from ecomp.app.provenance import repo_root
 from ecomp.core.fitness import Weights
-from ecomp.errors import invalid
+from ecomp.errors import CheckpointError, ConfigError, invalid
 from ecomp.kernels.backend import Backend
 from ecomp.methods import Method, method_class
+from ecomp.nets.kinds import blueprint_for
 from ecomp.nets.parent import TrainSpec
 
 
@@ -94,8 +95,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 
 def store_spec(cfg: DictConfig) -> StoreSpec:
     """``cfg.tracking`` with its store resolved (:mod:`ecomp.app.store`)."""
-    from ecomp.app.store import artifact_location
-    from ecomp.app.tracking import default_uri
+    from ecomp.app.store import artifact_location, default_uri
 
     t = cfg.tracking
     uri = t.uri or default_uri(repo_root())
@@ -106,8 +106,6 @@ def store_spec(cfg: DictConfig) -> StoreSpec:
 
 def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = None) -> RunSpec:
     """The run ``cfg`` describes; :class:`ConfigError` (one line) for anything out of range."""
-    from ecomp.app.parents import resolve_parent
-
     caches = caches or Caches()
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -167,3 +165,31 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
             out[key] = v
     return out
 
+
+def resolve_parent(settings: Mapping[str, Any], data: DataSpec, caches: Caches) -> tuple[ParentSpec, dict[str, Any]]:
+    """The parent ``parent.*`` ``settings`` describe, and the settings it fills in: for a parent the
+    tool trains, ``input_dim`` and ``classes`` when null (the dataset's); for ``parent=checkpoint``
+    the shape read from the file, checked against the data. Raises :class:`ConfigError` (one line)
+    before anything is created."""
+    from ecomp.nets.checkpoint import check_fits
+    from ecomp.nets.datasets import info
+
+    ds, p = info(data.name), settings
+    cache_dir = Path(p["cache_dir"]) if p["cache_dir"] else repo_root() / ".cache" / "parents"
+    recipe = dict(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], seed=p["seed"])
+    if p["path"] is None:
+        blueprint = blueprint_for(p["kind"], ds.shape, ds.classes, p)
+        why = blueprint.problems()
+        if why:
+            raise ConfigError(f"parent={p['kind']} on data={ds.name} ({'x'.join(map(str, ds.shape))} images): {why}")
+        filled = {"input_dim": p["input_dim"] or ds.input_dim, "classes": p["classes"] or ds.classes}
+        spec = TrainSpec(blueprint, **recipe, batchnorm=bool(p["batchnorm"]))
+        return ParentSpec(spec, None, None, cache_dir), filled
+    net, sha = caches.checkpoint(p["path"])
+    where = f"parent.path={str(p['path'])!r}"
+    check_fits(net, where, ds.input_dim if p["input_dim"] is None else p["input_dim"],
+               ds.classes if p["classes"] is None else p["classes"], ds.name)
+    if len(net.in_shape) > 1 and tuple(net.in_shape) != tuple(ds.shape):
+        raise CheckpointError(f"{where}: the network takes {'x'.join(map(str, net.in_shape))} images but "
+                              f"data={ds.name} has {'x'.join(map(str, ds.shape))} images")
+    return ParentSpec(TrainSpec(net.blueprint(), **recipe), str(p["path"]), sha, cache_dir), net.settings()

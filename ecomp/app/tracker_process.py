@@ -43,7 +43,7 @@ def _portable(exc: BaseException, uri: str | None, what: str) -> BaseException:
     """``exc`` if this side can unpickle it without MLflow, else a one-line TrackingError."""
     if type(exc).__module__.split(".")[0] == "ecomp":
         return exc
-    from ecomp.app.tracking import store_error
+    from ecomp.app.store import store_error
 
     return store_error(uri, what, exc)
 
@@ -89,7 +89,7 @@ class TrackerProcess:
                 self._opened, self.run_id = True, answer[1]
             return answer[1]
         if answer[0] == "skip":
-            from ecomp.app.tracking import SkipRun
+            from ecomp.app.store import SkipRun
 
             self._opened = True
             raise SkipRun(SimpleNamespace(info=SimpleNamespace(run_id=answer[1]), data=SimpleNamespace(metrics=answer[2])))
@@ -234,7 +234,8 @@ class Helper:
         self.answer("ok", None)
 
     def open(self, store, chash, sweep, run_name, tags, params, flush_every) -> None:
-        from ecomp.app.tracking import RunTracker, SkipRun
+        from ecomp.app.store import SkipRun
+        from ecomp.app.tracking import RunTracker
 
         _lowest_priority()                 # again: the last run's wait may have raised it
         # MLflow names a logged model's source ("Logged from") after the process's main file:

@@ -1,93 +1,27 @@
 """MLflow tracking: one run per compression run (EComp or a baseline), metrics buffered and sent in batches.
 
-Only this module, ``pipeline`` and the experiment scripts import MLflow.
+The tracker calls the store (:mod:`ecomp.app.store`: opening it, its defaults, finding a config's
+runs), never the reverse. MLflow is imported by the store, this module, the tracking helper
+process and the experiment scripts, each when it is first needed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ecomp.app.store import client_for, open_run, store_error
 from ecomp.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
-# MLflow settings EComp changes unless the user set them: fail fast on an unreachable server
-# instead of MLflow's minutes of retries, and no usage telemetry (the tool runs offline; MLflow's
-# telemetry would try the network in the background and at exit).
-MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-                   "MLFLOW_DISABLE_TELEMETRY": "true"}
-
-
-def mlflow_defaults() -> None:
-    """Applied before MLflow is first imported by a run (not at this module's import)."""
-    for key, value in MLFLOW_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
 # The logged model's code (MLflow's models from code): passed by path, never imported here.
 NETWORK_MODEL = Path(__file__).with_name("network_model.py")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
-TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
-TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
-# MLflow's UI opens an experiment with this tag in its model-training view (runs), not GenAI's traces.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-
-
-def default_uri(root: Path) -> str:
-    return f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
-
-
-def default_artifact_location(root: Path) -> str:
-    return (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
-
-
-def client_for(uri: str):
-    """A client of ``uri``, which also becomes the process's fluent tracking URI: nothing this
-    process does with MLflow afterwards can fall back to MLflow's default store (a
-    ``mlflow.db`` in the working directory)."""
-    mlflow_defaults()
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(uri)
-    # A failing database call is raised to the run, which reports it in one line (TrackingError):
-    # not also logged by MLflow, traceback and all.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    return MlflowClient(tracking_uri=uri)
-
-
-def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
-    """Create the store and the experiment if missing; return the experiment id (race-safe)."""
-    from mlflow.exceptions import MlflowException
-
-    client = client_for(uri)
-    for _ in range(5):
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage != "active":
-                raise TrackingError(f"tracking.experiment={name!r} is deleted in {uri}; restore it or pick another name")
-            if not any(k in exp.tags for k in EXPERIMENT_KIND):       # created before the tag was set
-                for k, v in EXPERIMENT_KIND.items():
-                    client.set_experiment_tag(exp.experiment_id, k, v)
-            return exp.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
-        except MlflowException:   # another job created it first
-            time.sleep(0.2)
-    raise TrackingError(f"tracking.experiment={name!r}: cannot be created in {uri}")
-
-
-def find_runs(client, experiment_id: str, config_hash: str, status: str) -> list:
-    return client.search_runs([experiment_id], f"tags.{TAG_HASH} = '{config_hash}' and attributes.status = '{status}'",
-                              max_results=100)
-
 
 def _ensure_registered_model(client, name: str) -> None:
     """Create registered model ``name`` unless it exists (parallel jobs may race to create it)."""
@@ -115,12 +49,6 @@ def unique_violation(exc: Exception) -> bool:
     return any(m in str(exc) for m in UNIQUE_MESSAGES)
 
 
-def store_error(uri: str | None, what: str, exc: BaseException) -> TrackingError:
-    """One line for a failed call to the store: its URI, what failed, and why (the first 300 characters)."""
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return TrackingError(f"tracking.uri={uri!r}: {what} failed ({reason[:300]})")
-
-
 def keep_locally(error: TrackingError, files: Path, metrics: dict[str, float],
                  history: list[dict[str, float]]) -> TrackingError:
     """The store failed: copy the run's ``files`` (network, config) and write its ``metrics.json``
@@ -141,14 +69,6 @@ def keep_locally(error: TrackingError, files: Path, metrics: dict[str, float],
     except OSError as exc:
         return TrackingError(f"{error}; the run's results could not be saved locally either ({exc})")
     return TrackingError(f"{error}; the run's network and metrics are saved in {folder}")
-
-
-class SkipRun(Exception):
-    """This config already has a FINISHED run (``run``): the work is not done again."""
-
-    def __init__(self, run):
-        super().__init__(run.info.run_id)
-        self.run = run
 
 
 class RunTracker:
@@ -188,8 +108,6 @@ class RunTracker:
     def open(self, store, config_hash: str, sweep: str | None) -> None:
         """Open the store (a :class:`ecomp.app.spec.StoreSpec`), close this config's stale runs, stop if it has a FINISHED one, then
         :meth:`create` the run (:func:`ecomp.app.store.open_run`)."""
-        from ecomp.app.store import open_run
-
         open_run(store, self, config_hash, sweep)
 
     def create(self, uri: str, experiment_id: str) -> None:

@@ -278,7 +278,7 @@ class ECompOptunaSweeper(Sweeper):
             return None
         from ecomp.app.spec import store_spec
         from ecomp.app.store import prepare_store
-        from ecomp.app.tracking import client_for
+        from ecomp.app.store import client_for
 
         uri, exp_id = prepare_store(store_spec(cfg))
         client = client_for(uri)
@@ -311,7 +311,7 @@ class ECompOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from ecomp.app.spec import store_spec
-        from ecomp.app.tracking import client_for
+        from ecomp.app.store import client_for
 
         client = client_for(store_spec(self.config).uri)
         states = [t.state for t in study.get_trials(deepcopy=False)]
