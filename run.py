@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 
 from ecomp.app.caches import Caches
 from ecomp.app.callbacks import record_failure
-from ecomp.app.cli import check_composition, check_overrides, fail
+from ecomp.app.cli import check_composition, check_overrides, check_parent_choice, fail
 from ecomp.app.config import register_configs
-from ecomp.errors import ConfigError, EcompError
+from ecomp.errors import EcompError
 from ecomp.app.credentials import take_passwords
 from ecomp.app.pipeline import run_experiment, scenario_name
 
@@ -29,9 +29,7 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
     hc = HydraConfig.get()
     sweep = hc.sweep.dir if hc.mode.name == "MULTIRUN" else None
     try:
-        if hc.runtime.choices.get("parent") == "checkpoint" and cfg.parent.path is None:
-            raise ConfigError("invalid config: parent.path=None: missing: parent=checkpoint reads your network "
-                              "from parent.path=<file.pt or .pt2>")
+        check_parent_choice(hc.runtime.choices.get("parent"), cfg)
         result = run_experiment(cfg, scenario=scenario(cfg, hc.runtime.choices.get("fitness")), sweep=sweep,
                                 caches=CACHES)
     except EcompError as exc:

@@ -65,22 +65,68 @@ CASES = [
 ]
 
 
+# The refusals each checked end to end through run.py as well (one per kind of check: the range
+# checks, a method's own keys at composition, the checkpoint reader, the store's reachability).
+THROUGH_RUN_PY = ("population.size=7", "method=l1_prune method.finetune_epochs=1",
+                  "parent=checkpoint parent.path=/nonexistent/model.pt", "tracking.uri=http://127.0.0.1:9")
+
+
+def refusal(argv: list[str], capsys) -> list[str]:
+    """What run.py prints to stderr for ``argv`` before its run starts, computed in this process by
+    the same calls in the same order: the overrides' options, the composition, the run
+    specification (:func:`ecomp.app.spec.build`), the store's reachability."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from ecomp.app.cli import CONF_DIR, check_composition, check_overrides, check_parent_choice, fail
+    from ecomp.app.config import register_configs
+    from ecomp.app.reachable import check_reachable
+    from ecomp.app.spec import build
+    from ecomp.errors import EcompError
+
+    register_configs()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        argv = check_overrides(argv)
+        check_composition(argv)
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=argv, return_hydra_config=True)
+        choice = cfg.hydra.runtime.choices.get("parent")
+        with open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            check_parent_choice(choice, cfg)
+            spec = build(cfg)
+            if spec.store.enabled:
+                check_reachable(spec.store.uri, spec.store.timeout_s)
+        except EcompError as exc:
+            fail(str(exc))
+    assert exit_.value.code == 2
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
 @pytest.mark.parametrize("overrides,needle", CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_bad_config_fails_in_one_line_before_any_run(overrides, needle, tmp_path, parent_cache):
+def test_bad_config_fails_in_one_line_before_any_run(overrides, needle, tmp_path, parent_cache, capsys):
     import torch
 
     if overrides == ["device=cuda"] and torch.cuda.is_available():
         pytest.skip("a GPU is present: device=cuda is valid here")
     db = tmp_path / "mlflow.db"
-    proc = run_cli("run.py", *TINY, f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{db}",
-                   f"hydra.run.dir={tmp_path / 'out'}", *overrides, timeout=60)
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
+    lines = refusal([*TINY, f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{db}", *overrides], capsys)
+    assert len(lines) == 1, lines
     assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
     # nothing was created: no store (so no run, RUNNING or otherwise), no parent trained
     if "tracking.uri" not in " ".join(overrides):
         assert not db.exists()
+    if " ".join(overrides) in THROUGH_RUN_PY:               # and as a user meets it
+        proc = run_cli("run.py", *TINY, f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{db}",
+                       f"hydra.run.dir={tmp_path / 'out'}", *overrides, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == lines, proc.stderr
+        assert "tracking.uri" in " ".join(overrides) or not db.exists()
+
+
+def test_every_run_py_case_is_a_case():
+    assert set(THROUGH_RUN_PY) <= {" ".join(c[0]) for c in CASES}
 
 
 def test_typo_in_key_fails_at_composition(tmp_path):
@@ -173,6 +219,7 @@ def test_config_hash_of_existing_runs_is_unchanged():
     when keys are added: these are the hashes the paper's default run and a default baseline were
     recorded with before the checkpoint, dataset and compression keys existed."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
     from ecomp.app.cli import CONF_DIR, check_overrides
     from ecomp.app.config import register_configs

@@ -66,6 +66,16 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     return out
 
 
+def check_parent_choice(choice: str | None, cfg) -> None:
+    """``parent=checkpoint`` needs ``parent.path`` (the other keys may hold a trained parent's widths
+    from the command line, so the config alone cannot tell): :class:`ConfigError` without it."""
+    from ecomp.errors import ConfigError
+
+    if choice == "checkpoint" and cfg.parent.path is None:
+        raise ConfigError("invalid config: parent.path=None: missing: parent=checkpoint reads your network "
+                          "from parent.path=<file.pt or .pt2>")
+
+
 def _unknown_method_setting(key: str, overrides: list[str], conf_dir: Path, config_name: str) -> None:
     """Fail with the method's own line for ``method.<key>``, a setting its method does not read
     (its YAML has no such key): which settings it has, and where the setting lives if elsewhere."""
