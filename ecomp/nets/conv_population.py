@@ -45,8 +45,7 @@ class ConvPopulation:
 
     @property
     def in_features(self) -> int:
-        c, h, w = self.plan.in_shape
-        return c * h * w
+        return self.plan.features
 
     @property
     def uniform(self) -> bool:

@@ -55,6 +55,12 @@ class ConvPlan:
         return self.stages[-1].out
 
     @property
+    def features(self) -> int:
+        """Features of one flat input image (``C x H x W``)."""
+        c, h, w = self.in_shape
+        return c * h * w
+
+    @property
     def units(self) -> tuple[int, ...]:
         """Units of every prunable stage (all but the classifier)."""
         return tuple(s.out for s in self.stages[:-1])
@@ -152,8 +158,7 @@ class ConvNet:
 
     @property
     def in_features(self) -> int:
-        c, h, w = self.plan.in_shape
-        return c * h * w
+        return self.plan.features
 
     @property
     def in_shape(self) -> tuple[int, ...]:
