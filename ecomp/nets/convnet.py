@@ -85,14 +85,23 @@ class ConvPlan:
 
     def flat_size(self) -> int:
         """Pixels per channel that reach the first linear stage (after the last conv's pooling)."""
-        c, h, w = self.in_shape
-        for s in self.stages:
+        _, h, w = self.in_shape
+        for s, (_, mh, mw) in zip(self.stages, self.maps()):
             if s.kind == "linear":
-                return h * w
-            h = (h + 2 * s.padding - s.kernel) // s.stride + 1
-            w = (w + 2 * s.padding - s.kernel) // s.stride + 1
-            h, w = h // s.pool_size, w // s.pool_size
+                break
+            h, w = mh // s.pool_size, mw // s.pool_size
         return h * w
+
+    def inputs(self) -> list[int]:
+        """Per stage: its weight's inputs (second dimension): a convolution's input channels, a
+        linear stage's features (the flattened maps for the first one after a convolution)."""
+        out, c_in, flattened = [], self.in_shape[0], False
+        for s in self.stages:
+            if s.kind == "linear" and not flattened:
+                c_in, flattened = c_in * self.flat_size(), True
+            out.append(c_in)
+            c_in = s.out
+        return out
 
     def problems(self) -> str | None:
         """Why this plan cannot run (one phrase), or None."""
@@ -101,16 +110,13 @@ class ConvPlan:
         kinds = [s.kind for s in self.stages]
         if "conv" in kinds[kinds.index("linear"):]:
             return "a convolution after a Linear layer is not supported"
-        c, h, w = self.in_shape
-        for i, s in enumerate(self.stages):
+        for i, (s, (_, h, w)) in enumerate(zip(self.stages, self.maps())):
             if s.kind != "conv":
                 continue
-            h, w = (h + 2 * s.padding - s.kernel) // s.stride + 1, (w + 2 * s.padding - s.kernel) // s.stride + 1
             if h < 1 or w < 1:
                 return f"layer {i} (conv, kernel {s.kernel}) shrinks the image below 1 pixel"
             if s.pool and (h // s.pool_size < 1 or w // s.pool_size < 1):
                 return f"the {s.pool_size}x{s.pool_size} pooling after layer {i} shrinks the {h}x{w} image below 1 pixel"
-            h, w = h // s.pool_size, w // s.pool_size
         return None
 
     def to_dict(self) -> dict:
@@ -255,24 +261,21 @@ def lenet5(in_shape: tuple[int, int, int], classes: int, channels=(6, 16), kerne
 def build_module(plan: ConvPlan, batchnorm: bool = False) -> nn.Sequential:
     """``Unflatten -> (Conv [-> BN] -> ReLU [-> Pool])* -> Flatten -> (Linear -> ReLU)* -> Linear``."""
     mods: list[nn.Module] = [nn.Unflatten(1, plan.in_shape)]
-    c_in, flat = plan.in_shape[0], plan.flat_size()
     flattened = False
-    for i, s in enumerate(plan.stages):
-        last = i == len(plan.stages) - 1
+    for i, (s, n_in) in enumerate(zip(plan.stages, plan.inputs())):
         if s.kind == "conv":
-            mods.append(nn.Conv2d(c_in, s.out, s.kernel, s.stride, s.padding))
+            mods.append(nn.Conv2d(n_in, s.out, s.kernel, s.stride, s.padding))
             if batchnorm:
                 mods.append(nn.BatchNorm2d(s.out))
         else:
             if not flattened:
                 mods.append(nn.Flatten())
-                c_in, flattened = c_in * flat, True
-            mods.append(nn.Linear(c_in, s.out))
-        if not last:
+                flattened = True
+            mods.append(nn.Linear(n_in, s.out))
+        if i < len(plan.stages) - 1:
             mods.append(nn.ReLU())
             if s.pool:
                 mods.append((nn.MaxPool2d if s.pool == "max" else nn.AvgPool2d)(s.pool_size))
-        c_in = s.out
     return nn.Sequential(*mods)
 
 
@@ -366,17 +369,8 @@ def run(net: ConvNet, x: Tensor, features: str | None = None) -> tuple[Tensor, l
 
 def macs(plan: ConvPlan) -> int:
     """Multiply-accumulates of one image's forward pass (convolutions and linear layers)."""
-    total, c_in, flat = 0, plan.in_shape[0], plan.flat_size()
-    flattened = False
-    for s, (c, h, w) in zip(plan.stages, plan.maps()):
-        if s.kind == "conv":
-            total += s.out * c_in * s.kernel * s.kernel * h * w
-        else:
-            if not flattened:
-                c_in, flattened = c_in * flat, True
-            total += s.out * c_in
-        c_in = s.out
-    return total
+    return sum(s.out * n_in * (s.kernel * s.kernel * h * w if s.kind == "conv" else 1)
+               for s, n_in, (_, h, w) in zip(plan.stages, plan.inputs(), plan.maps()))
 
 
 def plan_size(plan: ConvPlan, kind: str) -> int:
@@ -391,14 +385,5 @@ def plan_size(plan: ConvPlan, kind: str) -> int:
 
 
 def params(plan: ConvPlan) -> int:
-    total, c_in, flat = 0, plan.in_shape[0], plan.flat_size()
-    flattened = False
-    for s in plan.stages:
-        if s.kind == "conv":
-            total += s.out * (c_in * s.kernel * s.kernel + 1)
-        else:
-            if not flattened:
-                c_in, flattened = c_in * flat, True
-            total += s.out * (c_in + 1)
-        c_in = s.out
-    return total
+    return sum(s.out * (n_in * (s.kernel * s.kernel if s.kind == "conv" else 1) + 1)
+               for s, n_in in zip(plan.stages, plan.inputs()))

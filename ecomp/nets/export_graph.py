@@ -49,16 +49,8 @@ def pair(w: Tensor, b: Tensor, label: str, where: str) -> tuple[Tensor, Tensor]:
 
 def shapes(plan: ConvPlan) -> list[tuple[tuple[int, ...], tuple[int]]]:
     """The ``(weight, bias)`` shapes of every layer of ``plan``."""
-    out, c_in, flat, flattened = [], plan.in_shape[0], plan.flat_size(), False
-    for s in plan.stages:
-        if s.kind == "conv":
-            out.append(((s.out, c_in, s.kernel, s.kernel), (s.out,)))
-        else:
-            if not flattened:
-                c_in, flattened = c_in * flat, True
-            out.append(((s.out, c_in), (s.out,)))
-        c_in = s.out
-    return out
+    return [((s.out, n_in, s.kernel, s.kernel) if s.kind == "conv" else (s.out, n_in), (s.out,))
+            for s, n_in in zip(plan.stages, plan.inputs())]
 
 
 @dataclass
