@@ -121,14 +121,12 @@ def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):
             torch.testing.assert_close(distances(b), distances(a), rtol=1e-4, atol=1e-3)
 
 
-def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):
-    """With a budget below one individual's maps, every stage runs one individual at a time (and
-    computes what the unbounded pass does)."""
-    plan = convnet.lenet5((1, 28, 28), 10)
-    pop = l1_population(random_net(plan), 6, 0.9, 0.3)
-    x = torch.rand(10, 784)
-    whole = conv_forward.forward_grouped(pop, x)[0]
-    first, later, seen = conv_forward._first_stage, conv_forward._later, {"first": [], "later": []}
+def chunked_pass(monkeypatch, pop: ConvPopulation, x: torch.Tensor, budget: int):
+    """``forward_grouped(pop, x)`` under a budget of ``budget`` floats, watched: the individuals
+    of each first-stage chunk, of each later-stage chunk, and the floats of every convolution's
+    output (the widest activations: the ReLU and pooling run on each)."""
+    first, later, relu_pool = conv_forward._first_stage, conv_forward._later, conv_forward._relu_pool
+    seen: dict[str, list[int]] = {"first": [], "later": [], "conv": []}
 
     def first_spy(*args):
         out = first(*args)
@@ -139,11 +137,50 @@ def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):
         seen["later"].append(len(members))
         return later(pop_, members, h, features)
 
-    monkeypatch.setattr(conv_forward, "_first_stage", first_spy)
-    monkeypatch.setattr(conv_forward, "_later", later_spy)
-    monkeypatch.setattr(conv_forward, "MAX_ELEMENTS", 10_000)      # less than one individual's maps
-    torch.testing.assert_close(conv_forward.forward_grouped(pop, x)[0], whole)
-    assert seen["first"] == [1] * pop.size and seen["later"] == [1] * pop.size
+    def relu_pool_spy(plan, l, h):
+        if plan.stages[l].kind == "conv":
+            seen["conv"].append(h.numel())
+        return relu_pool(plan, l, h)
+
+    with monkeypatch.context() as m:
+        m.setattr(conv_forward, "_first_stage", first_spy)
+        m.setattr(conv_forward, "_later", later_spy)
+        m.setattr(conv_forward, "_relu_pool", relu_pool_spy)
+        m.setattr(conv_forward, "MAX_ELEMENTS", budget)
+        return conv_forward.forward_grouped(pop, x), seen
+
+
+def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):
+    """No convolution's output holds more than ``MAX_ELEMENTS`` floats: the individuals run in
+    several chunks at the first stage and, within one architecture, at the later stages; below
+    one individual's maps, one individual at a time. The results are the unbounded pass's."""
+    # no pooling, so the second convolution's maps are the widest: the later stages' chunks count
+    plan = convnet.lenet5((1, 28, 28), 10, channels=(4, 8), kernel=3, padding=(1, 1), pool=1, hidden=(16,))
+    # two architectures of four individuals each, interleaved, every individual its own weights
+    pop = ConvPopulation(plan, [l1_population(random_net(plan, seed), 1, keep, keep).members[0]
+                                for seed, keep in enumerate([0.7, 0.4] * 4)])
+    assert [len(run) for run in pop.groups().values()] == [4, 4]
+    x = torch.rand(10, 784)
+    whole_logits, whole_hidden = conv_forward.forward_grouped(pop, x)
+
+    def same_as_whole(result):
+        logits, hidden = result
+        torch.testing.assert_close(logits, whole_logits)
+        for layer_whole, layer_chunked in zip(whole_hidden, hidden, strict=True):
+            for a, b in zip(layer_whole, layer_chunked, strict=True):
+                torch.testing.assert_close(b, a)
+
+    widest = max(u * h * w for units in pop.widths for (u, h, w) in plan.with_units(units).maps()[:-1])
+    budget = 2 * widest * x.shape[0]                                # two individuals' widest maps
+    result, seen = chunked_pass(monkeypatch, pop, x, budget)
+    same_as_whole(result)
+    assert seen["conv"] and max(seen["conv"]) <= budget, (seen["conv"], budget)
+    assert sum(seen["first"]) == sum(seen["later"]) == pop.size
+    assert len(seen["first"]) > 1 and len(seen["later"]) > len(pop.groups()), seen
+
+    result, seen = chunked_pass(monkeypatch, pop, x, 1_000)      # less than one individual's maps
+    same_as_whole(result)
+    assert seen["first"] == [1] * pop.size and seen["later"] == [1] * pop.size, seen
 
 
 # -- the baselines ------------------------------------------------------------------------------

@@ -157,17 +157,25 @@ def test_mutation_scales_weights_within_range_and_not_biases():
 
 def test_mutation_rate_zero_changes_nothing_and_rate_is_respected():
     pop = tiny_population(size=100)
-    w = pop.first_w.clone()
-    assert mutate_(pop, 0.0, 0.9, 1.1, gen(0)) == [] and torch.equal(w, pop.first_w)
+    weights = [t.clone() for t in (pop.first_w, *pop.layer_w)]
+    assert mutate_(pop, 0.0, 0.9, 1.1, gen(0)) == []
+    assert all(torch.equal(a, b) for a, b in zip(weights, (pop.first_w, *pop.layer_w), strict=True))
     n = 0
     for s in range(20):                          # 2000 draws at rate 0.1
         pop = tiny_population(size=100)
-        before = [[w.clone() for w, _ in pop.individual(i)] for i in range(pop.size)]
+        before = [[(w.clone(), b.clone()) for w, b in pop.individual(i)] for i in range(pop.size)]
         chosen = mutate_(pop, 0.1, 0.9, 1.1, gen(s))
         n += len(chosen)
-        for i in range(pop.size):                # the reported individuals changed, every weight; no other did
-            changed = [not torch.equal(w, w0) for (w, _), w0 in zip(pop.individual(i), before[i])]
-            assert all(changed) if i in chosen else not any(changed), (s, i)
+        for i in range(pop.size):
+            for (w, b), (w0, b0) in zip(pop.individual(i), before[i], strict=True):
+                assert torch.equal(b, b0), (s, i)                  # biases are never mutated
+                if i not in chosen:                                # nor is an individual not reported
+                    assert torch.equal(w, w0), (s, i)
+                    continue
+                # every layer of a reported individual: its weights scaled by factors in [0.9, 1.1], not all 1
+                factor = w[w0 != 0] / w0[w0 != 0]
+                assert factor.numel() > 0 and not torch.all(factor == 1), (s, i)
+                assert 0.9 - 1e-5 <= float(factor.min()) and float(factor.max()) <= 1.1 + 1e-5, (s, i)
     assert 120 < n < 280
 
 

@@ -26,12 +26,11 @@ def mlflow_defaults() -> None:
     for key, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
+
 TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed", "sweep"
 TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
 # MLflow's UI opens an experiment with this tag in its model-training view (runs), not GenAI's traces.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
 
 
 def default_uri(root: Path) -> str:
@@ -119,7 +118,7 @@ def prepare_store(store) -> tuple[str, str]:
 
 def open_run(store, tracker, chash: str, sweep: str | None) -> None:
     """Open the store, close this config's runs left RUNNING by a killed process, stop if it has a
-    FINISHED run (:class:`ecomp.app.tracking.SkipRun`, unless ``tracking.skip_finished=false``), else
+    FINISHED run (:class:`SkipRun`, unless ``tracking.skip_finished=false``), else
     create the run (a child of its sweep's parent run, when it has one)."""
     mlflow_defaults()
     from ecomp.app.sweep_runs import sweep_run_id

@@ -75,7 +75,7 @@ class RunTracker:
     """Context manager around one MLflow run, its calls to the store made on the caller's thread.
 
     :meth:`open` opens the store, looks for this config's runs, then creates the run (:meth:`create`);
-    if it finds a FINISHED run it raises :class:`SkipRun`. A fresh
+    if it finds a FINISHED run it raises :class:`ecomp.app.store.SkipRun`. A fresh
     ``run.py`` process does not use this class itself: :class:`ecomp.app.tracker_process.TrackerProcess`
     runs one in a helper process, beside the computation.
 
