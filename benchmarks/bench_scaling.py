@@ -110,6 +110,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     from ecomp.core.fitness import Evaluator, Weights
     from ecomp.core.initialiser import l1_population
     from ecomp.kernels.runtime import keep_freed_memory
+    from ecomp.nets.mlp import MLP
     from ecomp.timing import PhaseTimer
 
     keep_freed_memory()                                      # as run_experiment does
@@ -130,7 +131,7 @@ def run_point(population: int, width: int, depth: int, batch: int, warmup: int, 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     batches = [(x[s:s + batch].to(dev), y[s:s + batch].to(dev)) for s in range(0, x.shape[0], batch)]
-    parent = [(w.to(dev), b.to(dev)) for w, b in random_parent(width, depth, seed)]
+    parent = MLP([(w.to(dev), b.to(dev)) for w, b in random_parent(width, depth, seed)])
     timer = PhaseTimer(resolve(device).synchronize)          # synchronises a GPU at every phase boundary
     ev = Evaluator(parent, batches, TSNE(backend=resolve(device)), timer=timer)
     ecomp = EComp(ev, Weights(1, 2, 1), MutationSpec(), g, timer)

@@ -131,7 +131,7 @@ def test_users_lenet_300_100_is_compressed_by_ecomp_and_a_baseline(tmp_path, mak
     model = fit(lenet(), train.x[:6000], train.y[:6000], 1, 1e-3, 100, torch.Generator().manual_seed(0))
     path = tmp_path / "lenet.pt"
     torch.save(model.state_dict(), path)
-    expected = accuracy(layers_of(model), test.x[:1000], test.y[:1000])
+    expected = accuracy(MLP(layers_of(model)), test.x[:1000], test.y[:1000])
     assert data_spec(cfg0).root.exists()
 
     ecomp = run_experiment(make_cfg("parent=checkpoint", f"parent.path={path}", "fitness.compression=params"))

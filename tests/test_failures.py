@@ -212,10 +212,11 @@ def test_a_run_whose_process_is_killed_is_ended_killed_by_its_tracking_process(p
     out-of-memory killer picks it): the helper reads the end of its input and ends the run KILLED."""
     db = tmp_path / "store" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    # Ten passes over the data (3001 generations, 20-30 s), one torch thread: the other core lets the
-    # helper (at the lowest priority) stream the generations once it has opened the store.
-    total = 10 * (GENERATIONS - 1) + 1
-    run = popen_run([*LONG, "evolution.epochs=10", "threads=1", f"parent.cache_dir={parent_cache}",
+    # Thirty passes over the data (9001 generations, about 55 s of computing here), one torch thread:
+    # the other core lets the helper (at the lowest priority) stream the generations once it has
+    # opened the store, and the computation is still far from done when the store holds a few.
+    total = 30 * (GENERATIONS - 1) + 1
+    run = popen_run([*LONG, "evolution.epochs=30", "threads=1", f"parent.cache_dir={parent_cache}",
                      f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"], tmp_path / "run", tmp_path / "cwd")
     try:
         until(lambda: steps_logged(db) >= 3, run, tmp_path / "run", "3 generations in the store")

@@ -108,7 +108,8 @@ def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = 
     """The run ``cfg`` describes; :class:`ConfigError` (one line) for anything out of range."""
     caches = caches or Caches()
     validate(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    # the run's own keys: a sweep's set-up hands in configs that still hold Hydra's node
+    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     data = data_spec(cfg)
     parent, described = resolve_parent(config["parent"], data, caches)
     config["parent"].update(described)                   # the parent as read: what is logged and hashed
