@@ -20,13 +20,6 @@ from ecomp.nets.structure import Blueprint, Layers, Structure
 KINDS: dict[str, type] = {MLP.kind: MLP, ConvNet.kind: ConvNet}
 
 
-def as_structure(net: Structure | Layers) -> Structure:
-    """``net`` itself, or plain ``(weight, bias)`` pairs of linear layers as an :class:`MLP`."""
-    if isinstance(net, list):
-        return MLP(net)
-    return net
-
-
 def from_meta(meta: dict[str, Any], layers: Layers) -> Structure:
     """The network a saved state dict's ``layers`` and its ``.json`` description hold (a file
     without ``kind`` is an MLP's, as the tool wrote them first); ``ValueError`` if they do not fit."""
