@@ -121,39 +121,46 @@ def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):
             torch.testing.assert_close(distances(b), distances(a), rtol=1e-4, atol=1e-3)
 
 
-def chunked_pass(monkeypatch, pop: ConvPopulation, x: torch.Tensor, budget: int):
-    """``forward_grouped(pop, x)`` under a budget of ``budget`` floats, watched: the individuals
-    of each first-stage chunk, of each later-stage chunk, and the floats of every convolution's
-    output (the widest activations: the ReLU and pooling run on each)."""
+def chunked_pass(monkeypatch, pop: ConvPopulation, x: torch.Tensor, budget: int, block: int | None = None):
+    """``forward_grouped(pop, x)`` under a budget of ``budget`` floats (``block`` for a block of
+    the first convolution; default the same), watched: the individuals
+    of each first-stage chunk, of each later-stage chunk, the floats of every convolution's
+    output (the widest activations: the ReLU and pooling run on each) and the images of each
+    block of the first convolution."""
     first, later, relu_pool = conv_forward._first_stage, conv_forward._later, conv_forward._relu_pool
-    seen: dict[str, list[int]] = {"first": [], "later": [], "conv": []}
+    seen: dict[str, list[int]] = {"first": [], "later": [], "conv": [], "images": [], "block": []}
 
     def first_spy(*args):
-        out = first(*args)
-        seen["first"] += [len(part) for part, _ in out]
-        return out
+        for part, h in first(*args):
+            seen["first"].append(len(part))
+            yield part, h
 
     def later_spy(pop_, members, h, features):
         seen["later"].append(len(members))
         return later(pop_, members, h, features)
 
-    def relu_pool_spy(plan, l, h):
+    def relu_pool_spy(plan, l, h, out=None):
         if plan.stages[l].kind == "conv":
             seen["conv"].append(h.numel())
-        return relu_pool(plan, l, h)
+        if l == 0:
+            seen["images"].append(h.shape[0])
+            seen["block"].append(h.numel())
+        return relu_pool(plan, l, h, out)
 
     with monkeypatch.context() as m:
         m.setattr(conv_forward, "_first_stage", first_spy)
         m.setattr(conv_forward, "_later", later_spy)
         m.setattr(conv_forward, "_relu_pool", relu_pool_spy)
         m.setattr(conv_forward, "MAX_ELEMENTS", budget)
+        m.setattr(conv_forward, "BLOCK_ELEMENTS", block or budget)
         return conv_forward.forward_grouped(pop, x), seen
 
 
 def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):
     """No convolution's output holds more than ``MAX_ELEMENTS`` floats: the individuals run in
-    several chunks at the first stage and, within one architecture, at the later stages; below
-    one individual's maps, one individual at a time. The results are the unbounded pass's."""
+    several chunks at the first stage and, within one architecture, at the later stages, and the
+    first convolution a few images at a time; below one individual's maps, one individual and one
+    image at a time. The results are the unbounded pass's."""
     # no pooling, so the second convolution's maps are the widest: the later stages' chunks count
     plan = convnet.lenet5((1, 28, 28), 10, channels=(4, 8), kernel=3, padding=(1, 1), pool=1, hidden=(16,))
     # two architectures of four individuals each, interleaved, every individual its own weights
@@ -177,10 +184,17 @@ def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):
     assert seen["conv"] and max(seen["conv"]) <= budget, (seen["conv"], budget)
     assert sum(seen["first"]) == sum(seen["later"]) == pop.size
     assert len(seen["first"]) > 1 and len(seen["later"]) > len(pop.groups()), seen
+    assert seen["images"] == [x.shape[0]] * len(seen["first"]), seen         # each chunk's images at once
+
+    result, seen = chunked_pass(monkeypatch, pop, x, budget, block=budget // 3)   # and a few at a time
+    same_as_whole(result)
+    assert max(seen["block"]) <= budget // 3 and sum(seen["images"]) == len(seen["first"]) * x.shape[0], seen
+    assert len(seen["images"]) > len(seen["first"]), seen
 
     result, seen = chunked_pass(monkeypatch, pop, x, 1_000)      # less than one individual's maps
     same_as_whole(result)
     assert seen["first"] == [1] * pop.size and seen["later"] == [1] * pop.size, seen
+    assert seen["images"] == [1] * (pop.size * x.shape[0]), seen
 
 
 # -- the baselines ------------------------------------------------------------------------------

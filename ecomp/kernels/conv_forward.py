@@ -10,11 +10,18 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
   later convolution as a grouped convolution (``groups`` = individuals), every linear stage as
   one batched product. ``benchmarks/bench_conv.py`` measures both; the grouped pass is the default.
 
-The individuals of a group are split into chunks so that no activation tensor holds more than
-``MAX_ELEMENTS`` floats (a 1,000-image pass of a whole population would otherwise need GBs).
+Every tensor the grouped pass makes holds at most ``MAX_ELEMENTS`` floats: the individuals are
+split into chunks, and the first convolution of a chunk runs a few images at a time, each
+block pooled as soon as it is made. Two reasons: a 1,000-image pass of a whole population
+would otherwise need GBs, and a block that small is reused from the heap (it is below glibc's
+``mmap`` threshold, :mod:`ecomp.kernels.runtime`) and mostly still in cache when it is pooled,
+where a 100 MB output is page-faulted in anew at every call and read back from memory
+(``benchmarks/README.md`` has the measurements).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +31,8 @@ from ecomp.nets import convnet
 from ecomp.nets.conv_population import ConvPopulation
 from ecomp.nets.convnet import ConvPlan
 
-MAX_ELEMENTS = 1 << 25          # floats per activation tensor of a chunk (128 MB)
+MAX_ELEMENTS = 1 << 22          # floats per tensor of the grouped pass (16 MB)
+BLOCK_ELEMENTS = 1 << 22        # floats per block of the first convolution (1 MB: in cache while pooled)
 
 
 @torch.no_grad()
@@ -42,43 +50,58 @@ def forward_loop(pop: ConvPopulation, x: Tensor, features: str = "flat") -> tupl
 
 
 def _chunk(plan: ConvPlan, units: tuple[int, ...], n_images: int, size: int) -> int:
-    widest = max(u * h * w for (u, h, w) in plan.with_units(units).maps()[:-1])
+    """Individuals of architecture ``units`` per later-stage chunk: their widest later maps fit."""
+    widest = max([u * h * w for (u, h, w) in plan.with_units(units).maps()[1:-1]], default=1)
     return max(1, min(size, MAX_ELEMENTS // max(1, widest * n_images)))
 
 
-def _max_pool(h: Tensor, k: int) -> Tensor:
+def _max_pool(h: Tensor, k: int, out: Tensor | None = None) -> Tensor:
     """``max_pool2d(h, k)`` of a channels-last ``h`` as ``k * k - 1`` elementwise maxima of
-    strided slices: each slice is whole rows of channels, so it runs at memory speed."""
+    strided slices: each slice is whole rows of channels, so it runs at memory speed. ``out``:
+    a channels-last ``(n, c, H/k, W/k)`` to write into."""
     n, c, hh, ww = h.shape
     v = h.permute(0, 2, 3, 1)[:, :hh // k * k, :ww // k * k]             # (n, H, W, c), a view
     rows = v[:, 0::k]
     for i in range(1, k):
         rows = torch.maximum(rows, v[:, i::k])
-    out = rows[:, :, 0::k]
-    for j in range(1, k):
-        out = torch.maximum(out, rows[:, :, j::k])
-    return out.permute(0, 3, 1, 2)                                     # (n, c, H/k, W/k), channels-last
+    o = None if out is None else out.permute(0, 2, 3, 1)
+    if k == 1:
+        return rows.permute(0, 3, 1, 2) if o is None else o.copy_(rows).permute(0, 3, 1, 2)
+    first = torch.maximum(rows[:, :, 0::k], rows[:, :, 1::k], out=o)
+    for j in range(2, k):
+        torch.maximum(first, rows[:, :, j::k], out=first)
+    return first.permute(0, 3, 1, 2)                                   # (n, c, H/k, W/k), channels-last
 
 
-def _relu_pool(plan: ConvPlan, l: int, h: Tensor) -> Tensor:
+def _relu_pool(plan: ConvPlan, l: int, h: Tensor, out: Tensor | None = None) -> Tensor:
     """ReLU then the stage's pooling; a max-pool first, on ``k * k`` times fewer values (the two
-    commute exactly: the ReLU is monotonic)."""
+    commute exactly: the ReLU is monotonic). ``out``: where to write (channels-last)."""
     s = plan.stages[l]
     if s.pool == "max":
-        return _max_pool(h, s.pool_size).relu_()
-    return convnet._after(plan, l, h.relu_())
+        return _max_pool(h, s.pool_size, out).relu_()
+    h = convnet._after(plan, l, h.relu_())
+    return h if out is None else out.copy_(h)
 
 
-def _first_conv(x4: Tensor, w: Tensor, b: Tensor, stride: int, padding: int) -> Tensor:
-    """The first convolution of every individual at once, as one GEMM of the images' patches
-    (``unfold``) by all filters, written channels-last: the input has one or three channels,
-    where a direct convolution runs well below the machine's GEMM speed."""
-    n, k = x4.shape[0], w.shape[2]
-    patches = F.unfold(x4, k, padding=padding, stride=stride)             # (n, C*k*k, L)
-    ho = (x4.shape[2] + 2 * padding - k) // stride + 1
-    wo = (x4.shape[3] + 2 * padding - k) // stride + 1
-    out = torch.addmm(b, patches.transpose(1, 2).reshape(n * ho * wo, -1), w.reshape(w.shape[0], -1).T)
-    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)                   # (n, g*u, H, W), channels-last
+def _first_conv(patches: Tensor, w: Tensor, b: Tensor, n: int, ho: int, wo: int) -> Tensor:
+    """The first convolution of every filter in ``w`` at once, as one GEMM of ``n`` images'
+    patches ``(n * ho * wo, C*k*k)`` by all filters, written channels-last: the input has one
+    or three channels, where a direct convolution runs well below the machine's GEMM speed."""
+    out = torch.addmm(b, patches, w.reshape(w.shape[0], -1).T)
+    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)                  # (n, filters, H, W), channels-last
+
+
+def _copy(dst: Tensor, src: Tensor) -> Tensor:
+    """``dst.copy_(src)`` in 16- or 8-byte words where the innermost dimension's runs allow:
+    a channels-last map regrouped per individual moves runs of only ``c`` channels, which a
+    float-by-float copy moves at a fraction of the memory's speed."""
+    for wide, k in ((torch.complex128, 4), (torch.float64, 2)):
+        if src.shape[-1] % k == 0:
+            try:
+                return dst.view(wide).copy_(src.view(wide)).view(dst.dtype)
+            except RuntimeError:             # an offset or stride that is not a whole word
+                continue
+    return dst.copy_(src)
 
 
 def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
@@ -86,31 +109,48 @@ def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
     n, gc, hh, ww = h.shape
     c = gc // g
     if features == "flat":               # (n, H, W, g, c) in memory -> (g, n, H*W*c)
-        per = h.permute(0, 2, 3, 1).reshape(n, hh * ww, g, c).permute(2, 0, 1, 3).reshape(g, n, -1).contiguous()
+        per = h.new_empty(g, n, hh * ww, c)
+        _copy(per, h.permute(0, 2, 3, 1).view(n, hh * ww, g, c).permute(2, 0, 1, 3))
+        per = per.view(g, n, -1)
     else:
         per = h.mean((2, 3)).view(n, g, c).transpose(0, 1)
     return list(per.unbind(0))
 
 
-@torch.no_grad()
-def _first_stage(pop: ConvPopulation, order: list[int], x4: Tensor) -> list[tuple[list[int], Tensor]]:
-    """Stage 0 (a convolution) of individuals ``order``, in as few GEMMs as the memory budget
-    allows: ``(individuals, their outputs (n, sum of units, H, W) channels-last)`` per chunk."""
-    plan, s = pop.plan, pop.plan.stages[0]
-    _, hh, ww = plan.maps()[0]
-    out, start = [], 0
+def _parts(pop: ConvPopulation, order: list[int], per_unit: int) -> Iterator[list[int]]:
+    """Consecutive runs of ``order`` whose units in stage 0 times ``per_unit`` fit ``MAX_ELEMENTS``
+    (at least one individual each)."""
+    start = 0
     while start < len(order):
         end, total = start, 0
-        while end < len(order) and (end == start or (total + pop.widths[order[end]][0]) * hh * ww * x4.shape[0]
-                                    <= MAX_ELEMENTS):
+        while end < len(order) and (end == start or (total + pop.widths[order[end]][0]) * per_unit <= MAX_ELEMENTS):
             total += pop.widths[order[end]][0]
             end += 1
-        part = order[start:end]
+        yield order[start:end]
+        start = end
+
+
+@torch.no_grad()
+def _first_stage(pop: ConvPopulation, order: list[int], x4: Tensor) -> Iterator[tuple[list[int], Tensor]]:
+    """Stage 0 (a convolution) of individuals ``order``, chunk by chunk: ``(individuals, their
+    pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
+    ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too."""
+    plan, s = pop.plan, pop.plan.stages[0]
+    n, k = x4.shape[0], s.kernel
+    _, hh, ww = plan.maps()[0]
+    ph, pw = (hh // s.pool_size, ww // s.pool_size) if s.pool else (hh, ww)
+    patches = F.unfold(x4, k, padding=s.padding, stride=s.stride).transpose(1, 2).reshape(n * hh * ww, -1)
+    for part in _parts(pop, order, n * ph * pw):
         w = torch.cat([pop.members[i][0][0] for i in part])
         b = torch.cat([pop.members[i][0][1] for i in part])
-        out.append((part, _relu_pool(plan, 0, _first_conv(x4, w, b, s.stride, s.padding))))
-        start = end
-    return out
+        f = w.shape[0]
+        out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)             # channels-last
+        m = max(1, min(MAX_ELEMENTS, BLOCK_ELEMENTS) // (f * hh * ww))                        # images per block
+        for i in range(0, n, m):
+            j = min(n, i + m)
+            block = _first_conv(patches[i * hh * ww:j * hh * ww], w, b, j - i, hh, ww)
+            _relu_pool(plan, 0, block, out[i:j])
+        yield part, out
 
 
 @torch.no_grad()

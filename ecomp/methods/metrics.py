@@ -2,7 +2,10 @@
 
 Sizes are relative to the parent: ``compression`` counts prunable units (hidden neurons and conv
 channels: the paper's measure), ``params_ratio`` weights and biases, ``macs_ratio``
-multiply-accumulates per image (counted by torch's FLOP counter, :func:`ecomp.nets.sizes.counted_macs`).
+multiply-accumulates per image. Each count is the network's own (:meth:`Structure.size`), which
+the tests hold equal to torch's FLOP counter on the built module (:func:`ecomp.nets.sizes.counted_macs`);
+the counter itself is not run here: entering any torch dispatch mode imports ``torch._dynamo``,
+about 5 s of every run's start-up (``benchmarks/README.md``).
 All are logged for every run, whichever EComp's fitness used (``fitness.compression``).
 Latencies (:func:`cost_metrics`) depend on the machine: they are logged, never hashed or compared
 across machines.
@@ -17,7 +20,6 @@ import torch
 
 from ecomp.nets.data import Split
 from ecomp.nets.structure import Structure, accuracy, detached
-from ecomp.nets.sizes import counted_macs
 
 LATENCY_BATCH = 256
 # The logged metrics that are readings of the machine (wall times, GPU memory), not of the run's
@@ -31,9 +33,8 @@ def network_metrics(layers: Structure, parent: Structure, val: Split, test: Spli
     """``<prefix>{test_accuracy, val_accuracy, compression, hidden_units, parameters, params_ratio,
     macs, macs_ratio}``."""
     layers, parent = detached(layers), detached(parent)
-    units, params = (layers.size(k) for k in ("units", "params"))
-    parent_units, parent_params = (parent.size(k) for k in ("units", "params"))
-    macs = counted_macs(layers)
+    units, params, macs = (layers.size(k) for k in ("units", "params", "macs"))
+    parent_units, parent_params, parent_macs = (parent.size(k) for k in ("units", "params", "macs"))
     out = {
         "test_accuracy": accuracy(layers, test.x, test.y),
         "val_accuracy": accuracy(layers, val.x, val.y) if val.x.shape[0] else float("nan"),
@@ -42,7 +43,7 @@ def network_metrics(layers: Structure, parent: Structure, val: Split, test: Spli
         "parameters": float(params),
         "params_ratio": params / parent_params,
         "macs": float(macs),
-        "macs_ratio": macs / counted_macs(parent),
+        "macs_ratio": macs / parent_macs,
     }
     return {prefix + k: float(v) for k, v in out.items()}
 
@@ -65,5 +66,5 @@ def cost_metrics(best: Structure, parent: Structure, test: Split) -> dict[str, f
     """``parent_macs`` and, on the CPU at batch ``LATENCY_BATCH`` (test images), ``best_latency_ms``
     and ``parent_latency_ms``."""
     x = test.x[:LATENCY_BATCH].contiguous()
-    return {"parent_macs": float(counted_macs(parent)),
+    return {"parent_macs": float(detached(parent).size("macs")),
             "best_latency_ms": latency_ms(best, x), "parent_latency_ms": latency_ms(parent, x)}

@@ -5,8 +5,9 @@ A network's size is its kind's (:meth:`ecomp.nets.structure.Structure.size`); a 
 one's is computed here from its layer widths from input to output, ``(input, *hidden, classes)``.
 ``units`` counts the prunable units (hidden neurons and conv channels: the paper's size);
 ``params`` the weights and biases; ``macs`` the multiply-accumulates of one image's forward
-pass. :func:`counted_macs` counts them with torch's own FLOP counter instead, for the logged
-figures (a test holds the two counts equal, and both to a hand count of LeNet-5).
+pass. :func:`counted_macs` counts them with torch's own FLOP counter instead: the tests hold
+every kind's count equal to it (and both to a hand count of LeNet-5), and the logged figures
+use the kind's count, which needs no dispatch mode (entering one imports ``torch._dynamo``).
 """
 
 from __future__ import annotations
