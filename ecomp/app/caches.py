@@ -46,11 +46,12 @@ class Caches:
         self.parent_accuracy = Bounded(8)
         self.digests = Bounded(16)
 
-    def split(self, name: str, root: Path, train: bool, download: bool) -> data_mod.Split:
-        """Dataset ``name``'s whole split, read once while its files stay the same (callers only
-        index or slice the shared tensors)."""
-        return self.splits.get(data_mod.files_key(name, root, train),
-                               lambda: data_mod.load(root, train=train, download=download, name=name))
+    def split(self, name: str, root: Path, train: bool, download: bool,
+              user: data_mod.UserData | None = None) -> data_mod.Split:
+        """The dataset's whole split (built-in ``name`` or the user's ``user``), read once while its
+        files stay the same (callers only index or slice the shared tensors)."""
+        return self.splits.get(data_mod.files_key(name, root, train, user),
+                               lambda: data_mod.load(root, train=train, download=download, name=name, user=user))
 
     def checkpoint(self, path: str | Path) -> tuple[Structure, str]:
         """``(layers, sha256)`` of the checkpoint at ``path``, read once while the file is unchanged."""

@@ -55,6 +55,14 @@ class DataConf:
     val_size: int = 5_000             # held out from the training images outside the subset
     test_size: int = 10_000
     batch_size: int = 100
+    # the user's own images (data=folder | tensors, ecomp/nets/user_data.py); null for the others
+    path: Optional[str] = None        # the class-per-folder tree, or the .pt / .npz file
+    size: Optional[list[int]] = None  # folder: [height, width] every image is resized to
+    channels: Optional[int] = None    # folder: 1 (grey) or 3 (RGB)
+    mean: Optional[list[float]] = None  # per channel, with std: (x - mean) / std
+    std: Optional[list[float]] = None
+    test_fraction: Optional[float] = None  # of all images, when the data has no test split of its own
+    split_seed: Optional[int] = None       # the draw of that test split (the same for every run)
 
 
 @dataclass
@@ -146,6 +154,51 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"invalid config: {key}={value!r}: {allowed}")
 
 
+def user_data(d: Any):
+    """The :class:`ecomp.nets.user_data.UserData` of a ``data=folder|tensors`` config (None for the
+    built-in datasets), its keys checked."""
+    from ecomp.nets.user_data import KINDS, UserData
+
+    if d.name not in KINDS:
+        for key in ("path", "size", "channels", "mean", "std", "test_fraction", "split_seed"):
+            if d[key] is not None:
+                _fail(f"data.{key}", d[key], f"null: data={d.name} is a built-in dataset (the key is "
+                                             f"for your own images, data=folder or data=tensors)")
+        return None
+    if not d.path:
+        _fail("data.path", d.path, f"the {'folder of class folders' if d.name == 'folder' else '.pt or .npz file'} "
+                                   f"to read (data={d.name})")
+    channels = d.channels if d.name == "folder" else 1
+    if d.name == "folder":
+        if d.size is None or len(d.size) != 2 or not all(isinstance(v, int) and v >= 1 for v in d.size):
+            _fail("data.size", d.size, "[height, width]: positive integers every image is resized to")
+        if channels not in (1, 3):
+            _fail("data.channels", channels, "1 (grey) or 3 (RGB)")
+    if (d.mean is None) != (d.std is None):
+        _fail("data.mean" if d.mean is None else "data.std", None, "given together with data.std / data.mean, or both null")
+    for key in ("mean", "std"):
+        values = d[key]
+        if values is not None and (not all(_finite(v) for v in values) or (key == "std" and min(values, default=1) <= 0)):
+            _fail(f"data.{key}", list(values), "finite numbers, one per channel" + (", each > 0" if key == "std" else ""))
+    fraction = 0.2 if d.test_fraction is None else d.test_fraction
+    if not (_finite(fraction) and 0 < fraction < 1):
+        _fail("data.test_fraction", fraction, "a number in (0, 1): the share of the images held out for the test")
+    return UserData(d.name, str(d.path), tuple(d.size) if d.size is not None else None, channels,
+                    tuple(d.mean) if d.mean is not None else None, tuple(d.std) if d.std is not None else None,
+                    float(fraction), int(d.split_seed or 0))
+
+
+def _user_dataset(d: Any):
+    """The user's dataset, read and checked: its errors as one ``data.path`` line."""
+    from ecomp.errors import DataError
+    from ecomp.nets.user_data import describe
+
+    try:
+        return describe(user_data(d))
+    except DataError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -185,10 +238,11 @@ def validate(cfg: DictConfig) -> None:
               f"an even integer in [0, population.size = {p.size}) (the rest are bred in pairs)")
     d = cfg.data
     from ecomp.nets.datasets import DATASETS
+    from ecomp.nets.user_data import KINDS as USER_DATA
 
-    if d.name not in DATASETS:
-        _fail("data.name", d.name, f"one of {', '.join(DATASETS)} (data=<name>)")
-    ds = DATASETS[d.name]
+    if d.name not in DATASETS and d.name not in USER_DATA:
+        _fail("data.name", d.name, f"one of {', '.join([*DATASETS, *USER_DATA])} (data=<name>)")
+    ds = DATASETS[d.name] if d.name in DATASETS else _user_dataset(d)
     if not 1 <= d.train_size <= ds.n_train:
         _fail("data.train_size", d.train_size, f"an integer in [1, {ds.n_train}] (data={ds.name} has "
                                                 f"{ds.n_train} training images)")
@@ -316,7 +370,9 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 # recognised (and skipped).
 _HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
                  ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
-                 ("parent", "pool"): None, ("parent", "batchnorm"): False, ("similarity", "features"): "flat"}
+                 ("parent", "pool"): None, ("parent", "batchnorm"): False, ("similarity", "features"): "flat",
+                 **{("data", k): None for k in ("path", "size", "channels", "mean", "std", "test_fraction",
+                                                "split_seed")}}
 
 
 def used_config(cfg: DictConfig | dict, unused: tuple[str, ...]) -> dict:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def load_split(data: DataSpec, train: bool, caches: Caches | None = None) -> Split:
     """The data's whole train or test split (through ``caches``: read once per process)."""
-    return (caches or Caches()).split(data.name, data.root, train, data.download)
+    return (caches or Caches()).split(data.name, data.root, train, data.download, data.user)
 
 
 def prepare_parent(parent: ParentSpec, data: DataSpec, caches: Caches | None = None) -> tuple[Split, Structure]:

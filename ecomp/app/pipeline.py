@@ -116,7 +116,7 @@ def run(spec: RunSpec, sweep: str | None = None, timer: PhaseTimer | None = None
 
 def _dataset_inputs(data: DataSpec, caches: Caches, run_data, test) -> dict[str, tuple[str, str, int, str]]:
     """The run's training subset, validation and test images as MLflow dataset inputs."""
-    name, root = data.name, str(data.root)
+    name, root = data.name, str(data.root) if data.user is None else data.user.path
     out = {"training": (f"{name}-subset", caches.digest(run_data.train), run_data.train.x.shape[0], root),
            "test": (f"{name}-test", caches.digest(test), test.x.shape[0], root)}
     if run_data.val.x.shape[0]:

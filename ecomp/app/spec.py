@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from ecomp.app.caches import Caches
-from ecomp.app.config import config_hash, resolve_backend, used_config, validate
+from ecomp.app.config import config_hash, resolve_backend, used_config, user_data, validate
 from ecomp.app.provenance import repo_root
 from ecomp.core.fitness import Weights
 from ecomp.errors import CheckpointError, ConfigError, invalid
@@ -26,6 +26,7 @@ from ecomp.kernels.backend import Backend
 from ecomp.methods import Method, method_class
 from ecomp.nets.kinds import blueprint_for
 from ecomp.nets.parent import TrainSpec
+from ecomp.nets.user_data import UserData, identity
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class DataSpec:
     val_size: int
     test_size: int
     batch_size: int
+    user: UserData | None = None      # the user's own images (data=folder | tensors), else None
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     d = cfg.data
     root = Path(d.root) if d.root else repo_root() / "data"
     return DataSpec(d.name, root, bool(d.download), int(d.train_size), int(d.val_size), int(d.test_size),
-                    int(d.batch_size))
+                    int(d.batch_size), user_data(d))
 
 
 def store_spec(cfg: DictConfig) -> StoreSpec:
@@ -125,7 +127,8 @@ def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = 
     backend = resolve_backend(cfg.device, cfg.similarity.kernels, reads_similarity)
     chash = config_hash(config, exclude=method.groups_unused,
                         method={"name": method.name, **method.setting_values()},
-                        extra={"parent_sha256": parent.sha256} if parent.sha256 else None)
+                        extra={**({"parent_sha256": parent.sha256} if parent.sha256 else {}),
+                               **({"data_identity": identity(data.user)} if data.user else {})} or None)
     kernels = None
     if reads_similarity and cfg.similarity.kernels is not None:
         kernels = backend.kernels if cfg.evolution.evaluator == "fast" else "reference"
@@ -173,11 +176,12 @@ def resolve_parent(settings: Mapping[str, Any], data: DataSpec, caches: Caches) 
     the shape read from the file, checked against the data. Raises :class:`ConfigError` (one line)
     before anything is created."""
     from ecomp.nets.checkpoint import check_fits
-    from ecomp.nets.datasets import info
+    from ecomp.nets.data import dataset
 
-    ds, p = info(data.name), settings
+    ds, p = dataset(data.name, data.user), settings
     cache_dir = Path(p["cache_dir"]) if p["cache_dir"] else repo_root() / ".cache" / "parents"
-    recipe = dict(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], seed=p["seed"])
+    recipe = dict(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], seed=p["seed"],
+                  data=data.name if data.user is None else identity(data.user))
     if p["path"] is None:
         blueprint = blueprint_for(p["kind"], ds.shape, ds.classes, p)
         why = blueprint.problems()

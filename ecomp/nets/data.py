@@ -1,6 +1,7 @@
-"""A run's data: a named dataset's splits and the run's subset and validation images.
+"""A run's data: a dataset's splits and the run's subset and validation images.
 
-Which datasets exist and how each is read offline is :mod:`ecomp.nets.datasets`.
+Which datasets exist and how each is read offline is :mod:`ecomp.nets.datasets`; the user's own
+images (``data=folder``, ``data=tensors``) are :mod:`ecomp.nets.user_data`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,32 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ecomp.nets.datasets import Split, info
+from ecomp.nets.datasets import DatasetInfo, Split, info
+from ecomp.nets.user_data import UserData, describe as describe_user_data
 
-__all__ = ["Split", "RunData", "files_key", "load", "draw_run_data", "random_subset"]
+__all__ = ["Split", "RunData", "UserData", "dataset", "files_key", "load", "draw_run_data", "random_subset"]
 
 
-def files_key(name: str, root: Path, train: bool) -> tuple | None:
+def dataset(name: str, user: UserData | None = None) -> DatasetInfo:
+    """The dataset a run reads: built-in ``name``, or the user's own images ``user``."""
+    return info(name) if user is None else describe_user_data(user)
+
+
+def files_key(name: str, root: Path, train: bool, user: UserData | None = None) -> tuple | None:
     """The identity of the files a split is read from (None while any is missing): a cache key."""
-    files = info(name).files(root, train)
+    files = dataset(name, user).files(root, train)
     if not all(f.exists() for f in files):
         return None
     stats = [f.stat() for f in files]
-    return (name, str(Path(root).resolve()), train,
+    return (name, user, str(Path(root).resolve()), train,
             *((str(f), st.st_size, st.st_mtime_ns, st.st_ino) for f, st in zip(files, stats)))
 
 
-def load(root: Path, train: bool, download: bool = False, name: str = "fashion_mnist") -> Split:
-    """Dataset ``name``'s whole train or test split, flattened (:class:`ecomp.app.caches.Caches`
+def load(root: Path, train: bool, download: bool = False, name: str = "fashion_mnist",
+         user: UserData | None = None) -> Split:
+    """The dataset's whole train or test split, flattened (:class:`ecomp.app.caches.Caches`
     keeps it for the later runs of a process)."""
-    return info(name).read(Path(root), train, download)
+    return dataset(name, user).read(Path(root), train, download)
 
 
 def random_subset(split: Split, size: int, generator: torch.Generator) -> Split:

@@ -26,9 +26,10 @@ class TrainSpec:
     batch_size: int = 100
     seed: int = 0
     batchnorm: bool = False              # a CNN trained with BatchNorm after each conv (folded afterwards)
+    data: str = "fashion_mnist"          # what it is trained on: a dataset's name, or the user's data's identity
 
     def key(self) -> str:
-        """A short hash of the spec: the cache file name (an MLP's is what it has always been)."""
+        """A short hash of the spec, the data it is trained on included: the cache file name."""
         recipe = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "arch"}
         d = self.arch.cache_key(recipe)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
