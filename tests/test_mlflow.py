@@ -3,6 +3,8 @@ inputs, the Source column and the runs view. Real store, real runs (small sizes)
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,28 @@ def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg)
         run = client.get_run(tracker.run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["best_test_accuracy"] == 0.5
         assert [m.step for m in client.get_metric_history(tracker.run_id, "accuracy_mean")] == list(range(steps))
+
+
+@pytest.mark.slow
+def test_a_default_run_prints_no_third_party_warning_and_no_download_bars(tmp_path, parent_cache):
+    """What a user sees of ``python run.py``: its own log lines (and its own progress bar), not
+    MLflow's advice on type hints nor its "Downloading artifacts" bars while logging the model."""
+    for progress in ("true", "false"):
+        proc = run_cli("run.py", "parent.hidden=[32,32]", "parent.epochs=1", "population.size=6",
+                       "data.train_size=300", "data.batch_size=100", "data.test_size=1000", f"progress={progress}",
+                       f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                       "tracking.skip_finished=false", f"hydra.run.dir={tmp_path / progress}", timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "121-seed0: test accuracy" in proc.stdout                      # the run did log its model
+        assert "Warning" not in out and "Downloading artifacts" not in out, out[-3000:]
+
+
+def test_mlflow_settings_the_user_made_are_kept(monkeypatch):
+    from ecomp.app.store import mlflow_defaults
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    mlflow_defaults()
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"     # the user's
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"                # the tool's default

@@ -228,7 +228,6 @@ class RunTracker:
             mlflow.set_experiment(experiment_id=self.experiment_id)
             with warnings.catch_warnings():     # MLflow's advice for models unlike this one
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
-                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
                 return Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
                                  python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
                                                                                 "architecture": str(network) + ".json"},
