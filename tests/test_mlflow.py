@@ -175,3 +175,34 @@ def test_mlflow_settings_the_user_made_are_kept(monkeypatch):
     mlflow_defaults()
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"     # the user's
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"                # the tool's default
+
+
+@pytest.mark.slow
+def test_logged_models_are_named_after_their_runs_and_tagged_with_what_tells_them_apart(make_cfg):
+    """Two runs' models in the Models tab: named after the run (led by the method, no '.'), tagged
+    with method, scenario or keep, seed and variant, their sizes as params; the registered
+    versions carry the same tags."""
+    from mlflow import MlflowClient
+
+    from ecomp.app.pipeline import run_experiment
+
+    ecomp = run_experiment(make_cfg("seed=9", "tracking.register_as=tiny"))
+    pruned = run_experiment(make_cfg("method=l1_prune", "method.keep=0.5", "seed=3", "tracking.register_as=tiny"))
+    client = MlflowClient(make_cfg().tracking.uri)
+    exp_id = client.get_run(ecomp.run_id).info.experiment_id
+    models = {m.name: m for m in client.search_logged_models(experiment_ids=[exp_id])}
+    assert sorted(models) == ["ecomp-121-seed9", "l1_prune-keep0_5-seed3"]
+    (found,) = client.search_logged_models(experiment_ids=[exp_id], filter_string="tags.method = 'l1_prune'")
+    assert found.name == "l1_prune-keep0_5-seed3" and found.source_run_id == pruned.run_id
+    for model, result, labels in ((models["ecomp-121-seed9"], ecomp, {"method": "ecomp", "scenario": "121",
+                                                                        "variant": "121", "seed": "9"}),
+                                  (found, pruned, {"method": "l1_prune", "keep": "0.5", "variant": "l1_prune",
+                                                   "seed": "3"})):
+        assert labels.items() <= model.tags.items(), model.tags
+        assert float(model.tags["test_accuracy"]) == pytest.approx(result.metrics["best_test_accuracy"], abs=1e-4)
+        assert float(model.params["network.hidden_units"]) == result.metrics["best_hidden_units"]
+        assert float(model.params["network.relative_macs"]) == pytest.approx(result.metrics["best_macs_ratio"], rel=1e-5)
+        assert model.params["data.train_size"] == "500"                  # the run's config, added by MLflow
+        (version,) = client.search_model_versions(f"name='tiny' and run_id='{result.run_id}'")
+        assert {k: model.tags[k] for k in (*labels, "test_accuracy")}.items() <= version.tags.items()
+        assert version.tags["network.parameters"] == model.params["network.parameters"]
