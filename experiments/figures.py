@@ -13,7 +13,9 @@ baseline with 95 % bands, EComp's networks as points) and ``verdict.csv`` /
 ``verdict.md`` (experiments/verdict.py). When it holds an Optuna search's trials
 (``hydra/sweeper=optuna``): ``search_front`` (PNG, PDF) and ``search_front.csv`` / ``.md``
 (experiments/search.py); the trials are kept out of every other figure. The same files are logged as
-artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read.
+artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read, or of the sweep's parent
+run when every run read came from one sweep; each sweep whose runs were read gets its per-scenario
+summary logged on its parent run again (:mod:`ecomp.app.sweep_summary`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from ecomp.app.cli import check_overrides, fail  # noqa: E402
 from ecomp.app.config import TrackingConf  # noqa: E402
 from ecomp.app.store import client_for, default_uri  # noqa: E402
+from ecomp.app.sweep_summary import summarise_sweep  # noqa: E402
 from ecomp.errors import TrackingError  # noqa: E402
 from experiments.report_data import (SIZE_COLUMNS, SIZE_LABELS, SUMMARY_TAG, ReportError,  # noqa: E402
                                      grid_gaps, load_all_runs, load_history, paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
@@ -329,6 +332,10 @@ def build_report(cfg: DictConfig) -> list[Path]:
         log.warning(note)
     if cfg.log_summary_run:
         parents = set(everything.parent_run) if "parent_run" in everything else set()
+        client = client_for(uri)
+        for parent in sorted(parents - {""}):         # each sweep's per-scenario summary, on its run
+            if summarise_sweep(client, parent):
+                log.info("logged the summary of sweep run %s", parent)
         if len(parents) == 1 and "" not in parents:        # every run came from one sweep: report there
             (parent,) = parents
             log_report_to(uri, parent, files)

@@ -175,14 +175,28 @@ def test_the_report_of_one_sweep_is_logged_to_its_parent_run(tmp_path):
     exp_id = client.create_experiment("ecomp", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(exp_id, run_name="sweep", tags={"ecomp.kind": "sweep"}).info.run_id
     rng, start = np.random.default_rng(1), int(time.time() * 1000)
+    logged = {}
     for i, (scenario, seed) in enumerate((s, k) for s in SCENARIOS for k in GRID_SEEDS):
         finals = {"best_test_accuracy": rng.uniform(0.5, 0.88), "best_compression": rng.uniform(0.1, 0.9),
                   "parent_test_accuracy": 0.862}
-        log_run(client, exp_id, scenario, seed, start + 1000 * i, curves(rng), finals,
+        history = curves(rng)
+        log_run(client, exp_id, scenario, seed, start + 1000 * i, history, finals,
                 tags={"mlflow.parentRunId": parent})
+        logged[(scenario, seed)] = {**finals, "final_pop_similarity": history["similarity_mean"][-1]}
     figures.build_report(compose_cfg(uri, tmp_path / "out"))
     assert sorted(Path(a.path).name for a in client.list_artifacts(parent, "report")) == FILES
     assert not client.search_runs([exp_id], "tags.`ecomp.kind` = 'summary'")
+    # and the sweep's per-scenario summary, over its seeds (ecomp.app.sweep_summary)
+    metrics = client.get_run(parent).data.metrics
+    for scenario in SCENARIOS:
+        assert metrics[f"{scenario}/n_runs"] == len(GRID_SEEDS)
+        for key in ("best_test_accuracy", "best_compression", "final_pop_similarity"):
+            values = [logged[(scenario, seed)][key] for seed in GRID_SEEDS]
+            assert metrics[f"{scenario}/{key}_mean"] == pytest.approx(np.mean(values), rel=1e-9)
+            assert metrics[f"{scenario}/{key}_std"] == pytest.approx(np.std(values, ddof=1), rel=1e-9)
+        assert f"{scenario}/best_macs_ratio_mean" not in metrics          # not logged by these runs: no metric
+    table = client.load_table(exp_id, "sweep_summary.json", run_ids=[parent])
+    assert sorted(table.scenario.astype(str).str.zfill(3)) == sorted(SCENARIOS) and set(table.n_runs) == {4}
 
 
 def test_hydra_app_runs_from_another_directory(store, report, tmp_path):

@@ -3,6 +3,8 @@ inputs, the Source column and the runs view. Real store, real runs (small sizes)
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,59 @@ def test_one_tracking_helper_serves_a_process_runs_one_after_the_other(make_cfg)
         run = client.get_run(tracker.run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["best_test_accuracy"] == 0.5
         assert [m.step for m in client.get_metric_history(tracker.run_id, "accuracy_mean")] == list(range(steps))
+
+
+@pytest.mark.slow
+def test_a_default_run_prints_no_third_party_warning_and_no_download_bars(tmp_path, parent_cache):
+    """What a user sees of ``python run.py``: its own log lines (and its own progress bar), not
+    MLflow's advice on type hints nor its "Downloading artifacts" bars while logging the model."""
+    for progress in ("true", "false"):
+        proc = run_cli("run.py", "parent.hidden=[32,32]", "parent.epochs=1", "population.size=6",
+                       "data.train_size=300", "data.batch_size=100", "data.test_size=1000", f"progress={progress}",
+                       f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                       "tracking.skip_finished=false", f"hydra.run.dir={tmp_path / progress}", timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "121-seed0: test accuracy" in proc.stdout                      # the run did log its model
+        assert "Warning" not in out and "Downloading artifacts" not in out, out[-3000:]
+
+
+def test_mlflow_settings_the_user_made_are_kept(monkeypatch):
+    from ecomp.app.store import mlflow_defaults
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    mlflow_defaults()
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"     # the user's
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"                # the tool's default
+
+
+@pytest.mark.slow
+def test_logged_models_are_named_after_their_runs_and_tagged_with_what_tells_them_apart(make_cfg):
+    """Two runs' models in the Models tab: named after the run (led by the method, no '.'), tagged
+    with method, scenario or keep, seed and variant, their sizes as params; the registered
+    versions carry the same tags."""
+    from mlflow import MlflowClient
+
+    from ecomp.app.pipeline import run_experiment
+
+    ecomp = run_experiment(make_cfg("seed=9", "tracking.register_as=tiny"))
+    pruned = run_experiment(make_cfg("method=l1_prune", "method.keep=0.5", "seed=3", "tracking.register_as=tiny"))
+    client = MlflowClient(make_cfg().tracking.uri)
+    exp_id = client.get_run(ecomp.run_id).info.experiment_id
+    models = {m.name: m for m in client.search_logged_models(experiment_ids=[exp_id])}
+    assert sorted(models) == ["ecomp-121-seed9", "l1_prune-keep0_5-seed3"]
+    (found,) = client.search_logged_models(experiment_ids=[exp_id], filter_string="tags.method = 'l1_prune'")
+    assert found.name == "l1_prune-keep0_5-seed3" and found.source_run_id == pruned.run_id
+    for model, result, labels in ((models["ecomp-121-seed9"], ecomp, {"method": "ecomp", "scenario": "121",
+                                                                        "variant": "121", "seed": "9"}),
+                                  (found, pruned, {"method": "l1_prune", "keep": "0.5", "variant": "l1_prune",
+                                                   "seed": "3"})):
+        assert labels.items() <= model.tags.items(), model.tags
+        assert float(model.tags["test_accuracy"]) == pytest.approx(result.metrics["best_test_accuracy"], abs=1e-4)
+        assert float(model.params["network.hidden_units"]) == result.metrics["best_hidden_units"]
+        assert float(model.params["network.relative_macs"]) == pytest.approx(result.metrics["best_macs_ratio"], rel=1e-5)
+        assert model.params["data.train_size"] == "500"                  # the run's config, added by MLflow
+        (version,) = client.search_model_versions(f"name='tiny' and run_id='{result.run_id}'")
+        assert {k: model.tags[k] for k in (*labels, "test_accuracy")}.items() <= version.tags.items()
+        assert version.tags["network.parameters"] == model.params["network.parameters"]

@@ -234,14 +234,25 @@ class SweepSetup(Callback):
             log.info("torch threads for this job: %d (pid %d)", n, os.getpid())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Report the jobs that failed (their MLflow runs are FAILED; the others are kept) and exit 1."""
+        """Summarise the sweep on its MLflow parent run and end that run; report the jobs that failed
+        (their MLflow runs are FAILED; the others are kept) and exit 1."""
         path = Path(config.hydra.sweep.dir) / FAILURES_FILE
         if getattr(self, "_parents", None):
-            from ecomp.app.sweep_runs import close_sweep_run
             from ecomp.app.store import client_for
+            from ecomp.app.sweep_runs import close_sweep_run, sweep_run_id
+            from ecomp.app.sweep_summary import summarise_sweep
 
+            sweep_dir = str(config.hydra.sweep.dir)
             for uri, exp_id in self._parents:
-                close_sweep_run(client_for(uri), exp_id, str(config.hydra.sweep.dir), failed=path.exists())
+                client = client_for(uri)
+                run_id = sweep_run_id(client, exp_id, sweep_dir)
+                try:       # per-scenario means and stds over seeds, on the sweep's run
+                    if run_id is not None:
+                        summarise_sweep(client, run_id)
+                except Exception as exc:  # noqa: BLE001 - the jobs' runs are stored: only the summary is missing
+                    log.warning("could not summarise the sweep on its run %s: %s", run_id,
+                                mask(" ".join(str(exc).split()))[:300])
+                close_sweep_run(client, exp_id, sweep_dir, failed=path.exists())
         if not path.exists():
             return
         lines = path.read_text().splitlines()

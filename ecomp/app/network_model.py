@@ -12,10 +12,11 @@ runs it in a plain environment.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 from mlflow.models import set_model
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class Network(PythonModel):
@@ -23,7 +24,7 @@ class Network(PythonModel):
 
     # torch is imported where it is used: MLflow runs this file when the model is logged, and the
     # process that logs it (ecomp.app.tracker_process) has no use for torch otherwise.
-    def load_context(self, context) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         import torch
 
         state = torch.load(context.artifacts["network"], map_location="cpu", weights_only=True)
@@ -31,7 +32,11 @@ class Network(PythonModel):
         meta = json.loads(open(context.artifacts["architecture"]).read()) if "architecture" in context.artifacts else {}
         self.plan = meta.get("plan")
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # Type hints, as MLflow 3 asks of a PythonModel (it warns at the class's definition without
+    # them): an ``np.ndarray`` input is one MLflow infers no schema from, so the signature logged
+    # with the model stays the one that describes it, and inputs are not converted.
+    def predict(self, context: PythonModelContext, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 

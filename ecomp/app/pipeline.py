@@ -124,6 +124,23 @@ def _dataset_inputs(data: DataSpec, caches: Caches, run_data, test) -> dict[str,
     return out
 
 
+# The returned network's sizes, as its logged model's params: (param, metric of network_metrics).
+MODEL_SIZES = (("network.hidden_units", "best_hidden_units"), ("network.parameters", "best_parameters"),
+               ("network.macs", "best_macs"), ("network.relative_units", "best_compression"),
+               ("network.relative_parameters", "best_params_ratio"), ("network.relative_macs", "best_macs_ratio"))
+
+
+def _model_labels(spec: RunSpec, metrics: dict[str, float]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(tags, params)`` of the run's logged model: what tells it from its siblings (method,
+    scenario or keep and the other labels, variant, seed, test accuracy) and the network's sizes
+    (MLflow adds the run's params, its config, to the model's)."""
+    method = spec.method
+    tags = {"method": method.name, **method.labels(), "variant": method.variant(), "seed": str(spec.seed),
+            "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
+    params = {param: f"{metrics[key]:g}" for param, key in MODEL_SIZES}
+    return tags, params
+
+
 def _compress(spec: RunSpec, caches: Caches, train, test, parent, timer, tracker) -> RunResult:
     """Run ``method`` on this run's data and measure what it returns: the one tail every method shares."""
     from tqdm.auto import tqdm
@@ -188,12 +205,11 @@ def _compress(spec: RunSpec, caches: Caches, train, test, parent, timer, tracker
                 try:
                     tracker.log_artifacts(Path(tmp))
                     if spec.store.log_model:
-                        version_tags = {"method": method.name, **method.labels(), "seed": str(spec.seed),
-                                        "test_accuracy": f"{metrics['best_test_accuracy']:.4f}"}
                         example = test.x[:5].contiguous()
                         requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+                        tags, params = _model_labels(spec, metrics)
                         tracker.log_model(network, example.numpy(), logits(best, example).numpy(), requirements,
-                                          spec.store.register_as, version_tags)
+                                          spec.model_name, tags, params, spec.store.register_as)
                     tracker.log_datasets(_dataset_inputs(data, caches, run_data, test))
                     # run_seconds is the run's own work, the same with tracking or without; the time this
                     # thread spent on tracking (waiting for the store included) is tracking_seconds

@@ -83,6 +83,15 @@ class RunSpec:
     def run_name(self) -> str:
         return self.method.run_name(self.seed)
 
+    @property
+    def model_name(self) -> str:
+        """The logged model's name: the run's, led by its method (``ecomp-121-seed9``,
+        ``l1_prune-keep0_5-seed3``), so that models from several runs can be told apart in the
+        Models tab. MLflow refuses ``/ : . % " '`` in a model's name: each becomes ``_``."""
+        method, run = self.method.name, self.run_name
+        name = run if run.startswith(f"{method}-") else f"{method}-{run}"
+        return "".join("_" if c in "/:.%\"'" else c for c in name)
+
     def params(self) -> dict[str, Any]:
         """The config the method reads, flat (``fitness.w_acc``), for the run's parameters."""
         return _flatten(used_config(_thaw(self.config), self.method.groups_unused))

@@ -15,10 +15,11 @@ from ecomp.errors import TrackingError
 log = logging.getLogger(__name__)
 
 # MLflow settings EComp changes unless the user set them: fail fast on an unreachable server
-# instead of MLflow's minutes of retries, and no usage telemetry (the tool runs offline; MLflow's
-# telemetry would try the network in the background and at exit).
+# instead of MLflow's minutes of retries, no usage telemetry (the tool runs offline; MLflow's
+# telemetry would try the network in the background and at exit), and no "Downloading artifacts"
+# bars (logging a model draws two of them).
 MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-                   "MLFLOW_DISABLE_TELEMETRY": "true"}
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def mlflow_defaults() -> None:

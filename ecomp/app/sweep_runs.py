@@ -3,7 +3,8 @@
 :func:`open_sweep_run` is called once by the sweep's launching process (``SweepSetup``):
 it finds the parent run of the same sweep, by the hash of its command-line overrides
 (so rerunning a killed sweep keeps its parent, and marks it RUNNING again), or creates it,
-and records the current sweep folder on it. Each job then finds it by that folder
+and records the current sweep folder on it (its summary is logged on it when the sweep ends:
+:mod:`ecomp.app.sweep_summary`). Each job then finds it by that folder
 (:func:`sweep_run_id`, on the job's own process: any launcher, a Ray node too) and is created
 with MLflow's ``mlflow.parentRunId`` tag. A sweep whose sweeper makes its own parent runs
 (an Optuna study's) passes ``tracking.parent_run`` to its jobs instead.
@@ -28,16 +29,18 @@ def open_sweep_run(client, experiment_id: str, key: str, sweep_dir: str, command
     """The sweep's parent run (found by ``key`` or created), RUNNING, tagged with ``sweep_dir``."""
     found = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = '{KIND}' and tags.{KEY_TAG} = '{key}'",
                                max_results=1)
+    name = f"sweep {key[:8]}"                 # the command, too long for the runs table, is its description
     if found:
         run_id = found[0].info.run_id
         client.set_tag(run_id, DIR_TAG, sweep_dir)
-        client.update_run(run_id, status="RUNNING")
+        client.update_run(run_id, status="RUNNING", name=name)
         return run_id
     tags = {KIND_TAG: KIND, KEY_TAG: key, DIR_TAG: sweep_dir, "mlflow.note.content": f"`{command}`"}
-    return client.create_run(experiment_id, run_name=f"sweep {key[:8]}: {command}"[:250], tags=tags).info.run_id
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
 def close_sweep_run(client, experiment_id: str, sweep_dir: str, failed: bool) -> None:
+    """End the sweep's parent run FINISHED, or FAILED when ``failed``."""
     run_id = sweep_run_id(client, experiment_id, sweep_dir)
     if run_id is not None:
         client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")

@@ -204,13 +204,15 @@ class RunTracker:
         self._call("recording the run's datasets", send)
         self.seconds += time.perf_counter() - t
 
-    def log_model(self, network: Path, example, scores, requirements: list[str], register_as: str | None = None,
-                  version_tags: dict[str, str] | None = None) -> str:
-        """Log the network saved at ``network`` (a ``best_network.pt``) as an MLflow Model: a pyfunc
-        model from code (:mod:`ecomp.app.network_model`, nothing pickled) whose artifact is that
-        file, with the signature of ``example`` inputs and their ``scores`` (numpy arrays) and the
-        pip ``requirements`` it is served with; register it as a new version of ``register_as`` with
-        ``version_tags`` when given. Returns its URI."""
+    def log_model(self, network: Path, example, scores, requirements: list[str], name: str,
+                  tags: dict[str, str], params: dict[str, str], register_as: str | None = None) -> str:
+        """Log the network saved at ``network`` (a ``best_network.pt``) as an MLflow Model named
+        ``name`` with ``tags`` and ``params``: a pyfunc model from code
+        (:mod:`ecomp.app.network_model`, nothing pickled) whose artifact is that file, with the
+        signature of ``example`` inputs and their ``scores`` (numpy arrays) and the pip
+        ``requirements`` it is served with; register it as a new version of ``register_as`` when
+        given, the version tagged with ``tags`` and ``params`` (a version has no params). Returns
+        its URI."""
         import mlflow
         import mlflow.pyfunc
         from mlflow.models import Model, infer_signature
@@ -228,8 +230,7 @@ class RunTracker:
             mlflow.set_experiment(experiment_id=self.experiment_id)
             with warnings.catch_warnings():     # MLflow's advice for models unlike this one
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
-                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-                return Model.log(None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
+                return Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, tags=tags, params=params,
                                  python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
                                                                                 "architecture": str(network) + ".json"},
                                  signature=signature, pip_requirements=requirements)
@@ -238,7 +239,8 @@ class RunTracker:
         if register_as:
             def register() -> None:
                 _ensure_registered_model(self.client, register_as)
-                self.client.create_model_version(register_as, info.model_uri, run_id=self.run_id, tags=version_tags)
+                self.client.create_model_version(register_as, info.model_uri, run_id=self.run_id,
+                                                 tags={**tags, **params})
 
             self._call(f"registering the model as {register_as!r}", register)
         self.seconds += time.perf_counter() - t
