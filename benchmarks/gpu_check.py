@@ -13,15 +13,19 @@ MLflow, no ``data/`` and no network. The steps, each timed, their output in ``OU
    ``.whl/fashion-mnist`` (or read from ``data/``) into a temporary data root;
 2. ``tests/test_cuda.py`` and ``tests/test_padded.py``;
 3. ``bench_scaling.py --quick`` on the device (``OUT_DIR/scaling``);
-4. the paper's default run, ``run.py device=cuda``, twice into a temporary SQLite store, each timed
-   as a whole process: seed 0 trains and caches the parent, seed 1 is a run as a grid runs it
-   (parent cached); read back from the store: test accuracy, ``run_seconds``,
-   ``seconds_per_generation`` and ``gpu_peak_mib``;
-5. the report (``experiments/figures.py``) of those runs into ``OUT_DIR/figures``.
+4. per parent kind (``--parents``, default ``mlp,cnn``: the paper's MLP and LeNet-5), the default
+   run, ``run.py device=cuda parent=<kind>``, twice into a temporary SQLite store, each timed as a
+   whole process: seed 0 trains and caches the parent, seed 1 is a run as a grid runs it (parent
+   cached); read back from the store: test accuracy, ``run_seconds``, ``seconds_per_generation``
+   and ``gpu_peak_mib``; beside them the CPU's ``seconds_per_generation`` of the same kind from
+   ``--cpu-reference`` (a ``summary.json`` of this check run with ``--device cpu`` on the CPU
+   machine: ``benchmarks/cpu_reference.json``) and the ratio CPU/GPU;
+5. the report (``experiments/figures.py``) of the MLP runs into ``OUT_DIR/figures``.
 
-Writes ``OUT_DIR/summary.json`` and ``OUT_DIR/summary.md`` (with the 70-run grid estimate: 70 whole
-processes of the second kind, one job at a time) and exits 1 if any step failed. Nothing is
-written into the working tree (bytecode off, every store, Hydra and data folder temporary).
+The CUDA tests of step 2 hold the GPU's MLP and CNN forward passes to their CPU oracles.
+Writes ``OUT_DIR/summary.json`` and ``OUT_DIR/summary.md`` (with the 70-run grid estimate per kind:
+70 whole processes of the second kind, one job at a time) and exits 1 if any step failed. Nothing
+is written into the working tree (bytecode off, every store, Hydra and data folder temporary).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
 NEEDED = ("hydra", "omegaconf", "mlflow", "sqlalchemy")     # the modules the machine lacks
 GRID_RUNS = 70                                              # 7 scenarios x 10 seeds
+CPU_REFERENCE = ROOT / "benchmarks" / "cpu_reference.json"
 
 
 class Check:
@@ -116,7 +121,16 @@ def read_runs(uri: str) -> list[dict]:
     keys = ("best_test_accuracy", "best_compression", "parent_test_accuracy", "run_seconds",
             "seconds_per_generation", "gpu_peak_mib", "tracking_seconds")
     return [{"run": r.info.run_name, "seed": r.data.tags.get("seed"), "status": r.info.status,
-             **{k: r.data.metrics.get(k) for k in keys}} for r in runs]
+             "parent": r.data.params.get("parent.kind", "mlp"), **{k: r.data.metrics.get(k) for k in keys}} for r in runs]
+
+
+def cpu_seconds_per_generation(path: Path) -> dict[str, float]:
+    """The parent-cached run's ``seconds_per_generation`` per kind in a CPU check's ``summary.json``."""
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    return {r["parent"]: r["seconds_per_generation"] for r in summary.get("runs", [])
+            if r.get("seed") == "1" and r.get("seconds_per_generation")}
 
 
 def device_info(device: str) -> dict:
@@ -138,16 +152,18 @@ def summary_md(s: dict) -> str:
              f"Python {s['info']['python']}, {s['info']['cpus']} CPUs; packages: {s['packages']}; data: {s['data']}", "",
              "| step | seconds | exit |", "| --- | ---: | ---: |"]
     lines += [f"| {st['step']} | {st['seconds']:.1f} | {st['rc']} |" for st in s["steps"]]
-    lines += ["", "| run | whole process s | run_seconds | s/generation | GPU peak MiB | test acc | size |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| parent | run | whole process s | run_seconds | s/generation | CPU s/generation | CPU/this |"
+                  " GPU peak MiB | test acc | size |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in s["runs"]:
         def f(key, fmt):
             return format(r[key], fmt) if r.get(key) is not None else "-"
-        lines.append(f"| {r['run']} | {f('process_seconds', '.1f')} | {f('run_seconds', '.1f')} | "
-                     f"{f('seconds_per_generation', '.3f')} | {f('gpu_peak_mib', '.0f')} | "
+        lines.append(f"| {r['parent']} | {r['run']} | {f('process_seconds', '.1f')} | {f('run_seconds', '.1f')} | "
+                     f"{f('seconds_per_generation', '.3f')} | {f('cpu_seconds_per_generation', '.3f')} | "
+                     f"{f('cpu_ratio', '.1f')} | {f('gpu_peak_mib', '.0f')} | "
                      f"{f('best_test_accuracy', '.4f')} | {f('best_compression', '.3f')} |")
-    if s.get("grid_estimate_s"):
-        lines += ["", f"70-run grid, one job at a time: about {s['grid_estimate_s'] / 60:.1f} min "
+    for kind, seconds in s.get("grid_estimate_s", {}).items():
+        lines += ["", f"70-run grid of parent={kind}, one job at a time: about {seconds / 60:.1f} min "
                       f"(70 x the parent-cached run's whole process)"]
     return "\n".join(lines) + "\n"
 
@@ -157,6 +173,9 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="folder for log.txt, summary.json/.md, scaling/ and figures/")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--wheels", type=Path, default=WHEELS)
+    ap.add_argument("--parents", default="mlp,cnn", help="comma-separated parent kinds, each run twice")
+    ap.add_argument("--cpu-reference", type=Path, default=CPU_REFERENCE,
+                    help="a CPU check's summary.json, for the ratio CPU/this device")
     ap.add_argument("--run-args", nargs="*", default=[], help="extra run.py overrides (tiny sizes for a CPU check)")
     ap.add_argument("--scaling-args", nargs=argparse.REMAINDER, default=[],
                     help="extra bench_scaling.py options (last on the line)")
@@ -179,27 +198,32 @@ def main() -> None:
                                     "--quick", "--out", str(a.out / "scaling"), *a.scaling_args], timeout=180)
         common = [f"device={a.device}", f"tracking.uri={uri}", f"parent.cache_dir={tmp / 'parents'}", "progress=false",
                   *([f"data.root={root}"] if root else ["data=digits"]), *a.run_args]
-        process_seconds = {}
-        for seed in (0, 1):
-            t = time.perf_counter()
-            ok = check.run(f"run seed {seed}", [*py, "run.py", f"seed={seed}", *common,
-                                                f"hydra.run.dir={tmp / f'run{seed}'}"], timeout=240)
-            process_seconds[str(seed)] = time.perf_counter() - t if ok else None
+        kinds = a.parents.split(",")
+        process_seconds: dict[tuple[str, str], float | None] = {}
+        for kind in kinds:
+            for seed in (0, 1):
+                t = time.perf_counter()
+                ok = check.run(f"run {kind} seed {seed}", [*py, "run.py", f"parent={kind}", f"seed={seed}", *common,
+                                                           f"hydra.run.dir={tmp / f'run-{kind}{seed}'}"], timeout=240)
+                process_seconds[kind, str(seed)] = time.perf_counter() - t if ok else None
         check.run("figures", [*py, "experiments/figures.py", f"tracking.uri={uri}", f"output_dir={a.out / 'figures'}",
-                              "grid.scenarios=[\"121\"]", "grid.seeds=[0,1]", "omit_from_figures=[]",
-                              "log_summary_run=false"], timeout=120)
-        runs = read_runs(uri)
+                              f"report.parent={kinds[0]}", "grid.scenarios=[\"121\"]", "grid.seeds=[0,1]",
+                              "omit_from_figures=[]", "log_summary_run=false"], timeout=120)
+        runs, cpu = read_runs(uri), cpu_seconds_per_generation(a.cpu_reference)
         for r in runs:
-            r["process_seconds"] = process_seconds.get(r["seed"])
+            r["process_seconds"] = process_seconds.get((r["parent"], r["seed"]))
+            r["cpu_seconds_per_generation"] = cpu.get(r["parent"])
+            if r["cpu_seconds_per_generation"] and r.get("seconds_per_generation"):
+                r["cpu_ratio"] = r["cpu_seconds_per_generation"] / r["seconds_per_generation"]
         summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "info": info, "packages": packages,
-                   "data": data, "steps": check.steps, "runs": runs, "whole_check_s": time.perf_counter() - t0}
-        if process_seconds.get("1"):               # a grid run: the parent cached
-            summary["grid_estimate_s"] = GRID_RUNS * process_seconds["1"]
+                   "data": data, "steps": check.steps, "runs": runs, "whole_check_s": time.perf_counter() - t0,
+                   "grid_estimate_s": {kind: GRID_RUNS * process_seconds[kind, "1"] for kind in kinds
+                                       if process_seconds.get((kind, "1"))}}     # a grid run: the parent cached
         (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
         (a.out / "summary.md").write_text(summary_md(summary))
         check.note("\n" + summary_md(summary))
     failed = [s["step"] for s in check.steps if s["rc"]]
-    if failed or len(runs) != 2:
+    if failed or len(runs) != 2 * len(kinds):
         raise SystemExit(f"gpu_check: failed: {', '.join(failed) or 'the runs are not in the store'}")
 
 

@@ -80,10 +80,15 @@ def test_the_gpu_check_sets_itself_up_and_runs_on_a_machine_without_mlflow_or_hy
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:] + log[-5000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["packages"] == f"{len(built)} wheels from {wheels}"
-    assert [s["step"] for s in summary["steps"]] == ["tests", "bench_scaling", "run seed 0", "run seed 1", "figures"]
-    assert [r["status"] for r in summary["runs"]] == ["FINISHED", "FINISHED"]
+    assert [s["step"] for s in summary["steps"]] == ["tests", "bench_scaling", "run mlp seed 0", "run mlp seed 1",
+                                                      "run cnn seed 0", "run cnn seed 1", "figures"]
+    assert [(r["parent"], r["status"]) for r in summary["runs"]] == [("mlp", "FINISHED")] * 2 + [("cnn", "FINISHED")] * 2
     assert all(r["seconds_per_generation"] > 0 and r["process_seconds"] > r["run_seconds"] for r in summary["runs"])
-    (grid_run,) = [r for r in summary["runs"] if r["seed"] == "1"]          # the parent cached
-    assert summary["grid_estimate_s"] == pytest.approx(70 * grid_run["process_seconds"])
+    for kind in ("mlp", "cnn"):
+        (grid_run,) = [r for r in summary["runs"] if r["seed"] == "1" and r["parent"] == kind]   # the parent cached
+        assert summary["grid_estimate_s"][kind] == pytest.approx(70 * grid_run["process_seconds"])
+        # the CPU reference is this machine's CPU: the ratio is read from it (the committed one)
+        assert grid_run["cpu_ratio"] == pytest.approx(grid_run["cpu_seconds_per_generation"]
+                                                      / grid_run["seconds_per_generation"])
     assert (out / "scaling" / "scaling.csv").exists() and (out / "figures" / "fig2_accuracy.png").exists()
-    assert "| run seed 1 |" in (out / "summary.md").read_text()
+    assert "| cnn | " in (out / "summary.md").read_text()
