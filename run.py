@@ -5,17 +5,27 @@ from __future__ import annotations
 import logging
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from ecomp.app.caches import Caches
-from ecomp.app.callbacks import record_failure
-from ecomp.app.cli import check_composition, check_overrides, check_parent_choice, fail
-from ecomp.app.config import register_configs
-from ecomp.errors import EcompError
+from ecomp.app.cli import fail
 from ecomp.app.credentials import take_passwords
-from ecomp.app.pipeline import run_experiment, scenario_name
+from ecomp.app.tracker_process import prestart
+from ecomp.errors import EcompError
+
+if __name__ == "__main__":
+    try:
+        sys.argv[1:] = take_passwords(sys.argv[1:])     # before Hydra writes any of it down
+    except EcompError as exc:
+        fail(str(exc))
+    prestart(sys.argv[1:])      # the tracking helper imports MLflow while this process imports torch
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ecomp.app.caches import Caches  # noqa: E402
+from ecomp.app.callbacks import record_failure  # noqa: E402
+from ecomp.app.cli import check_composition, check_overrides, check_parent_choice  # noqa: E402
+from ecomp.app.config import register_configs  # noqa: E402
+from ecomp.app.pipeline import run_experiment, scenario_name  # noqa: E402
 
 log = logging.getLogger("ecomp")
 # What the jobs of this process share (the dataset read, a checkpoint read, the parent's test
@@ -68,10 +78,6 @@ def scenario(cfg: DictConfig, choice: str | None) -> str | None:
 
 if __name__ == "__main__":
     register_configs()                                  # the schema conf/config.yaml names first
-    try:
-        sys.argv[1:] = take_passwords(sys.argv[1:])     # before Hydra writes any of it down
-    except EcompError as exc:
-        fail(str(exc))
     sys.argv[1:] = check_overrides(sys.argv[1:])
     check_composition(sys.argv[1:])
     main()
