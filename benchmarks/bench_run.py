@@ -3,6 +3,7 @@
     python benchmarks/bench_run.py              # full run (100 generations + final pick), 3 repeats
     python benchmarks/bench_run.py --short      # 20 generations, for quick iterations
     python benchmarks/bench_run.py --device cuda  # only the GPU (default: the CPU, then the GPU if there is one)
+    python benchmarks/bench_run.py --no-baseline parent=cnn   # LeNet-5: the phases (its forward rate: bench_conv.py)
 
 Reports medians over repeats: seconds per run; per-evaluation seconds of the
 forward passes, similarity, operators and tracking; the ratio of everything
@@ -133,12 +134,17 @@ def bench_device(args, device: str) -> None:
     med = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in ("forward", "similarity", "operators", "tracking")}
     total = statistics.median(runs)
     rest = total - med["forward"]
-    dims = len(cfg.parent.hidden), cfg.parent.input_dim, cfg.parent.classes
-    flops = forward_flops(statistics.median(widths), cfg.population.size, cfg.data.batch_size, *dims) * evaluations
-    # the forward phase also holds the parent's pass over the training subset (for its
-    # probabilities) and the best network's over the test images: about 1 % more
-    flops += forward_flops(cfg.parent.hidden[0], 1, cfg.data.train_size, *dims)
-    flops += forward_flops(statistics.median(widths), 1, cfg.data.test_size, *dims)
+    flops = None
+    if cfg.parent.kind == "mlp":         # a CNN's forward rate: benchmarks/bench_conv.py
+        from ecomp.nets.datasets import info     # a null parent.input_dim / classes: the dataset's
+
+        data = info(cfg.data.name)
+        dims = len(cfg.parent.hidden), cfg.parent.input_dim or data.input_dim, cfg.parent.classes or data.classes
+        flops = forward_flops(statistics.median(widths), cfg.population.size, cfg.data.batch_size, *dims) * evaluations
+        # the forward phase also holds the parent's pass over the training subset (for its
+        # probabilities) and the best network's over the test images: about 1 % more
+        flops += forward_flops(cfg.parent.hidden[0], 1, cfg.data.train_size, *dims)
+        flops += forward_flops(statistics.median(widths), 1, cfg.data.test_size, *dims)
     print(f"\nrun ({'short' if args.short else 'paper default'}: pop {cfg.population.size}, "
           f"{evaluations - n_batches} generations + {n_batches}-batch final pick), median of {args.repeats}: "
           f"{total:.2f} s   (all runs: {', '.join(f'{x:.2f}' for x in runs)})")
@@ -150,7 +156,8 @@ def bench_device(args, device: str) -> None:
           f"({', '.join(f'{r:.2f}' for r in ratios)}); of the medians: {rest / med['forward']:.2f}")
     print(f"  rest = whole run - forward = {rest:.2f} s: similarity {med['similarity']:.2f} s, operators "
           f"{med['operators']:.2f} s, tracking {med['tracking']:.2f} s, the rest outside these phases")
-    print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(device):.1f} GFLOP/s")
+    if flops is not None:
+        print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(device):.1f} GFLOP/s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory (max RSS of this process): {peak:.2f} GiB")
     if device.startswith("cuda"):
