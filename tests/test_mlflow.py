@@ -36,12 +36,13 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     (output,) = run.outputs.model_outputs
     assert_models_filed(client, [run])
     model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
-    assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 784)]
+    assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 1, 28, 28)]   # images in
     test = load_split(data_spec(cfg), train=False)
     x, y = test.x[:cfg.data.test_size].numpy(), test.y[:cfg.data.test_size].numpy()
-    accuracy = float((np.asarray(model.predict(x)).argmax(1) == y).mean())
+    accuracy = float((np.asarray(model.predict(x.reshape(-1, 1, 28, 28))).argmax(1) == y).mean())
     assert accuracy == pytest.approx(run.data.metrics["best_test_accuracy"], abs=1e-9)
-    assert model.predict(test.x[:3].numpy()).shape == (3, 10)
+    probabilities = model.predict(test.x[:3].numpy().reshape(-1, 1, 28, 28))      # class probabilities out
+    assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
     files = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
     assert {"MLmodel", "network_model.py", "artifacts"} <= files and not any(f.endswith(".pkl") for f in files)
 
