@@ -3,6 +3,7 @@ inputs, the Source column and the runs view. Real store, real runs (small sizes)
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -29,6 +30,13 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     run = client.get_run(result.run_id)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"       # the UI's runs view
+    # the README's shared views of the runs table: the metrics and tags they show are the run's
+    views = {k.rsplit(".", 1)[1]: json.loads(v) for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")}
+    assert sorted(views) == ["ecomp-runs", "ecomp-scenarios"]
+    columns = {c for view in views.values() for c in view["selectedColumns"]}
+    assert {f"metrics.`{m}`" for m in ("best_test_accuracy", "best_compression", "best_macs_ratio")} <= columns
+    assert all(c[9:-1] in run.data.metrics for c in columns if c.startswith("metrics."))
+    assert {c[6:-1] for c in columns if c.startswith("tags.")} - set(run.data.tags) == {"keep"}   # a baseline's
     assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.source.type"] == "LOCAL"
 
     # the model: in the run's outputs and its experiment's models, a pyfunc model from code (no
