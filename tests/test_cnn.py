@@ -241,7 +241,8 @@ def test_a_cnn_run_through_run_py_logs_macs_latency_and_a_model_that_predicts(tm
     digits = load_digits()                    # data=digits: the last 500 images are the test split
     x = (digits.data[-500:-300] / 16.0).astype(np.float32)
     y = digits.target[-500:-300]
-    assert float((model.predict(x).argmax(1) == y).mean()) == pytest.approx(m["best_test_accuracy"], abs=1e-9)
+    predicted = model.predict(x.reshape(-1, 1, 8, 8)).argmax(1)      # the signature's images, 1 x 8 x 8
+    assert float((predicted == y).mean()) == pytest.approx(m["best_test_accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ inputs, the Source column and the runs view. Real store, real runs (small sizes)
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -29,6 +30,13 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     run = client.get_run(result.run_id)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"       # the UI's runs view
+    # the README's shared views of the runs table: the metrics and tags they show are the run's
+    views = {k.rsplit(".", 1)[1]: json.loads(v) for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")}
+    assert sorted(views) == ["ecomp-runs", "ecomp-scenarios"]
+    columns = {c for view in views.values() for c in view["selectedColumns"]}
+    assert {f"metrics.`{m}`" for m in ("best_test_accuracy", "best_compression", "best_macs_ratio")} <= columns
+    assert all(c[9:-1] in run.data.metrics for c in columns if c.startswith("metrics."))
+    assert {c[6:-1] for c in columns if c.startswith("tags.")} - set(run.data.tags) == {"keep"}   # a baseline's
     assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.source.type"] == "LOCAL"
 
     # the model: in the run's outputs and its experiment's models, a pyfunc model from code (no
@@ -36,12 +44,13 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     (output,) = run.outputs.model_outputs
     assert_models_filed(client, [run])
     model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
-    assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 784)]
+    assert [s.shape for s in model.metadata.signature.inputs.inputs] == [(-1, 1, 28, 28)]   # images in
     test = load_split(data_spec(cfg), train=False)
     x, y = test.x[:cfg.data.test_size].numpy(), test.y[:cfg.data.test_size].numpy()
-    accuracy = float((np.asarray(model.predict(x)).argmax(1) == y).mean())
+    accuracy = float((np.asarray(model.predict(x.reshape(-1, 1, 28, 28))).argmax(1) == y).mean())
     assert accuracy == pytest.approx(run.data.metrics["best_test_accuracy"], abs=1e-9)
-    assert model.predict(test.x[:3].numpy()).shape == (3, 10)
+    probabilities = model.predict(test.x[:3].numpy().reshape(-1, 1, 28, 28))      # class probabilities out
+    assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
     files = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
     assert {"MLmodel", "network_model.py", "artifacts"} <= files and not any(f.endswith(".pkl") for f in files)
 

@@ -5,8 +5,9 @@ it, nothing pickled). Its artifacts are the tool's own ``best_network.pt``, a st
 weights and biases loaded with ``weights_only=True``, and its ``.json`` architecture. An MLP is
 run as ``Linear -> ReLU -> ... -> Linear`` on flattened images; a CNN by the plan in the JSON
 (:mod:`ecomp.nets.convnet`'s layout: each stage, then ReLU and its pooling, a Flatten before the
-first linear stage). It needs only torch and numpy, not ``ecomp``, so ``mlflow models serve``
-runs it in a plain environment.
+first linear stage). It returns each row's class probabilities (the softmax of the network's
+outputs), as the logged signature says. It needs only torch and numpy, not ``ecomp``, so
+``mlflow models serve`` runs it in a plain environment.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class Network(PythonModel):
-    """``predict``: flat images ``(n, input)`` -> class scores ``(n, classes)``."""
+    """``predict``: images ``(n, C, H, W)`` or flat rows ``(n, C*H*W)`` -> class probabilities ``(n, classes)``."""
 
     # torch is imported where it is used: MLflow runs this file when the model is logged, and the
     # process that logs it (ecomp.app.tracker_process) has no use for torch otherwise.
@@ -57,7 +58,7 @@ class Network(PythonModel):
                         h = F.max_pool2d(h, s["pool_size"])
                     elif s.get("pool") == "avg":
                         h = F.avg_pool2d(h, s["pool_size"])
-        return h.numpy()
+        return h.softmax(1).numpy()
 
 
 set_model(Network())

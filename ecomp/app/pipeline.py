@@ -24,7 +24,7 @@ from ecomp.methods import Problem
 from ecomp.methods.metrics import cost_metrics, network_metrics
 from ecomp.nets import data as data_mod
 from ecomp.nets.network import save_network
-from ecomp.nets.structure import accuracy, detached, logits, to_device
+from ecomp.nets.structure import accuracy, detached, to_device
 from ecomp.redact import mask
 from ecomp.timing import NullTimer, PhaseTimer
 
@@ -141,6 +141,16 @@ def _model_labels(spec: RunSpec, metrics: dict[str, float]) -> tuple[dict[str, s
     return tags, params
 
 
+def _image_shape(data: DataSpec, network) -> tuple[int, ...]:
+    """What one input of the logged model is: an image ``(C, H, W)`` of the data (a CNN reads it as
+    such; an MLP flattens it), or ``(features,)`` for an MLP whose input is not the data's image."""
+    shape = tuple(network.in_shape)
+    if len(shape) == 1:
+        image = tuple(data_mod.dataset(data.name, data.user).shape)
+        shape = image if math.prod(image) == network.in_features else shape
+    return shape
+
+
 def _compress(spec: RunSpec, caches: Caches, train, test, parent, timer, tracker) -> RunResult:
     """Run ``method`` on this run's data and measure what it returns: the one tail every method shares."""
     from tqdm.auto import tqdm
@@ -205,10 +215,9 @@ def _compress(spec: RunSpec, caches: Caches, train, test, parent, timer, tracker
                 try:
                     tracker.log_artifacts(Path(tmp))
                     if spec.store.log_model:
-                        example = test.x[:5].contiguous()
                         requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
                         tags, params = _model_labels(spec, metrics)
-                        tracker.log_model(network, example.numpy(), logits(best, example).numpy(), requirements,
+                        tracker.log_model(network, _image_shape(data, best), best.classes, requirements,
                                           spec.model_name, tags, params, spec.store.register_as)
                     tracker.log_datasets(_dataset_inputs(data, caches, run_data, test))
                     # run_seconds is the run's own work, the same with tracking or without; the time this

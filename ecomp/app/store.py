@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -32,6 +33,21 @@ TAG_HASH, TAG_SCENARIO, TAG_SEED, TAG_SWEEP = "config_hash", "scenario", "seed",
 TAG_METHOD, TAG_KEEP, TAG_VARIANT = "method", "keep", "variant"
 # MLflow's UI opens an experiment with this tag in its model-training view (runs), not GenAI's traces.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _columns(kind: str, *keys: str) -> list[str]:
+    return [f"{kind}.`{key}`" for key in keys]      # the UI's column ids
+
+
+# Views of the runs table, opened by #/experiments/<id>/runs?viewStateShareKey=<name>: the UI's
+# shared views (its Share button), kept as experiment tags. Columns and grouping are no URL parameters.
+RUN_COLUMNS = [*_columns("attributes", "Models"), *_columns("metrics", "best_test_accuracy", "best_compression",
+                                                             "best_macs_ratio"),
+               *_columns("tags", "method", "scenario", "keep", "seed")]
+VIEWS = {"ecomp-runs": {"selectedColumns": RUN_COLUMNS, "orderByKey": "metrics.`best_test_accuracy`"},
+         "ecomp-scenarios": {"selectedColumns": RUN_COLUMNS, "groupBy": {
+             "aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "scenario"}]}}}
+EXPERIMENT_TAGS = {**EXPERIMENT_KIND, **{f"mlflow.sharedViewState.{name}": json.dumps(view) for name, view in VIEWS.items()}}
 
 
 def default_uri(root: Path) -> str:
@@ -67,12 +83,12 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str
         if exp is not None:
             if exp.lifecycle_stage != "active":
                 raise TrackingError(f"tracking.experiment={name!r} is deleted in {uri}; restore it or pick another name")
-            if not any(k in exp.tags for k in EXPERIMENT_KIND):       # created before the tag was set
-                for k, v in EXPERIMENT_KIND.items():
+            for k, v in EXPERIMENT_TAGS.items():
+                if k not in exp.tags:                                   # created before this tag was set
                     client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
         except MlflowException:   # another job created it first
             time.sleep(0.2)
     raise TrackingError(f"tracking.experiment={name!r}: cannot be created in {uri}")

@@ -151,9 +151,9 @@ class TrackerProcess:
     def log_artifacts(self, folder: Path) -> None:
         self._send("call", "log_artifacts", (str(folder),), {})
 
-    def log_model(self, network: Path, example, scores, requirements: list[str], name: str,
+    def log_model(self, network: Path, shape: tuple[int, ...], classes: int, requirements: list[str], name: str,
                   tags: dict[str, str], params: dict[str, str], register_as: str | None = None) -> None:
-        self._send("call", "log_model", (str(network), example, scores, requirements, name, tags, params,
+        self._send("call", "log_model", (str(network), tuple(shape), int(classes), requirements, name, tags, params,
                                          register_as), {})
 
     def log_datasets(self, splits: dict[str, tuple[str, str, int, str]]) -> None:

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ecomp.app.store import client_for, open_run, store_error
@@ -22,6 +23,38 @@ log = logging.getLogger(__name__)
 # The logged model's code (MLflow's models from code): passed by path, never imported here.
 NETWORK_MODEL = Path(__file__).with_name("network_model.py")
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+
+def model_signature(shape: tuple[int, ...], classes: int):
+    """The logged model's signature: a batch of float32 inputs of ``shape`` (``-1`` rows) in, each
+    row's class probabilities (``probabilities``, ``(-1, classes)``) out. MLflow fixes a tensor's
+    rank: an image-shaped input is sent as ``inputs`` of ``N x C x H x W``, or as flat rows in a
+    one-column DataFrame, which MLflow reshapes to the signature's shape (README, serving)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
+                          Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "probabilities")]))
+
+
+def _save_portable_pyfunc(path: str, mlflow_model, **kwargs) -> None:
+    """``mlflow.pyfunc.save_model``, then an MLmodel that names no file of the logging machine:
+    MLflow records the model code's absolute path (``model_code_path``) and each artifact's source
+    (``uri``), though loading reads only the code file's name and the artifacts' ``path`` inside
+    the model."""
+    import mlflow.pyfunc
+
+    mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+    conf = mlflow_model.flavors["python_function"]
+    conf["model_code_path"] = Path(conf["model_code_path"]).name
+    for artifact in conf.get("artifacts", {}).values():
+        artifact.pop("uri", None)
+    mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+# What Model.log asks of a flavour: a ``save_model``, and a name for the logged model's flavour.
+PORTABLE_PYFUNC = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_portable_pyfunc)
+
 
 def _ensure_registered_model(client, name: str) -> None:
     """Create registered model ``name`` unless it exists (parallel jobs may race to create it)."""
@@ -204,25 +237,24 @@ class RunTracker:
         self._call("recording the run's datasets", send)
         self.seconds += time.perf_counter() - t
 
-    def log_model(self, network: Path, example, scores, requirements: list[str], name: str,
+    def log_model(self, network: Path, shape: tuple[int, ...], classes: int, requirements: list[str], name: str,
                   tags: dict[str, str], params: dict[str, str], register_as: str | None = None) -> str:
         """Log the network saved at ``network`` (a ``best_network.pt``) as an MLflow Model named
         ``name`` with ``tags`` and ``params``: a pyfunc model from code
-        (:mod:`ecomp.app.network_model`, nothing pickled) whose artifact is that file, with the
-        signature of ``example`` inputs and their ``scores`` (numpy arrays) and the pip
-        ``requirements`` it is served with; register it as a new version of ``register_as`` when
-        given, the version tagged with ``tags`` and ``params`` (a version has no params). Returns
-        its URI."""
+        (:mod:`ecomp.app.network_model`, nothing pickled) whose artifact is that file, with the pip
+        ``requirements`` it is served with and the signature :func:`model_signature` of ``shape``
+        (one input: an image ``(C, H, W)`` or a flat row) and ``classes``; register it as a new
+        version of ``register_as`` when given, the version tagged with ``tags`` and ``params`` (a
+        version has no params). Returns its URI."""
         import mlflow
-        import mlflow.pyfunc
-        from mlflow.models import Model, infer_signature
+        from mlflow.models import Model
 
         self.wait()
         t = time.perf_counter()
         # A signature, and no input example: MLflow checks an example by loading the model, which
         # imports torch into the tracking process at the end of the run (2.3 s of the user's wait).
-        # The model's loading and predictions are tested instead (tests/test_mlflow.py).
-        signature = infer_signature(example, scores)
+        # The model's loading, predictions and serving are tested instead (tests/test_serving.py).
+        signature = model_signature(shape, classes)
         # The model is filed in the fluent client's experiment: this run's, not the store's
         # Default one (experiment 0).
         def send():
@@ -230,7 +262,7 @@ class RunTracker:
             mlflow.set_experiment(experiment_id=self.experiment_id)
             with warnings.catch_warnings():     # MLflow's advice for models unlike this one
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
-                return Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, tags=tags, params=params,
+                return Model.log(None, name=name, flavor=PORTABLE_PYFUNC, run_id=self.run_id, tags=tags, params=params,
                                  python_model=str(NETWORK_MODEL), artifacts={"network": str(network),
                                                                                 "architecture": str(network) + ".json"},
                                  signature=signature, pip_requirements=requirements)
