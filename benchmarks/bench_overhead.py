@@ -40,14 +40,20 @@ def one(setting: str, overrides: list[str], tmp: Path, k: int, fresh: bool) -> t
     args = [sys.executable, str(ROOT / "run.py"), *overrides, *SETTINGS[setting], "progress=false",
             "tracking.skip_finished=false",
             f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"hydra.run.dir={folder / 'out'}"]
+    return whole_process(args, tmp, f"{setting} run")
+
+
+def whole_process(args: list[str], cwd: Path, what: str) -> tuple[float, float]:
+    """``(seconds from spawn to exit, the run's own seconds from its last log line)`` of one
+    ``run.py`` process ``args``; exits with its error output if it fails."""
     t = time.perf_counter()
-    proc = subprocess.run(args, cwd=tmp, capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
-        sys.exit(f"error: {setting} run failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"error: {what} failed:\n{proc.stderr[-3000:]}")
     found = RUN_SECONDS.search(proc.stdout + proc.stderr)
     if found is None:
-        sys.exit(f"error: {setting} run printed no run_seconds:\n{(proc.stdout + proc.stderr)[-2000:]}")
+        sys.exit(f"error: {what} printed no run_seconds:\n{(proc.stdout + proc.stderr)[-2000:]}")
     return wall, float(found.group(1))
 
 

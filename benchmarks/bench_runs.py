@@ -23,16 +23,15 @@ medians and the ratios baseline/now, and the CNN run's ratio to the MLP run.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench_overhead import whole_process     # this folder is the script's: sys.path[0]
+
 ROOT = Path(__file__).resolve().parents[1]
-RUN_SECONDS = re.compile(r"relative size [0-9.]+, parent [0-9.]+, ([0-9.]+) s")
 UNTRACKED = ["tracking.enabled=false"]
 TINY = ["population.size=6", "data.train_size=300"]
 CASES = {"mlp": ["parent=mlp", *UNTRACKED], "cnn": ["parent=cnn", *UNTRACKED], "tiny": [*TINY, *UNTRACKED],
@@ -46,15 +45,7 @@ def one(tree: Path, case: str, tmp: Path, extra: list[str]) -> tuple[float, floa
             f"parent.cache_dir={ROOT / '.cache' / 'parents'}", f"data.root={ROOT / 'data'}",
             "tracking.skip_finished=false", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
             f"hydra.run.dir={tmp / 'out'}"]
-    t = time.perf_counter()
-    proc = subprocess.run(args, cwd=tmp, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"error: {case} from {tree} failed:\n{proc.stderr[-3000:]}")
-    found = RUN_SECONDS.search(proc.stdout + proc.stderr)
-    if found is None:
-        sys.exit(f"error: {case} from {tree} printed no run seconds:\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return wall, float(found.group(1))
+    return whole_process(args, tmp, f"{case} from {tree}")
 
 
 def worktree(commit: str, where: Path) -> Path:
