@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.kernels import conv_forward  # noqa: E402
 from ecomp.nets import convnet  # noqa: E402
-from ecomp.nets.conv_population import ConvPopulation  # noqa: E402
+from ecomp.nets.net_population import NetPopulation  # noqa: E402
 from ecomp.nets.convnet import plan_size  # noqa: E402
 from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
 
@@ -86,9 +86,9 @@ def main() -> None:
     parent = convnet.from_module(convnet.build_module(plan), plan)
     x = torch.rand(args.batch, 784)
     initial = l1_population(parent, args.size, 0.9, 0.207)
-    def converged(keep: float) -> ConvPopulation:
+    def converged(keep: float) -> NetPopulation:
         member = l1_population(parent, 1, keep, keep).members[0]
-        return ConvPopulation(plan, [member] * args.size).take(list(range(args.size)))
+        return NetPopulation(plan, [member] * args.size).take(list(range(args.size)))
 
     conv, gemm = large_conv_gflops(args.repeats), gemm_gflops(args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "

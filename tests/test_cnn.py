@@ -15,7 +15,7 @@ from ecomp.core.recombination import draw_cuts
 from ecomp.kernels import conv_forward
 from ecomp.methods.pruning import structured_prune
 from ecomp.nets import convnet
-from ecomp.nets.conv_population import ConvPopulation
+from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.convnet import ConvNet, ConvPlan, Stage, plan_size
 from ecomp.nets.sizes import counted_macs
 from ecomp.nets.structure import logits
@@ -110,7 +110,7 @@ def test_the_cut_bound_reduces_to_the_papers_on_dense_layers_and_reaches_every_f
 def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):
     pop = l1_population(random_net(plan), 8, 0.9, 0.3)
     if converged:                                        # several individuals of one architecture
-        pop = ConvPopulation(plan, [pop.members[i // 3] for i in range(8)]).take(list(range(8)))
+        pop = NetPopulation(plan, [pop.members[i // 3] for i in range(8)]).take(list(range(8)))
     x = torch.rand(20, 144)
     ref_logits, ref_hidden = conv_forward.forward_loop(pop, x, features)
     fast_logits, fast_hidden = conv_forward.forward_grouped(pop, x, features)
@@ -121,7 +121,7 @@ def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):
             torch.testing.assert_close(distances(b), distances(a), rtol=1e-4, atol=1e-3)
 
 
-def chunked_pass(monkeypatch, pop: ConvPopulation, x: torch.Tensor, budget: int, block: int | None = None):
+def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, block: int | None = None):
     """``forward_grouped(pop, x)`` under a budget of ``budget`` floats (``block`` for a block of
     the first convolution; default the same), watched: the individuals
     of each first-stage chunk, of each later-stage chunk, the floats of every convolution's
@@ -164,7 +164,7 @@ def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):
     # no pooling, so the second convolution's maps are the widest: the later stages' chunks count
     plan = convnet.lenet5((1, 28, 28), 10, channels=(4, 8), kernel=3, padding=(1, 1), pool=1, hidden=(16,))
     # two architectures of four individuals each, interleaved, every individual its own weights
-    pop = ConvPopulation(plan, [l1_population(random_net(plan, seed), 1, keep, keep).members[0]
+    pop = NetPopulation(plan, [l1_population(random_net(plan, seed), 1, keep, keep).members[0]
                                 for seed, keep in enumerate([0.7, 0.4] * 4)])
     assert [len(run) for run in pop.groups().values()] == [4, 4]
     x = torch.rand(10, 784)

@@ -12,7 +12,7 @@ from ecomp.core.evolution import EComp
 from ecomp.core.fitness import Evaluator, ReferenceEvaluator, Weights
 from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
 from ecomp.core.mutation import MutationSpec, mutate_
-from ecomp.core.recombination import draw_cuts, recombine
+from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs
 from ecomp.measures.cka import LinearCKA
 from ecomp.measures.tsne import TSNE
@@ -21,7 +21,7 @@ from ecomp.nets.network import load_network, save_network
 from ecomp.nets.sizes import counted_macs
 from ecomp.nets.structure import logits
 
-from kinds import FEATURES, KINDS
+from kinds import FEATURES, KINDS, reference_scores, relu_groups
 
 KIND = pytest.mark.parametrize("kind", sorted(KINDS))
 
@@ -31,12 +31,13 @@ def gen(seed: int) -> torch.Generator:
 
 
 def masked_logits(parent, keep: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The parent's module with every unit not in ``keep`` silenced after its ReLU: what the
-    pruned network must compute, found without the kind's pruning rules."""
+    """The parent's module with every unit not in ``keep`` silenced after each ReLU that outputs
+    its group: what the pruned network must compute, found without the kind's pruning rules."""
     model = parent.to_module()
     relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
-    assert len(relus) == len(keep)
-    for relu, kept in zip(relus, keep):
+    groups = relu_groups(parent)
+    assert len(relus) == len(groups) and set(groups) == set(range(len(keep)))
+    for relu, kept in zip(relus, [keep[g] for g in groups]):
         def hook(_m, _i, out, kept=kept):
             mask = torch.zeros(out.shape[1])
             mask[kept] = 1
@@ -53,8 +54,7 @@ def test_the_initial_population_is_the_parent_with_its_smallest_l1_units_removed
     x = torch.rand(20, FEATURES, generator=gen(1))
     assert pop.size == 6 and pop.in_features == FEATURES and pop.classes == parent.classes
     for i, ratio in enumerate(keep_ratios(6, 0.9, 0.3)):
-        keep = [torch.topk(w.abs().flatten(1).sum(1), pruned_width(w.shape[0], ratio)).indices.sort().values
-                for w, _ in parent.layers[:-1]]
+        keep = [torch.topk(s, pruned_width(len(s), ratio)).indices.sort().values for s in reference_scores(parent)]
         net = pop.network(i)
         assert net.kind == parent.kind and net.units == tuple(len(k) for k in keep) == pop.widths[i]
         torch.testing.assert_close(logits(net, x), masked_logits(parent, keep, x), rtol=1e-5, atol=1e-5)
@@ -63,9 +63,39 @@ def test_the_initial_population_is_the_parent_with_its_smallest_l1_units_removed
 @KIND
 def test_a_crossover_block_spans_the_inputs_its_units_feed(kind):
     net = KINDS[kind]()
-    for layer in range(1, len(net.layers)):
-        for cut in range(1, net.units[layer - 1] + 1):
-            assert net.block_columns(layer, cut) == len(net.input_columns(layer, torch.arange(cut)))
+    n_cuts = len(net.cut_limits(net))
+    for cut in range(1, min(net.units) + 1):
+        for layer, ((_, cols), (_, reads)) in enumerate(zip(net.crossover_blocks([cut] * n_cuts), net.layer_groups())):
+            if reads is not None:
+                assert cols == len(net.input_columns(layer, torch.arange(cut)))
+
+
+def reference_cuts(pop, pairs, generator) -> list[list[int]]:
+    """The cuts drawn as the paper says: uniform on ``[1, limit]`` per layer of a chain (the limit
+    the smallest of both parents' inputs and outputs there, the image's features first) or per
+    channel group of a residual network (both parents' widths)."""
+    limits = []
+    for a, b in pairs.tolist():
+        if pop.network(0).kind == "resnet":
+            limits.append([min(u, v) for u, v in zip(pop.widths[a], pop.widths[b])])
+            continue
+        da, db = (pop.in_features, *pop.widths[a], pop.classes), (pop.in_features, *pop.widths[b], pop.classes)
+        limits.append([min(da[l], da[l + 1], db[l], db[l + 1]) for l in range(len(da) - 1)])
+    lim = torch.tensor(limits, dtype=torch.float64)
+    u = torch.rand(lim.shape, generator=generator, dtype=torch.float64)
+    return torch.minimum(1 + (u * lim).floor(), lim).long().tolist()
+
+
+def reference_block(net, l: int, cut: list[int]) -> tuple[int, int]:
+    """The donor's block of layer ``l``: on a chain the first ``cut[l]`` units and the inputs
+    they feed (all the image's channels when fewer); on a residual network the first cut of the
+    group written by the first cut of the group read (the image and the classes whole)."""
+    w = net.layers[l][0]
+    if net.kind != "resnet":
+        c = cut[l]
+        return c, min(c, w.shape[1]) if l == 0 else len(net.input_columns(l, torch.arange(c)))
+    writes, reads = net.layer_groups()[l]
+    return (w.shape[0] if writes is None else cut[writes]), (w.shape[1] if reads is None else cut[reads])
 
 
 @KIND
@@ -74,15 +104,13 @@ def test_crossover_follows_the_single_cut_rule_written_out_per_network(kind, see
     pop = l1_population(KINDS[kind](seed), 8, 1.0, 0.4)
     pairs = select_pairs(torch.randn(8, generator=gen(seed)), gen(seed + 10))
     before = [[(w.clone(), b.clone()) for w, b in pop.network(i).layers] for i in range(pop.size)]
-    cuts = draw_cuts(pop, pairs, gen(seed)).tolist()
-    shape = pop.network(0)
+    cuts = reference_cuts(pop, pairs, gen(seed))
     expected = []
     for (a, b), cut in zip(pairs.tolist(), cuts):
         for bulk, donor in ((b, a), (a, b)):
             child = []
             for l, ((w, bias), (dw, db)) in enumerate(zip(before[bulk], before[donor])):
-                c = cut[l]
-                cols = min(c, w.shape[1]) if l == 0 else shape.block_columns(l, c)
+                c, cols = reference_block(pop.network(bulk), l, cut)
                 w, bias = w.clone(), bias.clone()
                 w[:c, :cols], bias[:c] = dw[:c, :cols], db[:c]
                 child.append((w, bias))

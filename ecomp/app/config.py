@@ -38,12 +38,14 @@ class ParentConf:
     seed: int = 0
     cache_dir: Optional[str] = None   # default: <repo>/.cache/parents
     path: Optional[str] = None        # parent=checkpoint: the user's trained network
-    kind: str = "mlp"                 # the layer kind (ecomp.nets.kinds): mlp | cnn; a checkpoint's is read from the file
+    kind: str = "mlp"                 # the layer kind (ecomp.nets.kinds): mlp | cnn | resnet; a checkpoint's is read from the file
     channels: Optional[list[int]] = None   # cnn: output channels of each convolution
     kernel: Optional[int] = None           # cnn: square kernel size of every convolution
     padding: Optional[list[int]] = None    # cnn: zero padding of each convolution (missing: 0)
     pool: Optional[int] = None             # cnn: max-pooling window (= stride) after each convolution; 1 = none
     batchnorm: bool = False                # cnn: trained with BatchNorm after each convolution (then folded)
+    depth: Optional[int] = None            # resnet: 6n + 2 layers (n basic blocks per stage)
+    widths: Optional[list[int]] = None     # resnet: channels of each stage
 
 
 @dataclass
@@ -306,7 +308,7 @@ def validate(cfg: DictConfig) -> None:
 def _validate_parent(p: DictConfig) -> None:
     """A trained parent needs its architecture and recipe; a checkpoint needs only its path (the
     file itself is checked when it is read, :func:`ecomp.app.parents.resolve_parent`)."""
-    if p.path is None and p.hidden is None:                # parent=checkpoint without its file
+    if p.path is None and p.kind == "mlp" and p.hidden is None:     # parent=checkpoint without its file
         _fail("parent.path", None, "missing: parent=checkpoint reads your network from parent.path=<file.pt or "
                                    ".pt2> (parent=mlp trains one with parent.hidden widths)")
     for k in ("input_dim", "classes"):
@@ -314,9 +316,6 @@ def _validate_parent(p: DictConfig) -> None:
             _fail(f"parent.{k}", p[k], "null (the dataset's) or an integer >= 1")
     if p.path is not None and not str(p.path).strip():
         _fail("parent.path", p.path, "the path of a trained network's state dict (.pt) or export (.pt2)")
-    hidden = list(p.hidden or [])
-    if p.path is None and (not hidden or any(h < 1 for h in hidden)):
-        _fail("parent.hidden", hidden, "a non-empty list of positive widths, e.g. [300, 100]")
     from ecomp.nets.kinds import settings_problem
 
     problem = settings_problem(p.kind, OmegaConf.to_container(p), trained=p.path is None)
@@ -370,7 +369,8 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 # recognised (and skipped).
 _HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
                  ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
-                 ("parent", "pool"): None, ("parent", "batchnorm"): False, ("similarity", "features"): "flat",
+                 ("parent", "pool"): None, ("parent", "batchnorm"): False,
+                 ("parent", "depth"): None, ("parent", "widths"): None, ("similarity", "features"): "flat",
                  **{("data", k): None for k in ("path", "size", "channels", "mean", "std", "test_fraction",
                                                 "split_seed")}}
 

@@ -124,10 +124,10 @@ def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = 
     data = data_spec(cfg)
     parent, described = resolve_parent(config["parent"], data, caches)
     config["parent"].update(described)                   # the parent as read: what is logged and hashed
-    depth = len(parent.recipe.arch.units)
+    depth = parent.recipe.arch.feature_layers
     layers = config["similarity"]["layers"]
     if layers is not None and any(not 0 <= l < depth for l in layers):
-        raise invalid("similarity.layers", list(layers), f"prunable layer indices in [0, {depth - 1}]")
+        raise invalid("similarity.layers", list(layers), f"hidden representation indices in [0, {depth - 1}] (a chain's prunable layers, a ResNet's blocks)")
     f = config["fitness"]
     method_conf = {k: v for k, v in config["method"].items() if k != "_target_"}
     method = method_class(config["method"]["_target_"]).from_settings(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ecomp.kernels import conv_forward
+from ecomp.kernels import net_forward
 from ecomp.kernels.forward import Workspace, forward
 from ecomp.measures.base import SimilarityMeasure
 from ecomp.nets.structure import Individuals, Structure
@@ -84,7 +84,7 @@ class Evaluator:
         self.backend = measure.backend
         self.parent = parent
         self.batches = batches
-        self.layers = list(range(len(parent.units))) if layers is None else list(layers)
+        self.layers = list(range(parent.feature_layers)) if layers is None else list(layers)
         self.timer = timer or NullTimer()
         self.size_kind = compression
         self.parent_size = float(parent.size(compression))
@@ -139,7 +139,7 @@ class Evaluator:
                 logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded,
                                                   backend=self.backend)
             else:
-                logits, hidden, stacked = conv_forward.forward(pop, x, self.features)
+                logits, hidden, stacked = net_forward.forward(pop, x, self.features)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:

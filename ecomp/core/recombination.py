@@ -5,12 +5,18 @@ For a layer with weights ``W1`` (parent 1) and ``W2`` (parent 2) and a cut
 input units taken from ``W1`` (rows ``[:c]`` = ``W1[:c, :c] ++ W2[:c, c:]``, then ``W2[c:]``)
 and child 2 is the mirror image; biases follow the rows (``b1[:c] ++ b2[c:]``). So child 1
 has parent 2's shape and child 2 has parent 1's. Rows are output units; a unit's inputs are
-what :meth:`ecomp.nets.structure.Structure.block_columns` says (a neuron's column, a
+what :meth:`ecomp.nets.structure.Structure.crossover_blocks` says (a neuron's column, a
 convolution's input channels, a channel's ``height x width`` block of columns after the
 Flatten). The cut is drawn uniformly from ``[1, limit]`` (inclusive), independently per
 layer and per pair; ``limit`` is the smallest of both parents' output units and input units,
 the first layer's input counted in image features (``C x H x W``, 784 for FashionMNIST): on an
 MLP exactly the paper's bound, and a first convolution on grey images is not capped at 1.
+
+On a residual network the cut is per channel group (:mod:`ecomp.nets.resnet`), at most both
+parents' widths of the group, and the same rule reads: a weight is the donor's when the units it
+joins are the donor's, the first ``cut`` of the group a layer writes and of the group it reads
+(the image's channels and the classes count as both parents'). Every layer that writes or reads
+a group sees the same cut, so the child's channels stay consistent across the additions.
 
 A packed population (:class:`ecomp.nets.population.Population`, the MLP's) is crossed over by
 the fast paths below; a population of one network per individual by :func:`recombine_networks`.
@@ -27,7 +33,7 @@ from ecomp.nets.population import Population
 
 
 def draw_cuts(pop, pairs: Tensor, generator: torch.Generator) -> Tensor:
-    """``(n_pairs, n_layers)`` cut points, each uniform on ``[1, limit]``."""
+    """``(n_pairs, n_layers)`` cut points of a packed population (an MLP's), each uniform on ``[1, limit]``."""
     n_layers = len(pop.widths[0]) + 1
     in_dim = pop.in_features
     classes = pop.classes
@@ -36,7 +42,12 @@ def draw_cuts(pop, pairs: Tensor, generator: torch.Generator) -> Tensor:
         dims_a = (in_dim, *pop.widths[a], classes)
         dims_b = (in_dim, *pop.widths[b], classes)
         limits.append([min(dims_a[l], dims_a[l + 1], dims_b[l], dims_b[l + 1]) for l in range(n_layers)])
-    lim = torch.tensor(limits, dtype=torch.float64)                       # (n_pairs, n_layers)
+    return _draw(limits, generator)
+
+
+def _draw(limits: list[list[int]], generator: torch.Generator) -> Tensor:
+    """One cut per limit, uniform on ``[1, limit]``."""
+    lim = torch.tensor(limits, dtype=torch.float64)                       # (n_pairs, n_cuts)
     u = torch.rand(lim.shape, generator=generator, dtype=torch.float64)
     return (1 + (u * lim).floor()).clamp_(max=lim).to(torch.int64)
 
@@ -45,18 +56,22 @@ def draw_cuts(pop, pairs: Tensor, generator: torch.Generator) -> Tensor:
 def recombine_networks(pop, pairs: Tensor, generator: torch.Generator):
     """Crossover of a population stored one network per individual (``pop.members``): two
     children per pair (``2k`` from pair ``k``'s second parent with the first's block, ``2k + 1``
-    the mirror), fresh tensors; the parents are not modified."""
-    cuts = draw_cuts(pop, pairs, generator).tolist()
-    shape = pop.network(0)                      # which inputs a block spans depends on the layer kinds only
+    the mirror), fresh tensors; the parents are not modified. The cut points and each layer's
+    block are the kind's (:meth:`ecomp.nets.structure.Structure.cut_limits`,
+    :meth:`~ecomp.nets.structure.Structure.crossover_blocks`): one cut per layer on a chain,
+    one per channel group on a residual network."""
+    pl = pairs.tolist()
+    nets = {i: pop.network(i) for pair in pl for i in pair}
+    cuts = _draw([nets[a].cut_limits(nets[b]) for a, b in pl], generator).tolist()
     children = []
-    for (a, b), cut in zip(pairs.tolist(), cuts):
+    for (a, b), cut in zip(pl, cuts):
         for bulk, donor in ((b, a), (a, b)):
             child = []
-            for l, ((w, bias), (dw, db)) in enumerate(zip(pop.members[bulk], pop.members[donor])):
-                c, cols = cut[l], shape.block_columns(l, cut[l])
+            blocks = nets[bulk].crossover_blocks(cut)
+            for (rows, cols), (w, bias), (dw, db) in zip(blocks, pop.members[bulk], pop.members[donor]):
                 w, bias = w.clone(), bias.clone()
-                w[:c, :cols] = dw[:c, :cols]
-                bias[:c] = db[:c]
+                w[:rows, :cols] = dw[:rows, :cols]
+                bias[:rows] = db[:rows]
                 child.append((w, bias))
             children.append(child)
     return pop.with_members(children)

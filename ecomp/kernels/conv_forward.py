@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ecomp.nets import convnet
-from ecomp.nets.conv_population import ConvPopulation
+from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.convnet import ConvPlan
 
 MAX_ELEMENTS = 1 << 22          # floats per tensor of the grouped pass (16 MB)
@@ -36,7 +36,7 @@ BLOCK_ELEMENTS = 1 << 22        # floats per block of the first convolution (1 M
 
 
 @torch.no_grad()
-def forward_loop(pop: ConvPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
+def forward_loop(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
     """Logits ``(pop, batch, classes)`` and ``hidden[l][i]``, individual ``i``'s stage-``l``
     output as ``(batch, features)``, one network at a time."""
     logits = x.new_empty(pop.size, x.shape[0], pop.classes)
@@ -117,7 +117,7 @@ def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
     return list(per.unbind(0))
 
 
-def _parts(pop: ConvPopulation, order: list[int], per_unit: int) -> Iterator[list[int]]:
+def _parts(pop: NetPopulation, order: list[int], per_unit: int) -> Iterator[list[int]]:
     """Consecutive runs of ``order`` whose units in stage 0 times ``per_unit`` fit ``MAX_ELEMENTS``
     (at least one individual each)."""
     start = 0
@@ -131,7 +131,7 @@ def _parts(pop: ConvPopulation, order: list[int], per_unit: int) -> Iterator[lis
 
 
 @torch.no_grad()
-def _first_stage(pop: ConvPopulation, order: list[int], x4: Tensor) -> Iterator[tuple[list[int], Tensor]]:
+def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[tuple[list[int], Tensor]]:
     """Stage 0 (a convolution) of individuals ``order``, chunk by chunk: ``(individuals, their
     pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
     ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too."""
@@ -154,7 +154,7 @@ def _first_stage(pop: ConvPopulation, order: list[int], x4: Tensor) -> Iterator[
 
 
 @torch.no_grad()
-def _later(pop: ConvPopulation, members: list[int], h: Tensor, features: str) -> tuple[Tensor, list[list[Tensor]]]:
+def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str) -> tuple[Tensor, list[list[Tensor]]]:
     """Stages 1 on of individuals ``members`` (one architecture) from their stage-0 outputs ``h``
     ``(n, g*u, H, W)``: logits ``(g, n, classes)`` and each later prunable stage's outputs."""
     plan, g, n = pop.plan, len(members), h.shape[0]
@@ -180,7 +180,7 @@ def _later(pop: ConvPopulation, members: list[int], h: Tensor, features: str) ->
 
 
 @torch.no_grad()
-def forward_grouped(pop: ConvPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
+def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
     """:func:`forward_loop`'s results, one batch per architecture (in chunks). A first stage
     that is a convolution runs for the whole population at once (:func:`_first_stage`)."""
     plan, n = pop.plan, x.shape[0]
@@ -217,7 +217,7 @@ def forward_grouped(pop: ConvPopulation, x: Tensor, features: str = "flat") -> t
     return logits, hidden
 
 
-def forward(pop: ConvPopulation, x: Tensor, features: str = "flat", grouped: bool = True
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool = True
             ) -> tuple[Tensor, list[list[Tensor]], None]:
     """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks)."""
     logits, hidden = (forward_grouped if grouped else forward_loop)(pop, x, features)

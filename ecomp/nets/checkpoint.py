@@ -9,7 +9,7 @@ Accepted:
   ``nn.Sequential`` built from an ``OrderedDict``; layers in the state dict's order, which
   ``torch.save`` keeps). A Linear without bias reads as zero bias. Read as an MLP;
 * the networks this project saves (``best_network.pt``): an MLP as above, and a convolutional
-  network (4-D weights) whose ``best_network.pt.json`` beside it holds its ``"plan"``;
+  or residual network (4-D weights) whose ``best_network.pt.json`` beside it holds its ``"plan"``;
 * a ``torch.export`` program (``.pt2``) of a sequential network of ``Conv2d``,
   ``BatchNorm2d`` (evaluation mode), ``ReLU``, ``MaxPool2d``/``AvgPool2d`` (window = stride,
   no padding), ``Dropout`` (ignored), ``Flatten`` and ``Linear`` layers. Its architecture is
@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ecomp.errors import CheckpointError
 from ecomp.nets.convnet import ConvNet, ConvPlan
+from ecomp.nets.resnet import ResNet
 from ecomp.nets.mlp import MLP
 from ecomp.nets.structure import Layers, Structure
 from ecomp.nets.export_graph import SAVE_PT2, export_net, pair, shapes
@@ -151,6 +152,8 @@ def _own_convnet(state: dict, path: Path, conv: tuple[str, Tensor], where: str) 
     if not isinstance(meta, dict) or "plan" not in meta:
         raise CheckpointError(f"{where}: {first} but {meta_path.name} beside it holds no \"plan\"; a state dict "
                               f"does not say a convolution's strides, padding or pooling: {SAVE_PT2}")
+    if meta.get("kind") == ResNet.kind:
+        return _own_resnet(state, meta, meta_path.name, where)
     try:
         plan = ConvPlan.from_dict(meta["plan"])
         if not all(isinstance(s.kind, str) and isinstance(s.out, int) for s in plan.stages):
@@ -176,6 +179,20 @@ def _own_convnet(state: dict, path: Path, conv: tuple[str, Tensor], where: str) 
                                       f"{meta_path.name} needs {want} (a {stage.kind} layer)")
         layers.append(pair(w, b, label, where))
     return ConvNet(plan, layers)
+
+
+def _own_resnet(state: dict, meta: dict, meta_name: str, where: str) -> ResNet:
+    """The tool's own residual network file: its layers in order, fitted to the plan in its ``.json``."""
+    layers: Layers = []
+    for prefix, entry in _groups(state, where):
+        w, b = entry.get("weight"), entry.get("bias")
+        if w is None or b is None:
+            raise CheckpointError(f"{where}: {_label(prefix)} has no {'weight' if w is None else 'bias'}")
+        layers.append(pair(w, b, _label(prefix), where))
+    try:
+        return ResNet.from_meta(meta, layers)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: the residual network in {meta_name} does not fit its weights ({exc})") from None
 
 
 def check_fits(net: Structure, where: str, input_dim: int, classes: int, data: str) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecomp.nets.sizes import SIZES
-from ecomp.nets.structure import Layers
+from ecomp.nets.structure import Layers, chain_cut_limits, chain_groups, row_l1
 
 POOLS = ("max", "avg")
 FEATURES = ("flat", "pooled")          # similarity.features: a conv stage's maps flattened, or averaged per channel
@@ -49,6 +49,7 @@ class Stage:
 class ConvPlan:
     in_shape: tuple[int, int, int]       # (channels, height, width) of one image
     stages: tuple[Stage, ...]
+    kind: ClassVar[str] = "cnn"
 
     @property
     def classes(self) -> int:
@@ -126,9 +127,20 @@ class ConvPlan:
     def from_dict(cls, d: dict) -> "ConvPlan":
         return cls(tuple(int(v) for v in d["in_shape"]), tuple(Stage(**s) for s in d["stages"]))
 
+    @property
+    def feature_layers(self) -> int:
+        return len(self.units)
+
     # the blueprint interface (ecomp.nets.structure.Blueprint)
     def build(self, batchnorm: bool = False) -> nn.Sequential:
         return build_module(self, batchnorm)
+
+    def net(self, layers: Layers) -> "ConvNet":
+        """The network of this structure holding ``layers`` (units read from their rows)."""
+        return ConvNet(self.with_units(tuple(w.shape[0] for w, _ in layers[:-1])), layers)
+
+    def size(self, kind: str) -> int:
+        return plan_size(self, kind)
 
     def network(self, model: nn.Module) -> "ConvNet":
         return from_module(model, self)
@@ -182,6 +194,22 @@ class ConvNet:
             return (kept.view(-1, 1) * hw + torch.arange(hw, device=kept.device)).flatten()
         return kept
 
+    @property
+    def feature_layers(self) -> int:
+        return len(self.units)
+
+    def layer_groups(self) -> list[tuple[int | None, int | None]]:
+        return chain_groups(len(self.layers))
+
+    def l1_scores(self) -> list[Tensor]:
+        return row_l1(self.layers)
+
+    def cut_limits(self, other: "ConvNet") -> list[int]:
+        return chain_cut_limits(self, other)
+
+    def crossover_blocks(self, cuts: list[int]) -> list[tuple[int, int]]:
+        return [(c, self.block_columns(l, c)) for l, c in enumerate(cuts)]
+
     def block_columns(self, layer: int, cut: int) -> int:
         """A first convolution has at most its image's channels as inputs (all of them when it has
         fewer than ``cut``); after the Flatten a unit spans its channel's ``height x width`` block."""
@@ -227,6 +255,10 @@ class ConvNet:
     def settings_problem(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
         """The first ``parent.*`` setting of a CNN the tool trains that is out of range, as
         ``(key, value, allowed)``."""
+        from ecomp.nets.mlp import hidden_problem
+
+        if hidden_problem(settings):
+            return hidden_problem(settings)
         channels = list(settings.get("channels") or [])
         if not channels or any(c < 1 for c in channels):
             return "parent.channels", channels, "a non-empty list of positive channel counts, e.g. [6, 16]"

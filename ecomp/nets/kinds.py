@@ -2,8 +2,8 @@
 population's members.
 
 Every kind is a module that implements :class:`ecomp.nets.structure.Structure` (and its
-blueprint); adding one is adding it to :data:`KINDS` and, where its networks need a population
-of their own, to :func:`population_of`. Everything else asks the network.
+blueprint); adding one is adding it to :data:`KINDS`, and where its population needs a forward
+pass of its own, to :data:`ecomp.kernels.net_forward.FORWARDS`. Everything else asks the network.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ecomp.nets.conv_population import ConvPopulation
 from ecomp.nets.convnet import ConvNet
 from ecomp.nets.mlp import MLP
+from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.population import Population
+from ecomp.nets.resnet import ResNet
 from ecomp.nets.structure import Blueprint, Layers, Structure
 
-KINDS: dict[str, type] = {MLP.kind: MLP, ConvNet.kind: ConvNet}
+KINDS: dict[str, type] = {MLP.kind: MLP, ConvNet.kind: ConvNet, ResNet.kind: ResNet}
 
 
 def from_meta(meta: dict[str, Any], layers: Layers) -> Structure:
@@ -29,12 +30,13 @@ def from_meta(meta: dict[str, Any], layers: Layers) -> Structure:
     return KINDS[kind].from_meta(meta, layers)
 
 
-def population_of(parent: Structure, members: list[Structure]) -> Population | ConvPopulation:
+def population_of(parent: Structure, members: list[Structure]) -> Population | NetPopulation:
     """The population of ``members`` (networks of ``parent``'s kind): MLPs packed for the
-    population-wide products (:class:`Population`), others one network each (:class:`ConvPopulation`)."""
+    population-wide products (:class:`Population`), others one network each (:class:`NetPopulation`)."""
     if parent.kind == MLP.kind:
         return Population.from_individuals([m.layers for m in members])
-    return ConvPopulation(parent.plan, [m.layers for m in members])
+    return NetPopulation(parent.blueprint(), [m.layers for m in members])
+
 
 
 def blueprint_for(kind: str, image: tuple[int, ...], classes: int, settings: Mapping[str, Any]) -> Blueprint:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ecomp.nets.sizes import size as widths_size
-from ecomp.nets.structure import Layers
+from ecomp.nets.structure import Layers, chain_cut_limits, chain_groups, row_l1
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class Architecture:
     def units(self) -> tuple[int, ...]:
         return self.hidden
 
+    @property
+    def feature_layers(self) -> int:
+        return len(self.hidden)
+
     def with_units(self, units: tuple[int, ...]) -> "Architecture":
         return Architecture(self.input_dim, tuple(units), self.classes)
 
@@ -61,6 +65,12 @@ class Architecture:
                 mods.append(nn.ReLU())
         return nn.Sequential(*mods)
 
+    def net(self, layers: Layers) -> "MLP":
+        return MLP(layers)
+
+    def size(self, kind: str) -> int:
+        return widths_size(self.widths, kind)
+
     def network(self, model: nn.Module) -> "MLP":
         return MLP([(w.clone(), b.clone()) for w, b in layers_of(model)])
 
@@ -70,6 +80,14 @@ class Architecture:
     def cache_key(self, recipe: dict[str, Any]) -> dict[str, Any]:
         return {**{k: v for k, v in recipe.items() if k != "batchnorm"},
                 "arch": {**asdict(self), "hidden": list(self.hidden)}}
+
+
+def hidden_problem(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+    """``parent.hidden`` out of range, as ``(key, value, allowed)`` (an MLP's and a CNN's Linear widths)."""
+    hidden = list(settings.get("hidden") or [])
+    if not hidden or any(h < 1 for h in hidden):
+        return "parent.hidden", hidden, "a non-empty list of positive widths, e.g. [300, 100]"
+    return None
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
@@ -119,8 +137,21 @@ class MLP:
     def input_columns(self, layer: int, kept: Tensor) -> Tensor:
         return kept
 
-    def block_columns(self, layer: int, cut: int) -> int:
-        return cut
+    @property
+    def feature_layers(self) -> int:
+        return len(self.units)
+
+    def layer_groups(self) -> list[tuple[int | None, int | None]]:
+        return chain_groups(len(self.layers))
+
+    def l1_scores(self) -> list[Tensor]:
+        return row_l1(self.layers)
+
+    def cut_limits(self, other: "MLP") -> list[int]:
+        return chain_cut_limits(self, other)
+
+    def crossover_blocks(self, cuts: list[int]) -> list[tuple[int, int]]:
+        return [(c, c) for c in cuts]
 
     def size(self, kind: str) -> int:
         return widths_size(self.widths, kind)
@@ -166,8 +197,8 @@ class MLP:
 
     @staticmethod
     def settings_problem(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
-        """Nothing beyond ``parent.hidden`` (checked for every kind) to check."""
-        return None
+        """``parent.hidden``, the widths of the hidden layers."""
+        return hidden_problem(settings)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], layers: Layers) -> "MLP":

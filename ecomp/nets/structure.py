@@ -1,11 +1,14 @@
 """The interface every layer kind implements, and what is written once on top of it.
 
 A *structure* is a trained network of one layer kind: its ``(weight, bias)`` pairs, one per
-weight layer (``layers``), and what the kind needs to read them. Its prunable *units* are the
-output units of every weight layer but the classifier: a hidden neuron, a convolution's filter
-with its bias. Removing unit ``u`` of layer ``l`` removes row ``u`` of layer ``l`` and the input
-columns of layer ``l + 1`` that unit feeds (``input_columns``: a neuron's column, a channel of
-the next convolution, a channel's block of columns after a Flatten). The operators (L1 pruning,
+weight layer (``layers``), and what the kind needs to read them. Its prunable *units* come in
+*groups* (``units[g]`` is group ``g``'s width): every layer writes one group (its rows) and
+reads one (its inputs), as :meth:`Structure.layer_groups` says. On a chain (MLP, LeNet-5) group
+``l`` is layer ``l``'s output units, read by layer ``l + 1``; on a residual network a group is a
+set of channels tied by the additions, written and read by several layers
+(:mod:`ecomp.nets.resnet`). Removing unit ``u`` of a group removes row ``u`` of every layer that
+writes it and the input columns of every layer that reads it (``input_columns``: a neuron's
+column, a channel of the next convolution, a channel's block of columns after a Flatten). The operators (L1 pruning,
 crossover, mutation), the fitness, the methods and the tracking see a network only through this
 interface; each kind implements it in its own module (:mod:`ecomp.nets.mlp`,
 :mod:`ecomp.nets.convnet`) and :mod:`ecomp.nets.kinds` is the one place that picks a kind.
@@ -30,10 +33,27 @@ class Structure(Protocol):
 
     @property
     def units(self) -> tuple[int, ...]:
-        """Units of every prunable layer (all but the classifier)."""
+        """Units of every prunable group (on a chain: every layer but the classifier)."""
 
     @property
     def classes(self) -> int: ...
+
+    @property
+    def feature_layers(self) -> int:
+        """How many hidden representations :meth:`run` returns (what ``similarity.layers`` indexes)."""
+
+    def layer_groups(self) -> list[tuple[int | None, int | None]]:
+        """Per layer: ``(group it writes, group it reads)``; None for the classes and the image."""
+
+    def l1_scores(self) -> list[Tensor]:
+        """Per group: each unit's L1 score, the initial population's and ``l1_prune``'s ranking."""
+
+    def cut_limits(self, other: "Structure") -> list[int]:
+        """Crossover with ``other``: the largest cut of each cut point (a layer on a chain, a group
+        on a residual network)."""
+
+    def crossover_blocks(self, cuts: list[int]) -> list[tuple[int, int]]:
+        """Per layer, the ``(rows, input columns)`` block a child takes from the donor for ``cuts``."""
 
     @property
     def in_features(self) -> int:
@@ -49,10 +69,6 @@ class Structure(Protocol):
     def input_columns(self, layer: int, kept: Tensor) -> Tensor:
         """The indices along ``layer``'s second weight dimension (its inputs) that the kept units
         ``kept`` of the layer before feed."""
-
-    def block_columns(self, layer: int, cut: int) -> int:
-        """How many of ``layer``'s inputs (second weight dimension) crossover's block of ``cut``
-        units spans."""
 
     def size(self, kind: str) -> int:
         """``units``, ``params`` or ``macs`` (one image's multiply-accumulates)."""
@@ -81,7 +97,7 @@ class Individuals(Protocol):
     """A population as the loop, the operators and the fitness see it. Two storages implement it:
     :class:`ecomp.nets.population.Population` packs every layer across individuals (an MLP's;
     the population-wide products and crossover's fast paths need it), and
-    :class:`ecomp.nets.conv_population.ConvPopulation` keeps one network per individual."""
+    :class:`ecomp.nets.net_population.NetPopulation` keeps one network per individual."""
     packed: ClassVar[bool]                 # layers packed across individuals (the fast paths apply)
     widths: list[tuple[int, ...]]          # units of each individual's prunable layers
 
@@ -116,16 +132,26 @@ class Blueprint(Protocol):
 
     @property
     def units(self) -> tuple[int, ...]:
-        """Units of every prunable layer."""
+        """Units of every prunable group."""
+
+    @property
+    def feature_layers(self) -> int:
+        """How many hidden representations its networks' ``run`` returns."""
 
     def with_units(self, units: tuple[int, ...]) -> "Blueprint":
-        """The same shape with ``units[l]`` units in prunable layer ``l``."""
+        """The same shape with ``units[g]`` units in prunable group ``g``."""
 
     def problems(self) -> str | None:
         """Why a network of this shape cannot run (one phrase, naming the settings to change), or None."""
 
     def build(self, batchnorm: bool = False) -> nn.Module:
         """A freshly initialised module of this shape (flat images in, logits out)."""
+
+    def net(self, layers: Layers) -> Structure:
+        """The network of this structure holding ``layers`` (its units read from their rows)."""
+
+    def size(self, kind: str) -> int:
+        """``units``, ``params`` or ``macs`` of a network of this shape."""
 
     def network(self, model: nn.Module) -> Structure:
         """The structure a module built by :meth:`build` holds (BatchNorm folded where there is one)."""
@@ -138,23 +164,37 @@ class Blueprint(Protocol):
         from this blueprint is cached under: the kind decides what of the recipe it depends on."""
 
 
+def chain_groups(n_layers: int) -> list[tuple[int | None, int | None]]:
+    """A chain's groups: layer ``l`` writes group ``l`` (the classifier none) and reads ``l - 1``."""
+    return [(l if l < n_layers - 1 else None, l - 1 if l > 0 else None) for l in range(n_layers)]
+
+
+def row_l1(layers: Layers) -> list[Tensor]:
+    """A chain's L1 scores: the L1 norm of each unit's incoming weights (Li et al.)."""
+    return [w.abs().flatten(1).sum(1) for w, _ in layers[:-1]]
+
+
+def chain_cut_limits(a: Structure, b: Structure) -> list[int]:
+    """A chain's cut of layer ``l`` is at most both parents' input and output units there, the
+    first layer's input counted in image features."""
+    dims_a, dims_b = (a.in_features, *a.units, a.classes), (b.in_features, *b.units, b.classes)
+    return [min(dims_a[l], dims_a[l + 1], dims_b[l], dims_b[l + 1]) for l in range(len(dims_a) - 1)]
+
+
 def l1_ranking(net: Structure) -> list[Tensor]:
-    """Per prunable layer: unit indices by decreasing L1 norm of their incoming weights (Li et al.)."""
-    return [torch.argsort(w.abs().flatten(1).sum(1), descending=True, stable=True) for w, _ in net.layers[:-1]]
+    """Per group: unit indices by decreasing L1 score (:meth:`Structure.l1_scores`)."""
+    return [torch.argsort(s, descending=True, stable=True) for s in net.l1_scores()]
 
 
 def prune(net: Structure, keep: list[Tensor]) -> Structure:
-    """The sub-network keeping units ``keep[l]`` (sorted indices) of each prunable layer."""
+    """The sub-network keeping units ``keep[g]`` (sorted indices) of each group."""
     out: Layers = []
-    prev = None
-    for l, (w, b) in enumerate(net.layers):
-        rows = keep[l] if l < len(keep) else None
-        if rows is not None:
-            w, b = w[rows], b[rows]
-        if prev is not None:
-            w = w[:, net.input_columns(l, prev)]
+    for l, ((w, b), (writes, reads)) in enumerate(zip(net.layers, net.layer_groups())):
+        if writes is not None:
+            w, b = w[keep[writes]], b[keep[writes]]
+        if reads is not None:
+            w = w[:, net.input_columns(l, keep[reads])]
         out.append((w.contiguous(), b.contiguous()))
-        prev = rows
     return net.with_layers(out)
 
 

@@ -1,10 +1,11 @@
-"""A population of convolutional networks of one structure and different unit counts.
+"""A population kept one network per individual: CNNs and residual networks.
 
-Every individual shares the parent's :class:`ecomp.nets.convnet.ConvPlan` but the units of its
-prunable stages (``widths[i]``). Its weights are kept per individual, one ``(weight, bias)``
-pair per stage: a convolution's filters do not pack into one matrix the way an MLP's first
-layers do (:class:`ecomp.nets.population.Population`), and the forward pass groups the
-individuals by architecture instead (:mod:`ecomp.kernels.conv_forward`). The accessors match
+Every individual shares the parent's plan (:class:`ecomp.nets.convnet.ConvPlan`,
+:class:`ecomp.nets.resnet.ResPlan`) but the units of its groups (``widths[i]``). Its weights are
+kept per individual, one ``(weight, bias)`` pair per layer: a convolution's filters do not pack
+into one matrix the way an MLP's first layers do (:class:`ecomp.nets.population.Population`),
+and the forward passes group the individuals by architecture instead
+(:mod:`ecomp.kernels.conv_forward`, :mod:`ecomp.kernels.res_forward`). The accessors match
 ``Population``'s where the evolution loop and the evaluator use them.
 """
 
@@ -16,20 +17,19 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ecomp.nets.convnet import ConvNet, ConvPlan, plan_size
-from ecomp.nets.structure import Layers
+from ecomp.nets.structure import Blueprint, Layers, Structure
 
 
 @dataclass
-class ConvPopulation:
-    plan: ConvPlan                         # the parent's structure (its units are the parent's)
-    members: list[Layers]                  # per individual: one (weight, bias) pair per stage
+class NetPopulation:
+    plan: Blueprint                        # the parent's structure (its units are the parent's)
+    members: list[Layers]                  # per individual: one (weight, bias) pair per layer
     slots = None                           # stored in individual order, always (Population's interface)
     packed: ClassVar[bool] = False         # one network per individual, not packed layer buffers
-    widths: list[tuple[int, ...]] = field(init=False)   # units of each individual's prunable stages
+    widths: list[tuple[int, ...]] = field(init=False)   # units of each individual's groups
 
     def __post_init__(self) -> None:
-        self.widths = [tuple(w.shape[0] for w, _ in m[:-1]) for m in self.members]
+        self.widths = [self.plan.net(m).units for m in self.members]
 
     @property
     def size(self) -> int:
@@ -58,29 +58,29 @@ class ConvPopulation:
     def check_live(self) -> None:
         """Crossover here never writes over its parents: always live."""
 
-    def plan_of(self, i: int) -> ConvPlan:
+    def plan_of(self, i: int) -> Blueprint:
         return self.plan.with_units(self.widths[i])
 
     def individual(self, i: int) -> Layers:
         return self.members[i]
 
-    def network(self, i: int) -> ConvNet:
-        return ConvNet(self.plan_of(i), self.members[i])
+    def network(self, i: int) -> Structure:
+        return self.plan.net(self.members[i])
 
     def sizes(self, kind: str) -> Tensor:
         """(pop,) float64 size of each individual (``units``, ``params`` or ``macs``)."""
-        return torch.tensor([plan_size(self.plan.with_units(w), kind) for w in self.widths], dtype=torch.float64)
+        return torch.tensor([self.plan.with_units(w).size(kind) for w in self.widths], dtype=torch.float64)
 
-    def with_members(self, members: list[Layers]) -> "ConvPopulation":
+    def with_members(self, members: list[Layers]) -> "NetPopulation":
         """A population of the same plan holding ``members``."""
-        return ConvPopulation(self.plan, members)
+        return NetPopulation(self.plan, members)
 
-    def take(self, indices: list[int]) -> "ConvPopulation":
+    def take(self, indices: list[int]) -> "NetPopulation":
         """Copies of individuals ``indices``, in that order."""
-        return ConvPopulation(self.plan, [[(w.clone(), b.clone()) for w, b in self.members[i]] for i in indices])
+        return NetPopulation(self.plan, [[(w.clone(), b.clone()) for w, b in self.members[i]] for i in indices])
 
     @classmethod
-    def concat(cls, pops: list["ConvPopulation"]) -> "ConvPopulation":
+    def concat(cls, pops: list["NetPopulation"]) -> "NetPopulation":
         return cls(pops[0].plan, [m for p in pops for m in p.members])
 
     def groups(self) -> dict[tuple[int, ...], list[int]]:

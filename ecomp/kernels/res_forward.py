@@ -1,0 +1,97 @@
+"""The forward pass of a population of residual networks on one input batch.
+
+Two ways, with the same results up to float rounding (the tests hold them together):
+
+* :func:`forward_loop`: one network at a time (:func:`ecomp.nets.resnet.run`); the oracle.
+* :func:`forward_grouped`: the individuals of one architecture run as one network: the stem's
+  filters concatenated into one convolution of the shared images, every later convolution a
+  grouped convolution (``groups`` = individuals), the classifier one batched product.
+  Individuals are taken ``chunk`` at a time so that no tensor holds more than
+  ``MAX_ELEMENTS`` floats.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ecomp.nets import resnet
+from ecomp.nets.net_population import NetPopulation
+from ecomp.nets.resnet import ResPlan
+
+MAX_ELEMENTS = 1 << 24          # floats per activation tensor of the grouped pass (64 MB)
+
+
+@torch.no_grad()
+def forward_loop(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
+    """Logits ``(pop, batch, classes)`` and ``hidden[l][i]``, individual ``i``'s block-``l``
+    output as ``(batch, features)``, one network at a time."""
+    logits = x.new_empty(pop.size, x.shape[0], pop.classes)
+    hidden: list[list[Tensor]] = [[] for _ in range(pop.plan.feature_layers)]
+    for i in range(pop.size):
+        out, acts = resnet.run(pop.network(i), x, features)
+        logits[i] = out
+        for l, a in enumerate(acts):
+            hidden[l].append(a)
+    return logits, hidden
+
+
+def _cat(members: list, l: int) -> tuple[Tensor, Tensor]:
+    return torch.cat([m[l][0] for m in members]), torch.cat([m[l][1] for m in members])
+
+
+def _run_group(plan: ResPlan, members: list, x4: Tensor, features: str) -> tuple[Tensor, list[list[Tensor]]]:
+    """``members`` (same architecture ``plan``) on images ``x4``: logits ``(k, n, classes)`` and
+    per block each member's output rows."""
+    convs, blocks = plan.layout()
+    k, n = len(members), x4.shape[0]
+    s = convs[0]
+    h = F.conv2d(x4, *_cat(members, 0), s.stride, s.padding).relu_()
+    if plan.stem_pool:
+        h = F.max_pool2d(h, 3, 2, 1)
+    hidden: list[list[Tensor]] = []
+    for i1, i2, ip in blocks:
+        c1 = convs[i1]
+        inner = F.conv2d(h, *_cat(members, i1), c1.stride, 1, 1, k).relu_()
+        out = F.conv2d(inner, *_cat(members, i2), 1, 1, 1, k)
+        out += h if ip is None else F.conv2d(h, *_cat(members, ip), c1.stride, 0, 1, k)
+        h = out.relu_()
+        c = h.shape[1] // k
+        per = h.view(n, k, c, *h.shape[2:])
+        hidden.append([resnet.features_of(per[:, j], features) for j in range(k)])
+    pooled = h.mean((2, 3)).view(n, k, -1).transpose(0, 1)                      # (k, n, c)
+    w = torch.stack([m[-1][0] for m in members])                               # (k, classes, c)
+    b = torch.stack([m[-1][1] for m in members])
+    return torch.baddbmm(b.unsqueeze(1), pooled, w.transpose(1, 2)), hidden
+
+
+@torch.no_grad()
+def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
+    """As :func:`forward_loop`, the individuals of each architecture run together."""
+    n = x.shape[0]
+    x4 = x.view(n, *pop.plan.in_shape)
+    logits = x.new_empty(pop.size, n, pop.classes)
+    hidden: list[list[Tensor | None]] = [[None] * pop.size for _ in range(pop.plan.feature_layers)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, w in enumerate(pop.widths):
+        groups.setdefault(w, []).append(i)
+    for widths, idx in groups.items():
+        plan = pop.plan.with_units(widths)
+        widest = max(o * h * w for o, _, h, w in plan.geometry())
+        chunk = max(1, MAX_ELEMENTS // max(1, widest * n))
+        for s in range(0, len(idx), chunk):
+            sub = idx[s:s + chunk]
+            out, acts = _run_group(plan, [pop.members[i] for i in sub], x4, features)
+            logits[sub] = out
+            for l, a in enumerate(acts):
+                for j, i in enumerate(sub):
+                    hidden[l][i] = a[j]
+    return logits, hidden
+
+
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool = True
+            ) -> tuple[Tensor, list[list[Tensor]], None]:
+    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks)."""
+    logits, hidden = (forward_grouped if grouped else forward_loop)(pop, x, features)
+    return logits, hidden, None
