@@ -194,3 +194,39 @@ def test_an_evolution_keeps_its_size_and_children_take_their_parents_shapes(kind
     assert set(ecomp.population.widths) <= shapes
     best, mean = ecomp.pick_best()
     assert ecomp.population.network(best).kind == parent.kind and torch.isfinite(mean).all()
+
+
+@KIND
+def test_the_logged_model_code_computes_the_network_without_ecomp(kind, tmp_path):
+    from mlflow.pyfunc import PythonModelContext
+
+    from ecomp.app.network_model import Network
+
+    net = l1_population(KINDS[kind](), 2, 0.6, 0.6).network(1)
+    save_network(net, tmp_path / "best_network.pt")
+    model = Network()
+    model.load_context(PythonModelContext(artifacts={"network": str(tmp_path / "best_network.pt"),
+                                                     "architecture": str(tmp_path / "best_network.pt.json")},
+                                          model_config={}))
+    x = torch.rand(7, FEATURES, generator=gen(8))
+    want = logits(net, x).softmax(1)
+    torch.testing.assert_close(torch.from_numpy(model.predict(None, x.numpy())), want, rtol=1e-5, atol=1e-6)
+
+
+@KIND
+@pytest.mark.parametrize("keep", [0.75, 0.5])
+def test_torch_pruning_l1_is_the_initial_population_at_the_same_keep(kind, keep):
+    from ecomp.methods.pruning import IMPORTANCES, structured_prune
+
+    parent = KINDS[kind]()
+    ours = l1_population(parent, 1, keep, keep).network(0)
+    theirs = structured_prune(parent, keep, "l1")
+    assert theirs.units == ours.units
+    for (w, b), (v, c) in zip(theirs.layers, ours.layers):
+        torch.testing.assert_close(w, v, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-6)
+    x = torch.rand(9, FEATURES, generator=gen(2))
+    for importance in IMPORTANCES:                        # every criterion prunes whole groups consistently
+        data = (x, torch.randint(0, parent.classes, (9,), generator=gen(3)))
+        net = structured_prune(parent, keep, importance, data)
+        assert net.units == ours.units and torch.isfinite(logits(net, x)).all()

@@ -5,7 +5,9 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
 * :func:`forward_loop`: one network at a time (:func:`ecomp.nets.resnet.run`); the oracle.
 * :func:`forward_grouped`: the individuals of one architecture run as one network: the stem's
   filters concatenated into one convolution of the shared images, every later convolution a
-  grouped convolution (``groups`` = individuals), the classifier one batched product.
+  grouped convolution (``groups`` = individuals), the classifier one batched product. The maps
+  are channels-last: oneDNN's grouped convolutions of a few channels per group run 2-3x faster
+  so than on ``NCHW`` maps (``benchmarks/bench_resnet.py``).
   Individuals are taken ``chunk`` at a time so that no tensor holds more than
   ``MAX_ELEMENTS`` floats.
 """
@@ -67,10 +69,14 @@ def _run_group(plan: ResPlan, members: list, x4: Tensor, features: str) -> tuple
 
 
 @torch.no_grad()
-def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
-    """As :func:`forward_loop`, the individuals of each architecture run together."""
+def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", channels_last: bool = True
+                    ) -> tuple[Tensor, list[list[Tensor]]]:
+    """As :func:`forward_loop`, the individuals of each architecture run together (on channels-last
+    maps unless ``channels_last`` is False)."""
     n = x.shape[0]
     x4 = x.view(n, *pop.plan.in_shape)
+    if channels_last:
+        x4 = x4.contiguous(memory_format=torch.channels_last)
     logits = x.new_empty(pop.size, n, pop.classes)
     hidden: list[list[Tensor | None]] = [[None] * pop.size for _ in range(pop.plan.feature_layers)]
     groups: dict[tuple[int, ...], list[int]] = {}

@@ -158,6 +158,7 @@ class ConvNet:
     :class:`ecomp.nets.structure.Structure`)."""
     kind: ClassVar[str] = "cnn"
     plan: ConvPlan
+    l1_reduction: ClassVar[str] = "first"      # l1_scores as Torch-Pruning's group L1 reduces it
     layers: Layers
 
     def __post_init__(self) -> None:

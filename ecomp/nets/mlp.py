@@ -108,6 +108,7 @@ def architecture_of(layers: Layers) -> Architecture:
 class MLP:
     """A fully connected network (implements :class:`ecomp.nets.structure.Structure`)."""
     kind: ClassVar[str] = "mlp"
+    l1_reduction: ClassVar[str] = "first"      # l1_scores as Torch-Pruning's group L1 reduces it
     layers: Layers
 
     @property

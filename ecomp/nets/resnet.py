@@ -260,6 +260,7 @@ class ResNet:
     :class:`ecomp.nets.structure.Structure`)."""
     kind: ClassVar[str] = "resnet"
     plan: ResPlan
+    l1_reduction: ClassVar[str] = "sum"      # l1_scores as Torch-Pruning's group L1 reduces it
     layers: Layers
 
     def __post_init__(self) -> None:

@@ -28,7 +28,8 @@ Layers = list[tuple[Tensor, Tensor]]      # (weight, bias) per weight layer, wei
 
 
 class Structure(Protocol):
-    kind: ClassVar[str]                    # the kind's name: mlp | cnn (a network file's "kind")
+    kind: ClassVar[str]                    # the kind's name: mlp | cnn | resnet (a network file's "kind")
+    l1_reduction: ClassVar[str]            # l1_scores is Torch-Pruning's group L1 with this group_reduction
     layers: Layers
 
     @property

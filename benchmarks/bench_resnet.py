@@ -1,0 +1,84 @@
+"""The residual population's forward pass: grouped (one batch per architecture, channels-last)
+against the per-network loop (the oracle), on ResNet populations of ``parent=resnet``'s shape,
+with the achieved GFLOP/s and their share of one large convolution's rate, measured in the
+same process.
+
+    python benchmarks/bench_resnet.py                    # ResNet-8 (16, 32, 64) on 28x28, batch 100
+    python benchmarks/bench_resnet.py --threads 1 --repeats 3
+    python benchmarks/bench_resnet.py --depth 20 --widths 16,32,64
+
+Three populations, as in ``bench_conv.py``: the initial one (100 keep ratios from 0.9 to 0.207:
+100 architectures) and two of one architecture (keep 0.55 and 0.9: what evolution converges
+to). ``nchw``: the grouped pass on ``NCHW`` maps, the layout it replaced. Medians of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
+
+from ecomp.core.initialiser import l1_population  # noqa: E402
+from ecomp.kernels import res_forward  # noqa: E402
+from ecomp.nets.resnet import cifar_resnet  # noqa: E402
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def large_conv_gflops(repeats: int) -> float:
+    """One 64 -> 64 channel 3x3 convolution of 100 28x28 maps (channels-last): the machine's rate."""
+    x = torch.rand(100, 64, 28, 28).contiguous(memory_format=torch.channels_last)
+    w = torch.rand(64, 64, 3, 3)
+    return 2 * 100 * 64 * 64 * 9 * 28 * 28 / median_seconds(lambda: F.conv2d(x, w, None, 1, 1), repeats) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--widths", default="16,32,64")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = cifar_resnet((1, 28, 28), 10, args.depth, tuple(int(w) for w in args.widths.split(",")))
+    torch.manual_seed(0)
+    parent = plan.network(plan.build(batchnorm=True).eval())
+    x = torch.rand(args.batch, 784)
+    conv = large_conv_gflops(args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
+          f"batch {args.batch}; one 64-channel convolution: {conv:.1f} GFLOP/s")
+    print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'x loop':>8}"
+          f"{'GFLOP/s':>9}{'share':>7}")
+    pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
+            "keep 0.55 (1 arch)": l1_population(parent, args.size, 0.55, 0.55),
+            "keep 0.9 (1 arch)": l1_population(parent, args.size, 0.9, 0.9)}
+    for name, pop in pops.items():
+        macs = float(pop.sizes("macs").sum())
+        loop = median_seconds(lambda: res_forward.forward_loop(pop, x, "flat"), args.repeats)
+        nchw = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat", channels_last=False), args.repeats)
+        grouped = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat"), args.repeats)
+        rate = 2 * macs * args.batch / grouped / 1e9
+        print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{nchw:>9.3f}{grouped:>10.3f}"
+              f"{loop / grouped:>8.2f}{rate:>9.1f}{rate / conv:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

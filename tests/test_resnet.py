@@ -1,0 +1,116 @@
+"""The residual kind beyond what every kind does (``tests/test_kinds.py``): its plan against torch's
+own modules and counter, its grouped forward pass against the per-network loop, crossover
+children that stay consistent across the additions, and ``parent=resnet``'s settings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ecomp.core.initialiser import l1_population
+from ecomp.core.recombination import recombine
+from ecomp.core.selection import select_pairs
+from ecomp.kernels import res_forward
+from ecomp.nets.resnet import ResNet, cifar_resnet
+from ecomp.nets.sizes import counted_macs
+from ecomp.nets.structure import logits
+
+from kinds import resnet8
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("depth,widths,image", [(8, (16, 32, 64), (1, 28, 28)), (14, (4, 8, 8), (3, 12, 10))])
+def test_a_cifar_resnet_is_he_et_al_and_its_sizes_are_torchs_counts(depth, widths, image):
+    plan = cifar_resnet(image, 10, depth, widths)
+    n = (depth - 2) // 6
+    model = plan.build(batchnorm=True).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 3 * n + 2                 # stem, two per block, two projections
+    assert plan.blocks == (n,) * 3 and plan.strides == (1, 2, 2) and plan.projections == (False, True, True)
+    net = plan.network(model)
+    assert net.size("macs") == counted_macs(net)
+    assert net.size("params") == sum(p.numel() for p in net.to_module().parameters())
+    x = torch.rand(4, plan.features, generator=gen(0))
+    with torch.no_grad():
+        torch.testing.assert_close(logits(net, x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("features", ["flat", "pooled"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_grouped_pass_is_the_per_network_loop(features, channels_last):
+    parent = resnet8(3)
+    pop = l1_population(parent, 7, 1.0, 0.4)
+    pop = pop.take([0, 3, 3, 5, 0, 6, 3])                  # architectures repeated, as evolution makes them
+    x = torch.rand(11, parent.in_features, generator=gen(1))
+    want_logits, want_hidden = res_forward.forward_loop(pop, x, features)
+    got_logits, got_hidden = res_forward.forward_grouped(pop, x, features, channels_last)
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    assert len(got_hidden) == parent.feature_layers == 3
+    for got, want in zip(got_hidden, want_hidden):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_chunked_grouped_pass_is_the_same(monkeypatch):
+    parent = resnet8(4)
+    pop = l1_population(parent, 5, 0.8, 0.8)
+    x = torch.rand(6, parent.in_features, generator=gen(2))
+    whole = res_forward.forward_grouped(pop, x)[0]
+    monkeypatch.setattr(res_forward, "MAX_ELEMENTS", 1)    # one individual per chunk
+    torch.testing.assert_close(res_forward.forward_grouped(pop, x)[0], whole, rtol=1e-6, atol=1e-6)
+
+
+def test_crossover_children_keep_each_group_consistent_and_run_as_modules():
+    """Every child is a valid ResNet of its bulk parent's widths whose module computes what its
+    layers do, and each group has one cut for all its layers: a weight is the donor's exactly
+    when the channels it joins are among the first ``cut`` of the group it writes and of the
+    group it reads (the image's channels and the classes count as the donor's)."""
+    parent = resnet8(5)
+    pop = l1_population(parent, 6, 1.0, 0.5)
+    for i in range(pop.size):                              # every parent's weights told apart
+        for w, b in pop.individual(i):
+            w.add_(1000.0 * (i + 1))
+            b.add_(1000.0 * (i + 1))
+    pairs = select_pairs(torch.randn(6, generator=gen(7)), gen(8))
+    children = recombine(pop, pairs, gen(9))
+    x = torch.rand(5, parent.in_features, generator=gen(10))
+    for k, (a, b) in enumerate(pairs.tolist()):
+        for child, bulk, donor in ((children.network(2 * k), b, a), (children.network(2 * k + 1), a, b)):
+            assert child.units == pop.widths[bulk]
+            with torch.no_grad():
+                torch.testing.assert_close(child.to_module()(x), logits(child, x), rtol=1e-4, atol=1e-3)
+            pd, pb = pop.network(donor), pop.network(bulk)
+            if donor == bulk:
+                continue
+            groups = child.layer_groups()
+            # each group's cut, read off its first writer's biases
+            cut = {}
+            for l, (writes, _) in enumerate(groups):
+                if writes is not None and writes not in cut:
+                    bias = child.layers[l][1]
+                    mine = [bool(u < len(pd.layers[l][1]) and bias[u] == pd.layers[l][1][u]) for u in range(len(bias))]
+                    cut[writes] = mine.index(False) if False in mine else len(mine)
+            for l, ((w, _), (writes, reads)) in enumerate(zip(child.layers, groups)):
+                rows = w.shape[0] if writes is None else cut[writes]
+                cols = w.shape[1] if reads is None else cut[reads]
+                assert torch.equal(w[:rows, :cols], pd.layers[l][0][:rows, :cols]), (l, rows, cols)
+                assert torch.equal(w[rows:], pb.layers[l][0][rows:]) and torch.equal(w[:, cols:], pb.layers[l][0][:, cols:])
+
+
+@pytest.mark.parametrize("settings,key", [({"depth": 9, "widths": [16]}, "parent.depth"),
+                                          ({"depth": 8, "widths": []}, "parent.widths"),
+                                          ({"depth": 8, "widths": [16, 0]}, "parent.widths")])
+def test_parent_settings_out_of_range_are_named(settings, key):
+    assert ResNet.settings_problem(settings)[0] == key
+
+
+def test_a_plan_that_cannot_run_says_why():
+    plan = cifar_resnet((1, 28, 28), 10, 8, (4, 4, 4))
+    assert plan.problems() is None
+    assert "group widths" in replace(plan, widths=plan.widths[:-1]).problems()
+    assert "shrink" in replace(plan, stem_kernel=29, stem_padding=0).problems()
