@@ -45,6 +45,7 @@ from ecomp.app.config import TrackingConf  # noqa: E402
 from ecomp.app.store import client_for, default_uri  # noqa: E402
 from ecomp.app.sweep_summary import summarise_sweep  # noqa: E402
 from ecomp.errors import TrackingError  # noqa: E402
+from ecomp.nets.kinds import KINDS  # noqa: E402
 from experiments.report_data import (SIZE_COLUMNS, SIZE_LABELS, SUMMARY_TAG, ReportError,  # noqa: E402
                                      grid_gaps, load_all_runs, load_history, paper_runs, pareto_mask, per_run_results, pick_newest, summary_markdown,
                                      summary_table)
@@ -73,7 +74,7 @@ class GridConf:
 @dataclass
 class ReportConf:
     size: str = "units"                   # what the frontier and verdict measure sizes in: units | params | macs
-    parent: Optional[str] = None          # mlp | cnn: whose runs; null = the MLPs when both are in the store
+    parent: Optional[str] = None          # mlp | cnn | resnet: whose runs; null = the MLPs when several kinds are
 
 
 @dataclass
@@ -278,16 +279,17 @@ def build_report(cfg: DictConfig) -> list[Path]:
     size, kind = cfg.report.size, cfg.report.parent
     if size not in SIZE_COLUMNS:
         raise ReportError(f"report.size={size!r}: one of {', '.join(SIZE_COLUMNS)}")
-    if kind not in (None, "mlp", "cnn"):
-        raise ReportError(f"report.parent={kind!r}: null (the MLPs when both kinds are in the store), mlp or cnn")
+    if kind not in (None, *KINDS):
+        raise ReportError(f"report.parent={kind!r}: null (the MLPs when several kinds are in the store) or one of "
+                          f"{', '.join(KINDS)}")
     scenarios, seeds = [str(s) for s in cfg.grid.scenarios], [int(k) for k in cfg.grid.seeds]
     everything = load_all_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s)
     kinds = set(everything.parent_kind)
     notes: list[str] = []
-    if kind is None and len(kinds) > 1:       # MLP and CNN runs are never paired, nor drawn together
+    if kind is None and len(kinds) > 1:       # runs of different kinds are never paired, nor drawn together
         kind = "mlp"
         notes.append(f"the store holds runs of {', '.join(sorted(kinds))} parents: this report is of the mlp "
-                     "runs (report.parent=cnn for the others)")
+                     "runs (report.parent=<kind> for the others)")
     if kind is not None:
         if kind not in kinds:
             raise ReportError(f"report.parent={kind}: no FINISHED runs of a {kind} parent in {uri} "

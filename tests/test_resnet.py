@@ -17,6 +17,7 @@ from ecomp.nets.resnet import ResNet, cifar_resnet
 from ecomp.nets.sizes import counted_macs
 from ecomp.nets.structure import logits
 
+from conftest import run_cli
 from kinds import resnet8
 
 
@@ -114,3 +115,59 @@ def test_a_plan_that_cannot_run_says_why():
     assert plan.problems() is None
     assert "group widths" in replace(plan, widths=plan.widths[:-1]).problems()
     assert "shrink" in replace(plan, stem_kernel=29, stem_padding=0).problems()
+
+
+# -- whole runs through run.py, real data, a real MLflow store -----------------------------------
+
+RESNET_TINY = ["parent=resnet", "data=digits", "parent.widths=[4,6,8]", "parent.epochs=2", "population.size=6",
+               "data.train_size=300", "data.val_size=100", "data.batch_size=50", "data.test_size=200",
+               "similarity.perplexity=10", "progress=false"]
+
+
+@pytest.mark.slow
+def test_a_resnet_run_through_run_py_logs_macs_and_a_model_that_predicts(tmp_path):
+    import mlflow
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+
+    db = tmp_path / "mlflow.db"
+    proc = run_cli("run.py", *RESNET_TINY, f"parent.cache_dir={tmp_path / 'parents'}", f"tracking.uri=sqlite:///{db}",
+                   f"hydra.run.dir={tmp_path / 'out'}", "fitness.compression=macs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ecomp").experiment_id])
+    m = run.data.metrics
+    assert m["parent_macs"] == cifar_resnet((1, 8, 8), 10, 8, (4, 6, 8)).size("macs")
+    assert 0 < m["best_macs_ratio"] <= 1 and m["best_latency_ms"] > 0
+    assert run.data.params["parent.kind"] == "resnet"
+    (output,) = run.outputs.model_outputs
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
+    digits = load_digits()                    # data=digits: the last 500 images are the test split
+    x = (digits.data[-500:-300] / 16.0).astype(np.float32)
+    predicted = model.predict(x.reshape(-1, 1, 8, 8)).argmax(1)
+    assert float((predicted == digits.target[-500:-300]).mean()) == pytest.approx(m["best_test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["l1_prune", "l1_finetune", "scratch", "distill"])
+def test_every_baseline_runs_on_a_resnet(tmp_path, method):
+
+    proc = run_cli("run.py", *RESNET_TINY, f"method={method}", "method.keep=0.5", "tracking.enabled=false",
+                   f"parent.cache_dir={tmp_path / 'parents'}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("override,names", [("parent.depth=9", "parent.depth"), ("parent.widths=[]", "parent.widths"),
+                                            ("similarity.layers=[3]", "similarity.layers")])
+def test_bad_resnet_settings_are_one_line_errors_before_any_run(tmp_path, override, names):
+
+    db = tmp_path / "mlflow.db"
+    proc = run_cli("run.py", *RESNET_TINY, override, f"tracking.uri=sqlite:///{db}",
+                   f"parent.cache_dir={tmp_path / 'parents'}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and names in lines[0], proc.stderr
+    assert not db.exists()
