@@ -170,7 +170,7 @@ def base_of(params: dict[str, str]) -> str:
 # config hash, ecomp.app.config._HASH_NEUTRAL): left out, so old and new runs of one setup still pair.
 NEUTRAL_PARAMS = {"parent.path": "None", "fitness.compression": "units", "parent.kind": "mlp",
                   "parent.channels": "None", "parent.kernel": "None", "parent.padding": "None", "parent.pool": "None",
-                  "parent.batchnorm": "False", "similarity.features": "flat"}
+                  "parent.batchnorm": "False", "similarity.features": "flat", "parent.weights": "None"}
 
 
 def _params_hash(params: dict[str, str], keep) -> str:

@@ -56,11 +56,12 @@ def make_cfg(parent_cache, store):
     return _make
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``run.py`` (or another script of the repository) with this interpreter, in a fresh
     temporary working directory unless ``cwd`` is given (so that whatever it writes relative to
     the working directory, a Hydra ``outputs/`` folder say, lands outside the repository)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     script = REPO / args[0]
     argv = [str(script) if script.is_file() else args[0], *args[1:]]
     return subprocess.run([sys.executable, *argv], cwd=cwd or tempfile.mkdtemp(prefix="ecomp-cli-"),

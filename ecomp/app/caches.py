@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
+from ecomp.app.user_model import ModelSource
 from ecomp.nets import data as data_mod
 from ecomp.nets.checkpoint import read_checkpoint
 from ecomp.nets.structure import Structure, accuracy
@@ -43,6 +44,7 @@ class Caches:
     def __init__(self) -> None:
         self.splits = Bounded(4)
         self.checkpoints = Bounded(1)
+        self.models = Bounded(1)
         self.parent_accuracy = Bounded(8)
         self.digests = Bounded(16)
 
@@ -59,6 +61,14 @@ class Caches:
         st = p.stat() if p.is_file() else None
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns) if st else None
         return self.checkpoints.get(key, lambda: read_checkpoint(p))
+
+    def model(self, source: ModelSource) -> tuple[Structure, str]:
+        """``(network, sha256 of the weights)`` of a ``parent=module`` parent, built and read once while
+        its weights file is unchanged."""
+        p = Path(source.weights).expanduser()
+        st = p.stat() if p.is_file() else None
+        key = (source, str(p.resolve()), st.st_size, st.st_mtime_ns) if st else None
+        return self.models.get(key, source.read)
 
     def parent_test_accuracy(self, parent: Structure, test: data_mod.Split, size: int) -> float:
         """The parent's accuracy on the first ``size`` test images, keyed by its weights' bytes and

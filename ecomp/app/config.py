@@ -27,8 +27,9 @@ FITNESS_SCENARIOS = ("001", "020", "100", "021", "120", "101", "121")
 class ParentConf:
     """``parent=mlp``: trained by the tool (``hidden`` and the recipe); ``parent=checkpoint``: read
     from ``path`` (``hidden``, ``input_dim``, ``classes`` from the weights; the recipe is then what
-    ``method=scratch`` trains with). ``input_dim`` and ``classes`` null: the dataset's. Both are
-    filled in before the run starts (:func:`ecomp.app.parents.resolve_parent`)."""
+    ``method=scratch`` trains with); ``parent=module``: the user's class ``model`` (``_target_`` and its
+    arguments) loaded with ``weights`` (:mod:`ecomp.app.user_model`). ``input_dim`` and ``classes``
+    null: the dataset's. Both are filled in before the run starts (:func:`ecomp.app.spec.resolve_parent`)."""
     input_dim: Optional[int] = None
     hidden: Optional[list[int]] = field(default_factory=lambda: [256, 256])
     classes: Optional[int] = None
@@ -46,6 +47,10 @@ class ParentConf:
     batchnorm: bool = False                # cnn: trained with BatchNorm after each convolution (then folded)
     depth: Optional[int] = None            # resnet: 6n + 2 layers (n basic blocks per stage)
     widths: Optional[list[int]] = None     # resnet: channels of each stage
+    # module: your nn.Module class (_target_) and its arguments; open (not struct), so that
+    # parent.model.<argument>=... needs no "+" (the class's arguments are not known to the schema)
+    model: Any = field(default_factory=lambda: OmegaConf.create({}, flags={"struct": False}))
+    weights: Optional[str] = None          # module: the state dict (.pt) of parent.model's weights
 
 
 @dataclass
@@ -305,10 +310,34 @@ def validate(cfg: DictConfig) -> None:
     validate_method(cfg.method)
 
 
+def is_module_parent(p: Any) -> bool:
+    """``parent=module``: the user's ``parent.model`` (with ``parent.weights``) is the parent."""
+    return bool(p["model"]) or p["weights"] is not None
+
+
+def _validate_module_parent(p: DictConfig) -> None:
+    """``parent=module`` needs an import path in ``parent.model._target_`` and ``parent.weights``
+    (the class and the file are checked when they are read, :func:`ecomp.app.spec.resolve_parent`)."""
+    target = p.model.get("_target_") if isinstance(p.model, DictConfig) else None
+    if not isinstance(p.model, DictConfig) or not isinstance(target, str) or not target.strip():
+        _fail("parent.model._target_", target, "the import path of your nn.Module class (or a function that makes "
+                                               "one), e.g. parent.model._target_=torchvision.models.resnet18; its "
+                                               "arguments as parent.model.<name>=<value>")
+    if p.weights is None or not str(p.weights).strip():
+        _fail("parent.weights", p.weights, "the state dict (.pt) of parent.model's trained weights, as "
+                                           "torch.save(model.state_dict(), path) writes it")
+    if p.path is not None:
+        _fail("parent.path", p.path, "null with parent=module (your network is parent.model loaded with "
+                                     "parent.weights; parent=checkpoint reads a file alone)")
+
+
 def _validate_parent(p: DictConfig) -> None:
     """A trained parent needs its architecture and recipe; a checkpoint needs only its path (the
     file itself is checked when it is read, :func:`ecomp.app.parents.resolve_parent`)."""
-    if p.path is None and p.kind == "mlp" and p.hidden is None:     # parent=checkpoint without its file
+    module = is_module_parent(p)
+    if module:
+        _validate_module_parent(p)
+    elif p.path is None and p.kind == "mlp" and p.hidden is None:     # parent=checkpoint without its file
         _fail("parent.path", None, "missing: parent=checkpoint reads your network from parent.path=<file.pt or "
                                    ".pt2> (parent=mlp trains one with parent.hidden widths)")
     for k in ("input_dim", "classes"):
@@ -318,7 +347,7 @@ def _validate_parent(p: DictConfig) -> None:
         _fail("parent.path", p.path, "the path of a trained network's state dict (.pt) or export (.pt2)")
     from ecomp.nets.kinds import settings_problem
 
-    problem = settings_problem(p.kind, OmegaConf.to_container(p), trained=p.path is None)
+    problem = settings_problem(p.kind, OmegaConf.to_container(p), trained=p.path is None and not module)
     if problem:
         _fail(*problem)
     for k in ("epochs", "batch_size"):
@@ -370,7 +399,8 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 _HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
                  ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
                  ("parent", "pool"): None, ("parent", "batchnorm"): False,
-                 ("parent", "depth"): None, ("parent", "widths"): None, ("similarity", "features"): "flat",
+                 ("parent", "depth"): None, ("parent", "widths"): None, ("parent", "model"): {},
+                 ("parent", "weights"): None, ("similarity", "features"): "flat",
                  **{("data", k): None for k in ("path", "size", "channels", "mean", "std", "test_fraction",
                                                 "split_seed")}}
 

@@ -21,10 +21,12 @@ def load_split(data: DataSpec, train: bool, caches: Caches | None = None) -> Spl
 
 
 def prepare_parent(parent: ParentSpec, data: DataSpec, caches: Caches | None = None) -> tuple[Split, Structure]:
-    """The training split and the parent network: the user's checkpoint, or trained once and then
-    read from the cache."""
+    """The training split and the parent network: the user's checkpoint or module, or trained once
+    and then read from the cache."""
     caches = caches or Caches()
     train = load_split(data, train=True, caches=caches)
+    if parent.model is not None:
+        return train, caches.model(parent.model)[0]
     if parent.path is not None:
         return train, caches.checkpoint(parent.path)[0]
     t = time.perf_counter()

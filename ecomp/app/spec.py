@@ -18,8 +18,9 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from ecomp.app.caches import Caches
-from ecomp.app.config import config_hash, resolve_backend, used_config, user_data, validate
+from ecomp.app.config import config_hash, is_module_parent, resolve_backend, used_config, user_data, validate
 from ecomp.app.provenance import repo_root
+from ecomp.app.user_model import ModelSource
 from ecomp.core.fitness import Weights
 from ecomp.errors import CheckpointError, ConfigError, invalid
 from ecomp.kernels.backend import Backend
@@ -44,9 +45,10 @@ class DataSpec:
 @dataclass(frozen=True)
 class ParentSpec:
     recipe: TrainSpec              # the shape (a blueprint) and how it is, or would be, trained
-    path: str | None               # a checkpoint's file; None: the tool trains ``recipe``
-    sha256: str | None             # the checkpoint's bytes
+    path: str | None               # a checkpoint's file; None: the tool trains ``recipe`` (or ``model``)
+    sha256: str | None             # the checkpoint's bytes (parent=module: its weights' bytes)
     cache_dir: Path                # where the tool keeps the parents it trained
+    model: ModelSource | None = None   # parent=module: the user's nn.Module and weights
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
 def resolve_parent(settings: Mapping[str, Any], data: DataSpec, caches: Caches) -> tuple[ParentSpec, dict[str, Any]]:
     """The parent ``parent.*`` ``settings`` describe, and the settings it fills in: for a parent the
     tool trains, ``input_dim`` and ``classes`` when null (the dataset's); for ``parent=checkpoint``
-    the shape read from the file, checked against the data. Raises :class:`ConfigError` (one line)
-    before anything is created."""
+    the shape read from the file, for ``parent=module`` the shape read from the user's module's
+    exported graph (:mod:`ecomp.app.user_model`), checked against the data. Raises
+    :class:`ConfigError` (one line) before anything is created."""
     from ecomp.nets.checkpoint import check_fits
     from ecomp.nets.data import dataset
 
@@ -191,7 +194,11 @@ def resolve_parent(settings: Mapping[str, Any], data: DataSpec, caches: Caches) 
     cache_dir = Path(p["cache_dir"]) if p["cache_dir"] else repo_root() / ".cache" / "parents"
     recipe = dict(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], seed=p["seed"],
                   data=data.name if data.user is None else identity(data.user))
-    if p["path"] is None:
+    if is_module_parent(p):
+        source = ModelSource.of(p["model"], p["weights"], tuple(ds.shape))
+        net, sha = caches.model(source)
+        where = f"parent.model={source.target}"
+    elif p["path"] is None:
         blueprint = blueprint_for(p["kind"], ds.shape, ds.classes, p)
         why = blueprint.problems()
         if why:
@@ -199,11 +206,13 @@ def resolve_parent(settings: Mapping[str, Any], data: DataSpec, caches: Caches) 
         filled = {"input_dim": p["input_dim"] or ds.input_dim, "classes": p["classes"] or ds.classes}
         spec = TrainSpec(blueprint, **recipe, batchnorm=bool(p["batchnorm"]))
         return ParentSpec(spec, None, None, cache_dir), filled
-    net, sha = caches.checkpoint(p["path"])
-    where = f"parent.path={str(p['path'])!r}"
+    else:
+        net, sha = caches.checkpoint(p["path"])
+        where, source = f"parent.path={str(p['path'])!r}", None
     check_fits(net, where, ds.input_dim if p["input_dim"] is None else p["input_dim"],
                ds.classes if p["classes"] is None else p["classes"], ds.name)
     if len(net.in_shape) > 1 and tuple(net.in_shape) != tuple(ds.shape):
         raise CheckpointError(f"{where}: the network takes {'x'.join(map(str, net.in_shape))} images but "
                               f"data={ds.name} has {'x'.join(map(str, ds.shape))} images")
-    return ParentSpec(TrainSpec(net.blueprint(), **recipe), str(p["path"]), sha, cache_dir), net.settings()
+    path = None if source is not None else str(p["path"])
+    return ParentSpec(TrainSpec(net.blueprint(), **recipe), path, sha, cache_dir, source), net.settings()

@@ -60,7 +60,7 @@ def read_checkpoint(path: str | Path) -> tuple[Structure, str]:
     if path.suffix == ".pt2":
         net: Structure = export_net(read_archive(data, where), where)
     else:
-        state = _load_state(data, where)
+        state = load_state(data, where)
         conv = next(((name, t) for name, t in state.items() if t.dim() == 4), None)
         if conv is None:
             net = MLP(_layers(state, where))
@@ -70,7 +70,7 @@ def read_checkpoint(path: str | Path) -> tuple[Structure, str]:
     return net, digest.hexdigest()
 
 
-def _load_state(data: bytes, where: str) -> dict:
+def load_state(data: bytes, where: str) -> dict:
     try:
         state = weights_only_load(data)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike

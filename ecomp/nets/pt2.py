@@ -97,8 +97,8 @@ def read_archive(data: bytes, where: str) -> Archive:
                            f"({len(models)} models/<name>.json members)")
     prefix, name = models[0]["prefix"], models[0]["name"]
     order = _member(zf, f"{prefix}byteorder", where, required=False)
-    if order is not None and order.decode().strip() != sys.byteorder:
-        raise ArchiveError(f"{where}: member '{prefix}byteorder' says {order.decode().strip()!r}; "
+    if order is not None and order.decode("utf-8", "replace").strip() != sys.byteorder:
+        raise ArchiveError(f"{where}: member '{prefix}byteorder' says {order.decode('utf-8', 'replace').strip()[:20]!r}; "
                            f"this machine is {sys.byteorder}")
     weights_dir = f"{prefix}data/weights/"
     payloads = set()
@@ -216,6 +216,9 @@ def _tensor(zf: zipfile.ZipFile, weights_dir: str, meta: dict, fqn: str, where: 
     except KeyError as exc:
         raise ArchiveError(f"{where}: weight {fqn!r} has no usable description ({exc} missing or dtype not one of "
                            f"float16, bfloat16, float32, float64, int64)") from None
+    item = torch.empty(0, dtype=dtype).element_size()
+    if len(raw) % item:
+        raise ArchiveError(f"{where}: member {member!r} holds {len(raw)} bytes, not whole {dtype} values for {fqn!r}")
     flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
     needed = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1 if all(sizes) else 0
     if min(sizes, default=1) < 0 or needed > flat.numel():
