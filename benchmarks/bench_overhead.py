@@ -21,6 +21,7 @@ The goal (issue 25): ``tracked`` within 1.25x of ``untracked`` as a whole proces
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -46,15 +47,26 @@ def one(setting: str, overrides: list[str], tmp: Path, k: int, fresh: bool) -> t
 def whole_process(args: list[str], cwd: Path, what: str) -> tuple[float, float]:
     """``(seconds from spawn to exit, the run's own seconds from its last log line)`` of one
     ``run.py`` process ``args``; exits with its error output if it fails."""
-    t = time.perf_counter()
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    return measured_process(args, cwd, what)[:2]
+
+
+def measured_process(args: list[str], cwd: Path, what: str) -> tuple[float, float, float]:
+    """:func:`whole_process` and the process's peak resident memory in GiB (its own, from
+    ``wait4``: not its children's)."""
+    with tempfile.TemporaryFile("w+") as out:
+        t = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
     if proc.returncode != 0:
-        sys.exit(f"error: {what} failed:\n{proc.stderr[-3000:]}")
-    found = RUN_SECONDS.search(proc.stdout + proc.stderr)
+        sys.exit(f"error: {what} failed:\n{text[-3000:]}")
+    found = RUN_SECONDS.search(text)
     if found is None:
-        sys.exit(f"error: {what} printed no run_seconds:\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return wall, float(found.group(1))
+        sys.exit(f"error: {what} printed no run_seconds:\n{text[-2000:]}")
+    return wall, float(found.group(1)), usage.ru_maxrss / 2 ** 20       # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ fixed cost a user pays outside the work (imports, data, parent, final figures, t
 
 * ``mlp``: the paper's default run (``parent=mlp``), untracked;
 * ``cnn``: the same on LeNet-5 (``parent=cnn``), untracked;
+* ``resnet``: the same on the residual parent (``parent=resnet``, ResNet-8), untracked;
 * ``tiny``: ``population.size=6 data.train_size=300``, untracked (almost nothing but fixed cost);
 * ``tiny-tracked``: the same, tracked into a store in a temporary folder, logging its model.
 
@@ -29,23 +30,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_overhead import whole_process     # this folder is the script's: sys.path[0]
+from bench_overhead import measured_process     # this folder is the script's: sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 UNTRACKED = ["tracking.enabled=false"]
 TINY = ["population.size=6", "data.train_size=300"]
-CASES = {"mlp": ["parent=mlp", *UNTRACKED], "cnn": ["parent=cnn", *UNTRACKED], "tiny": [*TINY, *UNTRACKED],
-         "tiny-tracked": TINY}
+CASES = {"mlp": ["parent=mlp", *UNTRACKED], "cnn": ["parent=cnn", *UNTRACKED],
+         "resnet": ["parent=resnet", *UNTRACKED], "tiny": [*TINY, *UNTRACKED], "tiny-tracked": TINY}
 
 
-def one(tree: Path, case: str, tmp: Path, extra: list[str]) -> tuple[float, float]:
-    """``(whole-process seconds, in-process run seconds)`` of one run of ``case`` from ``tree``."""
+def one(tree: Path, case: str, tmp: Path, extra: list[str]) -> tuple[float, float, float]:
+    """``(whole-process seconds, in-process run seconds, peak GiB)`` of one run of ``case`` from ``tree``."""
     store = tmp / f"store-{tree.name}"
     args = [sys.executable, str(tree / "run.py"), *CASES[case], *extra, "progress=false",
             f"parent.cache_dir={ROOT / '.cache' / 'parents'}", f"data.root={ROOT / 'data'}",
             "tracking.skip_finished=false", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
             f"hydra.run.dir={tmp / 'out'}"]
-    return whole_process(args, tmp, f"{case} from {tree}")
+    return measured_process(args, tmp, f"{case} from {tree}")
 
 
 def worktree(commit: str, where: Path) -> Path:
@@ -79,24 +80,25 @@ def main() -> None:
                     order = list(trees) if k % 2 == 0 else list(reversed(trees))
                     for name in order:
                         times[name, case].append(one(trees[name], case, tmp, args.overrides))
-                        w, r = times[name, case][-1]
-                        print(f"round {k + 1}: {case:12s} {name:8s} {w:7.2f} s whole, {r:7.2f} s in the run",
-                              flush=True)
+                        w, r, peak = times[name, case][-1]
+                        print(f"round {k + 1}: {case:12s} {name:8s} {w:7.2f} s whole, {r:7.2f} s in the run, "
+                              f"peak {peak:.2f} GiB", flush=True)
         finally:
             if args.baseline:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["baseline"])],
                                capture_output=True)
-    med = {k: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for k, v in times.items()}
+    med = {k: (statistics.median(w for w, _, _ in v), statistics.median(r for _, r, _ in v), max(p for _, _, p in v))
+           for k, v in times.items()}
     print(f"\nmedians of {args.rounds} interleaved rounds; fixed = whole process - in the run")
-    print("| case | " + " | ".join(f"{t} whole | {t} in run | {t} fixed" for t in trees)
+    print("| case | " + " | ".join(f"{t} whole | {t} in run | {t} fixed | {t} peak" for t in trees)
           + (" | baseline/now whole | baseline/now in run |" if args.baseline else " |"))
-    print("|---" * (1 + 3 * len(trees) + (2 if args.baseline else 0)) + "|")
+    print("|---" * (1 + 4 * len(trees) + (2 if args.baseline else 0)) + "|")
     for case in cases:
-        cells = [f"{med[t, case][0]:.1f} s | {med[t, case][1]:.1f} s | {med[t, case][0] - med[t, case][1]:.1f} s"
-                 for t in trees]
+        cells = [f"{med[t, case][0]:.1f} s | {med[t, case][1]:.1f} s | {med[t, case][0] - med[t, case][1]:.1f} s | "
+                 f"{med[t, case][2]:.2f} GiB" for t in trees]
         ratio = ""
         if args.baseline:
-            (bw, br), (nw, nr) = med["baseline", case], med["now", case]
+            (bw, br, _), (nw, nr, _) = med["baseline", case], med["now", case]
             ratio = f" | {bw / nw:.2f}x | {br / max(nr, 1e-9):.2f}x"
         print(f"| {case} | " + " | ".join(cells) + ratio + " |")
     if "mlp" in cases and "cnn" in cases:

@@ -13,7 +13,7 @@ MLflow, no ``data/`` and no network. The steps, each timed, their output in ``OU
    ``.whl/fashion-mnist`` (or read from ``data/``) into a temporary data root;
 2. ``tests/test_cuda.py`` and ``tests/test_padded.py``;
 3. ``bench_scaling.py --quick`` on the device (``OUT_DIR/scaling``);
-4. per parent kind (``--parents``, default ``mlp,cnn``: the paper's MLP and LeNet-5), the default
+4. per parent kind (``--parents``, default ``mlp,cnn,resnet``: the paper's MLP, LeNet-5, ResNet-8), the default
    run, ``run.py device=cuda parent=<kind>``, twice into a temporary SQLite store, each timed as a
    whole process: seed 0 trains and caches the parent, seed 1 is a run as a grid runs it (parent
    cached); read back from the store: test accuracy, ``run_seconds``, ``seconds_per_generation``
@@ -22,7 +22,7 @@ MLflow, no ``data/`` and no network. The steps, each timed, their output in ``OU
    machine: ``benchmarks/cpu_reference.json``) and the ratio CPU/GPU;
 5. the report (``experiments/figures.py``) of the MLP runs into ``OUT_DIR/figures``.
 
-The CUDA tests of step 2 hold the GPU's MLP and CNN forward passes to their CPU oracles.
+The CUDA tests of step 2 hold the GPU's MLP, CNN and ResNet forward passes to their CPU oracles.
 Writes ``OUT_DIR/summary.json`` and ``OUT_DIR/summary.md`` (with the 70-run grid estimate per kind:
 70 whole processes of the second kind, one job at a time) and exits 1 if any step failed. Nothing
 is written into the working tree (bytecode off, every store, Hydra and data folder temporary).
@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="folder for log.txt, summary.json/.md, scaling/ and figures/")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--wheels", type=Path, default=WHEELS)
-    ap.add_argument("--parents", default="mlp,cnn", help="comma-separated parent kinds, each run twice")
+    ap.add_argument("--parents", default="mlp,cnn,resnet", help="comma-separated parent kinds, each run twice")
     ap.add_argument("--cpu-reference", type=Path, default=CPU_REFERENCE,
                     help="a CPU check's summary.json, for the ratio CPU/this device")
     ap.add_argument("--run-args", nargs="*", default=[], help="extra run.py overrides (tiny sizes for a CPU check)")

@@ -117,3 +117,24 @@ def test_cuda_conv_population_forward_and_evolution_equal_the_cpu():
     ecomp = EComp(Evaluator(to(parent, "cuda"), batches, measure), Weights(1, 2, 1), MutationSpec(), gen(2))
     records = list(ecomp.run(gpu, 2))
     assert len(records) == 3 and ecomp.population.device.type == "cuda"
+
+
+def test_cuda_resnet_population_forward_and_evolution_equal_the_cpu():
+    from ecomp.kernels import res_forward
+    from ecomp.nets.resnet import cifar_resnet
+
+    plan = cifar_resnet((1, 28, 28), 10, 8, (8, 16, 32))
+    torch.manual_seed(0)
+    parent = plan.network(plan.build(batchnorm=True).eval())
+    cpu = l1_population(parent, 8, 0.9, 0.3)
+    gpu = l1_population(to(parent, "cuda"), 8, 0.9, 0.3)
+    x = torch.rand(32, 784, generator=gen(0))
+    ref, _ = res_forward.forward_loop(cpu, x)
+    fast, hidden = res_forward.forward_grouped(gpu, x.cuda())
+    torch.testing.assert_close(fast.cpu(), ref, rtol=1e-3, atol=1e-3)
+    assert hidden[0][0].is_cuda
+    batches = [(x.cuda(), torch.randint(0, 10, (32,), generator=gen(1)).cuda())]
+    measure = TSNE(backend=resolve("cuda", "torch"))
+    ecomp = EComp(Evaluator(to(parent, "cuda"), batches, measure), Weights(1, 2, 1), MutationSpec(), gen(2))
+    records = list(ecomp.run(gpu, 2))
+    assert len(records) == 3 and ecomp.population.device.type == "cuda"

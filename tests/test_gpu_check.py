@@ -72,7 +72,7 @@ def test_the_gpu_check_sets_itself_up_and_runs_on_a_machine_without_mlflow_or_hy
     env["PYTHONPATH"] = str(site)
     bare = subprocess.run([str(python), "-c", "import hydra"], capture_output=True, env=env)
     assert bare.returncode != 0                       # the imitated machine has no Hydra of its own
-    tiny = [a for a in TINY if not a.startswith("progress")]
+    tiny = [a for a in TINY if not a.startswith("progress")] + ["parent.widths=[4,8,8]"]    # a small ResNet-8
     proc = subprocess.run([str(python), "benchmarks/gpu_check.py", str(out), "--device", "cpu", "--wheels", str(wheels),
                            "--run-args", *tiny, "--scaling-args", "--factors", "population", "--gens", "1",
                            "--warmup", "1"], cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
@@ -81,8 +81,10 @@ def test_the_gpu_check_sets_itself_up_and_runs_on_a_machine_without_mlflow_or_hy
     summary = json.loads((out / "summary.json").read_text())
     assert summary["packages"] == f"{len(built)} wheels from {wheels}"
     assert [s["step"] for s in summary["steps"]] == ["tests", "bench_scaling", "run mlp seed 0", "run mlp seed 1",
-                                                      "run cnn seed 0", "run cnn seed 1", "figures"]
-    assert [(r["parent"], r["status"]) for r in summary["runs"]] == [("mlp", "FINISHED")] * 2 + [("cnn", "FINISHED")] * 2
+                                                      "run cnn seed 0", "run cnn seed 1", "run resnet seed 0",
+                                                      "run resnet seed 1", "figures"]
+    assert [(r["parent"], r["status"]) for r in summary["runs"]] == [
+        (kind, "FINISHED") for kind in ("mlp", "cnn", "resnet") for _ in (0, 1)]
     assert all(r["seconds_per_generation"] > 0 and r["process_seconds"] > r["run_seconds"] for r in summary["runs"])
     for kind in ("mlp", "cnn"):
         (grid_run,) = [r for r in summary["runs"] if r["seed"] == "1" and r["parent"] == kind]   # the parent cached
@@ -91,4 +93,4 @@ def test_the_gpu_check_sets_itself_up_and_runs_on_a_machine_without_mlflow_or_hy
         assert grid_run["cpu_ratio"] == pytest.approx(grid_run["cpu_seconds_per_generation"]
                                                       / grid_run["seconds_per_generation"])
     assert (out / "scaling" / "scaling.csv").exists() and (out / "figures" / "fig2_accuracy.png").exists()
-    assert "| cnn | " in (out / "summary.md").read_text()
+    assert "| cnn | " in (out / "summary.md").read_text() and "| resnet | " in (out / "summary.md").read_text()
