@@ -9,7 +9,10 @@ same process.
 
 Three populations, as in ``bench_conv.py``: the initial one (100 keep ratios from 0.9 to 0.207:
 100 architectures) and two of one architecture (keep 0.55 and 0.9: what evolution converges
-to). ``nchw``: the grouped pass on ``NCHW`` maps, the layout it replaced. Medians of the repeats.
+to). ``nchw``: the grouped pass on ``NCHW`` maps, the layout it replaced. ``bf16``: the loop
+with bfloat16 weights and channels-last maps (oneDNN's AMX kernels where the CPU has them): not
+a path of the tool, the prospect measured (its logits differ from float32's by up to ~0.2).
+Medians of the repeats.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.kernels import res_forward  # noqa: E402
+from ecomp.nets import resnet  # noqa: E402
 from ecomp.nets.resnet import cifar_resnet  # noqa: E402
 
 
@@ -45,6 +49,14 @@ def large_conv_gflops(repeats: int) -> float:
     x = torch.rand(100, 64, 28, 28).contiguous(memory_format=torch.channels_last)
     w = torch.rand(64, 64, 3, 3)
     return 2 * 100 * 64 * 64 * 9 * 28 * 28 / median_seconds(lambda: F.conv2d(x, w, None, 1, 1), repeats) / 1e9
+
+
+def loop_bf16(pop, x: torch.Tensor) -> None:
+    """Each network in bfloat16 on channels-last images (weights converted as a run would each generation)."""
+    x4 = x.view(x.shape[0], *pop.plan.in_shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    for i in range(pop.size):
+        net = pop.network(i)
+        resnet.run(resnet.ResNet(net.plan, [(w.bfloat16(), b.bfloat16()) for w, b in net.layers]), x4, "flat")
 
 
 def main() -> None:
@@ -66,7 +78,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
           f"batch {args.batch}; one 64-channel convolution: {conv:.1f} GFLOP/s")
     print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'x loop':>8}"
-          f"{'GFLOP/s':>9}{'share':>7}")
+          f"{'GFLOP/s':>9}{'share':>7}{'bf16 s':>8}")
     pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
             "keep 0.55 (1 arch)": l1_population(parent, args.size, 0.55, 0.55),
             "keep 0.9 (1 arch)": l1_population(parent, args.size, 0.9, 0.9)}
@@ -75,9 +87,10 @@ def main() -> None:
         loop = median_seconds(lambda: res_forward.forward_loop(pop, x, "flat"), args.repeats)
         nchw = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat", channels_last=False), args.repeats)
         grouped = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat"), args.repeats)
+        bf16 = median_seconds(lambda: loop_bf16(pop, x), args.repeats)
         rate = 2 * macs * args.batch / grouped / 1e9
         print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{nchw:>9.3f}{grouped:>10.3f}"
-              f"{loop / grouped:>8.2f}{rate:>9.1f}{rate / conv:>7.2f}")
+              f"{loop / grouped:>8.2f}{rate:>9.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
 
 
 if __name__ == "__main__":
