@@ -51,6 +51,24 @@ def large_conv_gflops(repeats: int) -> float:
     return 2 * 100 * 64 * 64 * 9 * 28 * 28 / median_seconds(lambda: F.conv2d(x, w, None, 1, 1), repeats) / 1e9
 
 
+def conv_rates(repeats: int) -> None:
+    """GFLOP/s of one population's worth of 3x3 convolutions of 100 28x28 channels-last maps, a fresh
+    weight at every call (as the individuals have them): per network, and grouped by network."""
+    for c in (9, 16):
+        x = torch.rand(100, c, 28, 28).contiguous(memory_format=torch.channels_last)
+        ws = [torch.rand(c, c, 3, 3) for _ in range(20)]
+        xg = torch.rand(100, 20 * c, 28, 28).contiguous(memory_format=torch.channels_last)
+        wg = torch.cat(ws)
+        flops = 2 * 100 * c * c * 9 * 28 * 28 * len(ws)
+        cells = []
+        for dtype in (torch.float32, torch.bfloat16):
+            xd, wd, xgd, wgd = x.to(dtype), [w.to(dtype) for w in ws], xg.to(dtype), wg.to(dtype)
+            one = median_seconds(lambda: [F.conv2d(xd, w, None, 1, 1) for w in wd], repeats)
+            grouped = median_seconds(lambda: F.conv2d(xgd, wgd, None, 1, 1, 1, len(ws)), repeats)
+            cells.append(f"{str(dtype)[6:]}: {flops / one / 1e9:.1f} per network, {flops / grouped / 1e9:.1f} grouped")
+        print(f"{c:>2} channels, 20 networks: " + "; ".join(cells) + " GFLOP/s")
+
+
 def loop_bf16(pop, x: torch.Tensor) -> None:
     """Each network in bfloat16 on channels-last images (weights converted as a run would each generation)."""
     x4 = x.view(x.shape[0], *pop.plan.in_shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
@@ -77,6 +95,7 @@ def main() -> None:
     conv = large_conv_gflops(args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
           f"batch {args.batch}; one 64-channel convolution: {conv:.1f} GFLOP/s")
+    conv_rates(args.repeats)
     print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'x loop':>8}"
           f"{'GFLOP/s':>9}{'share':>7}{'bf16 s':>8}")
     pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
