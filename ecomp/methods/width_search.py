@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
 from ecomp.errors import finite, invalid
 from ecomp.methods.base import Method, Outcome, Problem
@@ -142,9 +141,6 @@ class WidthSearch(Method):
             metrics[f"width_{g}"], metrics[f"keep_{g}"] = float(w), w / u
         return Outcome(detached(net), metrics, stages={"searched": detached(space.network(winner.widths))},
                        artifacts={"candidates.csv": table(records, space.units)})
-
-    def progress_total(self, problem: Problem) -> int | None:
-        return None
 
 
 def table(records: list[Candidate], units: tuple[int, ...]) -> str:
