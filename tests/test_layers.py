@@ -9,7 +9,7 @@ from pathlib import Path
 
 ECOMP = Path(__file__).resolve().parents[1] / "ecomp"
 # bottom to top; a module may import its own layer and those before it
-LAYERS = [("errors", "redact", "plugins", "timing"), ("nets",), ("kernels",), ("measures",), ("core",),
+LAYERS = [("errors", "redact", "plugins", "timing"), ("nets",), ("kernels",), ("measures",), ("core",), ("widths",),
           ("methods",), ("app",)]
 GLUE_ONLY = ("hydra", "omegaconf", "mlflow", "optuna")
 

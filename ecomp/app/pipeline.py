@@ -209,6 +209,8 @@ def _compress(spec: RunSpec, caches: Caches, train, test, parent, timer, tracker
         with timer.phase("tracking"):
             with tempfile.TemporaryDirectory() as tmp:
                 Path(tmp, "config.yaml").write_text(mask(OmegaConf.to_yaml(plain(spec.config))))
+                for name, text in outcome.artifacts.items():     # the method's own tables
+                    Path(tmp, name).write_text(text)
                 network = Path(tmp) / "best_network.pt"
                 save_network(best, network, extra={"method": method.name, **method.labels(), "seed": spec.seed,
                                                    "test_accuracy": metrics["best_test_accuracy"]})

@@ -56,6 +56,7 @@ class Outcome:
     network: Structure                                             # the returned network
     metrics: dict[str, float] = field(default_factory=dict)  # the method's own figures, logged as they are
     stages: dict[str, Structure] = field(default_factory=dict)  # earlier networks measured too, e.g. "evolved"
+    artifacts: dict[str, str] = field(default_factory=dict)    # file name -> text, logged with the run (a table)
 
 
 class Method(ABC):
