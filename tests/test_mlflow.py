@@ -30,7 +30,7 @@ def test_a_run_logs_a_model_that_loads_scores_and_registers(tmp_path, make_cfg):
     run = client.get_run(result.run_id)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"       # the UI's runs view
-    # the README's shared views of the runs table: the metrics and tags they show are the run's
+    # the shared views (docs/tracking.md) of the runs table: the metrics and tags they show are the run's
     views = {k.rsplit(".", 1)[1]: json.loads(v) for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")}
     assert sorted(views) == ["ecomp-runs", "ecomp-scenarios"]
     columns = {c for view in views.values() for c in view["selectedColumns"]}

@@ -1,4 +1,4 @@
-"""Serving a run's logged model as the README says: ``mlflow models serve`` on loopback, with the
+"""Serving a run's logged model as docs/tracking.md says: ``mlflow models serve`` on loopback, with the
 venv's bin on PATH; requests of images ``N x C x H x W`` and of flat rows, answered with the class
 probabilities the network itself computes. Real runs (tiny), a real server, stopped whatever happens."""
 
@@ -88,7 +88,7 @@ def test_a_served_model_answers_images_and_flat_rows_as_the_network_does(tmp_pat
             assert (served.argmax(1) == expected.argmax(1)).all()
             np.testing.assert_allclose(served, expected, atol=1e-5)
             np.testing.assert_allclose(served.sum(1), 1, atol=1e-5)
-        # flat rows as `inputs` are refused: MLflow fixes a tensor's rank (README, serving)
+        # flat rows as `inputs` are refused: MLflow fixes a tensor's rank (docs/tracking.md, serving)
         status, answer = post(f"{url}/invocations", {"inputs": x.tolist()})
         assert status == 400 and "shape" in answer.get("message", "").lower(), answer
     finally:
