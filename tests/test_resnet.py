@@ -171,3 +171,17 @@ def test_bad_resnet_settings_are_one_line_errors_before_any_run(tmp_path, overri
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and names in lines[0], proc.stderr
     assert not db.exists()
+
+
+def test_accuracy_runs_a_heavy_network_a_few_images_at_a_time(monkeypatch):
+    from ecomp.nets import structure
+
+    net = resnet8(6)
+    x = torch.rand(10, net.in_features, generator=gen(11))
+    y = torch.randint(0, net.classes, (10,), generator=gen(12))
+    whole = structure.accuracy(net, x, y, chunk=10)
+    seen = []
+    real = structure.logits
+    monkeypatch.setattr(structure, "logits", lambda n, xs: seen.append(xs.shape[0]) or real(n, xs))
+    monkeypatch.setattr(structure, "CHUNK_MACS", 3 * net.size("macs"))
+    assert structure.accuracy(net, x, y) == whole and seen == [3, 3, 3, 1]

@@ -215,9 +215,16 @@ def logits(net: Structure, x: Tensor) -> Tensor:
     return net.run(x)[0]
 
 
+CHUNK_MACS = 10 ** 10         # multiply-accumulates per chunk of images :func:`accuracy` runs at once
+
+
 @torch.no_grad()
-def accuracy(net: Structure, x: Tensor, y: Tensor, chunk: int = 10_000) -> float:
-    """Fraction of ``x`` classified as ``y`` by :func:`logits`, ``chunk`` images at a time."""
+def accuracy(net: Structure, x: Tensor, y: Tensor, chunk: int | None = None) -> float:
+    """Fraction of ``x`` classified as ``y`` by :func:`logits`, ``chunk`` images at a time: by
+    default 10,000 (an MLP's or LeNet-5's whole test split), fewer where a network's images would
+    cost more than ``CHUNK_MACS`` together (a ResNet-8's 10,000 would hold GBs of maps at once)."""
+    if chunk is None:
+        chunk = max(1, min(10_000, CHUNK_MACS // max(1, net.size("macs"))))
     correct = 0
     for s in range(0, x.shape[0], chunk):
         correct += int((logits(net, x[s:s + chunk]).argmax(1) == y[s:s + chunk]).sum())
