@@ -27,7 +27,7 @@ from torch import nn
 
 from ecomp.errors import CheckpointError
 from ecomp.nets.checkpoint import load_state
-from ecomp.nets.export_graph import export_net
+from ecomp.nets.export import export_net
 from ecomp.nets.pt2 import read_archive
 from ecomp.nets.structure import Structure
 

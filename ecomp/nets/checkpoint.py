@@ -41,7 +41,8 @@ from ecomp.nets.convnet import ConvNet, ConvPlan
 from ecomp.nets.resnet import ResNet
 from ecomp.nets.mlp import MLP
 from ecomp.nets.structure import Layers, Structure
-from ecomp.nets.export_graph import SAVE_PT2, export_net, pair, shapes
+from ecomp.nets.export import export_net
+from ecomp.nets.export_graph import SAVE_PT2, pair, shapes
 from ecomp.nets.pt2 import looks_pickled, read_archive, refusal_reason, weights_only_load
 
 def read_checkpoint(path: str | Path) -> tuple[Structure, str]:

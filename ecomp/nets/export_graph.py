@@ -5,7 +5,8 @@ weights as plain tensors; :class:`_Reader` walks the nodes in order and builds t
 ``Conv2d`` (with a ``BatchNorm2d`` after it folded in), ``ReLU``, ``MaxPool2d``/``AvgPool2d``
 (window = stride, no padding), ``Dropout`` (ignored), ``Flatten`` and ``Linear``. A program with
 a convolution reads as a :class:`~ecomp.nets.convnet.ConvNet`, one without as an :class:`~ecomp.nets.mlp.MLP`.
-A program that adds activations (a ResNet) is read by :mod:`ecomp.nets.export_resnet` instead.
+A program that adds activations (a ResNet) is read by :mod:`ecomp.nets.export_resnet` instead
+(:mod:`ecomp.nets.export` picks).
 Anything else (a branch, grouped or dilated convolutions, other operations) is refused in one
 :class:`CheckpointError` line naming the layer or operation.
 """
@@ -384,11 +385,6 @@ class _Reader:
         return ConvNet(plan, pairs)
 
 
-def export_net(archive: Archive, where: str) -> Structure:
-    """The network of the program ``archive``: a residual one (:mod:`ecomp.nets.export_resnet`) when
-    its graph adds tensors, else a chain."""
-    from ecomp.nets.export_resnet import export_resnet, has_residual_adds   # it builds on this module
-
-    if has_residual_adds(archive):
-        return export_resnet(archive, where)
+def export_chain(archive: Archive, where: str) -> Structure:
+    """The sequential network of the program ``archive`` (an MLP or a :class:`ConvNet`)."""
     return _Reader(archive, where).read()

@@ -1,6 +1,6 @@
 """A residual network read from a ``torch.export`` program's graph (``.pt2``), never executed.
 
-A program whose graph adds two activations is read here (:func:`ecomp.nets.export_graph.export_net`
+A program whose graph adds two activations is read here (:func:`ecomp.nets.export.export_net`
 sends it); one without an addition is a chain, read by :mod:`ecomp.nets.export_graph`. The graph
 is first turned into a small dataflow of values (:class:`Val`), one per operation, from an
 allow-list of operations: convolution (a BatchNorm after it folded in, as the chain's reader
