@@ -74,7 +74,7 @@ class GridConf:
 @dataclass
 class ReportConf:
     size: str = "units"                   # what the frontier and verdict measure sizes in: units | params | macs
-    parent: Optional[str] = None          # mlp | cnn | resnet: whose runs; null = the MLPs when several kinds are
+    parent: Optional[str] = None          # mlp | cnn | resnet: whose runs; null = the MLPs (else the first kind) when several are
 
 
 @dataclass
@@ -280,16 +280,17 @@ def build_report(cfg: DictConfig) -> list[Path]:
     if size not in SIZE_COLUMNS:
         raise ReportError(f"report.size={size!r}: one of {', '.join(SIZE_COLUMNS)}")
     if kind not in (None, *KINDS):
-        raise ReportError(f"report.parent={kind!r}: null (the MLPs when several kinds are in the store) or one of "
+        raise ReportError(f"report.parent={kind!r}: null (the MLPs, or the first kind, when several are in the store) or one of "
                           f"{', '.join(KINDS)}")
     scenarios, seeds = [str(s) for s in cfg.grid.scenarios], [int(k) for k in cfg.grid.seeds]
     everything = load_all_runs(uri, cfg.tracking.experiment, cfg.run_filter, cfg.tracking.timeout_s)
     kinds = set(everything.parent_kind)
     notes: list[str] = []
     if kind is None and len(kinds) > 1:       # runs of different kinds are never paired, nor drawn together
-        kind = "mlp"
-        notes.append(f"the store holds runs of {', '.join(sorted(kinds))} parents: this report is of the mlp "
-                     "runs (report.parent=<kind> for the others)")
+        kind = "mlp" if "mlp" in kinds else sorted(kinds)[0]
+        others = ", ".join(f"report.parent={k}" for k in sorted(kinds - {kind}))
+        notes.append(f"the store holds runs of {', '.join(sorted(kinds))} parents: this report is of the {kind} "
+                     f"runs ({others} for the others)")
     if kind is not None:
         if kind not in kinds:
             raise ReportError(f"report.parent={kind}: no FINISHED runs of a {kind} parent in {uri} "
