@@ -1,7 +1,7 @@
-"""The residual population's forward pass: grouped (one batch per architecture, channels-last)
-against the per-network loop (the oracle), on ResNet populations of ``parent=resnet``'s shape,
-with the achieved GFLOP/s and their share of one large convolution's rate, measured in the
-same process.
+"""The residual population's forward pass: the per-network loop (the CPU's default and the
+oracle) against the grouped pass (one batch per architecture, channels-last; a GPU's default), on
+ResNet populations of ``parent=resnet``'s shape, with the loop's GFLOP/s and their share of one
+large convolution's rate, measured in the same process.
 
     python benchmarks/bench_resnet.py                    # ResNet-8 (16, 32, 64) on 28x28, batch 100
     python benchmarks/bench_resnet.py --threads 1 --repeats 3
@@ -96,8 +96,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
           f"batch {args.batch}; one 64-channel convolution: {conv:.1f} GFLOP/s")
     conv_rates(args.repeats)
-    print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'x loop':>8}"
-          f"{'GFLOP/s':>9}{'share':>7}{'bf16 s':>8}")
+    print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'loop/grp':>9}"
+          f"{'loop GFLOP/s':>13}{'share':>7}{'bf16 s':>8}")
     pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
             "keep 0.55 (1 arch)": l1_population(parent, args.size, 0.55, 0.55),
             "keep 0.9 (1 arch)": l1_population(parent, args.size, 0.9, 0.9)}
@@ -107,9 +107,9 @@ def main() -> None:
         nchw = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat", channels_last=False), args.repeats)
         grouped = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat"), args.repeats)
         bf16 = median_seconds(lambda: loop_bf16(pop, x), args.repeats)
-        rate = 2 * macs * args.batch / grouped / 1e9
+        rate = 2 * macs * args.batch / loop / 1e9
         print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{nchw:>9.3f}{grouped:>10.3f}"
-              f"{loop / grouped:>8.2f}{rate:>9.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
+              f"{loop / grouped:>9.2f}{rate:>13.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
 * :func:`forward_loop`: one network at a time (:func:`ecomp.nets.resnet.run`); the oracle.
 * :func:`forward_grouped`: the individuals of one architecture run as one network: the stem's
   filters concatenated into one convolution of the shared images, every later convolution a
-  grouped convolution (``groups`` = individuals), the classifier one batched product. The maps
-  are channels-last: oneDNN's grouped convolutions of a few channels per group run 2-3x faster
-  so than on ``NCHW`` maps (``benchmarks/bench_resnet.py``).
+  grouped convolution (``groups`` = individuals), the classifier one batched product, on
+  channels-last maps. The default on a GPU; on the CPU the loop is faster (:func:`forward`).
   Individuals are taken ``chunk`` at a time so that no tensor holds more than
   ``MAX_ELEMENTS`` floats.
 """
@@ -96,8 +95,13 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", chann
     return logits, hidden
 
 
-def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool = True
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool | None = None
             ) -> tuple[Tensor, list[list[Tensor]], None]:
-    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks)."""
+    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks).
+    ``grouped``: None = on a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64
+    channels 1.7-2.5x faster one network at a time than as grouped convolutions, on the initial
+    population and on converged ones alike (``benchmarks/bench_resnet.py``)."""
+    if grouped is None:
+        grouped = x.device.type != "cpu"
     logits, hidden = (forward_grouped if grouped else forward_loop)(pop, x, features)
     return logits, hidden, None
