@@ -18,9 +18,7 @@ Medians of the repeats.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,20 +26,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
+from bench_conv import median_seconds  # noqa: E402  (this folder is the script's: sys.path[0])
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.kernels import res_forward  # noqa: E402
 from ecomp.nets import resnet  # noqa: E402
 from ecomp.nets.resnet import cifar_resnet  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def large_conv_gflops(repeats: int) -> float:

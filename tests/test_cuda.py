@@ -15,6 +15,7 @@ from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs
 from ecomp.kernels.tsne_torch import calibrate, shifted_distances
 from ecomp.measures.tsne import TSNE
+from ecomp.kernels import net_forward
 from ecomp.kernels.backend import resolve
 from ecomp.nets.structure import to_device
 
@@ -98,39 +99,31 @@ def test_cuda_mixed_widths_forward_is_padded_and_matches_the_cpu_loop():
 
 # -- convolutional populations on the GPU ---------------------------------------------------------
 
-def test_cuda_conv_population_forward_and_evolution_equal_the_cpu():
-    from ecomp.kernels import conv_forward
+def lenet(image, classes):
     from ecomp.nets import convnet
 
-    plan = convnet.lenet5((1, 28, 28), 10, channels=(4, 8), hidden=(16,))
-    torch.manual_seed(0)
-    parent = convnet.from_module(convnet.build_module(plan), plan)
-    cpu = l1_population(parent, 8, 0.9, 0.3)
-    gpu = l1_population(to(parent, "cuda"), 8, 0.9, 0.3)
-    x = torch.rand(32, 784, generator=gen(0))
-    ref, _ = conv_forward.forward_loop(cpu, x)
-    fast, hidden = conv_forward.forward_grouped(gpu, x.cuda())
-    torch.testing.assert_close(fast.cpu(), ref, rtol=1e-3, atol=1e-3)
-    assert hidden[0][0].is_cuda
-    batches = [(x.cuda(), torch.randint(0, 10, (32,), generator=gen(1)).cuda())]
-    measure = TSNE(backend=resolve("cuda", "torch"))
-    ecomp = EComp(Evaluator(to(parent, "cuda"), batches, measure), Weights(1, 2, 1), MutationSpec(), gen(2))
-    records = list(ecomp.run(gpu, 2))
-    assert len(records) == 3 and ecomp.population.device.type == "cuda"
+    plan = convnet.lenet5(image, classes, channels=(4, 8), hidden=(16,))
+    return plan, convnet.build_module(plan)
 
 
-def test_cuda_resnet_population_forward_and_evolution_equal_the_cpu():
-    from ecomp.kernels import res_forward
+def resnet8(image, classes):
     from ecomp.nets.resnet import cifar_resnet
 
-    plan = cifar_resnet((1, 28, 28), 10, 8, (8, 16, 32))
+    plan = cifar_resnet(image, classes, 8, (8, 16, 32))
+    return plan, plan.build(batchnorm=True).eval()
+
+
+@pytest.mark.parametrize("make", [lenet, resnet8])
+def test_cuda_population_forward_and_evolution_equal_the_cpu(make):
+    """A CNN's and a ResNet's grouped pass on the GPU (the GPU's default) against the CPU loop."""
     torch.manual_seed(0)
-    parent = plan.network(plan.build(batchnorm=True).eval())
+    plan, model = make((1, 28, 28), 10)
+    parent = plan.network(model)
     cpu = l1_population(parent, 8, 0.9, 0.3)
     gpu = l1_population(to(parent, "cuda"), 8, 0.9, 0.3)
     x = torch.rand(32, 784, generator=gen(0))
-    ref, _ = res_forward.forward_loop(cpu, x)
-    fast, hidden = res_forward.forward_grouped(gpu, x.cuda())
+    ref, _ = cpu.run_each(x)
+    fast, hidden, _ = net_forward.forward(gpu, x.cuda())
     torch.testing.assert_close(fast.cpu(), ref, rtol=1e-3, atol=1e-3)
     assert hidden[0][0].is_cuda
     batches = [(x.cuda(), torch.randint(0, 10, (32,), generator=gen(1)).cuda())]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ecomp.errors import CheckpointError
-from ecomp.nets.checkpoint import load_state
+from ecomp.nets.checkpoint import load_state, read_bytes
 from ecomp.nets.export import export_net
 from ecomp.nets.pt2 import read_archive
 from ecomp.nets.structure import Structure
@@ -104,12 +104,7 @@ def load_weights(module: nn.Module, weights: str, target: str) -> str:
     """Load the state dict at ``weights`` into ``module`` strictly; the sha256 of its bytes."""
     path = Path(weights).expanduser()
     where = f"parent.weights={str(path)!r}"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: no such file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    data = read_bytes(path, where)
     state = load_state(data, where)
     want = module.state_dict()
     missing = [k for k in want if k not in state]

@@ -35,18 +35,9 @@ MAX_ELEMENTS = 1 << 22          # floats per tensor of the grouped pass (16 MB)
 BLOCK_ELEMENTS = 1 << 22        # floats per block of the first convolution (1 MB: in cache while pooled)
 
 
-@torch.no_grad()
 def forward_loop(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
-    """Logits ``(pop, batch, classes)`` and ``hidden[l][i]``, individual ``i``'s stage-``l``
-    output as ``(batch, features)``, one network at a time."""
-    logits = x.new_empty(pop.size, x.shape[0], pop.classes)
-    hidden: list[list[Tensor]] = [[] for _ in range(len(pop.plan.stages) - 1)]
-    for i in range(pop.size):
-        out, acts = convnet.run(pop.network(i), x, features)
-        logits[i] = out
-        for l, a in enumerate(acts):
-            hidden[l].append(a)
-    return logits, hidden
+    """The oracle: one network at a time (:meth:`NetPopulation.run_each`)."""
+    return pop.run_each(x, features)
 
 
 def _chunk(plan: ConvPlan, units: tuple[int, ...], n_images: int, size: int) -> int:

@@ -24,18 +24,9 @@ from ecomp.nets.resnet import ResPlan
 MAX_ELEMENTS = 1 << 24          # floats per activation tensor of the grouped pass (64 MB)
 
 
-@torch.no_grad()
 def forward_loop(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
-    """Logits ``(pop, batch, classes)`` and ``hidden[l][i]``, individual ``i``'s block-``l``
-    output as ``(batch, features)``, one network at a time."""
-    logits = x.new_empty(pop.size, x.shape[0], pop.classes)
-    hidden: list[list[Tensor]] = [[] for _ in range(pop.plan.feature_layers)]
-    for i in range(pop.size):
-        out, acts = resnet.run(pop.network(i), x, features)
-        logits[i] = out
-        for l, a in enumerate(acts):
-            hidden[l].append(a)
-    return logits, hidden
+    """The oracle: one network at a time (:meth:`NetPopulation.run_each`)."""
+    return pop.run_each(x, features)
 
 
 def _cat(members: list, l: int) -> tuple[Tensor, Tensor]:

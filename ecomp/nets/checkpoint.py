@@ -45,18 +45,23 @@ from ecomp.nets.export import export_net
 from ecomp.nets.export_graph import SAVE_PT2, pair, shapes
 from ecomp.nets.pt2 import looks_pickled, read_archive, refusal_reason, weights_only_load
 
+def read_bytes(path: Path, where: str) -> bytes:
+    """The file's bytes; a one-line :class:`CheckpointError` naming ``where`` if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+
+
 def read_checkpoint(path: str | Path) -> tuple[Structure, str]:
     """The network in ``path`` (float32, CPU): an :class:`MLP` or a :class:`ConvNet`, and the sha256 of the bytes it was read from (the run's config hash
     includes it: new weights, new runs). For the tool's own convolutional file the digest also
     covers the plan read from its ``.json`` (a new plan, new runs)."""
     path = Path(path).expanduser()
     where = f"parent.path={str(path)!r}"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: no such file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    data = read_bytes(path, where)
     digest = hashlib.sha256(data)
     if path.suffix == ".pt2":
         net: Structure = export_net(read_archive(data, where), where)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecomp.nets.sizes import SIZES
-from ecomp.nets.structure import Layers, chain_cut_limits, chain_groups, row_l1
+from ecomp.nets.structure import Chain, Layers
 
 POOLS = ("max", "avg")
 FEATURES = ("flat", "pooled")          # similarity.features: a conv stage's maps flattened, or averaged per channel
@@ -153,12 +153,11 @@ class ConvPlan:
 
 
 @dataclass
-class ConvNet:
+class ConvNet(Chain):
     """A network of this layer kind: its plan and its weights, on one device (implements
     :class:`ecomp.nets.structure.Structure`)."""
     kind: ClassVar[str] = "cnn"
     plan: ConvPlan
-    l1_reduction: ClassVar[str] = "first"      # l1_scores as Torch-Pruning's group L1 reduces it
     layers: Layers
 
     def __post_init__(self) -> None:
@@ -194,19 +193,6 @@ class ConvNet:
             hw = self.plan.flat_size()
             return (kept.view(-1, 1) * hw + torch.arange(hw, device=kept.device)).flatten()
         return kept
-
-    @property
-    def feature_layers(self) -> int:
-        return len(self.units)
-
-    def layer_groups(self) -> list[tuple[int | None, int | None]]:
-        return chain_groups(len(self.layers))
-
-    def l1_scores(self) -> list[Tensor]:
-        return row_l1(self.layers)
-
-    def cut_limits(self, other: "ConvNet") -> list[int]:
-        return chain_cut_limits(self, other)
 
     def crossover_blocks(self, cuts: list[int]) -> list[tuple[int, int]]:
         return [(c, self.block_columns(l, c)) for l, c in enumerate(cuts)]

@@ -125,13 +125,8 @@ class _Reader:
     # -- the walk --
     def read(self) -> Structure:
         a = self.a
-        if a.other_inputs:
-            raise self.fail(f"the program has inputs or outputs of kinds {sorted(set(a.other_inputs))} (constants, "
-                            f"buffer mutations or custom objects: exported in training mode?); export model.eval() "
-                            f"of a network of layers")
-        if len(a.inputs) != 1 or len(a.outputs) != 1:
-            raise self.fail(f"the program takes {len(a.inputs)} tensors and returns {len(a.outputs)}; one batch of "
-                            f"images in, one of scores out is supported")
+        if problem := io_problem(a):
+            raise self.fail(problem)
         cur = a.inputs[0]
         shape = self.shape(cur)
         if len(shape) == 4:
@@ -383,6 +378,17 @@ class _Reader:
                 raise self.fail(f"{l.label}'s weight has shape {tuple(w.shape)}, but the layers before it give "
                                 f"{want}")
         return ConvNet(plan, pairs)
+
+
+def io_problem(a: Archive) -> str | None:
+    """Why a program's inputs and outputs are not one batch of images in, one of scores out; or None."""
+    if a.other_inputs:
+        return (f"the program has inputs or outputs of kinds {sorted(set(a.other_inputs))} (constants, buffer "
+                f"mutations or custom objects: exported in training mode?); export model.eval() of a network of layers")
+    if len(a.inputs) != 1 or len(a.outputs) != 1:
+        return (f"the program takes {len(a.inputs)} tensors and returns {len(a.outputs)}; one batch of images in, "
+                f"one of scores out is supported")
+    return None
 
 
 def export_chain(archive: Archive, where: str) -> Structure:

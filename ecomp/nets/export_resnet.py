@@ -24,7 +24,7 @@ import torch
 
 from ecomp.errors import CheckpointError
 from ecomp.nets.export_graph import (_BATCHNORM, _CONV, _IDENTITY, _LINEAR, _RELU, _RESHAPE, _TRANSPOSE, _Layer,
-                                     _Reader, pair)
+                                     _Reader, io_problem, pair)
 from ecomp.nets.pt2 import Archive, Node
 from ecomp.nets.resnet import ResNet, ResPlan, units_of
 
@@ -98,13 +98,8 @@ class _ResReader:
     # -- the dataflow --
     def read(self) -> ResNet:
         a = self.a
-        if a.other_inputs:
-            raise self.fail(f"the program has inputs or outputs of kinds {sorted(set(a.other_inputs))} (constants, "
-                            f"buffer mutations or custom objects: exported in training mode?); export model.eval() "
-                            f"of a network of layers")
-        if len(a.inputs) != 1 or len(a.outputs) != 1:
-            raise self.fail(f"the program takes {len(a.inputs)} tensors and returns {len(a.outputs)}; one batch of "
-                            f"images in, one of scores out is supported")
+        if problem := io_problem(a):
+            raise self.fail(problem)
         shape = a.shapes.get(a.inputs[0], ())
         if len(shape) == 4:
             self.in_shape = shape[1:]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ecomp.nets.sizes import size as widths_size
-from ecomp.nets.structure import Layers, chain_cut_limits, chain_groups, row_l1
+from ecomp.nets.structure import Chain, Layers
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,9 @@ def architecture_of(layers: Layers) -> Architecture:
 
 
 @dataclass
-class MLP:
+class MLP(Chain):
     """A fully connected network (implements :class:`ecomp.nets.structure.Structure`)."""
     kind: ClassVar[str] = "mlp"
-    l1_reduction: ClassVar[str] = "first"      # l1_scores as Torch-Pruning's group L1 reduces it
     layers: Layers
 
     @property
@@ -137,19 +136,6 @@ class MLP:
 
     def input_columns(self, layer: int, kept: Tensor) -> Tensor:
         return kept
-
-    @property
-    def feature_layers(self) -> int:
-        return len(self.units)
-
-    def layer_groups(self) -> list[tuple[int | None, int | None]]:
-        return chain_groups(len(self.layers))
-
-    def l1_scores(self) -> list[Tensor]:
-        return row_l1(self.layers)
-
-    def cut_limits(self, other: "MLP") -> list[int]:
-        return chain_cut_limits(self, other)
 
     def crossover_blocks(self, cuts: list[int]) -> list[tuple[int, int]]:
         return [(c, c) for c in cuts]

@@ -67,6 +67,20 @@ class NetPopulation:
     def network(self, i: int) -> Structure:
         return self.plan.net(self.members[i])
 
+    @torch.no_grad()
+    def run_each(self, x: torch.Tensor, features: str = "flat") -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+        """Logits ``(pop, batch, classes)`` and ``hidden[l][i]``, individual ``i``'s representation
+        ``l`` as ``(batch, features)``, one network at a time by its kind's plain ``run``: the
+        straightforward forward pass, the oracle of every grouped one."""
+        logits = x.new_empty(self.size, x.shape[0], self.classes)
+        hidden: list[list[torch.Tensor]] = [[] for _ in range(self.plan.feature_layers)]
+        for i in range(self.size):
+            out, acts = self.network(i).run(x, features)
+            logits[i] = out
+            for l, a in enumerate(acts):
+                hidden[l].append(a)
+        return logits, hidden
+
     def sizes(self, kind: str) -> Tensor:
         """(pop,) float64 size of each individual (``units``, ``params`` or ``macs``)."""
         return torch.tensor([self.plan.with_units(w).size(kind) for w in self.widths], dtype=torch.float64)

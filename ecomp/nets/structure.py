@@ -165,21 +165,28 @@ class Blueprint(Protocol):
         from this blueprint is cached under: the kind decides what of the recipe it depends on."""
 
 
-def chain_groups(n_layers: int) -> list[tuple[int | None, int | None]]:
-    """A chain's groups: layer ``l`` writes group ``l`` (the classifier none) and reads ``l - 1``."""
-    return [(l if l < n_layers - 1 else None, l - 1 if l > 0 else None) for l in range(n_layers)]
+class Chain:
+    """What every chain kind (MLP, LeNet-5) shares: layer ``l`` writes group ``l`` (the classifier
+    none) and reads group ``l - 1``; a unit's L1 score is its own row's (Li et al.); crossover cuts
+    each layer at most at both parents' input and output units there, the first layer's input
+    counted in image features. A kind adds ``crossover_blocks``: which inputs a cut's rows span."""
+    l1_reduction: ClassVar[str] = "first"    # Torch-Pruning's group L1 of a unit's own row
 
+    @property
+    def feature_layers(self) -> int:
+        return len(self.units)
 
-def row_l1(layers: Layers) -> list[Tensor]:
-    """A chain's L1 scores: the L1 norm of each unit's incoming weights (Li et al.)."""
-    return [w.abs().flatten(1).sum(1) for w, _ in layers[:-1]]
+    def layer_groups(self) -> list[tuple[int | None, int | None]]:
+        n = len(self.layers)
+        return [(l if l < n - 1 else None, l - 1 if l > 0 else None) for l in range(n)]
 
+    def l1_scores(self) -> list[Tensor]:
+        return [w.abs().flatten(1).sum(1) for w, _ in self.layers[:-1]]
 
-def chain_cut_limits(a: Structure, b: Structure) -> list[int]:
-    """A chain's cut of layer ``l`` is at most both parents' input and output units there, the
-    first layer's input counted in image features."""
-    dims_a, dims_b = (a.in_features, *a.units, a.classes), (b.in_features, *b.units, b.classes)
-    return [min(dims_a[l], dims_a[l + 1], dims_b[l], dims_b[l + 1]) for l in range(len(dims_a) - 1)]
+    def cut_limits(self, other: Structure) -> list[int]:
+        dims_a = (self.in_features, *self.units, self.classes)
+        dims_b = (other.in_features, *other.units, other.classes)
+        return [min(dims_a[l], dims_a[l + 1], dims_b[l], dims_b[l + 1]) for l in range(len(dims_a) - 1)]
 
 
 def l1_ranking(net: Structure) -> list[Tensor]:
