@@ -128,7 +128,8 @@ def bench_device(args, device: str) -> None:
         res = run_experiment(cfg, timer=timer)
         runs.append(time.perf_counter() - t)
         phases.append(dict(timer.seconds))
-        widths.append(statistics.mean(h["compression_mean"] for h in res.history) * cfg.parent.hidden[0])
+        if cfg.parent.kind == "mlp":     # the mean hidden width, for the MLP's FLOP count
+            widths.append(statistics.mean(h["compression_mean"] for h in res.history) * cfg.parent.hidden[0])
     n_batches = cfg.data.train_size // cfg.data.batch_size
     evaluations = cfg.evolution.epochs * n_batches + 1 + n_batches     # evolution + final pick
     med = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in ("forward", "similarity", "operators", "tracking")}

@@ -44,7 +44,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 8
+ABI_VERSION = 9
 ISAS = ("auto", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -127,6 +127,9 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_similarity_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double,
                                           ctypes.c_double, ctypes.c_int, _f64, *span]
     lib.ecomp_similarity_acts.restype = ctypes.c_int
+    lib.ecomp_similarity_grams.argtypes = [_f32, ctypes.c_int, _f32, _f64, _i64, ctypes.c_double, ctypes.c_double,
+                                           ctypes.c_int, _f64, *span]
+    lib.ecomp_similarity_grams.restype = ctypes.c_int
     lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, *span]
     lib.ecomp_grams_acts.restype = ctypes.c_int
     lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int, ctypes.c_int]

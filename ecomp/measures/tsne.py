@@ -38,7 +38,7 @@ class TSNE(SimilarityMeasure):
 
     def _joint(self, acts: list[Tensor]) -> tuple[Tensor, Tensor]:
         if self.backend.native_similarity:
-            gram = native.grams_acts(acts, acts[0].shape[0])
+            gram = native.grams(acts, acts[0].shape[0])
             cond, beta_mean = native.conditionals(gram, self.perplexity, self.tol)
             return native.joint(cond), beta_mean.view(-1)
         n = acts[0].shape[0]
@@ -72,7 +72,17 @@ class TSNE(SimilarityMeasure):
         parent = (torch.arange(n_stack).view(1, 1, -1) * n_layers
                   + torch.arange(n_layers).view(-1, 1, 1)).expand(-1, size, -1).reshape(-1)
         acts = [a for layer in hidden for a in layer]                             # l-major
-        kl = native.similarity_acts(acts, n, p, parent, self.perplexity, self.tol, guess=guess)
+        parent = parent.view(len(acts), n_stack)
+        kl = torch.empty(len(acts), n_stack, dtype=torch.float64)
+        wide = [s for s, a in enumerate(acts) if native.is_wide(a)]                # feature maps: BLAS Grams
+        narrow = [s for s, a in enumerate(acts) if not native.is_wide(a)]         # Gram, search, KL in cache
+        if narrow:
+            kl[narrow] = native.similarity_acts([acts[s] for s in narrow], n, p, parent[narrow].reshape(-1),
+                                                self.perplexity, self.tol, guess=guess).view(len(narrow), n_stack)
+        if wide:
+            kl[wide] = native.similarity_grams(native.blas_grams([acts[s] for s in wide], n), p,
+                                               parent[wide].reshape(-1), self.perplexity, self.tol,
+                                               guess=guess).view(len(wide), n_stack)
         return kl.view(n_layers, size, n_stack).sum(0).T.float()
 
     # -- the oracle ---------------------------------------------------------------------------

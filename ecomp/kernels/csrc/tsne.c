@@ -62,7 +62,7 @@ void ecomp_force_baseline(void) {
 #endif
 }
 
-int ecomp_abi_version(void) { return 8; }
+int ecomp_abi_version(void) { return 9; }
 
 /* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
 int ecomp_openmp(void) {
@@ -137,6 +137,27 @@ int ecomp_similarity_acts(const int64_t *addr, const int64_t *ld, const int32_t 
         for (int64_t m = m0; m < m1; m++)
             if (work) kl[m] = DISPATCH(similarity_set, addr, ld, trans, width, n, p, guess, parent, target, tol,
                                        max_iter, m, work, &bad);
+        free(work);
+    }
+    return failed ? -1 : bad;
+}
+
+/* KL(P_parent || Q_child) of sets [m0, m1) given as Gram matrices (M, N, N): what
+ * ecomp_similarity_acts computes after its own Gram, for Grams made elsewhere (a BLAS product
+ * of wide activations). */
+int ecomp_similarity_grams(const float *gram, int n, const float *p, const double *guess, const int64_t *parent,
+                           double target, double tol, int max_iter, double *kl, int64_t m0, int64_t m1,
+                           int nthreads) {
+    const size_t nn = (size_t)n * n;
+    int bad = 0, failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:bad, failed)
+    {
+        float *work = malloc(sizeof(float) * (CAL_WORK_FLOATS(n) + nn + (size_t)n));
+        failed += !work;
+        #pragma omp for schedule(dynamic, SETS_PER_GRAB)
+        for (int64_t m = m0; m < m1; m++)
+            if (work) kl[m] = DISPATCH(similarity_gram, gram + m * nn, n, p, guess, parent[m], target, tol,
+                                       max_iter, work, &bad);
         free(work);
     }
     return failed ? -1 : bad;

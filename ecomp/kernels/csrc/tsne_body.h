@@ -403,3 +403,13 @@ static double KFN(similarity_set)(const int64_t *addr, const int64_t *ld, const 
     *bad += KFN(calibrate_set)(g, n, guess ? guess + q * n : NULL, target, tol, max_iter, cond, NULL, work);
     return KFN(kl_set)(cond, p + q * nn, n, col);
 }
+
+/* The same from a Gram matrix g made elsewhere, against parent set q.
+ * work: CAL_WORK_FLOATS(N) + N * N + N floats (see tsne.c). */
+static double KFN(similarity_gram)(const float *g, int n, const float *p, const double *guess, int64_t q,
+                                   double target, double tol, int max_iter, float *work, int *bad) {
+    const size_t nn = (size_t)n * n;
+    float *cond = work + CAL_WORK_FLOATS(n), *col = cond + nn;
+    *bad += KFN(calibrate_set)(g, n, guess ? guess + q * n : NULL, target, tol, max_iter, cond, NULL, work);
+    return KFN(kl_set)(cond, p + q * nn, n, col);
+}
