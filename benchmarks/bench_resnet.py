@@ -6,13 +6,13 @@ large convolution's rate, measured in the same process.
     python benchmarks/bench_resnet.py                    # ResNet-8 (16, 32, 64) on 28x28, batch 100
     python benchmarks/bench_resnet.py --threads 1 --repeats 3
     python benchmarks/bench_resnet.py --depth 20 --widths 16,32,64
+    python benchmarks/bench_resnet.py --profile          # then where one loop pass at keep 0.9 spends its time
 
 Three populations, as in ``bench_conv.py``: the initial one (100 keep ratios from 0.9 to 0.207:
 100 architectures) and two of one architecture (keep 0.55 and 0.9: what evolution converges
-to). ``nchw``: the grouped pass on ``NCHW`` maps, the layout it replaced. ``bf16``: the loop
-with bfloat16 weights and channels-last maps (oneDNN's AMX kernels where the CPU has them): not
-a path of the tool, the prospect measured (its logits differ from float32's by up to ~0.2).
-Medians of the repeats.
+to). ``nchw``: the grouped pass on ``NCHW`` maps, the layout it replaced. ``bf16``: the CPU's pass
+under ``evolution.precision=bfloat16`` (torch.autocast: oneDNN's bfloat16 kernels, AMX where the
+CPU has them), representations converted back to float32. Medians of the repeats.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
 from bench_conv import median_seconds  # noqa: E402  (this folder is the script's: sys.path[0])
+from ecomp.core.fitness import in_precision  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
-from ecomp.kernels import res_forward  # noqa: E402
-from ecomp.nets import resnet  # noqa: E402
+from ecomp.kernels import net_forward, res_forward  # noqa: E402
 from ecomp.nets.resnet import cifar_resnet  # noqa: E402
 
 
@@ -59,11 +59,11 @@ def conv_rates(repeats: int) -> None:
 
 
 def loop_bf16(pop, x: torch.Tensor) -> None:
-    """Each network in bfloat16 on channels-last images (weights converted as a run would each generation)."""
-    x4 = x.view(x.shape[0], *pop.plan.in_shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    for i in range(pop.size):
-        net = pop.network(i)
-        resnet.run(resnet.ResNet(net.plan, [(w.bfloat16(), b.bfloat16()) for w, b in net.layers]), x4, "flat")
+    """The run's pass under ``evolution.precision=bfloat16`` (:func:`ecomp.core.fitness.in_precision`),
+    its representations read back as float32 as the similarity reads them."""
+    with in_precision("bfloat16", x.device):
+        _, hidden, _ = net_forward.forward(pop, x, "flat")
+    [[a.float() for a in layer] for layer in hidden]
 
 
 def main() -> None:
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--profile", action="store_true", help="torch.profiler's table of one loop pass at keep 0.9")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,6 +91,8 @@ def main() -> None:
     pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
             "keep 0.55 (1 arch)": l1_population(parent, args.size, 0.55, 0.55),
             "keep 0.9 (1 arch)": l1_population(parent, args.size, 0.9, 0.9)}
+    seconds: dict[str, float] = {}
+    flop: dict[str, float] = {}
     for name, pop in pops.items():
         macs = float(pop.sizes("macs").sum())
         loop = median_seconds(lambda: res_forward.forward_loop(pop, x, "flat"), args.repeats)
@@ -97,8 +100,41 @@ def main() -> None:
         grouped = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat"), args.repeats)
         bf16 = median_seconds(lambda: loop_bf16(pop, x), args.repeats)
         rate = 2 * macs * args.batch / loop / 1e9
+        seconds[name], flop[name] = loop, 2 * macs * args.batch
         print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{nchw:>9.3f}{grouped:>10.3f}"
               f"{loop / grouped:>9.2f}{rate:>13.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
+
+    run_floor(flop, seconds, conv, args)
+    if args.profile:
+        profile(pops["keep 0.9 (1 arch)"], x)
+
+
+def profile(pop, x: torch.Tensor) -> None:
+    """Each operator's share of one loop pass, by input shape (a convolution's rate follows from
+    its shapes: ``2 * batch * out_h * out_w * out_c * in_c * k * k`` FLOPs per call)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    res_forward.forward_loop(pop, x, "flat")
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        res_forward.forward_loop(pop, x, "flat")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=14,
+                                                           max_name_column_width=26, max_shapes_column_width=56))
+
+
+def run_floor(flop: dict[str, float], seconds: dict[str, float], conv: float, args) -> None:
+    """What one default run's forward passes cost at the least: its 101 evaluations of the evolution
+    on populations no smaller than the initial one (EComp's sizes grow under scenario 121) and the
+    final pick's 100 batches at keep 0.9's size (scenario 121 returns about 0.87 of the units), at one
+    large convolution's rate and at the loop's measured rates (``--size 100 --batch 100`` only)."""
+    if args.size != 100 or args.batch != 100:
+        return
+    initial, final = "initial (100 archs)", "keep 0.9 (1 arch)"
+    work = 101 * flop[initial] + 100 * flop[final]
+    loop = 101 * seconds[initial] + 100 * seconds[final]
+    print(f"a default run's forward passes (101 evaluations at the initial sizes or more, 100 at keep 0.9's): "
+          f"at least {work / 1e12:.1f} TFLOP: {work / conv / 1e9:.0f} s at one large convolution's rate, "
+          f"{loop:.0f} s at the loop's rates here")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ CASES = [
     (["similarity=cka", "similarity.perplexity=5"], "similarity.perplexity=5.0: similarity=cka has no such setting"),
     (["similarity._target_=ecomp.measures.base.SimilarityMeasure"], "is not a concrete"),
     (["data.val_size=59501"], "data.val_size=59501: an integer in [0, 60000 - data.train_size = 59500]"),
+    (["evolution.precision=float16"], "evolution.precision='float16': one of float32, bfloat16"),
+    (["evolution.precision=bfloat16"], "evolution.precision='bfloat16': float32 on an MLP parent"),
+    (["evolution.precision=bfloat16", "evolution.evaluator=reference"],
+     "evolution.precision='bfloat16': float32 with evolution.evaluator=reference"),
 ]
 
 

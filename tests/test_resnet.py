@@ -160,6 +160,33 @@ def test_every_baseline_runs_on_a_resnet(tmp_path, method):
     assert "test accuracy" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
+def test_an_optuna_search_with_the_levers_runs_on_a_resnet(tmp_path):
+    """``hydra/sweeper=optuna`` over a ResNet parent with the selection, similarity and precision
+    levers set: every trial finishes, carries the levers and the trial's weights, and is sized in MACs."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    tiny = [a for a in RESNET_TINY if not a.startswith("similarity.perplexity")]    # CKA has no perplexity
+    proc = run_cli("run.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *tiny,
+                   "operators.selection.temperature=0.1", "operators.selection.elite=2", "similarity=cka",
+                   "evolution.precision=bfloat16",
+                   "fitness.compression=macs", f"parent.cache_dir={tmp_path / 'parents'}",
+                   f"tracking.uri=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'multirun'}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("ecomp").experiment_id])
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2 and len(runs) == 3                      # two trials under the study's run
+    for r in trials:
+        p = r.data.params
+        assert r.info.status == "FINISHED" and p["parent.kind"] == "resnet"
+        assert (p["operators.selection.temperature"], p["operators.selection.elite"], p["similarity._target_"]) \
+            == ("0.1", "2", "ecomp.measures.cka.LinearCKA")
+        assert p["evolution.precision"] == "bfloat16" and "precisionbfloat16" in r.data.tags["mlflow.runName"]
+        assert 0 < r.data.metrics["best_macs_ratio"] <= 1 and "fitness.w_sim" in p
+
+
 @pytest.mark.parametrize("override,names", [("parent.depth=9", "parent.depth"), ("parent.widths=[]", "parent.widths"),
                                             ("similarity.layers=[3]", "similarity.layers")])
 def test_bad_resnet_settings_are_one_line_errors_before_any_run(tmp_path, override, names):

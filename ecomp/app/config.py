@@ -115,6 +115,7 @@ class FitnessConf:
 class EvolutionConf:
     epochs: int = 1
     evaluator: str = "fast"              # fast | reference
+    precision: str = "float32"           # float32 (the paper) | bfloat16 (a CNN's or ResNet's forward passes)
 
 
 @dataclass
@@ -299,6 +300,10 @@ def validate(cfg: DictConfig) -> None:
         _fail("similarity.kernels", s.kernels, f"one of {', '.join(KERNELS)}")
     if cfg.evolution.evaluator not in ("fast", "reference"):
         _fail("evolution.evaluator", cfg.evolution.evaluator, "one of fast, reference")
+    if cfg.evolution.precision not in PRECISIONS:
+        _fail("evolution.precision", cfg.evolution.precision, f"one of {', '.join(PRECISIONS)}")
+    if cfg.evolution.precision != "float32" and cfg.evolution.evaluator == "reference":
+        _fail("evolution.precision", cfg.evolution.precision, "float32 with evolution.evaluator=reference (the oracle)")
     if cfg.threads is not None and cfg.threads < 1:
         _fail("threads", cfg.threads, "null (all cores) or an integer >= 1")
     if cfg.tracking.register_as is not None and (not cfg.tracking.log_model or not str(cfg.tracking.register_as).strip()):
@@ -396,11 +401,14 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 # Keys left out of the hash while they hold the value that reproduces the behaviour from before
 # they existed: a run of an unchanged config keeps its hash, so recorded sweeps are still
 # recognised (and skipped).
+PRECISIONS = ("float32", "bfloat16")   # evolution.precision (ecomp.core.fitness.Evaluator)
+
 _HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
                  ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
                  ("parent", "pool"): None, ("parent", "batchnorm"): False,
                  ("parent", "depth"): None, ("parent", "widths"): None, ("parent", "model"): {},
                  ("parent", "weights"): None, ("similarity", "features"): "flat",
+                 ("evolution", "precision"): "float32",
                  **{("data", k): None for k in ("path", "size", "channels", "mean", "std", "test_fraction",
                                                 "split_seed")}}
 

@@ -130,6 +130,9 @@ def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = 
     layers = config["similarity"]["layers"]
     if layers is not None and any(not 0 <= l < depth for l in layers):
         raise invalid("similarity.layers", list(layers), f"hidden representation indices in [0, {depth - 1}] (a chain's prunable layers, a ResNet's blocks)")
+    if config["evolution"]["precision"] != "float32" and parent.recipe.arch.kind == "mlp":
+        raise invalid("evolution.precision", config["evolution"]["precision"],
+                      "float32 on an MLP parent (bfloat16 runs a CNN's or ResNet's forward passes)")
     f = config["fitness"]
     method_conf = {k: v for k, v in config["method"].items() if k != "_target_"}
     method = method_class(config["method"]["_target_"]).from_settings(

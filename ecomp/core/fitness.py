@@ -63,6 +63,20 @@ def _hidden_acts(net: Structure, x: Tensor, features: str = "flat") -> list[Tens
     return net.run(x, features)[1]
 
 
+def in_precision(precision: str, device: torch.device):
+    """The context the population's and the parent's forward passes run in: nothing for
+    ``float32``; for ``bfloat16``, ``torch.autocast`` (convolutions and products in bfloat16 with
+    float32 accumulation, oneDNN's AMX kernels on a CPU that has them)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def _as_float(acts: list, precision: str) -> list:
+    """Representations in float32 for the similarity's kernels (a copy only under bfloat16)."""
+    if precision == "float32":
+        return acts
+    return [[a.float() for a in layer] if isinstance(layer, list) else layer.float() for layer in acts]
+
+
 class Evaluator:
     """Fast population evaluation on batch ``k`` of a fixed list of batches.
 
@@ -75,12 +89,17 @@ class Evaluator:
     runs the population-wide products (:mod:`ecomp.kernels.forward`), one network per individual
     the grouped pass (:mod:`ecomp.kernels.conv_forward`). ``features``: what the similarity reads
     of a conv stage's maps, ``flat`` (every value) or ``pooled`` (each channel's mean).
+    ``precision``: ``float32`` (the paper), or ``bfloat16`` for a population of one network per
+    individual (a CNN's, a ResNet's): its forward passes and the parent's run under
+    :func:`in_precision`, so a child and the parent are read alike; accuracy and similarity are
+    then taken as they are in float32.
     """
 
     def __init__(self, parent: Structure, batches: list[tuple[Tensor, Tensor]], measure: SimilarityMeasure,
                  layers: list[int] | None = None, timer: PhaseTimer | None = None, compression: str = "units",
-                 padded: bool | None = None, features: str = "flat"):
+                 padded: bool | None = None, features: str = "flat", precision: str = "float32"):
         self.measure = measure
+        self.precision = precision
         self.backend = measure.backend
         self.parent = parent
         self.batches = batches
@@ -104,7 +123,9 @@ class Evaluator:
             ks = [j for j in range(k, min(k + group, len(self.batches))) if j not in self._parent]
             n = self.batches[k][0].shape[0]
             with self.timer.phase("forward"):
-                acts = _hidden_acts(self.parent, torch.cat([self.batches[j][0] for j in ks]), self.features)
+                x = torch.cat([self.batches[j][0] for j in ks])
+                with in_precision(self.precision, x.device):
+                    acts = _as_float(_hidden_acts(self.parent, x, self.features), self.precision)
             with self.timer.phase("similarity"):
                 states = self.measure.prepare([acts[l] for l in self.layers], n)
             self._parent.update(zip(ks, states))
@@ -139,7 +160,9 @@ class Evaluator:
                 logits, hidden, stacked = forward(pop, x, workspace=self.workspace, padded=self.padded,
                                                   backend=self.backend)
             else:
-                logits, hidden, stacked = net_forward.forward(pop, x, self.features)
+                with in_precision(self.precision, x.device):
+                    logits, hidden, stacked = net_forward.forward(pop, x, self.features)
+                hidden = _as_float(hidden, self.precision)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)
         if "similarity" in parts:

@@ -201,7 +201,7 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tu
             for s in range(0, len(run), step):
                 sub = run[s:s + step]
                 out, acts = _later(pop, sub, h0[:, s * units[0]:(s + len(sub)) * units[0]], features)
-                logits[sub] = out
+                logits[sub] = out.to(logits.dtype)     # bfloat16 under evolution.precision=bfloat16
                 for l in range(1, n_stages):
                     for j, i in enumerate(sub):
                         hidden[l][i] = acts[l - 1][j]

@@ -79,7 +79,7 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", chann
         for s in range(0, len(idx), chunk):
             sub = idx[s:s + chunk]
             out, acts = _run_group(plan, [pop.members[i] for i in sub], x4, features)
-            logits[sub] = out
+            logits[sub] = out.to(logits.dtype)     # bfloat16 under evolution.precision=bfloat16
             for l, a in enumerate(acts):
                 for j, i in enumerate(sub):
                     hidden[l][i] = a[j]

@@ -36,6 +36,7 @@ class ECompMethod(Method):
     selection: Selection = field(default_factory=Selection)
     compression: str = "units"         # fitness.compression: units (the paper) | params | macs
     features: str = "flat"             # similarity.features: a conv stage's maps flat | pooled per channel
+    precision: str = "float32"         # evolution.precision: float32 (the paper) | bfloat16
 
     name = "ecomp"
     settings = ("finetune_epochs", "lr")
@@ -55,7 +56,8 @@ class ECompMethod(Method):
                    evaluator=context["evolution"]["evaluator"], epochs=context["evolution"]["epochs"],
                    finetune_epochs=settings.get("finetune_epochs") or 0, lr=settings.get("lr"),
                    parent_lr=context["parent"]["lr"], selection=Selection(**ops["selection"]),
-                   compression=f["compression"], features=s["features"] or "flat")
+                   compression=f["compression"], features=s["features"] or "flat",
+                   precision=context["evolution"]["precision"])
 
     def check(self) -> None:
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
@@ -85,6 +87,8 @@ class ECompMethod(Method):
             out["compression"] = self.compression
         if self.features != "flat":
             out["features"] = self.features
+        if self.precision != "float32":
+            out["precision"] = self.precision
         return out
 
     @property
@@ -128,7 +132,7 @@ class ECompMethod(Method):
         cls = ReferenceEvaluator if self.evaluator == "reference" else Evaluator
         measure = measure_class(self.similarity["_target_"]).from_settings(self.similarity, problem.backend)
         evaluator = cls(parent, batches, layers=self.layers, timer=problem.timer, measure=measure,
-                        compression=self.compression, features=self.features)
+                        compression=self.compression, features=self.features, precision=self.precision)
         ecomp = EComp(evaluator, self.weights, self.mutation, problem.generator, problem.timer,
                       selection=self.selection)
         for rec in ecomp.run(pop, self.epochs):

@@ -23,6 +23,7 @@ from ecomp.nets.structure import Chain, Layers
 
 @dataclass(frozen=True)
 class Architecture:
+    kind: ClassVar[str] = "mlp"
     input_dim: int
     hidden: tuple[int, ...]
     classes: int

@@ -131,6 +131,8 @@ class Individuals(Protocol):
 class Blueprint(Protocol):
     """An untrained description of a network of one kind."""
 
+    kind: ClassVar[str]                    # its networks' kind (Structure.kind)
+
     @property
     def units(self) -> tuple[int, ...]:
         """Units of every prunable group."""
