@@ -12,6 +12,7 @@ fixed cost a user pays outside the work (imports, data, parent, final figures, t
 * ``mlp``: the paper's default run (``parent=mlp``), untracked;
 * ``cnn``: the same on LeNet-5 (``parent=cnn``), untracked;
 * ``resnet``: the same on the residual parent (``parent=resnet``, ResNet-8), untracked;
+* ``resnet-bf16``: the same with ``evolution.precision=bfloat16``;
 * ``tiny``: ``population.size=6 data.train_size=300``, untracked (almost nothing but fixed cost);
 * ``tiny-tracked``: the same, tracked into a store in a temporary folder, logging its model.
 
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 UNTRACKED = ["tracking.enabled=false"]
 TINY = ["population.size=6", "data.train_size=300"]
 CASES = {"mlp": ["parent=mlp", *UNTRACKED], "cnn": ["parent=cnn", *UNTRACKED],
-         "resnet": ["parent=resnet", *UNTRACKED], "tiny": [*TINY, *UNTRACKED], "tiny-tracked": TINY}
+         "resnet": ["parent=resnet", *UNTRACKED], "resnet-bf16": ["parent=resnet", "evolution.precision=bfloat16", *UNTRACKED],
+         "tiny": [*TINY, *UNTRACKED], "tiny-tracked": TINY}
 
 
 def one(tree: Path, case: str, tmp: Path, extra: list[str]) -> tuple[float, float, float]:

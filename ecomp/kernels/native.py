@@ -158,17 +158,23 @@ def similarity_acts(acts: list[Tensor], n: int, parent_p: Tensor, parent: Tensor
     """
     lib = load()
     m, desc = _point_sets(acts, n)
-    q = parent_p.shape[0]
-    parent_p = _check("parent_p", parent_p, torch.float32, (q, n, n))
-    parent = _check("parent", parent, torch.int64, (m,))
-    if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
-        raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
-    guess = None if guess is None else _check("guess", guess, torch.float64, (q, n))
+    parent_p, parent, guess = _parents(parent_p, parent, guess, m, n)
     kl = torch.empty(m, dtype=torch.float64)
     _split(lib.ecomp_similarity_acts, m, *_set_pointers(desc), n, _ptr(parent_p, _f32), _ptr(guess, _f64),
            _ptr(parent, _i64), _target(perplexity), tol, max_iter,
            _ptr(kl, _f64))
     return kl
+
+
+def _parents(parent_p: Tensor, parent: Tensor, guess: Tensor | None, m: int, n: int) -> tuple:
+    """The parents' joints ``(Q, n, n)``, each set's parent index ``(m,)`` and the search starts
+    ``(Q, n)``, checked for the kernels."""
+    q = parent_p.shape[0]
+    parent_p = _check("parent_p", parent_p, torch.float32, (q, n, n))
+    parent = _check("parent", parent, torch.int64, (m,))
+    if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
+        raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
+    return parent_p, parent, None if guess is None else _check("guess", guess, torch.float64, (q, n))
 
 
 def similarity_grams(gram: Tensor, p: Tensor, parent: Tensor, perplexity: float, tol: float = 1e-5,
@@ -177,13 +183,8 @@ def similarity_grams(gram: Tensor, p: Tensor, parent: Tensor, perplexity: float,
     (for example :func:`blas_grams`'): :func:`similarity_acts` after its Gram step."""
     lib = load()
     m, n, _ = gram.shape
-    q = p.shape[0]
     gram = _check("gram", gram, torch.float32, (m, n, n))
-    p = _check("p", p, torch.float32, (q, n, n))
-    parent = _check("parent", parent, torch.int64, (m,))
-    if m and (int(parent.min()) < 0 or int(parent.max()) >= q):
-        raise ValueError(f"parent: indices must lie in [0, {q}), got {int(parent.min())}..{int(parent.max())}")
-    guess = None if guess is None else _check("guess", guess, torch.float64, (q, n))
+    p, parent, guess = _parents(p, parent, guess, m, n)
     kl = torch.empty(m, dtype=torch.float64)
     _split(lib.ecomp_similarity_grams, m, _ptr(gram, _f32), n, _ptr(p, _f32), _ptr(guess, _f64), _ptr(parent, _i64),
            _target(perplexity), tol, max_iter, _ptr(kl, _f64))
