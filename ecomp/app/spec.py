@@ -25,7 +25,7 @@ from ecomp.core.fitness import Weights
 from ecomp.errors import CheckpointError, ConfigError, invalid
 from ecomp.kernels.backend import Backend
 from ecomp.methods import Method, method_class
-from ecomp.nets.kinds import blueprint_for
+from ecomp.nets.kinds import blueprint_for, precisions
 from ecomp.nets.parent import TrainSpec
 from ecomp.nets.user_data import UserData, identity
 
@@ -130,7 +130,7 @@ def build(cfg: DictConfig, caches: Caches | None = None, scenario: str | None = 
     layers = config["similarity"]["layers"]
     if layers is not None and any(not 0 <= l < depth for l in layers):
         raise invalid("similarity.layers", list(layers), f"hidden representation indices in [0, {depth - 1}] (a chain's prunable layers, a ResNet's blocks)")
-    if config["evolution"]["precision"] != "float32" and parent.recipe.arch.kind == "mlp":
+    if config["evolution"]["precision"] not in precisions(parent.recipe.arch):
         raise invalid("evolution.precision", config["evolution"]["precision"],
                       "float32 on an MLP parent (bfloat16 runs a CNN's or ResNet's forward passes)")
     f = config["fitness"]

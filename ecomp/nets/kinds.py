@@ -39,6 +39,13 @@ def population_of(parent: Structure, members: list[Structure]) -> Population | N
 
 
 
+def precisions(blueprint: Blueprint) -> tuple[str, ...]:
+    """The forward-pass precisions a parent of this blueprint's kind evaluates in (``evolution.precision``):
+    an MLP's packed population runs its own float32 kernels; one network per individual runs under
+    ``torch.autocast`` as well."""
+    return ("float32",) if blueprint.kind == MLP.kind else ("float32", "bfloat16")
+
+
 def blueprint_for(kind: str, image: tuple[int, ...], classes: int, settings: Mapping[str, Any]) -> Blueprint:
     """The untrained network of kind ``kind`` that ``parent.*`` ``settings`` describe on images of
     shape ``image`` with ``classes`` classes (a parent the tool trains)."""
