@@ -12,7 +12,9 @@ runs: ``frontier`` (PNG, PDF, and ``frontier.csv``: test accuracy vs size of eve
 baseline with 95 % bands, EComp's networks as points) and ``verdict.csv`` /
 ``verdict.md`` (experiments/verdict.py). When it holds an Optuna search's trials
 (``hydra/sweeper=optuna``): ``search_front`` (PNG, PDF) and ``search_front.csv`` / ``.md``
-(experiments/search.py); the trials are kept out of every other figure. The same files are logged as
+(experiments/search.py); the trials are kept out of every other figure. When it holds width searches
+(``method=random_search|evolve_widths``): ``widths.csv`` / ``widths.md``, each search against
+``l1_finetune`` and fine-tuned EComp at equal MACs (experiments/widths_verdict.py). The same files are logged as
 artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read, or of the sweep's parent
 run when every run read came from one sweep; each sweep whose runs were read gets its per-scenario
 summary logged on its parent run again (:mod:`ecomp.app.sweep_summary`).
@@ -52,6 +54,7 @@ from experiments.report_data import (SIZE_COLUMNS, SIZE_LABELS, SUMMARY_TAG, Rep
 from experiments.levers import PAPER, lever_markdown, lever_table, with_levers  # noqa: E402
 from experiments.search import SPACE_PARAM, front_markdown, front_table, trial_table  # noqa: E402
 from experiments.verdict import frontier_table, split_runs, verdict_markdown, verdict_table  # noqa: E402
+from experiments.widths_verdict import widths_files  # noqa: E402
 
 log = logging.getLogger("ecomp.figures")
 
@@ -202,7 +205,7 @@ def lever_figure(ecomp: pd.DataFrame, order: list[str]):
     and relative size per scenario, one box per lever (the paper's settings first)."""
     runs = with_levers(ecomp)
     levers = [PAPER] + sorted(set(runs.lever) - {PAPER})
-    present = [s for s in order if s in set(runs.scenario)]
+    present = [s for s in order if s in set(runs.scenario)] + sorted(set(runs.scenario) - set(order))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
     for ax, column, label in ((left, "best_test_accuracy", "test accuracy (higher is better)"),
                               (right, "best_compression", "relative size (lower is better)")):
@@ -329,7 +332,9 @@ def build_report(cfg: DictConfig) -> list[Path]:
         if missing:
             log.warning("missing from the grid (%d of %d): %s", len(missing), len(scenarios) * len(seeds),
                         ", ".join(missing))
-    files += verdict_files(everything, scenarios, out, notes, SIZE_LABELS[size])
+    paired = one_setup(everything, notes)
+    files += verdict_files(paired, scenarios, out, notes, SIZE_LABELS[size])
+    files += widths_files(paired, out)
     files += search_files(uri, cfg.tracking.experiment, trials, everything, scenarios, out, notes)
     for note in notes:
         log.warning(note)
@@ -344,7 +349,7 @@ def build_report(cfg: DictConfig) -> list[Path]:
             log_report_to(uri, parent, files)
             log.info("logged the report to the sweep's parent run %s", parent)
         else:
-            texts = [p.read_text() for p in (out / "verdict.md", out / "summary.md") if p in files]
+            texts = [p.read_text() for p in (out / "verdict.md", out / "widths.md", out / "summary.md") if p in files]
             description = "\n".join(texts) or "frontier of the baselines (no EComp runs)"
             run_id = log_summary_run(uri, cfg.tracking.experiment, files, description, len(everything))
             log.info("logged the report as run %s (tag %s=summary)", run_id, SUMMARY_TAG)
@@ -352,15 +357,21 @@ def build_report(cfg: DictConfig) -> list[Path]:
     return files
 
 
+def one_setup(everything: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The runs of the most common data/parent setup: pairing by seed needs the same images and parent."""
+    setups = everything.setup.value_counts()
+    if len(setups) > 1:
+        counts = ", ".join(f"{k or 'untagged'}: {n}" for k, n in setups.items())
+        notes.append(f"runs of {len(setups)} data/parent setups ({counts}); the frontier, verdict and width "
+                     f"searches' tables use the most common, {setups.index[0] or 'untagged'}")
+        everything = everything[everything.setup == setups.index[0]]
+    return everything
+
+
 def verdict_files(everything: pd.DataFrame, order: list[str], out: Path, notes: list[str],
                   size_label: str = SIZE_LABELS["units"]) -> list[Path]:
-    """``frontier.*``, ``frontier.csv`` and ``verdict.*`` when the store holds baseline runs (else none)."""
-    setups = everything.setup.value_counts()
-    if len(setups) > 1:                      # pairing by seed needs the same images and parent
-        counts = ", ".join(f"{k or 'untagged'}: {n}" for k, n in setups.items())
-        notes.append(f"runs of {len(setups)} data/parent setups ({counts}); the frontier and verdict "
-                     f"use the most common, {setups.index[0] or 'untagged'}")
-        everything = everything[everything.setup == setups.index[0]]
+    """``frontier.*``, ``frontier.csv`` and ``verdict.*`` when ``everything`` (one setup) holds baseline
+    runs (else none)."""
     ecomp, baselines = split_runs(everything)
     ecomp, ecomp_notes = pick_newest(ecomp, by=("variant",))
     baselines, newest_notes = pick_newest(baselines, by=("variant", "keep"))

@@ -26,6 +26,8 @@ HISTORY_KEYS = ("accuracy_mean", "compression_mean", "similarity_mean")
 FINAL_KEYS = ("best_test_accuracy", "best_compression", "best_hidden_units", "parent_test_accuracy")
 # logged by every method since the baselines came (NaN for older runs)
 METHOD_KEYS = ("best_val_accuracy", "best_params_ratio", "run_seconds")
+# logged by the width searches (NaN for every other method)
+SEARCH_KEYS = ("search_seconds", "finetune_seconds")
 # logged since CNNs came (NaN for older runs; every older run is an MLP)
 COST_KEYS = ("best_macs_ratio", "parent_macs", "best_latency_ms", "parent_latency_ms")
 # report.size -> the column holding each returned network's size relative to its parent's
@@ -81,9 +83,10 @@ def _search(client, exp_id: str, filter_string: str) -> list:
 def load_all_runs(uri: str, experiment: str, run_filter: str | None = None, timeout: float = 10.0) -> pd.DataFrame:
     """One row per FINISHED data run of ``experiment``, every method, duplicates included, newest first.
 
-    Columns: run_id, method, variant, setup, scenario, keep, finetune_epochs, seed, start_time,
+    Columns: run_id, method, variant, setup, scenario, keep, macs, score, epochs, lr (a method's labels,
+    "" or NaN where it has none or keeps the default), finetune_epochs, seed, start_time,
     config_hash, sweep, parent_run (its sweep's MLflow parent run, else ""), study and trial (an
-    Optuna search's, else "") and the final metrics in :data:`FINAL_KEYS` + :data:`METHOD_KEYS`.
+    Optuna search's, else "") and the final metrics in :data:`FINAL_KEYS`, :data:`METHOD_KEYS`, :data:`SEARCH_KEYS` and :data:`COST_KEYS`.
     ``variant`` names what a line or point of the frontier stands for: an EComp scenario
     (``121``, ``121+ft1`` when fine-tuned), or a baseline with its non-default settings
     (``l1_finetune``, ``l1_prune (importance=taylor)``); ``setup`` hashes the data and parent
@@ -127,13 +130,14 @@ def _row(r) -> dict:
     return {"run_id": r.info.run_id, "method": method, "variant": variant, "setup": setup_of(r.data.params),
             "base": base_of(r.data.params),
             "scenario": tags.get(TAG_SCENARIO), "keep": float(tags.get(TAG_KEEP, "nan")),
-            "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
+            "macs": float(tags.get("macs", "nan")), "score": tags.get("score", ""),
+            "epochs": tags.get("epochs", ""), "lr": tags.get("lr", ""), "finetune_epochs": finetune, "seed": int(tags[TAG_SEED]),
             "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
             "config_hash": tags.get(TAG_HASH, ""), "sweep": tags.get(TAG_SWEEP, ""),
             "study": tags.get(TAG_STUDY, ""), "trial": tags.get(TAG_TRIAL, ""),
             "parent_run": tags.get("mlflow.parentRunId", ""),
             "parent_kind": r.data.params.get("parent.kind", "mlp"),
-            **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS, *COST_KEYS)}}
+            **{k: _metric(r.data.metrics, k) for k in (*FINAL_KEYS, *METHOD_KEYS, *SEARCH_KEYS, *COST_KEYS)}}
 
 
 # Metrics renamed since runs were first recorded: new name -> old name.
