@@ -6,6 +6,9 @@ large convolution's rate and one large GEMM's, measured in the same process.
     python benchmarks/bench_conv.py --batch 1000 --repeats 3
     python benchmarks/bench_conv.py --baseline 8594009  # and that commit's grouped pass beside it
 
+Beside each pass, the same arithmetic as bare GEMMs at the population's own shapes
+(:func:`gemm_bound`), and a default run's forward passes at each rate (:func:`run_floor`).
+
 Three populations: the initial one (100 keep ratios: 100 architectures, as generation 0 is) and
 two of a single architecture (keep 0.55 and keep 0.9: what evolution converges to; scenario 121
 ends near 0.9 of the units). ``--baseline``: that commit's ``ecomp/kernels/conv_forward.py``
@@ -60,6 +63,39 @@ def gemm_gflops(repeats: int, n: int = 2048) -> float:
     return 2 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
+def gemm_bound(pop: NetPopulation, batch: int, repeats: int) -> float:
+    """Seconds of the population's forward arithmetic alone, as GEMMs at its own shapes: the first
+    convolution as one GEMM of the shared images' patches (``K = c x k x k``) by every individual's
+    filters (rows in blocks of at most 1 M floats of output, into one reused buffer), every later
+    convolution as a GEMM of ready-made patches (``M = batch x out_h x out_w``, ``K = in x k x k``,
+    ``N = out``), batched over the individuals of one architecture, every linear layer likewise.
+    No unfolding, ReLU, pooling, bias or copies: a lower bound on what the grouped pass can take at
+    these shapes on this machine, whatever its kernels."""
+    plan = pop.plan
+    calls = []
+    first, (_, h0, w0) = plan.stages[0], plan.maps()[0]
+    k0 = plan.in_shape[0] * first.kernel ** 2
+    n0 = sum(w[0] for w in pop.widths)
+    rows = max(1, (1 << 20) // n0)
+    a0, b0, c0 = torch.randn(rows, k0), torch.randn(k0, n0), torch.empty(rows, n0)
+    total_rows = batch * h0 * w0
+    calls.append(lambda: [torch.mm(a0[:min(rows, total_rows - r)], b0, out=c0[:min(rows, total_rows - r)])
+                          for r in range(0, total_rows, rows)])
+    for widths, members in pop.groups().items():
+        arch = plan.with_units(widths)
+        for l in range(1, len(arch.stages)):
+            stage, (out, h, w) = arch.stages[l], arch.maps()[l]
+            k = arch.inputs()[l] * (stage.kernel ** 2 if stage.kind == "conv" else 1)
+            m = batch * h * w
+            g = max(1, min(len(members), (1 << 22) // (m * k)))      # operands of at most 4 M floats
+            a, b = torch.randn(g, m, k), torch.randn(g, k, out)
+            c = torch.empty(g, m, out)
+            full, rest = divmod(len(members), g)
+            calls.append(lambda a=a, b=b, c=c, full=full, rest=rest: (
+                [torch.bmm(a, b, out=c) for _ in range(full)], rest and torch.bmm(a[:rest], b[:rest], out=c[:rest])))
+    return median_seconds(lambda: [f() for f in calls], repeats)
+
+
 def baseline_module(commit: str):
     """``ecomp/kernels/conv_forward.py`` as it was at ``commit``, loaded as a module."""
     text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:ecomp/kernels/conv_forward.py"],
@@ -94,21 +130,39 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"population {args.size}, medians of {args.repeats}")
     print(f"one large convolution (256x64x28x28, 3x3): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s")
-    print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped |"
-          + (" baseline grouped | baseline/now |" if baseline else ""))
-    print("|---|---|---|---|---|---|" + ("---|---|" if baseline else ""))
+    print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped "
+          "| GEMMs at its shapes | their GFLOP/s | grouped/GEMMs |" + (" baseline grouped | baseline/now |" if baseline else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if baseline else ""))
+    flop, seconds, bound = {}, {}, {}
     for name, pop in (("initial (100 architectures)", initial), ("one architecture, keep 0.55", converged(0.55)),
                       ("one architecture, keep 0.9", converged(0.9))):
         flops = 2 * args.batch * float(pop.sizes("macs").sum())
         loop = median_seconds(lambda: conv_forward.forward_loop(pop, x), args.repeats)
         grouped = median_seconds(lambda: conv_forward.forward_grouped(pop, x), args.repeats)
+        gemms = gemm_bound(pop, args.batch, args.repeats)
+        flop[name], seconds[name], bound[name] = flops, grouped, gemms
         row = (f"| {name} | {loop * 1e3:.1f} ms | {grouped * 1e3:.1f} ms | {flops / grouped / 1e9:.1f} | "
-               f"{flops / grouped / 1e9 / conv:.2f} | {loop / grouped:.2f}x |")
+               f"{flops / grouped / 1e9 / conv:.2f} | {loop / grouped:.2f}x | {gemms * 1e3:.1f} ms | "
+               f"{flops / gemms / 1e9:.1f} | {grouped / gemms:.2f}x |")
         if baseline:
             before = median_seconds(lambda: baseline.forward_grouped(pop, x), args.repeats)
             row += f" {before * 1e3:.1f} ms | {before / grouped:.2f}x |"
         print(row, flush=True)
     print(f"parent MACs {plan_size(plan, 'macs')}")
+    if args.size == 100 and args.batch == 100:
+        run_floor(flop, seconds, bound, conv)
+
+
+def run_floor(flop: dict, seconds: dict, bound: dict, conv: float) -> None:
+    """A default run's forward passes (as ``bench_resnet.py`` counts them): 101 evaluations of the
+    evolution on populations no smaller than the initial one and the final pick's 100 batches at
+    keep 0.9's size, at one large convolution's rate, as GEMMs at their own shapes, and as the
+    grouped pass takes them here."""
+    initial, final = "initial (100 architectures)", "one architecture, keep 0.9"
+    total = (lambda d: 101 * d[initial] + 100 * d[final])
+    print(f"a default run's forward passes: {total(flop) / 1e12:.2f} TFLOP: {total(flop) / conv / 1e9:.1f} s at one "
+          f"large convolution's rate, {total(bound):.1f} s as GEMMs at their shapes, {total(seconds):.1f} s by the "
+          f"grouped pass")
 
 
 if __name__ == "__main__":
