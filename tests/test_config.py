@@ -124,7 +124,7 @@ def test_bad_config_fails_in_one_line_before_any_run(overrides, needle, tmp_path
         assert not db.exists()
     if " ".join(overrides) in THROUGH_RUN_PY:               # and as a user meets it
         proc = run_cli("run.py", *TINY, f"parent.cache_dir={parent_cache}", f"tracking.uri=sqlite:///{db}",
-                       f"hydra.run.dir={tmp_path / 'out'}", *overrides, timeout=60)
+                       f"hydra.run.dir={tmp_path / 'out'}", *overrides)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == lines, proc.stderr
         assert "tracking.uri" in " ".join(overrides) or not db.exists()
 
@@ -134,14 +134,14 @@ def test_every_run_py_case_is_a_case():
 
 
 def test_typo_in_key_fails_at_composition(tmp_path):
-    proc = run_cli("run.py", "population.sizee=10", f"hydra.run.dir={tmp_path}", timeout=60)
+    proc = run_cli("run.py", "population.sizee=10", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         "error: invalid config: population.sizee: Key 'sizee' not in 'PopulationConf'"]
 
 
 def test_wrong_type_fails_at_composition(tmp_path):
-    proc = run_cli("run.py", "population.size=many", f"hydra.run.dir={tmp_path}", timeout=60)
+    proc = run_cli("run.py", "population.size=many", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: invalid config: population.size: ")
