@@ -147,6 +147,27 @@ def test_wrong_type_fails_at_composition(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: invalid config: population.size: ")
 
 
+def test_a_refused_run_leaves_no_tracking_helper_holding_its_output(tmp_path):
+    """The helper prestarted to import MLflow shares run.py's stdout and stderr: a refusal stops
+    it, so the streams end when run.py does (else a caller reading them waits out the import)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "fitness=999", f"hydra.run.dir={tmp_path}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.wait(timeout=600)
+    for stream in (proc.stdout, proc.stderr):
+        os.set_blocking(stream.fileno(), False)
+        while chunk := stream.read():          # what run.py wrote; then b"" at the end, or None if held open
+            pass
+        assert chunk == b"", "the stream is still held open by another process"
+        stream.close()
+    assert proc.returncode == 2
+
+
 def test_missing_dataset_names_both_remedies(tmp_path, monkeypatch, parent_cache):
     from ecomp.nets import data, datasets
 

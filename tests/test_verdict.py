@@ -34,12 +34,16 @@ def pruned(size, seed):
     return 0.5 + 0.5 * size          # deterministic: the same for every seed
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("verdict")
+def new_store(root) -> tuple[str, MlflowClient, str]:
+    """``(uri, client, experiment id)`` of an empty SQLite store in ``root`` with experiment ``ecomp``."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp_id = client.create_experiment("ecomp", artifact_location=(root / "artifacts").as_uri())
+    return uri, client, client.create_experiment("ecomp", artifact_location=(root / "artifacts").as_uri())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri, client, exp_id = new_store(tmp_path_factory.mktemp("verdict"))
     t = int(time.time() * 1000)
     for seed in SEEDS:
         for keep in KEEPS:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 
 from ecomp.methods.l1_finetune import L1Finetune
 from ecomp.methods.width_search import WidthSearch
 from experiments import figures
 from experiments.widths_verdict import without_macs
 from test_figures import compose_cfg
+from test_verdict import new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = range(10)
@@ -35,9 +35,7 @@ def search_gain(seed):                 # the search's lead over l1_finetune at i
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("widths")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp_id = client.create_experiment("ecomp", artifact_location=(root / "artifacts").as_uri())
+    uri, client, exp_id = new_store(root)
     now = int(time.time() * 1000)
 
     def run(kind, tags, macs, acc, start=now, **metrics):

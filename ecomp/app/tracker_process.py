@@ -23,6 +23,7 @@ Only errors of EComp's own types travel as they are; any other becomes a one-lin
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import pickle
@@ -105,7 +106,9 @@ class TrackerProcess:
         """Have the helper open the store (a :class:`ecomp.app.spec.StoreSpec`) and create the run.
         The spec travels as a plain namespace: unpickling the dataclass would import its module,
         and with it torch, into the helper (3.6 s before it could open the store)."""
+        global _USED
         self._proc, self._answers = helper()
+        _USED = True
         self._send("open", SimpleNamespace(**dataclasses.asdict(store)), config_hash, sweep, self.run_name, self.tags,
                    self.params, self.flush_every)
 
@@ -185,6 +188,7 @@ class TrackerProcess:
 
 
 _HELPER: tuple[subprocess.Popen, Any] | None = None
+_USED = False         # whether this process's helper has been sent a run
 UNTRACKED = ("tracking.enabled=false", "tracking.enabled=False", "tracking.enabled=0")
 
 
@@ -193,10 +197,20 @@ def prestart(argv: list[str]) -> None:
     composes its config: the helper imports MLflow meanwhile, on the core the run's start-up
     leaves idle, instead of after it (about 4 s of a tracked run's wait). Only for a single run
     that is not told ``tracking.enabled=false`` (a sweep's jobs start their own helpers); a run
-    that turns out untracked, or fails its checks, ends, and its helper with it (its input ends)."""
+    that turns out untracked, or fails its checks, ends, and its helper with it (stopped at exit)."""
     multirun = any(a in ("-m", "--multirun") or a.endswith("hydra.mode=MULTIRUN") for a in argv)
     if not multirun and not any(a.replace(" ", "") in UNTRACKED for a in argv):
         helper()
+        atexit.register(_stop_if_unused)
+
+
+def _stop_if_unused() -> None:
+    """At exit, a prestarted helper that was never sent a run is only importing MLflow: stop it
+    (SIGKILL: it ignores SIGTERM and has nothing to close), so that whoever reads this process's
+    output, which the helper shares, is not kept waiting for that import after a refusal."""
+    if _HELPER is not None and not _USED and _HELPER[0].poll() is None:
+        _HELPER[0].kill()
+        _HELPER[0].wait()
 
 
 def helper() -> tuple[subprocess.Popen, Any]:
