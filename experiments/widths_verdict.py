@@ -37,6 +37,7 @@ from experiments.verdict import ACCURACY, MIN_PAIRS, SIZE, bootstrap_ci, compare
 
 MACS = "best_macs_ratio"
 SEARCHES = ("random_search", "evolve_widths")
+DEFAULT_EPOCHS = "1"     # the searches' and l1_finetune's default epochs (held equal by tests/test_widths_verdict.py)
 COLUMNS = ["search", "against", "n_runs", "n_pairs", "macs_mean", "search_accuracy", "other_accuracy", "difference",
            "ci_low", "ci_high", "search_seconds", "finetune_seconds", "run_seconds", "other_run_seconds"]
 
@@ -88,7 +89,7 @@ def ecomp_table(runs: pd.DataFrame) -> pd.DataFrame:
     for variant, e in ecomp.groupby("variant", sort=True):
         epochs = str(int(e.finetune_epochs.iloc[0]))
         for family, s in searches.groupby("family", sort=True):
-            if (s.epochs.iloc[0] or "1") != epochs:
+            if (s.epochs.iloc[0] or DEFAULT_EPOCHS) != epochs:
                 continue
             pairs, used = [], []
             for r in e.sort_values("seed").itertuples():

@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Param
 from ecomp.methods.l1_finetune import L1Finetune
 from ecomp.methods.width_search import WidthSearch
 from experiments import figures
-from experiments.widths_verdict import without_macs
+from experiments.widths_verdict import DEFAULT_EPOCHS, without_macs
 from test_figures import compose_cfg
 from test_verdict import new_store
 
@@ -110,6 +110,7 @@ def test_a_search_at_each_seeds_ecomp_macs_is_paired_with_fine_tuned_ecomp(table
 
 def test_the_searches_and_l1_finetune_are_fine_tuned_alike_by_default():
     assert (WidthSearch.epochs, WidthSearch.lr) == (L1Finetune.epochs, L1Finetune.lr)
+    assert str(WidthSearch.epochs) == DEFAULT_EPOCHS
 
 
 def test_a_variants_macs_label_is_dropped_wherever_it_sits():
