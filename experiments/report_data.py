@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ecomp.app.reachable import check_reachable
+from ecomp.app.config import HASH_NEUTRAL
 from ecomp.app.store import (TAG_HASH, TAG_KEEP, TAG_METHOD, TAG_SCENARIO, TAG_SEED, TAG_SWEEP, TAG_VARIANT,
                              client_for)
 
@@ -170,11 +171,10 @@ def base_of(params: dict[str, str]) -> str:
     return _params_hash(params, lambda k: not k.startswith(LEVER_PARAMS))
 
 
-# Params added after runs were first recorded, at the value that behaves as before (as in the
-# config hash, ecomp.app.config._HASH_NEUTRAL): left out, so old and new runs of one setup still pair.
-NEUTRAL_PARAMS = {"parent.path": "None", "fitness.compression": "units", "parent.kind": "mlp",
-                  "parent.channels": "None", "parent.kernel": "None", "parent.padding": "None", "parent.pool": "None",
-                  "parent.batchnorm": "False", "similarity.features": "flat", "parent.weights": "None"}
+# Params added after runs were first recorded, at the value that behaves as before (the config
+# hash's own list, ecomp.app.config.HASH_NEUTRAL, as logged): left out, so old and new runs of one
+# setup still pair.
+NEUTRAL_PARAMS = {f"{group}.{key}": str(value) for (group, key), value in HASH_NEUTRAL.items()}
 
 
 def _params_hash(params: dict[str, str], keep) -> str:

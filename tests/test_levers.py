@@ -185,3 +185,14 @@ def test_cka_of_several_widths_on_several_batches_at_once_equals_one_batch_at_a_
     for k, parts in enumerate(together):
         assert torch.allclose(parts.similarity.double(), ref.evaluate(pop, k).similarity.double(),
                               rtol=1e-4, atol=1e-6)
+
+
+def test_a_param_added_at_its_neutral_value_does_not_split_a_levers_pairs():
+    """Runs logged before ``evolution.precision`` existed pair with later float32 runs (the config
+    hash's neutral values, ecomp.app.config.HASH_NEUTRAL), but not with bfloat16 ones."""
+    from experiments.report_data import base_of, setup_of
+
+    old = {"seed": "0", "population.size": "100", "parent.hidden": "[256, 256]"}
+    assert base_of(old) == base_of({**old, "evolution.precision": "float32"})
+    assert base_of(old) != base_of({**old, "evolution.precision": "bfloat16"})
+    assert setup_of(old) == setup_of({**old, "data.path": "None", "parent.depth": "None"})

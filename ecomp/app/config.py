@@ -403,7 +403,7 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 # recognised (and skipped).
 PRECISIONS = ("float32", "bfloat16")   # evolution.precision (ecomp.core.fitness.Evaluator)
 
-_HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
+HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
                  ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
                  ("parent", "pool"): None, ("parent", "batchnorm"): False,
                  ("parent", "depth"): None, ("parent", "widths"): None, ("parent", "model"): {},
@@ -428,7 +428,7 @@ def config_hash(cfg: DictConfig | dict, exclude: tuple[str, ...] = (), method: d
     group replaced by ``method`` (the settings that shape the result) when given, and with
     ``extra`` (e.g. a checkpoint's content digest) added."""
     c = used_config(cfg, (*_HASH_EXCLUDED, *exclude))
-    for (group, key), neutral in _HASH_NEUTRAL.items():
+    for (group, key), neutral in HASH_NEUTRAL.items():
         if group in c and key in c[group] and c[group][key] == neutral:
             del c[group][key]
     if extra:
