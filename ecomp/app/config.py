@@ -404,13 +404,13 @@ _HASH_EXCLUDED = ("tracking", "progress", "threads", "hydra")
 PRECISIONS = ("float32", "bfloat16")   # evolution.precision (ecomp.core.fitness.Evaluator)
 
 HASH_NEUTRAL = {("fitness", "compression"): "units", ("parent", "path"): None, ("parent", "kind"): "mlp",
-                 ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
-                 ("parent", "pool"): None, ("parent", "batchnorm"): False,
-                 ("parent", "depth"): None, ("parent", "widths"): None, ("parent", "model"): {},
-                 ("parent", "weights"): None, ("similarity", "features"): "flat",
-                 ("evolution", "precision"): "float32",
-                 **{("data", k): None for k in ("path", "size", "channels", "mean", "std", "test_fraction",
-                                                "split_seed")}}
+                ("parent", "channels"): None, ("parent", "kernel"): None, ("parent", "padding"): None,
+                ("parent", "pool"): None, ("parent", "batchnorm"): False,
+                ("parent", "depth"): None, ("parent", "widths"): None, ("parent", "model"): {},
+                ("parent", "weights"): None, ("similarity", "features"): "flat",
+                ("evolution", "precision"): "float32",
+                **{("data", k): None for k in ("path", "size", "channels", "mean", "std", "test_fraction",
+                                               "split_seed")}}
 
 
 def used_config(cfg: DictConfig | dict, unused: tuple[str, ...]) -> dict:
