@@ -128,6 +128,7 @@ def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, 
     output (the widest activations: the ReLU and pooling run on each) and the images of each
     block of the first convolution."""
     first, later, relu_pool = conv_forward._first_stage, conv_forward._later, conv_forward._relu_pool
+    first_pool = conv_forward._bias_relu_pool
     seen: dict[str, list[int]] = {"first": [], "later": [], "conv": [], "images": [], "block": []}
 
     def first_spy(*args):
@@ -140,17 +141,21 @@ def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, 
         return later(pop_, members, h, features)
 
     def relu_pool_spy(plan, l, h, out=None):
-        if plan.stages[l].kind == "conv":
+        if l > 0 and plan.stages[l].kind == "conv":                     # stage 0: first_pool_spy
             seen["conv"].append(h.numel())
-        if l == 0:
-            seen["images"].append(h.shape[0])
-            seen["block"].append(h.numel())
         return relu_pool(plan, l, h, out)
+
+    def first_pool_spy(plan, h, b, out):
+        seen["conv"].append(h.numel())
+        seen["images"].append(h.shape[0])
+        seen["block"].append(h.numel())
+        return first_pool(plan, h, b, out)
 
     with monkeypatch.context() as m:
         m.setattr(conv_forward, "_first_stage", first_spy)
         m.setattr(conv_forward, "_later", later_spy)
         m.setattr(conv_forward, "_relu_pool", relu_pool_spy)
+        m.setattr(conv_forward, "_bias_relu_pool", first_pool_spy)
         m.setattr(conv_forward, "MAX_ELEMENTS", budget)
         m.setattr(conv_forward, "BLOCK_ELEMENTS", block or budget)
         return conv_forward.forward_grouped(pop, x), seen

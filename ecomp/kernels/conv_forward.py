@@ -74,12 +74,28 @@ def _relu_pool(plan: ConvPlan, l: int, h: Tensor, out: Tensor | None = None) -> 
     return h if out is None else out.copy_(h)
 
 
-def _first_conv(patches: Tensor, w: Tensor, b: Tensor, n: int, ho: int, wo: int) -> Tensor:
-    """The first convolution of every filter in ``w`` at once, as one GEMM of ``n`` images'
-    patches ``(n * ho * wo, C*k*k)`` by all filters, written channels-last: the input has one
-    or three channels, where a direct convolution runs well below the machine's GEMM speed."""
-    out = torch.addmm(b, patches, w.reshape(w.shape[0], -1).T)
-    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)                  # (n, filters, H, W), channels-last
+def _first_conv(patches: Tensor, w: Tensor, n: int, ho: int, wo: int, out: Tensor) -> Tensor:
+    """The first convolution of every filter in ``w`` at once, without its bias, as one GEMM of
+    ``n`` images' patches ``(n * ho * wo, C*k*k)`` by all filters into ``out`` (a reused buffer of
+    at least that many rows), read channels-last: the input has one or three channels, where a
+    direct convolution runs well below the machine's GEMM speed."""
+    o = torch.mm(patches, w.reshape(w.shape[0], -1).T, out=out[:patches.shape[0]])
+    return o.view(n, ho, wo, -1).permute(0, 3, 1, 2)                    # (n, filters, H, W), channels-last
+
+
+def _bias_relu_pool(plan: ConvPlan, h: Tensor, b: Tensor, out: Tensor) -> None:
+    """Stage 0's bias, ReLU and pooling of a bias-free ``h`` into ``out`` (channels-last). A
+    max-pool (or none) runs first and the bias is added to the pooled maps, ``k * k`` times fewer
+    values: adding a per-channel constant and the ReLU are both monotonic, so max-pooling commutes
+    with them exactly (float rounding is monotonic too). An average pool takes the bias first."""
+    s = plan.stages[0]
+    if s.pool in (None, "max"):
+        _max_pool(h, s.pool_size if s.pool else 1, out)
+        o = out.permute(0, 2, 3, 1)                                      # (n, H', W', c), contiguous
+        o.add_(b).relu_()
+        return
+    h.add_(b.view(1, -1, 1, 1))
+    _relu_pool(plan, 0, h, out)
 
 
 def _copy(dst: Tensor, src: Tensor) -> Tensor:
@@ -137,10 +153,11 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[t
         f = w.shape[0]
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)             # channels-last
         m = max(1, min(MAX_ELEMENTS, BLOCK_ELEMENTS) // (f * hh * ww))                        # images per block
+        buffer = x4.new_empty(min(n, m) * hh * ww, f)
         for i in range(0, n, m):
             j = min(n, i + m)
-            block = _first_conv(patches[i * hh * ww:j * hh * ww], w, b, j - i, hh, ww)
-            _relu_pool(plan, 0, block, out[i:j])
+            block = _first_conv(patches[i * hh * ww:j * hh * ww], w, j - i, hh, ww, buffer)
+            _bias_relu_pool(plan, block, b, out[i:j])
         yield part, out
 
 
