@@ -13,7 +13,7 @@ baseline with 95 % bands, EComp's networks as points) and ``verdict.csv`` /
 ``verdict.md`` (experiments/verdict.py). When it holds an Optuna search's trials
 (``hydra/sweeper=optuna``): ``search_front`` (PNG, PDF) and ``search_front.csv`` / ``.md``
 (experiments/search.py); the trials are kept out of every other figure. When it holds width searches
-(``method=random_search|evolve_widths``): ``widths.csv`` / ``widths.md``, each search against
+(``method=random_search|evolve_widths|bee_colony``): ``widths.csv`` / ``widths.md``, each search against
 ``l1_finetune`` and fine-tuned EComp at equal MACs (experiments/widths_verdict.py). The same files are logged as
 artifacts of one run tagged ``ecomp.kind=summary`` in the experiment read, or of the sweep's parent
 run when every run read came from one sweep; each sweep whose runs were read gets its per-scenario

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # noqa: E402  (ru
 from experiments.verdict import ACCURACY, MIN_PAIRS, SIZE, bootstrap_ci, compare, points  # noqa: E402
 
 MACS = "best_macs_ratio"
-SEARCHES = ("random_search", "evolve_widths")
 DEFAULT_EPOCHS = "1"     # the searches' and l1_finetune's default epochs (held equal by tests/test_widths_verdict.py)
 COLUMNS = ["search", "against", "n_runs", "n_pairs", "macs_mean", "search_accuracy", "other_accuracy", "difference",
            "ci_low", "ci_high", "search_seconds", "finetune_seconds", "run_seconds", "other_run_seconds"]
@@ -58,12 +57,20 @@ def _row(search: pd.DataFrame, against: str, other: pd.DataFrame, pairs: dict) -
             "other_run_seconds": seconds(other, "run_seconds")}
 
 
+def is_search(runs: pd.DataFrame) -> pd.Series:
+    """Which runs are width searches: every one logs ``search_seconds`` (:mod:`ecomp.methods.width_search`),
+    no other method does, so a new search method needs no entry here."""
+    if "search_seconds" not in runs:
+        return pd.Series(False, index=runs.index, dtype=bool)
+    return runs["search_seconds"].notna()
+
+
 def at_ecomp_size(runs: pd.DataFrame) -> pd.Series:
     """Which runs are searches placed at a fine-tuned EComp run's MACs (same seed, ``macs`` label =
     EComp's MACs to 4 decimals): they belong to :func:`ecomp_table`, not to a budget's row."""
     ecomp = runs[(runs.method == "ecomp") & (runs.finetune_epochs > 0)]
     placed = {(seed, round(m, 4)) for seed, m in zip(ecomp.seed, ecomp[MACS])}
-    return runs.method.isin(SEARCHES) & pd.Series([(k, round(m, 4)) in placed for k, m in zip(runs.seed, runs.macs)],
+    return is_search(runs) & pd.Series([(k, round(m, 4)) in placed for k, m in zip(runs.seed, runs.macs)],
                                                   index=runs.index, dtype=bool)
 
 
@@ -71,7 +78,7 @@ def budget_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Each search variant (but those at EComp's sizes) against each ``l1_finetune`` variant with the
     same ``epochs`` and ``lr`` labels, at the search's MACs (see the module's docstring)."""
     in_macs = runs[~at_ecomp_size(runs)].assign(**{SIZE: lambda d: d[MACS]})
-    searches, l1 = in_macs[in_macs.method.isin(SEARCHES)], in_macs[in_macs.method == "l1_finetune"]
+    searches, l1 = in_macs[is_search(in_macs)], in_macs[in_macs.method == "l1_finetune"]
     rows = []
     for variant, s in searches.groupby("variant", sort=True):
         tuned = l1[(l1.epochs == s.epochs.iloc[0]) & (l1.lr == s.lr.iloc[0])]
@@ -84,7 +91,7 @@ def ecomp_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Each fine-tuned EComp variant against each search (its ``macs`` label aside) whose runs sit at
     the same seed's EComp MACs and whose ``epochs`` equal EComp's ``finetune_epochs``."""
     ecomp = runs[(runs.method == "ecomp") & (runs.finetune_epochs > 0)]
-    searches = runs[runs.method.isin(SEARCHES)].assign(family=lambda d: d.variant.map(without_macs))
+    searches = runs[is_search(runs)].assign(family=lambda d: d.variant.map(without_macs))
     rows = []
     for variant, e in ecomp.groupby("variant", sort=True):
         epochs = str(int(e.finetune_epochs.iloc[0]))
@@ -153,7 +160,7 @@ def widths_files(runs: pd.DataFrame, out: Path, notes: list[str] = ()) -> list[P
     (else none); the newest run of each variant, kept fraction and seed counts."""
     from experiments.report_data import pick_newest
 
-    if not runs.method.isin(SEARCHES).any():
+    if not is_search(runs).any():
         return []
     runs, _ = pick_newest(runs, by=("variant", "keep"))
     budget, at_ecomp = budget_table(runs), ecomp_table(runs)

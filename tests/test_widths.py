@@ -1,5 +1,5 @@
-"""The width search (ecomp/widths, method=random_search and evolve_widths): the MACs budget on every
-kind, the keep-vector operators against straightforward loops, adaptive BatchNorm, the data the
+"""The width search (ecomp/widths, method=random_search, evolve_widths and bee_colony): the MACs budget
+on every kind, the keep-vector operators against straightforward loops, adaptive BatchNorm, the data the
 scores read, the returned networks' budget and one tracked run with its candidates' table."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ecomp.core.selection import Selection
 from ecomp.errors import ConfigError
 from ecomp.kernels.backend import resolve
 from ecomp.methods.base import Problem
+from ecomp.methods.bee_colony import BeeColony
 from ecomp.methods.evolve_widths import EvolveWidths
 from ecomp.methods.pruning import structured_prune
 from ecomp.methods.random_search import RandomSearch
@@ -24,7 +25,8 @@ from ecomp.methods.width_search import score_data
 from ecomp.nets.data import Split, draw_run_data
 from ecomp.nets.structure import accuracy, logits
 from ecomp.nets.training import fine_tune
-from ecomp.widths.operators import crossover, mutate, next_generation, standardised
+from ecomp.core.selection import roulette_draws
+from ecomp.widths.operators import crossover, mutate, neighbour, next_generation, onlookers, standardised
 from ecomp.widths.scores import ScoreData, available, score_class
 from ecomp.widths.scores.adaptive_bn import conv_statistics, recalibrate
 from ecomp.widths.space import WidthSpace
@@ -134,6 +136,82 @@ def test_next_generation_keeps_the_elites_first_and_breeds_the_rest():
     assert torch.equal(standardised(torch.ones(3)), torch.zeros(3, dtype=torch.float64))
 
 
+def test_the_bee_colonys_move_is_the_straightforward_formula_and_leaves_its_input_alone():
+    keeps = torch.rand(5, 4, generator=gen(6), dtype=torch.float64)
+    before = keeps.clone()
+    seen_groups, seen_others = set(), set()
+    for seed in range(60):
+        i = seed % 5
+        out = neighbour(keeps, i, gen(seed), floor=0.1)
+        g = gen(seed)                                                   # the same draws, by hand
+        j = int(torch.randint(4, (1,), generator=g))
+        k = int(torch.randint(4, (1,), generator=g))
+        k = k + 1 if k >= i else k
+        phi = 2 * torch.rand(1, generator=g, dtype=torch.float64).item() - 1
+        expected = keeps[i].tolist()
+        expected[j] = min(1.0, max(0.1, expected[j] + phi * (expected[j] - keeps[k, j].item())))
+        assert out.tolist() == pytest.approx(expected, abs=1e-15) and k != i
+        seen_groups.add(j)
+        seen_others.add((i, k))
+    assert torch.equal(keeps, before) and seen_groups == {0, 1, 2, 3}
+    assert {k for i, k in seen_others if i == 0} == {1, 2, 3, 4}         # every other source, never itself
+    scores = torch.tensor([0.1, 0.5, 0.2, 0.9])
+    assert torch.equal(onlookers(scores, 7, gen(3), 0.5), roulette_draws(standardised(scores), 7, gen(3), 0.5))
+
+
+def reference_colony(space, score, gen_, sources, cycles, limit, keep_low=0.2):
+    """The colony written out plainly, one bee after another: the widths it scores, in order."""
+    seen = []
+    keeps = [space.sample(gen_, keep_low) for _ in range(sources)]
+    scores = [score(space.widths(k)) for k in keeps]
+    seen += [space.widths(k) for k in keeps]
+    trials = [0] * sources
+    for _ in range(cycles):
+        visits = list(range(sources))
+        for step in range(2 * sources):
+            if step == sources:                                         # the onlookers, drawn now
+                visits += onlookers(torch.tensor(scores, dtype=torch.float64), sources, gen_).tolist()
+            i = visits[step]
+            moved = space.repair(neighbour(torch.stack(keeps), i, gen_, space.floor))
+            if moved is not None:
+                seen.append(space.widths(moved))
+            if moved is not None and score(space.widths(moved)) > scores[i]:
+                keeps[i], scores[i], trials[i] = moved, score(space.widths(moved)), 0
+            else:
+                trials[i] += 1
+        tired = trials.index(max(trials))
+        if trials[tired] >= limit:
+            keeps[tired] = space.sample(gen_, keep_low)
+            scores[tired], trials[tired] = score(space.widths(keeps[tired])), 0
+            seen.append(space.widths(keeps[tired]))
+    return seen
+
+
+def test_the_bee_colony_keeps_a_source_only_for_a_better_one_and_scouts_the_tired():
+    """The colony scores what the plain reference scores, in the same order (greedy replacement,
+    the onlookers' roulette, one scout per cycle); with cycles=0 it is random_search's first draws."""
+    parent = KINDS["cnn"]()
+    space = WidthSpace(parent, 0.5, 0.05)
+
+    def score(widths):                                                  # prefers wide first groups
+        return widths[0] / space.units[0] - 0.1 * widths[-1] / space.units[-1]
+
+    def colony(**settings):
+        return BeeColony(macs=0.5, tolerance=0.05, keep_low=0.2, **settings).search(space, score, problem(parent))
+    first = colony(sources=4, cycles=0)
+    drawn = RandomSearch(macs=0.5, tolerance=0.05, keep_low=0.2, candidates=4).search(space, score, problem(parent))
+    assert [c.widths for c in first] == [c.widths for c in drawn]
+    for sources, cycles, limit in ((4, 3, 0), (5, 3, 2), (3, 4, 9)):
+        records = colony(sources=sources, cycles=cycles, limit=limit)
+        assert [c.widths for c in records] == reference_colony(space, score, problem(parent).generator,
+                                                               sources, cycles, limit)
+        assert [c.generation for c in records[:sources]] == [0] * sources
+        assert all(abs(c.macs - 0.5) <= 0.05 for c in records)
+    assert len({c.widths for c in records}) > 3                        # it moved
+    with pytest.raises(ConfigError, match="invalid config: method.sources=1"):
+        BeeColony.from_settings({**{f.name: f.default for f in dataclasses.fields(BeeColony)}, "sources": 1}, {})
+
+
 # -- the scores ---------------------------------------------------------------------------------------
 def task(n: int, seed: int) -> Split:
     """Random images whose class is the argmax of one fixed linear map of them (learnable)."""
@@ -212,8 +290,9 @@ SMALL = dict(tolerance=0.05, bn_batches=2, score_size=200, top_k=2, epochs=1)
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet"])
 @pytest.mark.parametrize("method", [RandomSearch(candidates=6, score="adaptive_bn", **SMALL),
-                                    EvolveWidths(population=6, generations=2, elite=2, score="similarity", **SMALL)],
-                         ids=["random_search", "evolve_widths"])
+                                    EvolveWidths(population=6, generations=2, elite=2, score="similarity", **SMALL),
+                                    BeeColony(sources=3, cycles=2, limit=1, score="cka", **SMALL)],
+                         ids=["random_search", "evolve_widths", "bee_colony"])
 def test_every_returned_network_meets_its_macs_budget(kind, method):
     parent = KINDS[kind]()
     for macs in (0.35, 0.6):
@@ -222,7 +301,8 @@ def test_every_returned_network_meets_its_macs_budget(kind, method):
         ratio = out.network.size("macs") / parent.size("macs")
         assert abs(ratio - macs) <= method.tolerance and ratio == pytest.approx(out.metrics["winner_macs_ratio"])
         rows = list(csv.DictReader(io.StringIO(out.artifacts["candidates.csv"])))
-        assert len(rows) == (6 if method.name == "random_search" else 18)
+        counts = {"random_search": (6, 6), "evolve_widths": (18, 18), "bee_colony": (3, 3 + 2 * (2 * 3 + 1))}
+        assert counts[method.name][0] <= len(rows) <= counts[method.name][1]
         assert all(abs(float(r["macs_ratio"]) - macs) <= method.tolerance for r in rows)
         assert sum(r["finetuned_pick_accuracy"] != "" for r in rows) >= 2
         assert tuple(out.network.units) == tuple(int(out.metrics[f"width_{g}"]) for g in range(len(parent.units)))

@@ -1,4 +1,4 @@
-"""What ``method=random_search`` and ``method=evolve_widths`` share: the settings of a width search,
+"""What ``method=random_search``, ``evolve_widths`` and ``bee_colony`` share: the settings of a width search,
 the data its scores read, the fine-tuning of the best candidates and the record of every candidate.
 
 The data (never the test split): the score reads ``score_size`` held-out images, the first ones

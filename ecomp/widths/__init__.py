@@ -6,6 +6,7 @@ parent exactly as ``method=l1_prune`` selects units (:mod:`ecomp.widths.space`).
 relative to the parent's is met by repair or rejection, never by luck. Candidates are scored
 cheaply by a plug-in score (:mod:`ecomp.widths.scores`, one module each) and searched by the
 operators of :mod:`ecomp.widths.operators` (the paper's roulette, single-cut crossover and
-multiplicative mutation, carried over to keep vectors). The methods ``random_search`` and
-``evolve_widths`` (:mod:`ecomp.methods`) drive them; nothing here knows Hydra or MLflow.
+multiplicative mutation, carried over to keep vectors; the bee colony's moves). The methods
+``random_search``, ``evolve_widths`` and ``bee_colony`` (:mod:`ecomp.methods`) drive them; nothing
+here knows Hydra or MLflow.
 """

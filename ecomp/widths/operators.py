@@ -8,6 +8,8 @@
   ``1 .. G - 1`` give ``a[:c] ++ b[c:]`` and ``b[:c] ++ a[c:]`` (with one group, copies).
 - Mutation: each child, with probability ``rate``, has every fraction multiplied by its own
   factor from ``U(low, high)`` (the paper's rule for weights), clamped to ``[floor, 1]``.
+- The bee colony's moves (``method=bee_colony``): one group of a source moved relative to another
+  source, and the onlookers' choice of sources (the same roulette).
 
 Every draw comes from the caller's CPU generator, in a fixed order, so a seed gives one history.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ecomp.core.selection import Selection, elites
+from ecomp.core.selection import Selection, elites, roulette_draws
 
 
 def standardised(scores: Tensor) -> Tensor:
@@ -60,3 +62,25 @@ def next_generation(keeps: Tensor, scores: Tensor, selection: Selection, rate: f
     keep_elite, pairs = select(scores, selection, generator)
     children = mutate(crossover(keeps, pairs, generator), rate, low, high, generator, floor)
     return torch.cat([keeps[keep_elite].to(torch.float64), children])
+
+
+# -- the bee colony (ABCPruner) -------------------------------------------------------------------------
+def neighbour(keeps: Tensor, i: int, generator: torch.Generator, floor: float = 0.0) -> Tensor:
+    """Artificial bee colony's move (Karaboga 2005, as ABCPruner searches channel counts): source
+    ``i`` of ``keeps`` ``(n, G)`` with one group ``j`` moved towards or away from another source
+    ``k != i``: ``x[i, j] + phi * (x[i, j] - x[k, j])``, ``phi ~ U(-1, 1)``, clamped to
+    ``[floor, 1]``. Draws, in order: ``j``, then ``k`` (uniform over the other sources), then
+    ``phi``. A new ``(G,)`` float64 tensor; ``keeps`` is not changed."""
+    n, n_groups = keeps.shape
+    j = int(torch.randint(n_groups, (1,), generator=generator))
+    k = int(torch.randint(n - 1, (1,), generator=generator))
+    k += k >= i                                                      # uniform over the others
+    phi = 2.0 * float(torch.rand(1, generator=generator, dtype=torch.float64)) - 1.0
+    out = keeps[i].to(torch.float64).clone()
+    out[j] = min(1.0, max(floor, float(out[j]) + phi * (float(out[j]) - float(keeps[k, j]))))
+    return out
+
+
+def onlookers(scores: Tensor, n: int, generator: torch.Generator, temperature: float = 1.0) -> Tensor:
+    """``(n,)`` sources the onlooker bees visit: the paper's roulette on standardised scores."""
+    return roulette_draws(standardised(scores), n, generator, temperature)
