@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	rm -rf ecomp.egg-info    # setuptools' build leftover: the installed metadata is in $(VENV)
+	# bytecode now, into .cache/pycache: where PYTHONDONTWRITEBYTECODE is set, no import writes it
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib ecomp experiments run.py >/dev/null || true
 	touch $(STAMP)
 
 # FashionMNIST offline: Debian's dataset-fashion-mnist, installed when missing and we can.

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
-from ecomp.app.cli import fail
-from ecomp.app.credentials import take_passwords
-from ecomp.app.tracker_process import prestart
-from ecomp.errors import EcompError
+# Bytecode from .cache/pycache, where `make setup` compiles it (the Makefile's PYTHONPYCACHEPREFIX),
+# unless the caller chose a place. Where writing bytecode at import time is off
+# (PYTHONDONTWRITEBYTECODE, set in many containers and CI images), every process, its tracking helper and each sweep
+# worker would otherwise compile torch's, Hydra's and MLflow's sources anew: seconds per process
+# (benchmarks/README.md, "Start-up"). Set before the first import of this project.
+if sys.pycache_prefix is None:
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(Path(__file__).resolve().parent / ".cache" / "pycache")
+
+from ecomp.app.cli import fail  # noqa: E402
+from ecomp.app.credentials import take_passwords  # noqa: E402
+from ecomp.app.tracker_process import prestart  # noqa: E402
+from ecomp.errors import EcompError  # noqa: E402
 
 if __name__ == "__main__":
     try:
