@@ -32,7 +32,7 @@ from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.convnet import ConvPlan
 
 MAX_ELEMENTS = 1 << 22          # floats per tensor of the grouped pass (16 MB)
-BLOCK_ELEMENTS = 1 << 22        # floats per block of the first convolution (1 MB: in cache while pooled)
+BLOCK_ELEMENTS = 1 << 22        # floats per block of the first convolution (16 MB, as MAX_ELEMENTS)
 
 
 def forward_loop(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
