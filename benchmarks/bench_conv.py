@@ -5,6 +5,7 @@ large convolution's rate and one large GEMM's, measured in the same process.
     python benchmarks/bench_conv.py                     # batch 100, population 100, 5 repeats
     python benchmarks/bench_conv.py --batch 1000 --repeats 3
     python benchmarks/bench_conv.py --baseline 8594009  # and that commit's grouped pass beside it
+    python benchmarks/bench_conv.py --blocks            # the first stage per block size instead
 
 Beside each pass, the same arithmetic as bare GEMMs at the population's own shapes
 (:func:`gemm_bound`), and a default run's forward passes at each rate (:func:`run_floor`).
@@ -96,6 +97,25 @@ def gemm_bound(pop: NetPopulation, batch: int, repeats: int) -> float:
     return median_seconds(lambda: [f() for f in calls], repeats)
 
 
+def block_sizes(pops: dict, x, repeats: int) -> None:
+    """The first stage (convolution, bias, ReLU, pooling) of each population at each
+    ``BLOCK_ELEMENTS`` from 2^16 to 2^22 floats per thread: what chose the default."""
+    x4 = x.view(x.shape[0], 1, 28, 28)
+    default = conv_forward.BLOCK_ELEMENTS
+    print(f"first stage, {torch.get_num_threads()} threads, medians of {repeats}")
+    print("| floats per thread | " + " | ".join(pops) + " |")
+    print("|---|" + "---|" * len(pops))
+    try:
+        for k in range(16, 23):
+            conv_forward.BLOCK_ELEMENTS = 1 << k
+            times = [median_seconds(lambda: [None for _ in conv_forward._first_stage(pop, list(range(pop.size)), x4)],
+                                    repeats) for pop in pops.values()]
+            mark = " (default)" if 1 << k == default else ""
+            print(f"| 2^{k}{mark} | " + " | ".join(f"{t * 1e3:.1f} ms" for t in times) + " |", flush=True)
+    finally:
+        conv_forward.BLOCK_ELEMENTS = default
+
+
 def baseline_module(commit: str):
     """``ecomp/kernels/conv_forward.py`` as it was at ``commit``, loaded as a module."""
     text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:ecomp/kernels/conv_forward.py"],
@@ -114,6 +134,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", default=None, help="a commit whose grouped pass to time beside this one")
+    ap.add_argument("--blocks", action="store_true", help="time the first stage per block size instead")
     args = ap.parse_args()
     keep_freed_memory()
     baseline = baseline_module(args.baseline) if args.baseline else None
@@ -126,6 +147,9 @@ def main() -> None:
         member = l1_population(parent, 1, keep, keep).members[0]
         return NetPopulation(plan, [member] * args.size).take(list(range(args.size)))
 
+    if args.blocks:
+        block_sizes({"initial": initial, "keep 0.55": converged(0.55), "keep 0.9": converged(0.9)}, x, args.repeats)
+        return
     conv, gemm = large_conv_gflops(args.repeats), gemm_gflops(args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"population {args.size}, medians of {args.repeats}")

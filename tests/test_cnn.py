@@ -157,8 +157,13 @@ def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, 
         m.setattr(conv_forward, "_relu_pool", relu_pool_spy)
         m.setattr(conv_forward, "_bias_relu_pool", first_pool_spy)
         m.setattr(conv_forward, "MAX_ELEMENTS", budget)
-        m.setattr(conv_forward, "BLOCK_ELEMENTS", block or budget)
-        return conv_forward.forward_grouped(pop, x), seen
+        m.setattr(conv_forward, "BLOCK_ELEMENTS", block or budget)      # per torch thread: one here
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return conv_forward.forward_grouped(pop, x), seen
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_the_forward_pass_keeps_its_memory_bound_by_chunks(monkeypatch):

@@ -32,7 +32,8 @@ from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.convnet import ConvPlan
 
 MAX_ELEMENTS = 1 << 22          # floats per tensor of the grouped pass (16 MB)
-BLOCK_ELEMENTS = 1 << 22        # floats per block of the first convolution (16 MB, as MAX_ELEMENTS)
+BLOCK_ELEMENTS = 1 << 18        # floats per block of the first convolution, per torch thread (1 MB each:
+                                # the fastest of 2^16-2^22 at one and two threads, bench_conv.py --blocks)
 
 
 def forward_loop(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
@@ -152,7 +153,8 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[t
         b = torch.cat([pop.members[i][0][1] for i in part])
         f = w.shape[0]
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)             # channels-last
-        m = max(1, min(MAX_ELEMENTS, BLOCK_ELEMENTS) // (f * hh * ww))                        # images per block
+        block = BLOCK_ELEMENTS * torch.get_num_threads()
+        m = max(1, min(MAX_ELEMENTS, block) // (f * hh * ww))                                 # images per block
         buffer = x4.new_empty(min(n, m) * hh * ww, f)
         for i in range(0, n, m):
             j = min(n, i + m)
