@@ -9,9 +9,9 @@ from pathlib import Path
 
 # Bytecode from .cache/pycache, where `make setup` compiles it (the Makefile's PYTHONPYCACHEPREFIX),
 # unless the caller chose a place. Where writing bytecode at import time is off
-# (PYTHONDONTWRITEBYTECODE, set in many containers and CI images), every process, its tracking helper and each sweep
-# worker would otherwise compile torch's, Hydra's and MLflow's sources anew: seconds per process
-# (benchmarks/README.md, "Start-up"). Set before the first import of this project.
+# (PYTHONDONTWRITEBYTECODE, set in many containers and CI images), every process, its tracking
+# helper and each sweep worker would otherwise compile torch's, Hydra's and MLflow's sources anew:
+# seconds per process (benchmarks/README.md, 2026-12-06 evening). Set before this project's imports.
 if sys.pycache_prefix is None:
     sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(Path(__file__).resolve().parent / ".cache" / "pycache")
 

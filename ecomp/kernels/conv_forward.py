@@ -153,8 +153,8 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[t
         b = torch.cat([pop.members[i][0][1] for i in part])
         f = w.shape[0]
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)             # channels-last
-        block = BLOCK_ELEMENTS * torch.get_num_threads()
-        m = max(1, min(MAX_ELEMENTS, block) // (f * hh * ww))                                 # images per block
+        per_block = min(MAX_ELEMENTS, BLOCK_ELEMENTS * torch.get_num_threads())
+        m = max(1, per_block // (f * hh * ww))                                              # images per block
         buffer = x4.new_empty(min(n, m) * hh * ww, f)
         for i in range(0, n, m):
             j = min(n, i + m)
