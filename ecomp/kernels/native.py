@@ -28,7 +28,7 @@ _i64 = ctypes.POINTER(ctypes.c_int64)
 _i32 = ctypes.POINTER(ctypes.c_int32)
 
 
-BLAS_GRAM_WIDTH = 2048   # features per point from which a set's Gram is a BLAS product (:func:`is_wide`)
+BLAS_GRAM_WIDTH = 1024   # features per point from which a set's Gram is a BLAS product (:func:`is_wide`)
 
 
 class _Pool:
@@ -194,9 +194,10 @@ def similarity_grams(gram: Tensor, p: Tensor, parent: Tensor, perplexity: float,
 def blas_grams(acts: list[Tensor], n: int) -> Tensor:
     """Gram matrices ``(S * G, n, n)`` of the point sets of :func:`similarity_acts` (set ``s * G + g``:
     rows ``[g n, (g + 1) n)`` of ``acts[s]``) by torch's batched GEMM. On the wide feature maps of a
-    convolutional network (``BLAS_GRAM_WIDTH`` features and more) the GEMM library's blocking is
-    1.5x faster than the C kernel's at 2,048 features and 3.8x at 12,544 (``benchmarks/bench_grams.py``); its sums run in another
-    order, so these Grams agree with :func:`grams_acts`' to float rounding, not bit for bit."""
+    convolutional network (``BLAS_GRAM_WIDTH`` features and more: LeNet-5's first stage, 1,176) the
+    GEMM library's blocking is 1.5x faster than the C kernel's at 1,024 features, 1.7x at 1,176 and
+    3.8x at 12,544 (``benchmarks/bench_grams.py``); its sums run in another order, so these Grams
+    agree with :func:`grams_acts`' to float rounding, not bit for bit."""
     return torch.cat([torch.bmm(x, x.transpose(1, 2)) for x in (a.unflatten(0, (-1, n)) for a in acts)])
 
 
