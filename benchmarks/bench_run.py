@@ -8,10 +8,15 @@
 Reports medians over repeats: seconds per run; per-evaluation seconds of the
 forward passes, similarity, operators and tracking; the ratio of everything
 else to the forward passes (the median of each run's own ratio, and the ratio
-of the medians); the forward passes' GFLOP/s next to one large
-GEMM measured in the same process; peak memory; and, as the baseline measured
+of the medians); peak memory; and, as the baseline measured
 in the same process, the straightforward reference evaluator on the same
 population (a few generations), as a per-generation speed-up.
+
+The floors: the population's forward passes and the similarity's Gram matrices are counted
+exactly as the run makes them (every evaluation's MACs from the individuals' own sizes, every
+point set's ``n x n x width`` product), and set against one large convolution's rate and one
+2048^3 GEMM's, both measured in the same process: what the run's two big products would take if
+they ran at the machine's best rate for their kind, beside what they took.
 """
 
 from __future__ import annotations
@@ -52,10 +57,55 @@ def gemm_gflops(device: str, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
-def forward_flops(history_widths: float, pop: int, batch: int, n_hidden: int, inp: int, classes: int) -> float:
-    """FLOPs of one population forward pass at mean hidden width ``history_widths``."""
-    h = history_widths
-    return 2.0 * batch * pop * (inp * h + (n_hidden - 1) * h * h + h * classes)
+def conv_gflops(device: str, reps: int = 5) -> float:
+    """One large convolution's rate (256x64x28x28 maps, 64 -> 64 channels, 3x3: ``bench_conv.py``'s)."""
+    x, w = torch.randn(256, 64, 28, 28, device=device), torch.randn(64, 64, 3, 3, device=device)
+    ts = []
+    for _ in range(reps + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch.nn.functional.conv2d(x, w, padding=1)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    return 2 * 256 * 64 * 64 * 9 * 28 * 28 / statistics.median(ts[1:]) / 1e9
+
+
+class ProductCounter:
+    """Counts, while installed, the FLOPs of the population's forward passes (each evaluation's
+    individuals' MACs x its images x 2) and of the similarity's Gram matrices (each point set's
+    ``2 n^2 width``, the full product as a GEMM makes it), by wrapping the two forward passes the
+    evaluator calls and the t-SNE measure's ``score``. Instrumentation of this script only: the run's numbers are unchanged."""
+
+    def __init__(self):
+        from ecomp.core import fitness
+        from ecomp.kernels import net_forward
+        from ecomp.measures import tsne
+
+        self.forward = self.grams = 0.0
+        self._undo = []
+        counter = self
+
+        def counted(inner):
+            def forward(pop, x, *args, **kwargs):
+                counter.forward += 2.0 * x.shape[0] * float(pop.sizes("macs").sum())
+                return inner(pop, x, *args, **kwargs)
+            return forward
+
+        def score(measure, hidden, stacked, states, n):
+            counter.grams += sum(2.0 * n * a.shape[0] * a.shape[1] for layer in hidden for a in layer)
+            return inner_score(measure, hidden, stacked, states, n)
+
+        inner_score = tsne.TSNE.score
+        for owner, name, fn in ((fitness, "forward", counted(fitness.forward)),
+                                (net_forward, "forward", counted(net_forward.forward)), (tsne.TSNE, "score", score)):
+            self._undo.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, fn)
+
+    def remove(self) -> None:
+        for owner, name, fn in self._undo:
+            setattr(owner, name, fn)
 
 
 def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
@@ -87,12 +137,26 @@ def reference_seconds_per_generation(cfg, generations: int = 2) -> float:
     return (time.perf_counter() - t) / n
 
 
+def print_floors(device: str, forward: float, grams: float, med: dict, evaluations: int) -> None:
+    """The run's forward passes and Grams against the machine's best rates (see the module's doc)."""
+    conv, gemm = conv_gflops(device), gemm_gflops(device)
+    print(f"machine: one large convolution {conv:.1f} GFLOP/s, one 2048^3 GEMM {gemm:.1f} GFLOP/s (this process)")
+    print(f"forward passes: {forward / 1e12:.2f} TFLOP in {med['forward']:.2f} s ({forward / med['forward'] / 1e9:.1f} "
+          f"GFLOP/s, {forward / med['forward'] / 1e9 / conv:.2f} of the convolution's rate); at the convolution's "
+          f"rate {forward / conv / 1e9:.2f} s, at the GEMM's {forward / gemm / 1e9:.2f} s")
+    if grams:
+        print(f"similarity: Grams {grams / 1e12:.2f} TFLOP (full products) = {grams / gemm / 1e9:.2f} s at the GEMM's "
+              f"rate, half that as symmetric products; the phase took {med['similarity']:.2f} s "
+              f"({1e3 * med['similarity'] / evaluations:.1f} ms per evaluation)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="20 generations instead of 100")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when available)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the reference-path baseline")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (a long ResNet run)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
 
@@ -119,33 +183,25 @@ def bench_device(args, device: str) -> None:
           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else "")
           + f"; similarity.kernels={cfg.similarity.kernels} -> {kernels}"
           + (f" ({c_library.isa()})" if kernels == "native" else ""))
-    run_experiment(cfg)  # warm-up: parent cache, data, MLflow store, allocator
-    runs, phases = [], []
-    widths = []
+    if not args.no_warmup:
+        run_experiment(cfg)  # warm-up: parent cache, data, MLflow store, allocator
+    runs, phases, products = [], [], []
     for r in range(args.repeats):
         timer = PhaseTimer(resolve_backend(device).synchronize)
+        counter = ProductCounter()
         t = time.perf_counter()
-        res = run_experiment(cfg, timer=timer)
+        try:
+            run_experiment(cfg, timer=timer)
+        finally:
+            counter.remove()
         runs.append(time.perf_counter() - t)
         phases.append(dict(timer.seconds))
-        if cfg.parent.kind == "mlp":     # the mean hidden width, for the MLP's FLOP count
-            widths.append(statistics.mean(h["compression_mean"] for h in res.history) * cfg.parent.hidden[0])
+        products.append((counter.forward, counter.grams))
     n_batches = cfg.data.train_size // cfg.data.batch_size
     evaluations = cfg.evolution.epochs * n_batches + 1 + n_batches     # evolution + final pick
     med = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in ("forward", "similarity", "operators", "tracking")}
     total = statistics.median(runs)
     rest = total - med["forward"]
-    flops = None
-    if cfg.parent.kind == "mlp":         # a CNN's forward rate: benchmarks/bench_conv.py
-        from ecomp.nets.datasets import info     # a null parent.input_dim / classes: the dataset's
-
-        data = info(cfg.data.name)
-        dims = len(cfg.parent.hidden), cfg.parent.input_dim or data.input_dim, cfg.parent.classes or data.classes
-        flops = forward_flops(statistics.median(widths), cfg.population.size, cfg.data.batch_size, *dims) * evaluations
-        # the forward phase also holds the parent's pass over the training subset (for its
-        # probabilities) and the best network's over the test images: about 1 % more
-        flops += forward_flops(cfg.parent.hidden[0], 1, cfg.data.train_size, *dims)
-        flops += forward_flops(statistics.median(widths), 1, cfg.data.test_size, *dims)
     print(f"\nrun ({'short' if args.short else 'paper default'}: pop {cfg.population.size}, "
           f"{evaluations - n_batches} generations + {n_batches}-batch final pick), median of {args.repeats}: "
           f"{total:.2f} s   (all runs: {', '.join(f'{x:.2f}' for x in runs)})")
@@ -157,8 +213,8 @@ def bench_device(args, device: str) -> None:
           f"({', '.join(f'{r:.2f}' for r in ratios)}); of the medians: {rest / med['forward']:.2f}")
     print(f"  rest = whole run - forward = {rest:.2f} s: similarity {med['similarity']:.2f} s, operators "
           f"{med['operators']:.2f} s, tracking {med['tracking']:.2f} s, the rest outside these phases")
-    if flops is not None:
-        print(f"forward: {flops / med['forward'] / 1e9:.1f} GFLOP/s; one 2048^3 GEMM here: {gemm_gflops(device):.1f} GFLOP/s")
+    print_floors(device, statistics.median(f for f, _ in products), statistics.median(g for _, g in products),
+                 med, evaluations)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory (max RSS of this process): {peak:.2f} GiB")
     if device.startswith("cuda"):

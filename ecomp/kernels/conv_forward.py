@@ -125,14 +125,22 @@ def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
     return list(per.unbind(0))
 
 
-def _parts(pop: NetPopulation, order: list[int], per_unit: int) -> Iterator[list[int]]:
+def _parts(pop: NetPopulation, order: list[int], per_unit: int, n_images: int) -> Iterator[list[int]]:
     """Consecutive runs of ``order`` whose units in stage 0 times ``per_unit`` fit ``MAX_ELEMENTS``
-    (at least one individual each)."""
+    (at least one individual each), and that hold no more individuals of one architecture than
+    its later stages take in one chunk (:func:`_chunk`): a chunk's stage-0 maps are then a whole
+    run's slice of the part, contiguous when the part holds one architecture."""
+    step: dict[tuple[int, ...], int] = {}
+    for i in order:
+        if pop.widths[i] not in step:
+            step[pop.widths[i]] = _chunk(pop.plan, pop.widths[i], n_images, len(order))
     start = 0
     while start < len(order):
-        end, total = start, 0
-        while end < len(order) and (end == start or (total + pop.widths[order[end]][0]) * per_unit <= MAX_ELEMENTS):
+        end, total, cap = start, 0, len(order)
+        while end < len(order) and (end == start or ((total + pop.widths[order[end]][0]) * per_unit <= MAX_ELEMENTS
+                                                     and end - start < min(cap, step[pop.widths[order[end]]]))):
             total += pop.widths[order[end]][0]
+            cap = min(cap, step[pop.widths[order[end]]])
             end += 1
         yield order[start:end]
         start = end
@@ -148,7 +156,7 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[t
     _, hh, ww = plan.maps()[0]
     ph, pw = (hh // s.pool_size, ww // s.pool_size) if s.pool else (hh, ww)
     patches = F.unfold(x4, k, padding=s.padding, stride=s.stride).transpose(1, 2).reshape(n * hh * ww, -1)
-    for part in _parts(pop, order, n * ph * pw):
+    for part in _parts(pop, order, n * ph * pw, n):
         w = torch.cat([pop.members[i][0][0] for i in part])
         b = torch.cat([pop.members[i][0][1] for i in part])
         f = w.shape[0]
@@ -214,8 +222,11 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tu
             h0 = h[:, channel:channel + len(run) * units[0]]
             channel += len(run) * units[0]
             start = end
-            for i, a in zip(run, _flat_features(h0, len(run), features)):
+            flat = _flat_features(h0, len(run), features)
+            for i, a in zip(run, flat):
                 hidden[0][i] = a
+            if features == "flat" and len(run) == 1:     # its copy is h0, contiguous: the later stages read it
+                h0 = flat[0].view(n, *h0.shape[2:], units[0]).permute(0, 3, 1, 2)
             step = _chunk(plan, units, n, len(run))
             for s in range(0, len(run), step):
                 sub = run[s:s + step]
