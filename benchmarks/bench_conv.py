@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
@@ -39,6 +38,7 @@ from ecomp.nets import convnet  # noqa: E402
 from ecomp.nets.net_population import NetPopulation  # noqa: E402
 from ecomp.nets.convnet import plan_size  # noqa: E402
 from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
+from rates import CONV, conv_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,17 +51,6 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def large_conv_gflops(repeats: int) -> float:
-    x, w = torch.randn(256, 64, 28, 28), torch.randn(64, 64, 3, 3)
-    s = median_seconds(lambda: F.conv2d(x, w, padding=1), repeats)
-    return 2 * 256 * 64 * 64 * 9 * 28 * 28 / s / 1e9
-
-
-def gemm_gflops(repeats: int, n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def gemm_bound(pop: NetPopulation, batch: int, repeats: int) -> float:
@@ -150,10 +139,11 @@ def main() -> None:
     if args.blocks:
         block_sizes({"initial": initial, "keep 0.55": converged(0.55), "keep 0.9": converged(0.9)}, x, args.repeats)
         return
-    conv, gemm = large_conv_gflops(args.repeats), gemm_gflops(args.repeats)
+    conv, gemm = conv_gflops("cpu", args.repeats), gemm_gflops("cpu", args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"population {args.size}, medians of {args.repeats}")
-    print(f"one large convolution (256x64x28x28, 3x3): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s")
+    print(f"one large convolution ({'x'.join(map(str, CONV[:4]))} -> {CONV[4]}, {CONV[5]}x{CONV[5]}, channels-last; "
+          f"rates.py): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s")
     print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped "
           "| GEMMs at its shapes | their GFLOP/s | grouped/GEMMs |" + (" baseline grouped | baseline/now |" if baseline else ""))
     print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if baseline else ""))

@@ -27,17 +27,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
 from bench_conv import median_seconds  # noqa: E402  (this folder is the script's: sys.path[0])
+from rates import conv_gflops  # noqa: E402
 from ecomp.core.fitness import in_precision  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.kernels import net_forward, res_forward  # noqa: E402
 from ecomp.nets.resnet import cifar_resnet  # noqa: E402
-
-
-def large_conv_gflops(repeats: int) -> float:
-    """One 64 -> 64 channel 3x3 convolution of 100 28x28 maps (channels-last): the machine's rate."""
-    x = torch.rand(100, 64, 28, 28).contiguous(memory_format=torch.channels_last)
-    w = torch.rand(64, 64, 3, 3)
-    return 2 * 100 * 64 * 64 * 9 * 28 * 28 / median_seconds(lambda: F.conv2d(x, w, None, 1, 1), repeats) / 1e9
 
 
 def conv_rates(repeats: int) -> None:
@@ -82,9 +76,9 @@ def main() -> None:
     torch.manual_seed(0)
     parent = plan.network(plan.build(batchnorm=True).eval())
     x = torch.rand(args.batch, 784)
-    conv = large_conv_gflops(args.repeats)
+    conv = conv_gflops("cpu", args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
-          f"batch {args.batch}; one 64-channel convolution: {conv:.1f} GFLOP/s")
+          f"batch {args.batch}; one large convolution (rates.py): {conv:.1f} GFLOP/s")
     conv_rates(args.repeats)
     print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'loop/grp':>9}"
           f"{'loop GFLOP/s':>13}{'share':>7}{'bf16 s':>8}")

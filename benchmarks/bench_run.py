@@ -39,37 +39,7 @@ from ecomp.app.cli import CONF_DIR, check_overrides  # noqa: E402
 from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.app.pipeline import run_experiment  # noqa: E402
 from ecomp.timing import PhaseTimer  # noqa: E402
-
-
-def gemm_gflops(device: str, n: int = 2048, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    ts = []
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(ts) / 1e9
-
-
-def conv_gflops(device: str, reps: int = 5) -> float:
-    """One large convolution's rate (256x64x28x28 maps, 64 -> 64 channels, 3x3: ``bench_conv.py``'s)."""
-    x, w = torch.randn(256, 64, 28, 28, device=device), torch.randn(64, 64, 3, 3, device=device)
-    ts = []
-    for _ in range(reps + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        torch.nn.functional.conv2d(x, w, padding=1)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return 2 * 256 * 64 * 64 * 9 * 28 * 28 / statistics.median(ts[1:]) / 1e9
+from rates import conv_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
 
 
 class ProductCounter:

@@ -1,0 +1,63 @@
+"""The machine's reference rates, which the benchmarks quote their shares of.
+
+* :func:`conv_gflops`: one large convolution, 128 channels-last 28x28 maps of 64 channels, 64
+  filters of 3x3, with the process keeping freed memory as a run does
+  (:func:`ecomp.kernels.runtime.keep_freed_memory`). Its 25.7 MB output is under glibc's 32 MiB
+  ``mmap`` ceiling, so it is reused from the heap from call to call and the rate is oneDNN's
+  arithmetic. (The reference before 2026-12-06, 256 NCHW maps, wrote a 51 MB output that was
+  page-faulted in at every call: it measured 210-250 GFLOP/s where this one measures 430-490 on
+  the same machine in the same process; ``benchmarks/README.md``.)
+* :func:`gemm_gflops`: one 2048^3 float32 GEMM.
+
+Both are medians of ``repeats`` calls after one warm-up call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
+
+from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
+
+CONV = (128, 64, 28, 28, 64, 3)      # images, channels in, height, width, filters, kernel
+
+
+def _median(fn, device: str, repeats: int) -> float:
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    fn()
+    ts = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def conv_gflops(device: str = "cpu", repeats: int = 5) -> float:
+    keep_freed_memory()
+    n, c, h, w, f, k = CONV
+    x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(f, c, k, k, device=device).contiguous(memory_format=torch.channels_last)
+    s = _median(lambda: F.conv2d(x, wt, padding=k // 2), device, repeats)
+    return 2 * n * c * f * k * k * h * w / s / 1e9
+
+
+def gemm_gflops(device: str = "cpu", repeats: int = 5, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / _median(lambda: a @ b, device, repeats) / 1e9
+
+
+if __name__ == "__main__":
+    print(f"one large convolution {conv_gflops():.1f} GFLOP/s, one 2048^3 GEMM {gemm_gflops():.1f} GFLOP/s "
+          f"({torch.get_num_threads()} threads)")
