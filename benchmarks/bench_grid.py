@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere  # noqa: E402
 
 from bench_compare import git, shared_paths  # noqa: E402
+from rates import measured_apart  # noqa: E402
 
 AUTHORS_SECONDS = 536.0
 GRID = ["fitness=glob(*)", "seed=range(10)"]
@@ -108,6 +109,7 @@ def main() -> None:
     single = [o for o in args.overrides if not any(t in o.split("=", 1)[-1] for t in (",", "range(", "glob("))]
     overrides = shared_paths(single) + list(args.overrides)            # shared_paths composes: no sweeps
     trees: list[tuple[str, Path]] = []
+    print(f"machine before the grids: {measured_apart()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ecomp-grid-") as tmp:
         if args.rev:
             try:
@@ -133,6 +135,7 @@ def main() -> None:
             if args.rev:
                 git("worktree", "remove", "--force", str(Path(tmp) / "tree"))
                 git("worktree", "prune")
+    print(f"machine after the grids: {measured_apart()}")
     if len(results) == 2:
         (la, wa, aa), (lb, wb, ab) = results
         same = aa["accuracy"] == ab["accuracy"]

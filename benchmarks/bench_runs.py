@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from bench_overhead import measured_process     # this folder is the script's: sys.path[0]
+from rates import measured_apart
 
 ROOT = Path(__file__).resolve().parents[1]
 UNTRACKED = ["tracking.enabled=false"]
@@ -68,6 +69,7 @@ def main() -> None:
     cases = args.cases.split(",")
     if unknown := [c for c in cases if c not in CASES]:
         sys.exit(f"error: --cases {','.join(unknown)}: one of {', '.join(CASES)}")
+    print(f"machine before the runs: {measured_apart()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ecomp-runs-") as d:
         tmp = Path(d)
         trees = {"now": ROOT}
@@ -106,6 +108,7 @@ def main() -> None:
     if "mlp" in cases and "cnn" in cases:
         for t in trees:
             print(f"{t}: cnn/mlp whole process {med[t, 'cnn'][0] / med[t, 'mlp'][0]:.2f}x")
+    print(f"machine after the runs: {measured_apart()}")
 
 
 if __name__ == "__main__":

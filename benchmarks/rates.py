@@ -15,6 +15,7 @@ Both are medians of ``repeats`` calls after one warm-up call.
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,13 @@ def conv_gflops(device: str = "cpu", repeats: int = 5) -> float:
 def gemm_gflops(device: str = "cpu", repeats: int = 5, n: int = 2048) -> float:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     return 2 * n ** 3 / _median(lambda: a @ b, device, repeats) / 1e9
+
+
+def measured_apart() -> str:
+    """This file's one-line report from a fresh process (so that the caller's own timings share
+    nothing with it): for scripts that time whole processes (``bench_runs.py``, ``bench_grid.py``)."""
+    res = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600)
+    return res.stdout.strip() or f"rates.py failed: {res.stderr.strip().splitlines()[-1:]}"
 
 
 if __name__ == "__main__":
