@@ -12,15 +12,17 @@ Beside each pass, the same arithmetic as bare GEMMs at the population's own shap
 
 Three populations: the initial one (100 keep ratios: 100 architectures, as generation 0 is) and
 two of a single architecture (keep 0.55 and keep 0.9: what evolution converges to; scenario 121
-ends near 0.9 of the units). ``--baseline``: that commit's ``ecomp/kernels/conv_forward.py``
-(read with ``git show``) timed on the same populations in the same process. The process keeps
+ends near 0.9 of the units). ``--baseline``: that commit's grouped pass on the same populations, built and
+timed by its own code in a worktree of it (a child process, before this checkout's), its share
+taken of the reference rate measured here. The process keeps
 freed memory as a run does (:func:`ecomp.kernels.runtime.keep_freed_memory`). Medians of the repeats.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -105,16 +107,56 @@ def block_sizes(pops: dict, x, repeats: int) -> None:
         conv_forward.BLOCK_ELEMENTS = default
 
 
-def baseline_module(commit: str):
-    """``ecomp/kernels/conv_forward.py`` as it was at ``commit``, loaded as a module."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:ecomp/kernels/conv_forward.py"],
-                          check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="ecomp-conv-")) / "conv_forward_baseline.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("conv_forward_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BASELINE_CHILD = """
+import json, statistics, sys, time
+import torch
+from ecomp.core.initialiser import l1_population
+from ecomp.kernels import conv_forward
+from ecomp.nets import convnet
+try:
+    from ecomp.nets.net_population import NetPopulation as Pop
+except ImportError:                                  # before 2026-12-05 evening
+    from ecomp.nets.conv_population import ConvPopulation as Pop
+try:
+    from ecomp.kernels.runtime import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
+batch, size, repeats = (int(v) for v in sys.argv[1:4])
+torch.manual_seed(0)
+plan = convnet.lenet5((1, 28, 28), 10)
+parent = convnet.from_module(convnet.build_module(plan), plan)
+x = torch.rand(batch, 784)
+def converged(keep):
+    member = l1_population(parent, 1, keep, keep).members[0]
+    return Pop(plan, [member] * size).take(list(range(size)))
+out = {}
+for name, pop in (("initial", l1_population(parent, size, 0.9, 0.207)), ("0.55", converged(0.55)), ("0.9", converged(0.9))):
+    conv_forward.forward_grouped(pop, x)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter(); conv_forward.forward_grouped(pop, x); ts.append(time.perf_counter() - t)
+    out[name] = statistics.median(ts)
+print(json.dumps(out))
+"""
+
+
+def baseline_seconds(commit: str, batch: int, size: int, repeats: int) -> dict[str, float]:
+    """That commit's grouped pass on the same three populations, built and timed by its own code
+    (a git worktree of it, in a child process of this Python): ``{"initial", "0.55", "0.9"}`` ->
+    median seconds. Its population classes and modules are its own, so any commit with the
+    grouped pass serves."""
+    with tempfile.TemporaryDirectory(prefix="ecomp-conv-") as d:
+        tree = Path(d) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True,
+                       capture_output=True)
+        try:
+            res = subprocess.run([sys.executable, "-c", BASELINE_CHILD, str(batch), str(size), str(repeats)],
+                                 cwd=tree, capture_output=True, text=True, check=True,
+                                 env={**os.environ, "PYTHONPATH": str(tree)})
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -126,7 +168,7 @@ def main() -> None:
     ap.add_argument("--blocks", action="store_true", help="time the first stage per block size instead")
     args = ap.parse_args()
     keep_freed_memory()
-    baseline = baseline_module(args.baseline) if args.baseline else None
+    baseline = baseline_seconds(args.baseline, args.batch, args.size, args.repeats) if args.baseline else None
     torch.manual_seed(0)
     plan = convnet.lenet5((1, 28, 28), 10)
     parent = convnet.from_module(convnet.build_module(plan), plan)
@@ -145,11 +187,12 @@ def main() -> None:
     print(f"one large convolution ({'x'.join(map(str, CONV[:4]))} -> {CONV[4]}, {CONV[5]}x{CONV[5]}, channels-last; "
           f"rates.py): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s")
     print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped "
-          "| GEMMs at its shapes | their GFLOP/s | grouped/GEMMs |" + (" baseline grouped | baseline/now |" if baseline else ""))
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if baseline else ""))
+          "| GEMMs at its shapes | their GFLOP/s | grouped/GEMMs |" + (" baseline grouped | its share | baseline/now |" if baseline else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if baseline else ""))
     flop, seconds, bound = {}, {}, {}
-    for name, pop in (("initial (100 architectures)", initial), ("one architecture, keep 0.55", converged(0.55)),
-                      ("one architecture, keep 0.9", converged(0.9))):
+    for key, name, pop in (("initial", "initial (100 architectures)", initial),
+                           ("0.55", "one architecture, keep 0.55", converged(0.55)),
+                           ("0.9", "one architecture, keep 0.9", converged(0.9))):
         flops = 2 * args.batch * float(pop.sizes("macs").sum())
         loop = median_seconds(lambda: conv_forward.forward_loop(pop, x), args.repeats)
         grouped = median_seconds(lambda: conv_forward.forward_grouped(pop, x), args.repeats)
@@ -159,8 +202,8 @@ def main() -> None:
                f"{flops / grouped / 1e9 / conv:.2f} | {loop / grouped:.2f}x | {gemms * 1e3:.1f} ms | "
                f"{flops / gemms / 1e9:.1f} | {grouped / gemms:.2f}x |")
         if baseline:
-            before = median_seconds(lambda: baseline.forward_grouped(pop, x), args.repeats)
-            row += f" {before * 1e3:.1f} ms | {before / grouped:.2f}x |"
+            before = baseline[key]
+            row += f" {before * 1e3:.1f} ms | {flops / before / 1e9 / conv:.2f} | {before / grouped:.2f}x |"
         print(row, flush=True)
     print(f"parent MACs {plan_size(plan, 'macs')}")
     if args.size == 100 and args.batch == 100:
