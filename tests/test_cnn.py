@@ -145,11 +145,11 @@ def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, 
             seen["conv"].append(h.numel())
         return relu_pool(plan, l, h, out)
 
-    def first_pool_spy(plan, h, b, out):
-        seen["conv"].append(h.numel())
-        seen["images"].append(h.shape[0])
-        seen["block"].append(h.numel())
-        return first_pool(plan, h, b, out)
+    def first_pool_spy(plan, block, n, window, b, out):
+        seen["conv"].append(block.numel())
+        seen["images"].append(n)
+        seen["block"].append(block.numel())
+        return first_pool(plan, block, n, window, b, out)
 
     with monkeypatch.context() as m:
         m.setattr(conv_forward, "_first_stage", first_spy)

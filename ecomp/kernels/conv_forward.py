@@ -75,27 +75,25 @@ def _relu_pool(plan: ConvPlan, l: int, h: Tensor, out: Tensor | None = None) -> 
     return h if out is None else out.copy_(h)
 
 
-def _first_conv(patches: Tensor, w: Tensor, n: int, ho: int, wo: int, out: Tensor) -> Tensor:
-    """The first convolution of every filter in ``w`` at once, without its bias, as one GEMM of
-    ``n`` images' patches ``(n * ho * wo, C*k*k)`` by all filters into ``out`` (a reused buffer of
-    at least that many rows), read channels-last: the input has one or three channels, where a
-    direct convolution runs well below the machine's GEMM speed."""
-    o = torch.mm(patches, w.reshape(w.shape[0], -1).T, out=out[:patches.shape[0]])
-    return o.view(n, ho, wo, -1).permute(0, 3, 1, 2)                    # (n, filters, H, W), channels-last
-
-
-def _bias_relu_pool(plan: ConvPlan, h: Tensor, b: Tensor, out: Tensor) -> None:
-    """Stage 0's bias, ReLU and pooling of a bias-free ``h`` into ``out`` (channels-last). A
-    max-pool (or none) runs first and the bias is added to the pooled maps, ``k * k`` times fewer
-    values: adding a per-channel constant and the ReLU are both monotonic, so max-pooling commutes
-    with them exactly (float rounding is monotonic too). An average pool takes the bias first."""
+def _bias_relu_pool(plan: ConvPlan, block: Tensor, n: int, window: int, b: Tensor, out: Tensor) -> None:
+    """Stage 0's bias, ReLU and pooling of ``n`` images' bias-free convolution rows ``block``
+    (as :func:`_window_patches` orders them) into ``out`` (channels-last). A max-pool (or none)
+    runs first, as one maximum over the window's slabs, and the bias is added to the pooled
+    maps, ``k * k`` times fewer values: adding a per-channel constant and the ReLU are both
+    monotonic, so max-pooling commutes with them exactly (float rounding is monotonic too). An
+    average pool takes the bias first."""
     s = plan.stages[0]
+    f = block.shape[1]
+    o = out.permute(0, 2, 3, 1)                                          # (n, H', W', f), contiguous
     if s.pool in (None, "max"):
-        _max_pool(h, s.pool_size if s.pool else 1, out)
-        o = out.permute(0, 2, 3, 1)                                      # (n, H', W', c), contiguous
+        if window == 1:
+            o.copy_(block.view(o.shape))
+        else:
+            torch.amax(block.view(n, window * window, -1, f), 1, out=o.view(n, -1, f))
         o.add_(b).relu_()
         return
-    h.add_(b.view(1, -1, 1, 1))
+    _, hh, ww = plan.maps()[0]
+    h = block.view(n, hh, ww, f).permute(0, 3, 1, 2).add_(b.view(1, -1, 1, 1))
     _relu_pool(plan, 0, h, out)
 
 
@@ -146,28 +144,47 @@ def _parts(pop: NetPopulation, order: list[int], per_unit: int, n_images: int) -
         start = end
 
 
+def _window_patches(x4: Tensor, plan: ConvPlan) -> tuple[Tensor, int, int]:
+    """Stage 0's image patches ``(n * rows, C*k*k)`` and ``(rows per image, pooling window)``.
+    Before a ``p x p`` max-pool, each image's rows are the output positions window-major,
+    ``(dy, dx, y', x')`` with ``y' < H/p, x' < W/p``: the ``p * p`` positions of every window are
+    ``p * p`` contiguous slabs of rows, and the pool is one maximum over them. Positions the pool
+    drops (the last rows or columns of an odd size) are left out. Otherwise row-major ``(y, x)``
+    and a window of 1."""
+    s = plan.stages[0]
+    n, k = x4.shape[0], s.kernel
+    _, hh, ww = plan.maps()[0]
+    cols = F.unfold(x4, k, padding=s.padding, stride=s.stride)                  # (n, K, H*W)
+    if s.pool != "max" or s.pool_size == 1:
+        return cols.transpose(1, 2).reshape(n * hh * ww, -1), hh * ww, 1
+    p = s.pool_size
+    ph, pw = hh // p, ww // p
+    win = cols.view(n, -1, hh, ww)[:, :, :ph * p, :pw * p].reshape(n, -1, ph, p, pw, p)
+    return win.permute(0, 3, 5, 2, 4, 1).reshape(n * p * p * ph * pw, -1), p * p * ph * pw, p
+
+
 @torch.no_grad()
 def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[tuple[list[int], Tensor]]:
     """Stage 0 (a convolution) of individuals ``order``, chunk by chunk: ``(individuals, their
     pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
     ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too."""
     plan, s = pop.plan, pop.plan.stages[0]
-    n, k = x4.shape[0], s.kernel
+    n = x4.shape[0]
     _, hh, ww = plan.maps()[0]
     ph, pw = (hh // s.pool_size, ww // s.pool_size) if s.pool else (hh, ww)
-    patches = F.unfold(x4, k, padding=s.padding, stride=s.stride).transpose(1, 2).reshape(n * hh * ww, -1)
+    patches, rows, window = _window_patches(x4, plan)
     for part in _parts(pop, order, n * ph * pw, n):
         w = torch.cat([pop.members[i][0][0] for i in part])
         b = torch.cat([pop.members[i][0][1] for i in part])
         f = w.shape[0]
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)             # channels-last
         per_block = min(MAX_ELEMENTS, BLOCK_ELEMENTS * torch.get_num_threads())
-        m = max(1, per_block // (f * hh * ww))                                              # images per block
-        buffer = x4.new_empty(min(n, m) * hh * ww, f)
+        m = max(1, per_block // (f * rows))                                               # images per block
+        buffer = x4.new_empty(min(n, m) * rows, f)
         for i in range(0, n, m):
             j = min(n, i + m)
-            block = _first_conv(patches[i * hh * ww:j * hh * ww], w, j - i, hh, ww, buffer)
-            _bias_relu_pool(plan, block, b, out[i:j])
+            block = torch.mm(patches[i * rows:j * rows], w.reshape(f, -1).T, out=buffer[:(j - i) * rows])
+            _bias_relu_pool(plan, block, j - i, window, b, out[i:j])
         yield part, out
 
 
