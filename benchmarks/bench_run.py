@@ -120,6 +120,29 @@ def print_floors(device: str, forward: float, grams: float, med: dict, evaluatio
               f"({1e3 * med['similarity'] / evaluations:.1f} ms per evaluation)")
 
 
+PRODUCTS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::mkldnn_convolution",
+            "aten::_slow_conv2d_forward", "aten::thnn_conv2d")
+
+
+def print_products(cfg, total: float) -> None:
+    """One more run under ``torch.profiler``: the seconds its GEMMs and convolutions took as
+    calls of their own (each product at the rate the libraries reach at its shape), beside the
+    run's length without the profiler. What is left of the run is everything else the
+    algorithm does (pooling, ReLUs, copies, the similarity's search, the operators, set-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        run_experiment(cfg)
+        profiled = time.perf_counter() - t
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PRODUCTS}
+    top = sorted(((e.self_cpu_time_total / 1e6, e.key) for e in prof.key_averages()), reverse=True)[:8]
+    print(f"products (one more run, {profiled:.2f} s under the profiler, {total:.2f} s without): "
+          f"{sum(ops.values()):.2f} s in GEMMs and convolutions ("
+          + ", ".join(f"{k.removeprefix('aten::')} {v:.2f}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
+          + "); the largest ops by own seconds: " + ", ".join(f"{k.removeprefix('aten::')} {v:.2f}" for v, k in top))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="20 generations instead of 100")
@@ -127,6 +150,8 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when available)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the reference-path baseline")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (a long ResNet run)")
+    ap.add_argument("--products", action="store_true",
+                    help="one more run under torch.profiler: the products' own seconds (CPU)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
 
@@ -187,6 +212,8 @@ def bench_device(args, device: str) -> None:
                  med, evaluations)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak memory (max RSS of this process): {peak:.2f} GiB")
+    if args.products and device == "cpu":
+        print_products(cfg, total)
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB")
     if not args.no_baseline:

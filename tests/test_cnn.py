@@ -12,7 +12,7 @@ from torch import nn
 
 from ecomp.core.initialiser import l1_population
 from ecomp.core.recombination import draw_cuts
-from ecomp.kernels import conv_forward
+from ecomp.kernels import c_library, conv_forward
 from ecomp.methods.pruning import structured_prune
 from ecomp.nets import convnet
 from ecomp.nets.net_population import NetPopulation
@@ -121,6 +121,25 @@ def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):
             torch.testing.assert_close(distances(b), distances(a), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.skipif(not c_library.available(), reason="the C library does not build here")
+@settings(max_examples=15, deadline=None)
+@given(plans(), st.booleans(), st.integers(1, 3))
+def test_the_c_copies_give_the_grouped_pass_its_own_bits(plan, converged, images):
+    """The per-individual copies of the maps by the C library (the run's CPU path) and by torch:
+    every logit and every representation equal, bit for bit (mixed widths, runs of one
+    architecture, odd channel counts, the chunked first stage)."""
+    pop = l1_population(random_net(plan), 8, 0.9, 0.3)
+    if converged:
+        pop = NetPopulation(plan, [pop.members[i // 3] for i in range(8)]).take(list(range(8)))
+    x = torch.rand(7 * images, 144)
+    torch_logits, torch_hidden = conv_forward.forward_grouped(pop, x, "flat", native=False)
+    c_logits, c_hidden = conv_forward.forward_grouped(pop, x, "flat", native=True)
+    assert torch.equal(c_logits, torch_logits)
+    for layer_t, layer_c in zip(torch_hidden, c_hidden, strict=True):
+        for a, b in zip(layer_t, layer_c, strict=True):
+            assert torch.equal(a, b)
+
+
 def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, block: int | None = None):
     """``forward_grouped(pop, x)`` under a budget of ``budget`` floats (``block`` for a block of
     the first convolution; default the same), watched: the individuals
@@ -136,9 +155,9 @@ def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, 
             seen["first"].append(len(part))
             yield part, h
 
-    def later_spy(pop_, members, h, features):
+    def later_spy(pop_, members, h, features, native=False):
         seen["later"].append(len(members))
-        return later(pop_, members, h, features)
+        return later(pop_, members, h, features, native)
 
     def relu_pool_spy(plan, l, h, out=None):
         if l > 0 and plan.stages[l].kind == "conv":                     # stage 0: first_pool_spy

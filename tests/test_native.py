@@ -261,3 +261,21 @@ def test_tsne_on_wide_feature_maps_matches_scikit_learn():
                         dtype=torch.float64)
     assert torch.allclose(got.double(), want, rtol=1e-3, atol=1e-4)
     assert abs(float(measure.score([[parent[0]], [parent[1]]], None, states, n)[0, 0])) < 1e-5
+
+
+@pytest.mark.parametrize("g,c,pad,offset", [(1, 1, 0, 0), (3, 5, 2, 1), (7, 3, 0, 4), (4, 6, 5, 0)])
+def test_gather_runs_copies_each_individuals_channels(g, c, pad, offset):
+    """``gather_runs`` is ``copy_`` of a channels-last map's per-individual runs: rows of ``g * c``
+    values ``g * c + pad`` floats apart, starting ``offset`` floats in, bit for bit."""
+    rows = 37
+    base = torch.randn(rows, offset + g * c + pad)
+    src = base[:, offset:offset + g * c].view(rows, g, c).permute(1, 0, 2)          # (g, rows, c)
+    dst = torch.full((g, rows, c), float("nan"))
+    native.gather_runs(dst, src)
+    assert torch.equal(dst, src.contiguous())
+
+
+def test_gather_runs_refuses_a_layout_it_cannot_read():
+    src = torch.randn(4, 5, 3)                                   # individuals 15 floats apart, not 3
+    with pytest.raises(ValueError, match="gather_runs"):
+        native.gather_runs(torch.empty(4, 5, 3), src)

@@ -161,7 +161,7 @@ class Evaluator:
                                                   backend=self.backend)
             else:
                 with in_precision(self.precision, x.device):
-                    logits, hidden, stacked = net_forward.forward(pop, x, self.features)
+                    logits, hidden, stacked = net_forward.forward(pop, x, self.features, backend=self.backend)
                 hidden = _as_float(hidden, self.precision)
         n = self.batches[ks[0]][0].shape[0]
         sims = accs = [zeros] * len(ks)

@@ -1,7 +1,8 @@
 """The C library behind :mod:`ecomp.kernels.native`: compiled on first use, loaded with :mod:`ctypes`.
 
-``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies
-(``benchmarks/bench_kernels.py`` times both against the PyTorch code).
+``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies and a
+convolutional population's per-individual feature copies (``benchmarks/bench_kernels.py`` and
+``benchmarks/bench_conv.py`` time them against the PyTorch code).
 
 How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/kernels/csrc`` once
 into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
@@ -44,7 +45,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 9
+ABI_VERSION = 10
 ISAS = ("auto", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -138,6 +139,8 @@ def _build() -> ctypes.CDLL:
                                             ctypes.c_int64, *[_i64] * 4, ctypes.c_int64, _i64, ctypes.c_int,
                                             ctypes.c_int]
     lib.ecomp_recombine_inplace.restype = None
+    lib.ecomp_gather_runs.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_int]
+    lib.ecomp_gather_runs.restype = None
     return lib
 
 

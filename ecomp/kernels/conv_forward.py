@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ecomp.kernels import native as native_kernels
+from ecomp.kernels.backend import Backend
 from ecomp.nets import convnet
 from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.convnet import ConvPlan
@@ -110,13 +112,28 @@ def _copy(dst: Tensor, src: Tensor) -> Tensor:
     return dst.copy_(src)
 
 
-def _flat_features(h: Tensor, g: int, features: str) -> list[Tensor]:
-    """Per individual of a channels-last ``(n, g*c, H, W)`` block: its maps as ``(n, features)`` rows."""
+def _pixel_rows(h: Tensor) -> Tensor | None:
+    """A channels-last ``(n, C, H, W)`` map as ``(n * H * W, C)`` rows (a view), or None where
+    its pixels are not evenly spaced (a slice of images or rows of a larger map)."""
+    n, c, hh, ww = h.shape
+    if h.stride(1) != 1 or h.stride(2) != ww * h.stride(3) or h.stride(0) != hh * h.stride(2):
+        return None
+    return h.as_strided((n * hh * ww, c), (h.stride(3), 1))
+
+
+def _flat_features(h: Tensor, g: int, features: str, native: bool = False) -> list[Tensor]:
+    """Per individual of a channels-last ``(n, g*c, H, W)`` block: its maps as ``(n, features)`` rows.
+    ``native``: the copy by the C library (:func:`ecomp.kernels.native.gather_runs`, the same
+    bits) where the block's pixels are evenly spaced rows of float32 channels."""
     n, gc, hh, ww = h.shape
     c = gc // g
     if features == "flat":               # (n, H, W, g, c) in memory -> (g, n, H*W*c)
         per = h.new_empty(g, n, hh * ww, c)
-        _copy(per, h.permute(0, 2, 3, 1).view(n, hh * ww, g, c).permute(2, 0, 1, 3))
+        rows = _pixel_rows(h) if native and h.dtype == torch.float32 else None
+        if rows is not None:
+            native_kernels.gather_runs(per.view(g, -1, c), rows.view(-1, g, c).permute(1, 0, 2))
+        else:
+            _copy(per, h.permute(0, 2, 3, 1).view(n, hh * ww, g, c).permute(2, 0, 1, 3))
         per = per.view(g, n, -1)
     else:
         per = h.mean((2, 3)).view(n, g, c).transpose(0, 1)
@@ -189,7 +206,8 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[t
 
 
 @torch.no_grad()
-def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str) -> tuple[Tensor, list[list[Tensor]]]:
+def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, native: bool = False
+           ) -> tuple[Tensor, list[list[Tensor]]]:
     """Stages 1 on of individuals ``members`` (one architecture) from their stage-0 outputs ``h``
     ``(n, g*u, H, W)``: logits ``(g, n, classes)`` and each later prunable stage's outputs."""
     plan, g, n = pop.plan, len(members), h.shape[0]
@@ -203,7 +221,7 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str) -> 
             w = torch.cat(ws).contiguous(memory_format=torch.channels_last)
             h = F.conv2d(h.contiguous(memory_format=torch.channels_last), w, b, s.stride, s.padding, 1, g)
             h = _relu_pool(plan, l, h)
-            acts.append(_flat_features(h, g, features))
+            acts.append(_flat_features(h, g, features, native))
             continue
         if h.dim() == 4:                                               # the Flatten: (g, n, u*h*w)
             h = h.reshape(n, g, -1).transpose(0, 1)
@@ -215,9 +233,11 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str) -> 
 
 
 @torch.no_grad()
-def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
+def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", native: bool = False
+                    ) -> tuple[Tensor, list[list[Tensor]]]:
     """:func:`forward_loop`'s results, one batch per architecture (in chunks). A first stage
-    that is a convolution runs for the whole population at once (:func:`_first_stage`)."""
+    that is a convolution runs for the whole population at once (:func:`_first_stage`).
+    ``native``: the per-individual copies of the maps by the C library (the same bits)."""
     plan, n = pop.plan, x.shape[0]
     x4 = x.view(n, *plan.in_shape)
     logits = x.new_empty(pop.size, n, pop.classes)
@@ -239,7 +259,7 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tu
             h0 = h[:, channel:channel + len(run) * units[0]]
             channel += len(run) * units[0]
             start = end
-            flat = _flat_features(h0, len(run), features)
+            flat = _flat_features(h0, len(run), features, native)
             for i, a in zip(run, flat):
                 hidden[0][i] = a
             if features == "flat" and len(run) == 1:     # its copy is h0, contiguous: the later stages read it
@@ -247,7 +267,7 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tu
             step = _chunk(plan, units, n, len(run))
             for s in range(0, len(run), step):
                 sub = run[s:s + step]
-                out, acts = _later(pop, sub, h0[:, s * units[0]:(s + len(sub)) * units[0]], features)
+                out, acts = _later(pop, sub, h0[:, s * units[0]:(s + len(sub)) * units[0]], features, native)
                 logits[sub] = out.to(logits.dtype)     # bfloat16 under evolution.precision=bfloat16
                 for l in range(1, n_stages):
                     for j, i in enumerate(sub):
@@ -255,8 +275,12 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat") -> tu
     return logits, hidden
 
 
-def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool = True
-            ) -> tuple[Tensor, list[list[Tensor]], None]:
-    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks)."""
-    logits, hidden = (forward_grouped if grouped else forward_loop)(pop, x, features)
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool = True,
+            backend: Backend | None = None) -> tuple[Tensor, list[list[Tensor]], None]:
+    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no
+    stacks). ``backend``: the run's; its ``native_copies`` make the grouped pass's copies C's."""
+    if not grouped:
+        logits, hidden = forward_loop(pop, x, features)
+    else:
+        logits, hidden = forward_grouped(pop, x, features, native=backend is not None and backend.native_copies)
     return logits, hidden, None

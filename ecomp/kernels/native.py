@@ -260,6 +260,23 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
                         torch.get_num_threads() if lib.ecomp_openmp() else 1)
 
 
+def gather_runs(dst: Tensor, src: Tensor) -> Tensor:
+    """``dst.copy_(src)`` for ``src`` a ``(g, rows, c)`` view whose rows are ``src.stride(1)``
+    floats apart, individuals ``c`` floats apart and values contiguous (a channels-last map's
+    ``(rows, g * c)`` runs per individual), into a contiguous ``dst`` of that shape: one pass
+    in C (``ecomp_gather_runs``), bit for bit torch's copy. Both float32 on the CPU."""
+    g, rows, c = src.shape
+    if (dst.shape != src.shape or not dst.is_contiguous() or src.dtype != torch.float32
+            or dst.dtype != torch.float32 or src.device.type != "cpu" or dst.device.type != "cpu"
+            or (g > 1 and src.stride(0) != c) or (c > 1 and src.stride(2) != 1)):
+        raise ValueError(f"gather_runs: expected float32 CPU (g, rows, c) views with individuals c apart "
+                         f"and a contiguous destination, got {tuple(src.shape)} strides {src.stride()}")
+    lib = load()
+    lib.ecomp_gather_runs(dst.data_ptr(), src.data_ptr(), rows, src.stride(1), g, c,
+                          torch.get_num_threads() if lib.ecomp_openmp() else 1)
+    return dst
+
+
 def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int], donors: list[int],
                       cuts: list[int], stream: bool = False) -> None:
     """One layer of crossover children written over their parents' storage, for a population of

@@ -6,12 +6,15 @@ from __future__ import annotations
 from torch import Tensor
 
 from ecomp.kernels import conv_forward, res_forward
+from ecomp.kernels.backend import Backend
 from ecomp.nets.net_population import NetPopulation
 
 FORWARDS = {"cnn": conv_forward.forward, "resnet": res_forward.forward}
 
 
-def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]], None]:
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat", backend: Backend | None = None
+            ) -> tuple[Tensor, list[list[Tensor]], None]:
     """Logits ``(pop, batch, classes)`` and ``hidden[l][i]`` (individual ``i``'s representation
-    ``l`` as ``(batch, features)``), as the kind's grouped pass computes them."""
-    return FORWARDS[pop.plan.kind](pop, x, features)
+    ``l`` as ``(batch, features)``), as the kind's grouped pass computes them, on the paths the
+    run's ``backend`` chooses (None: PyTorch's alone)."""
+    return FORWARDS[pop.plan.kind](pop, x, features, backend=backend)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ecomp.kernels.backend import Backend
 from ecomp.nets import resnet
 from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.resnet import ResPlan
@@ -86,10 +87,10 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", chann
     return logits, hidden
 
 
-def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool | None = None
-            ) -> tuple[Tensor, list[list[Tensor]], None]:
-    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks).
-    ``grouped``: None = on a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool | None = None,
+            backend: Backend | None = None) -> tuple[Tensor, list[list[Tensor]], None]:
+    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks;
+    ``backend`` chooses nothing here: both ways are PyTorch's). ``grouped``: None = on a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64
     channels 1.7-2.5x faster one network at a time than as grouped convolutions, on the initial
     population and on converged ones alike (``benchmarks/bench_resnet.py``)."""
     if grouped is None:

@@ -119,3 +119,27 @@ void ecomp_recombine_inplace(int64_t n, int64_t w_addr, int64_t b_addr, int64_t 
         }
     }
 }
+
+/* The per-individual runs of a map whose rows hold g individuals' c values each:
+ *   dst[j, r, :c] = src[r * src_ld + j * c : ... + c]   for j < g, r < rows
+ * (dst is g contiguous blocks of rows x c floats; src rows are src_ld floats apart). A
+ * convolutional population's channels-last maps regrouped per individual for the similarity:
+ * runs of 3 or 5 channels, where torch's strided copy moves a float at a time. Rows go to
+ * `nthreads` OpenMP threads in blocks, each block read once from src, while it is in cache,
+ * into every individual's block. Plain copies: bit for bit those of torch. */
+void ecomp_gather_runs(int64_t dst_addr, int64_t src_addr, int64_t rows, int64_t src_ld, int64_t g, int64_t c,
+                       int nthreads) {
+    float *dst = (float *)(intptr_t)dst_addr;
+    const float *src = (const float *)(intptr_t)src_addr;
+    const int64_t block = 64;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+        const int64_t r1 = r0 + block < rows ? r0 + block : rows;
+        for (int64_t j = 0; j < g; j++) {
+            float *d = dst + (j * rows + r0) * c;
+            const float *s = src + r0 * src_ld + j * c;
+            for (int64_t r = r0; r < r1; r++, d += c, s += src_ld)
+                for (int64_t k = 0; k < c; k++) d[k] = s[k];
+        }
+    }
+}
