@@ -19,6 +19,7 @@ flat images ``(n, C*H*W)``, as every dataset here gives them; the module form st
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
@@ -67,8 +68,10 @@ class ConvPlan:
         return tuple(s.out for s in self.stages[:-1])
 
     def with_units(self, units: tuple[int, ...]) -> "ConvPlan":
-        """The same structure with ``units[l]`` units in prunable stage ``l``."""
-        return replace(self, stages=tuple(replace(s, out=u) for s, u in zip(self.stages, units)) + self.stages[-1:])
+        """The same structure with ``units[l]`` units in prunable stage ``l`` (plans are immutable,
+        so one object per plan and units is kept: a run asks for the same few hundreds of times
+        per generation)."""
+        return _with_units(self, tuple(int(u) for u in units))
 
     def maps(self) -> list[tuple[int, int, int]]:
         """Per stage: ``(units, height, width)`` of its output before its pooling (``1, 1`` for linear)."""
@@ -392,8 +395,14 @@ def macs(plan: ConvPlan) -> int:
                for s, n_in, (_, h, w) in zip(plan.stages, plan.inputs(), plan.maps()))
 
 
+@functools.lru_cache(maxsize=4096)
+def _with_units(plan: ConvPlan, units: tuple[int, ...]) -> ConvPlan:
+    return replace(plan, stages=tuple(replace(s, out=u) for s, u in zip(plan.stages, units)) + plan.stages[-1:])
+
+
+@functools.lru_cache(maxsize=4096)
 def plan_size(plan: ConvPlan, kind: str) -> int:
-    """The ``kind`` size of a convolutional network of ``plan``."""
+    """The ``kind`` size of a convolutional network of ``plan`` (kept per plan and kind)."""
     if kind == "units":
         return sum(plan.units)
     if kind == "params":
