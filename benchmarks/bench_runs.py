@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--baseline", default=None, help="a commit to measure beside this checkout")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the untimed first run of each tree (for long cases such as resnet)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. threads=1)")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -77,7 +79,7 @@ def main() -> None:
             trees = {"baseline": worktree(args.baseline, tmp), "now": ROOT}
         times = {(t, c): [] for t in trees for c in cases}
         try:
-            for tree in trees.values():                   # warm-up: page cache, C library, stores' schemas
+            for tree in trees.values() if not args.no_warmup else ():   # page cache, C library, stores' schemas
                 one(tree, cases[0], tmp, args.overrides)
             for k in range(args.rounds):
                 for case in cases:

@@ -57,6 +57,31 @@ def test_the_grouped_pass_is_the_per_network_loop(features, channels_last):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("features", ["flat", "pooled"])
+@pytest.mark.parametrize("plan_args", [None, ((3, 12, 10), 10, 14, (4, 8, 8), 7, 2, 3, 3)],
+                         ids=["resnet8", "rgb-stride2-pool"])
+def test_the_cpu_pass_is_the_per_network_loop(features, plan_args):
+    """``forward_each`` (the stem on shared patches, the projections as products on the strided
+    pixels) against the oracle, on mixed widths: ResNet-8, and a deeper one on 3-channel 12x10
+    images whose 7x7 stride-2 stem is max-pooled (torchvision's)."""
+    if plan_args is None:
+        parent = resnet8(5)
+    else:
+        image, classes, depth, widths, k, stride, pad, pool = plan_args
+        plan = replace(cifar_resnet(image, classes, depth, widths), stem_kernel=k, stem_stride=stride,
+                       stem_padding=pad, stem_pool=pool)
+        torch.manual_seed(6)
+        parent = plan.network(plan.build(batchnorm=False))
+    pop = l1_population(parent, 6, 1.0, 0.4).take([0, 3, 3, 5, 1, 2])
+    x = torch.rand(9, parent.in_features, generator=gen(3))
+    want_logits, want_hidden = res_forward.forward_loop(pop, x, features)
+    got_logits, got_hidden, _ = res_forward.forward(pop, x, features)         # the CPU's default
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    for got, want in zip(got_hidden, want_hidden, strict=True):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_a_chunked_grouped_pass_is_the_same(monkeypatch):
     parent = resnet8(4)
     pop = l1_population(parent, 5, 0.8, 0.8)
