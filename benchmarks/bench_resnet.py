@@ -1,12 +1,13 @@
-"""The residual population's forward pass: the per-network loop (the CPU's default and the
-oracle) against the grouped pass (one batch per architecture, channels-last; a GPU's default), on
-ResNet populations of ``parent=resnet``'s shape, with the loop's GFLOP/s and their share of one
-large convolution's rate, measured in the same process.
+"""The residual population's forward pass: the per-network loop (the oracle), the CPU's default
+(``each``: one network at a time, its stem and projections as products) and the grouped pass (one
+batch per architecture, channels-last; a GPU's default), on ResNet populations of
+``parent=resnet``'s shape, with the default's GFLOP/s and their share of one large convolution's
+rate (``rates.py``), measured in the same process.
 
     python benchmarks/bench_resnet.py                    # ResNet-8 (16, 32, 64) on 28x28, batch 100
     python benchmarks/bench_resnet.py --threads 1 --repeats 3
     python benchmarks/bench_resnet.py --depth 20 --widths 16,32,64
-    python benchmarks/bench_resnet.py --profile          # then where one loop pass at keep 0.9 spends its time
+    python benchmarks/bench_resnet.py --profile          # then where one default pass at keep 0.9 spends its time
 
 Three populations, as in ``bench_conv.py``: the initial one (100 keep ratios from 0.9 to 0.207:
 100 architectures) and two of one architecture (keep 0.55 and 0.9: what evolution converges
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--profile", action="store_true", help="torch.profiler's table of one loop pass at keep 0.9")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler's table of one default pass at keep 0.9")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,8 +81,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
           f"batch {args.batch}; one large convolution (rates.py): {conv:.1f} GFLOP/s")
     conv_rates(args.repeats)
-    print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'nchw s':>9}{'grouped s':>10}{'loop/grp':>9}"
-          f"{'loop GFLOP/s':>13}{'share':>7}{'bf16 s':>8}")
+    print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'each s':>9}{'loop/each':>10}{'nchw s':>9}{'grouped s':>10}"
+          f"{'each GFLOP/s':>13}{'share':>7}{'bf16 s':>8}")
     pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
             "keep 0.55 (1 arch)": l1_population(parent, args.size, 0.55, 0.55),
             "keep 0.9 (1 arch)": l1_population(parent, args.size, 0.9, 0.9)}
@@ -90,13 +91,14 @@ def main() -> None:
     for name, pop in pops.items():
         macs = float(pop.sizes("macs").sum())
         loop = median_seconds(lambda: res_forward.forward_loop(pop, x, "flat"), args.repeats)
+        each = median_seconds(lambda: res_forward.forward_each(pop, x, "flat"), args.repeats)
         nchw = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat", channels_last=False), args.repeats)
         grouped = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat"), args.repeats)
         bf16 = median_seconds(lambda: loop_bf16(pop, x), args.repeats)
-        rate = 2 * macs * args.batch / loop / 1e9
-        seconds[name], flop[name] = loop, 2 * macs * args.batch
-        print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{nchw:>9.3f}{grouped:>10.3f}"
-              f"{loop / grouped:>9.2f}{rate:>13.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
+        rate = 2 * macs * args.batch / each / 1e9
+        seconds[name], flop[name] = each, 2 * macs * args.batch
+        print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{each:>9.3f}{loop / each:>10.2f}{nchw:>9.3f}"
+              f"{grouped:>10.3f}{rate:>13.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
 
     run_floor(flop, seconds, conv, args)
     if args.profile:
@@ -104,14 +106,14 @@ def main() -> None:
 
 
 def profile(pop, x: torch.Tensor) -> None:
-    """Each operator's share of one loop pass, by input shape (a convolution's rate follows from
+    """Each operator's share of one default pass (``forward_each``), by input shape (a convolution's rate follows from
     its shapes: ``2 * batch * out_h * out_w * out_c * in_c * k * k`` FLOPs per call)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    res_forward.forward_loop(pop, x, "flat")
+    res_forward.forward_each(pop, x, "flat")
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        res_forward.forward_loop(pop, x, "flat")
+        res_forward.forward_each(pop, x, "flat")
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=14,
                                                            max_name_column_width=26, max_shapes_column_width=56))
 
@@ -120,7 +122,7 @@ def run_floor(flop: dict[str, float], seconds: dict[str, float], conv: float, ar
     """What one default run's forward passes cost at the least: its 101 evaluations of the evolution
     on populations no smaller than the initial one (EComp's sizes grow under scenario 121) and the
     final pick's 100 batches at keep 0.9's size (scenario 121 returns about 0.87 of the units), at one
-    large convolution's rate and at the loop's measured rates (``--size 100 --batch 100`` only)."""
+    large convolution's rate and at the default pass's measured rates (``--size 100 --batch 100`` only)."""
     if args.size != 100 or args.batch != 100:
         return
     initial, final = "initial (100 archs)", "keep 0.9 (1 arch)"
@@ -128,7 +130,7 @@ def run_floor(flop: dict[str, float], seconds: dict[str, float], conv: float, ar
     loop = 101 * seconds[initial] + 100 * seconds[final]
     print(f"a default run's forward passes (101 evaluations at the initial sizes or more, 100 at keep 0.9's): "
           f"at least {work / 1e12:.1f} TFLOP: {work / conv / 1e9:.0f} s at one large convolution's rate, "
-          f"{loop:.0f} s at the loop's rates here")
+          f"{loop:.0f} s at the default pass's rates here")
 
 
 if __name__ == "__main__":

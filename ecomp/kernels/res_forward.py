@@ -153,9 +153,10 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", chann
 def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool | None = None,
             backend: Backend | None = None) -> tuple[Tensor, list[list[Tensor]], None]:
     """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks;
-    ``backend`` chooses nothing here: both ways are PyTorch's). ``grouped``: None = on a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64
-    channels 1.7-2.5x faster one network at a time than as grouped convolutions, on the initial
-    population and on converged ones alike (``benchmarks/bench_resnet.py``)."""
+    ``backend`` chooses nothing here: every way is PyTorch's). ``grouped``: None = on a GPU only.
+    On the CPU oneDNN runs a network's convolutions of 4 to 64 channels 1.7-2.5x faster one
+    network at a time than as grouped convolutions, on the initial population and on converged
+    ones alike (``benchmarks/bench_resnet.py``), so the CPU takes :func:`forward_each`."""
     if grouped is None:
         grouped = x.device.type != "cpu"
     logits, hidden = (forward_grouped if grouped else forward_each)(pop, x, features)
