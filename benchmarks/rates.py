@@ -10,6 +10,9 @@
 * :func:`gemm_gflops`: one 2048^3 float32 GEMM.
 
 Both are medians of ``repeats`` calls after one warm-up call.
+
+    python benchmarks/rates.py              # both rates
+    python benchmarks/rates.py --compare    # and the reference convolution at 256 / 128 / 64 maps, both layouts
 """
 
 from __future__ import annotations
@@ -66,6 +69,24 @@ def measured_apart() -> str:
     return res.stdout.strip() or f"rates.py failed: {res.stderr.strip().splitlines()[-1:]}"
 
 
+def compare(repeats: int = 7) -> None:
+    """The same 64 -> 64 channel 3x3 convolution at 256 / 128 / 64 maps, NCHW and channels-last, in
+    this process (which keeps freed memory): why the reference is 128 channels-last maps."""
+    keep_freed_memory()
+    print("| maps | NCHW GFLOP/s | channels-last GFLOP/s | output MB |")
+    print("|---|---|---|---|")
+    for n in (256, 128, 64):
+        rates = []
+        for last in (False, True):
+            x, w = torch.randn(n, 64, 28, 28), torch.randn(64, 64, 3, 3)
+            if last:
+                x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+            rates.append(2 * n * 64 * 64 * 9 * 784 / _median(lambda: F.conv2d(x, w, padding=1), "cpu", repeats) / 1e9)
+        print(f"| {n} | {rates[0]:.1f} | {rates[1]:.1f} | {n * 64 * 784 * 4 / 1e6:.1f} |")
+
+
 if __name__ == "__main__":
+    if "--compare" in sys.argv[1:]:
+        compare()
     print(f"one large convolution {conv_gflops():.1f} GFLOP/s, one 2048^3 GEMM {gemm_gflops():.1f} GFLOP/s "
           f"({torch.get_num_threads()} threads)")
