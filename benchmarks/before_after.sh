@@ -6,7 +6,7 @@
 #
 # Every script it calls measures its baseline in the same invocation and prints the machine's
 # reference rates (benchmarks/rates.py) beside its figures. About 75 minutes on a 2-core machine
-# (the ResNet baseline alone 13); the grid at BEFORE is not run (45 minutes more:
+# (the ResNet baseline alone 13); the grid at BEFORE is not run (40 minutes more:
 # `python benchmarks/bench_grid.py --rev BEFORE parent=cnn`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
