@@ -12,7 +12,7 @@ from torch import nn
 
 from ecomp.core.initialiser import l1_population
 from ecomp.core.recombination import draw_cuts
-from ecomp.kernels import c_library, conv_forward
+from ecomp.kernels import c_library, conv_forward, native
 from ecomp.methods.pruning import structured_prune
 from ecomp.nets import convnet
 from ecomp.nets.net_population import NetPopulation
@@ -125,19 +125,41 @@ def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):
 @settings(max_examples=15, deadline=None)
 @given(plans(), st.booleans(), st.integers(1, 3))
 def test_the_c_copies_give_the_grouped_pass_its_own_bits(plan, converged, images):
-    """The per-individual copies of the maps by the C library (the run's CPU path) and by torch:
-    every logit and every representation equal, bit for bit (mixed widths, runs of one
-    architecture, odd channel counts, the chunked first stage)."""
+    """The per-individual copies of the maps by the C library (the run's CPU path) and by torch,
+    the convolutions by torch in both: every logit and every representation equal, bit for bit
+    (mixed widths, runs of one architecture, odd channel counts, the chunked first stage)."""
     pop = l1_population(random_net(plan), 8, 0.9, 0.3)
     if converged:
         pop = NetPopulation(plan, [pop.members[i // 3] for i in range(8)]).take(list(range(8)))
     x = torch.rand(7 * images, 144)
     torch_logits, torch_hidden = conv_forward.forward_grouped(pop, x, "flat", native=False)
-    c_logits, c_hidden = conv_forward.forward_grouped(pop, x, "flat", native=True)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(native, "conv_block", lambda: 0)                     # no fused convolution
+        c_logits, c_hidden = conv_forward.forward_grouped(pop, x, "flat", native=True)
     assert torch.equal(c_logits, torch_logits)
     for layer_t, layer_c in zip(torch_hidden, c_hidden, strict=True):
         for a, b in zip(layer_t, layer_c, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not c_library.available() or native.conv_block() == 0,
+                    reason="no vector copy of the fused convolution here")
+@settings(max_examples=20, deadline=None)
+@given(plans(), st.sampled_from(["flat", "pooled"]), st.booleans(), st.integers(1, 3))
+def test_the_fused_convolutions_agree_with_the_per_network_loop(plan, features, converged, images):
+    """The run's CPU pass (the C library's fused convolution + pooling stages and copies) against
+    the oracle, on plans with max, average and no pooling at any stage."""
+    pop = l1_population(random_net(plan), 8, 0.9, 0.3)
+    if converged:
+        pop = NetPopulation(plan, [pop.members[i // 3] for i in range(8)]).take(list(range(8)))
+    x = torch.rand(7 * images, 144)
+    ref_logits, ref_hidden = conv_forward.forward_loop(pop, x, features)
+    fast_logits, fast_hidden = conv_forward.forward_grouped(pop, x, features, native=True)
+    torch.testing.assert_close(fast_logits, ref_logits, rtol=1e-4, atol=1e-4)
+    for layer_ref, layer_fast in zip(ref_hidden, fast_hidden, strict=True):
+        for a, b in zip(layer_ref, layer_fast, strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(distances(b), distances(a), rtol=1e-4, atol=1e-3)
 
 
 def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, block: int | None = None):

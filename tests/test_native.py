@@ -279,3 +279,77 @@ def test_gather_runs_refuses_a_layout_it_cannot_read():
     src = torch.randn(4, 5, 3)                                   # individuals 15 floats apart, not 3
     with pytest.raises(ValueError, match="gather_runs"):
         native.gather_runs(torch.empty(4, 5, 3), src)
+
+
+def has_fused_conv() -> bool:
+    return c_library.available() and native.conv_block() > 0
+
+
+needs_conv = pytest.mark.skipif(not has_fused_conv(), reason="no vector copy of the fused convolution on this CPU")
+
+
+def conv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: int, stride: int, pool: int,
+                   groups: int) -> torch.Tensor:
+    """The straightforward stage in float64: ``(g, n, H', W', f)``."""
+    h = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), stride, padding, 1, groups)
+    h = torch.nn.functional.max_pool2d(h, pool).relu() if pool > 1 else h.relu()
+    n, gf, hh, ww = h.shape
+    return h.view(n, groups, gf // groups, hh, ww).permute(1, 0, 3, 4, 2)
+
+
+@needs_conv
+@pytest.mark.parametrize("order", ["patches", "pixels"])
+@pytest.mark.parametrize("n,groups,c,f,size,k,padding,stride,pool", [
+    (5, 1, 1, 6, 28, 5, 2, 1, 2),      # LeNet-5's first stage
+    (3, 1, 1, 37, 12, 5, 2, 1, 2),     # 37 filters: blocks of two vectors and a last of one
+    (4, 7, 5, 14, 14, 5, 0, 1, 2),     # its second stage, seven individuals
+    (2, 3, 3, 9, 11, 3, 1, 2, 3),      # odd maps, stride 2, a 3x3 pool (window padded to 12)
+    (3, 2, 16, 17, 9, 3, 1, 1, 1),     # no pool, 17 filters
+    (2, 1, 3, 40, 32, 5, 0, 1, 2),     # an RGB image
+])
+def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, padding, stride, pool, order):
+    """The fused stage against conv2d, max-pool and ReLU in float64, on a channels-last input
+    seen through an offset (as a chunk of a population's maps is), into both output layouts."""
+    gen = torch.Generator().manual_seed(n * 100 + f)
+    base = torch.randn(n, groups * c + 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    x = base[:, 2:2 + groups * c]
+    w = torch.randn(groups * f, c, k, k, generator=gen)
+    b = torch.randn(groups * f, generator=gen)
+    want = conv_reference(x, w, b, padding, stride, pool, groups)
+    per = torch.full(want.shape, float("nan"))
+    assert native.conv_pool(x, w, b, padding, stride, pool, per, groups, order)
+    torch.testing.assert_close(per.double(), want, rtol=1e-5, atol=1e-5)
+    cl = torch.full((n, groups * f, *want.shape[2:4]), float("nan")).contiguous(memory_format=torch.channels_last)
+    view = cl.permute(0, 2, 3, 1).unflatten(3, (groups, f)).permute(3, 0, 1, 2, 4)      # (g, n, H', W', f)
+    assert native.conv_pool(x, w, b, padding, stride, pool, view, groups, order)
+    assert torch.equal(view, per)
+    five = x.view(n, groups, c, size, size).transpose(0, 1)                            # (g, n, C, H, W)
+    again = torch.empty(want.shape)
+    assert native.conv_pool(five, w, b, padding, stride, pool, again, groups, order)
+    assert torch.equal(again, per)
+
+
+@needs_conv
+def test_conv_pool_sums_in_the_order_it_is_asked():
+    """The two orders are two different roundings of one sum: on random data some outputs
+    differ in their last bits, each within a float32 rounding of the float64 sum."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 6, 12, 12, generator=gen)
+    w = torch.randn(20, 6, 5, 5, generator=gen)
+    b = torch.zeros(20)
+    out = {o: torch.empty(1, 8, 4, 4, 20) for o in native.SUM_ORDERS}
+    for o, t in out.items():
+        native.conv_pool(x, w, b, 0, 1, 2, t, 1, o)
+    assert not torch.equal(out["patches"], out["pixels"])
+    torch.testing.assert_close(out["patches"], out["pixels"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(c_library.compiler() is None, reason="no C compiler")
+def test_conv_pool_refuses_what_it_cannot_compute():
+    x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    with pytest.raises(ValueError, match="conv_pool"):                 # output of the wrong size
+        native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match="conv_pool"):                 # channels not innermost
+        native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 4, 3, 3).transpose(2, 4))
+    with pytest.raises(ValueError, match="order"):
+        native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), order="columns")

@@ -1,8 +1,9 @@
 """The C library behind :mod:`ecomp.kernels.native`: compiled on first use, loaded with :mod:`ctypes`.
 
 ``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies and a
-convolutional population's per-individual feature copies (``benchmarks/bench_kernels.py`` and
-``benchmarks/bench_conv.py`` time them against the PyTorch code).
+convolutional population's per-individual feature copies, ``csrc/conv.c`` a convolutional
+population's fused first stage (``benchmarks/bench_kernels.py`` and ``benchmarks/bench_conv.py``
+time them against the PyTorch code).
 
 How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/kernels/csrc`` once
 into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
@@ -10,7 +11,8 @@ hashes the sources, the flags, the compiler's version and the machine, so a chan
 or compiler gets a fresh build and parallel jobs or cluster nodes sharing a home directory
 never load a stale or half-written one (each build is written to a temporary name and
 renamed). No ``-march=native``: the library carries a baseline and an AVX2 + FMA copy of
-every kernel and picks one at load time, so one build serves every x86-64 node;
+every kernel (the fused convolution: an AVX-512F and an AVX2 + FMA copy, and the PyTorch path
+instead of a baseline one) and picks one at load time, so one build serves every x86-64 node;
 ``ECOMP_KERNEL_ISA=baseline`` makes it run the baseline copy on any CPU (the tests reach both
 copies that way; ``auto``, the default, takes the AVX2 copy where the CPU has it). No
 ``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
@@ -42,10 +44,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-SOURCES = ("tsne.c", "tsne_body.h", "ops.c")
+SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 10
+ABI_VERSION = 11
 ISAS = ("auto", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -141,6 +143,10 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_recombine_inplace.restype = None
     lib.ecomp_gather_runs.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_int]
     lib.ecomp_gather_runs.restype = None
+    lib.ecomp_conv_block.argtypes = []
+    lib.ecomp_conv_block.restype = ctypes.c_int
+    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, ctypes.c_int]
+    lib.ecomp_conv_pool.restype = ctypes.c_int
     return lib
 
 

@@ -181,20 +181,30 @@ def _window_patches(x4: Tensor, plan: ConvPlan) -> tuple[Tensor, int, int]:
 
 
 @torch.no_grad()
-def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor) -> Iterator[tuple[list[int], Tensor]]:
+def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool = False
+                 ) -> Iterator[tuple[list[int], Tensor]]:
     """Stage 0 (a convolution) of individuals ``order``, chunk by chunk: ``(individuals, their
     pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
-    ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too."""
+    ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too.
+    ``native``: a max-pooled (or unpooled) float32 stage by the C library's fused kernel
+    (:func:`ecomp.kernels.native.conv_pool`) where it has a copy for this CPU."""
     plan, s = pop.plan, pop.plan.stages[0]
     n = x4.shape[0]
     _, hh, ww = plan.maps()[0]
     ph, pw = (hh // s.pool_size, ww // s.pool_size) if s.pool else (hh, ww)
-    patches, rows, window = _window_patches(x4, plan)
+    fused = native and s.pool in (None, "max") and x4.dtype == torch.float32 and native_kernels.conv_block() > 0
+    patches = None
     for part in _parts(pop, order, n * ph * pw, n):
         w = torch.cat([pop.members[i][0][0] for i in part])
         b = torch.cat([pop.members[i][0][1] for i in part])
         f = w.shape[0]
-        out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)             # channels-last
+        out = x4.new_empty(n, ph, pw, f)
+        if fused and native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size if s.pool else 1, out[None]):
+            yield part, out.permute(0, 3, 1, 2)                              # channels-last
+            continue
+        out = out.permute(0, 3, 1, 2)
+        if patches is None:
+            patches, rows, window = _window_patches(x4, plan)
         per_block = min(MAX_ELEMENTS, BLOCK_ELEMENTS * torch.get_num_threads())
         m = max(1, per_block // (f * rows))                                               # images per block
         buffer = x4.new_empty(min(n, m) * rows, f)
@@ -211,6 +221,7 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
     """Stages 1 on of individuals ``members`` (one architecture) from their stage-0 outputs ``h``
     ``(n, g*u, H, W)``: logits ``(g, n, classes)`` and each later prunable stage's outputs."""
     plan, g, n = pop.plan, len(members), h.shape[0]
+    fused = native and h.dtype == torch.float32 and native_kernels.conv_block() > 0
     acts: list[list[Tensor]] = []
     last = len(plan.stages) - 1
     for l in range(1, len(plan.stages)):
@@ -218,12 +229,27 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
         ws = [pop.members[i][l][0] for i in members]
         b = torch.cat([pop.members[i][l][1] for i in members])
         if s.kind == "conv":
+            if fused and s.pool in (None, "max"):
+                # per individual (g, n, H', W', u): the flat features as they are, and the
+                # next stage's input as (g, n, u, H', W')
+                _, hh, ww = plan.with_units(pop.widths[members[0]]).maps()[l]
+                p = s.pool_size if s.pool else 1
+                per = h.new_empty(g, n, hh // p, ww // p, ws[0].shape[0])
+                if native_kernels.conv_pool(h, torch.cat(ws), b, s.padding, s.stride, p, per, g, "pixels"):
+                    h = per.permute(0, 1, 4, 2, 3)
+                    acts.append(list(per.flatten(2).unbind(0)) if features == "flat" else
+                                list(per.mean((2, 3)).unbind(0)))
+                    continue
+            if h.dim() == 5:
+                h = h.permute(1, 0, 2, 3, 4).flatten(1, 2)             # (n, g*u, H, W)
             w = torch.cat(ws).contiguous(memory_format=torch.channels_last)
             h = F.conv2d(h.contiguous(memory_format=torch.channels_last), w, b, s.stride, s.padding, 1, g)
             h = _relu_pool(plan, l, h)
             acts.append(_flat_features(h, g, features, native))
             continue
-        if h.dim() == 4:                                               # the Flatten: (g, n, u*h*w)
+        if h.dim() == 5:                                               # the Flatten: (g, n, u*h*w)
+            h = h.reshape(g, n, -1)
+        elif h.dim() == 4:
             h = h.reshape(n, g, -1).transpose(0, 1)
         h = torch.baddbmm(b.view(g, 1, -1), h, torch.stack(ws).transpose(1, 2))   # (g, n, out)
         if l < last:
@@ -237,7 +263,8 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", nativ
                     ) -> tuple[Tensor, list[list[Tensor]]]:
     """:func:`forward_loop`'s results, one batch per architecture (in chunks). A first stage
     that is a convolution runs for the whole population at once (:func:`_first_stage`).
-    ``native``: the per-individual copies of the maps by the C library (the same bits)."""
+    ``native``: the C library's fused first stage and per-individual copies of the maps (the
+    same bits where MKL's GEMM sums in order, as on the CPUs measured)."""
     plan, n = pop.plan, x.shape[0]
     x4 = x.view(n, *plan.in_shape)
     logits = x.new_empty(pop.size, n, pop.classes)
@@ -247,7 +274,7 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", nativ
     if plan.stages[0].kind != "conv":
         raise ValueError("a convolutional population starts with a convolution")
     widths = pop.widths
-    for part, h in _first_stage(pop, [i for m in groups.values() for i in m], x4):
+    for part, h in _first_stage(pop, [i for m in groups.values() for i in m], x4, native):
         # the chunk holds whole runs of one architecture, one after the other: each run's
         # stage-0 maps are a slice of channels, and its later stages run together
         start, channel = 0, 0

@@ -277,6 +277,63 @@ def gather_runs(dst: Tensor, src: Tensor) -> Tensor:
     return dst
 
 
+def conv_block() -> int:
+    """Floats per vector of the fused convolution here (:func:`conv_pool`): 16 with AVX-512F, 8
+    with AVX2 + FMA, 0 where it has no copy (no such CPU, or the library forced to its baseline
+    copy); the caller then takes the PyTorch path."""
+    return int(load().ecomp_conv_block())
+
+
+SUM_ORDERS = {"patches": 0, "pixels": 1}   # (c, ky, kx) as a GEMM on patches sums; (ky, kx, c) as oneDNN
+
+
+def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: int, out: Tensor,
+              groups: int = 1, order: str = "patches") -> bool:
+    """A convolution's ``relu(max_pool(conv2d(x, w, b, stride, padding, groups=groups), pool))``
+    in one pass per image and group (``csrc/conv.c``): the pooled maps, without the patches or
+    the unpooled output in memory. ``x`` ``(n, groups * C, H, W)`` or ``(groups, n, C, H, W)``
+    (any strides), ``w``
+    ``(groups * f, C, k, k)``, ``b`` ``(groups * f,)``; ``out`` ``(groups, n, H', W', f)``
+    with unit stride over ``f`` (a channels-last ``(n, groups * f, H', W')`` map seen as that is
+    one). Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
+    ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`). False
+    (``out`` untouched) where the library has no vector copy here (:func:`conv_block`)."""
+    vw = conv_block()
+    if vw == 0:
+        return False
+    if x.dim() == 5:                                                  # (g, n, C, H, W)
+        _, n, c, hh, ww = x.shape
+        gc, xs = groups * c, (x.stride(1), x.stride(0), *x.stride()[2:])
+    else:
+        n, gc, hh, ww = x.shape
+        xs = (x.stride(0), gc // groups * x.stride(1), *x.stride()[1:])
+    k = w.shape[-1]
+    c, f = gc // groups, w.shape[0] // groups
+    pooled = tuple(((d + 2 * padding - k) // stride + 1) // max(pool, 1) for d in (hh, ww))
+    if ((x.dim() == 5 and x.shape[0] != groups) or gc % groups or w.shape[0] % groups or tuple(w.shape[1:]) != (c, k, k) or tuple(b.shape) != (groups * f,)
+            or tuple(out.shape) != (groups, n, *pooled, f) or (f > 1 and out.stride(4) != 1)
+            or pool < 1 or stride < 1 or padding < 0 or order not in SUM_ORDERS
+            or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b, out))):
+        raise ValueError(f"conv_pool: expected float32 CPU x (n, g*C, H, W), w (g*f, C, k, k), b (g*f,), out "
+                         f"(g, n, H', W', f) with unit stride over f and order in {sorted(SUM_ORDERS)}; got "
+                         f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, {tuple(out.shape)}, {order!r}, "
+                         f"groups={groups}")
+    fpad = -(-f // vw) * vw
+    terms = w.reshape(groups, f, c, k, k)
+    terms = terms.flatten(2) if order == "patches" else terms.permute(0, 1, 3, 4, 2).flatten(2)   # (g, f, K)
+    wt = w.new_zeros(groups, c * k * k, fpad)
+    wt[:, :, :f] = terms.transpose(1, 2)
+    bp = b.new_zeros(groups, fpad)
+    bp[:, :f] = b.view(groups, f)
+    xs = (ctypes.c_int64 * 5)(*xs)
+    os_ = (ctypes.c_int64 * 4)(*out.stride()[:4])
+    lib = load()
+    done = lib.ecomp_conv_pool(x.data_ptr(), xs, n, groups, c, hh, ww, wt.data_ptr(), bp.data_ptr(), f, fpad, k,
+                               padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_,
+                               torch.get_num_threads() if lib.ecomp_openmp() else 1)
+    return done == 0
+
+
 def recombine_inplace(w: Tensor, b: Tensor, slots: list[int], sources: list[int], donors: list[int],
                       cuts: list[int], stream: bool = False) -> None:
     """One layer of crossover children written over their parents' storage, for a population of

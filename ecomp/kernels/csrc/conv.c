@@ -1,0 +1,153 @@
+/* A convolutional population's convolution stages, one pass each (loaded with ctypes by
+ * ecomp.native): convolution, max-pool, bias and ReLU of every individual's filters, written as
+ * pooled maps.
+ *
+ * The PyTorch path (ecomp/kernels/conv_forward.py) builds the first stage's patches for every
+ * image, multiplies them with the filters in one GEMM per block of images and pools the
+ * product; a later stage is oneDNN's grouped convolution followed by the pooling. With 25- to
+ * 150-value dot products and a few dozen filters both read their operands from memory, run at
+ * a third of the machine's rate, and the pooling reads their output again. Here each image is
+ * padded once into a small buffer that stays in the first-level cache, each pooled pixel's
+ * window positions are computed in registers and only the pooled maps are written.
+ *
+ * Each output's dot product is accumulated k = 0 .. K - 1 with one rounding per step (fused
+ * multiply-add), in the order the path it replaces sums: (c, ky, kx) for the patches' GEMM,
+ * (ky, kx, c) for oneDNN's channels-last convolution, which then adds the bias. On the CPUs
+ * measured both libraries sum that way, so the bits are theirs (tests/test_cnn.py compares
+ * within a tolerance, as any other machine may round differently).
+ *
+ * Vector copies only (AVX-512F, else AVX2 + FMA); without them, or with the library forced to its
+ * baseline copy, the entry point returns -1 and the caller takes the PyTorch path. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, not forced to baseline) */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define ECOMP_CONV_VECTOR 1
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#define KFN(name) name##_avx512
+#define VEC __m512
+#define VW 16
+#define VZERO _mm512_setzero_ps()
+#define VSET1(x) _mm512_set1_ps(x)
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMAX(a, b) _mm512_max_ps(a, b)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#include "conv_body.h"
+#undef KFN
+#undef VEC
+#undef VW
+#undef VZERO
+#undef VSET1
+#undef VLOAD
+#undef VSTORE
+#undef VFMA
+#undef VMAX
+#undef VADD
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define KFN(name) name##_avx2
+#define VEC __m256
+#define VW 8
+#define VZERO _mm256_setzero_ps()
+#define VSET1(x) _mm256_set1_ps(x)
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VMAX(a, b) _mm256_max_ps(a, b)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#include "conv_body.h"
+#pragma GCC pop_options
+
+/* Floats per vector of the copy that runs here: 16 (AVX-512F), 8 (AVX2 + FMA), 0 (none: the
+ * caller takes the PyTorch path). The filters and biases handed in are padded to a multiple
+ * of it. */
+int ecomp_conv_block(void) {
+    if (!ecomp_isa()) return 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 16 : 8;
+}
+#else
+#define ECOMP_CONV_VECTOR 0
+int ecomp_conv_block(void) { return 0; }
+#endif
+
+/* For every image i and group j (g groups of cin input and f output channels):
+ *   out[j, i, y', x', c] = max(0, b[j, c] + max over the p x p window of conv(x[i, group j], w[j, c])[y, x])
+ * x: image i's channel c of group j, pixel (y, x) at i * xs[0] + j * xs[1] + c * xs[2] + y * xs[3] + x * xs[4];
+ * wt (g, K, fpad): each group's filters, row k the k-th term of the sum (order 0: (c, ky, kx), as
+ * the patches' GEMM sums; order 1: (ky, kx, c), as oneDNN's channels-last convolution sums), zero
+ * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c.
+ * (image, group) pairs go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy
+ * runs here (or memory ran out: nothing is then promised of out). */
+int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
+                    int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
+                    int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int nthreads) {
+#if ECOMP_CONV_VECTOR
+    const int vw = ecomp_conv_block();
+    if (vw == 0 || fpad % vw != 0 || fpad < f) return -1;
+    const float *x = (const float *)(intptr_t)x_addr, *wt = (const float *)(intptr_t)wt_addr;
+    const float *b = (const float *)(intptr_t)b_addr;
+    float *out = (float *)(intptr_t)out_addr;
+    const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
+    const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
+    const int64_t npos = p * p, cells = ph * pw;
+    int64_t *koff = malloc(sizeof(int64_t) * (size_t)(K + cells * npos));
+    if (!koff) return -1;
+    int64_t *pos = koff + K;
+    for (int64_t c = 0; c < cin; c++)               /* the padded image is (Hp, Wp, cin) */
+        for (int64_t ky = 0; ky < k; ky++)
+            for (int64_t kx = 0; kx < k; kx++)
+                koff[order == 0 ? (c * k + ky) * k + kx : (ky * k + kx) * cin + c] = (ky * Wp + kx) * cin + c;
+    for (int64_t y = 0; y < ph; y++)
+        for (int64_t xx = 0; xx < pw; xx++)
+            for (int64_t dy = 0; dy < p; dy++)
+                for (int64_t dx = 0; dx < p; dx++)
+                    pos[(y * pw + xx) * npos + dy * p + dx] = (((y * p + dy) * stride) * Wp + (xx * p + dx) * stride) * cin;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *xp = calloc((size_t)(Hp * Wp * cin), sizeof(float));     /* the border stays zero */
+        if (!xp) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < n * g; t++) {
+            if (!xp) continue;
+            const int64_t i = t / g, j = t % g;
+            const float *xi = x + i * xs[0] + j * xs[1];
+            for (int64_t y = 0; y < H; y++) {
+                float *d = xp + ((y + pad) * Wp + pad) * cin;
+                const float *s = xi + y * xs[3];
+                if (cin == 1 && xs[4] == 1) memcpy(d, s, sizeof(float) * (size_t)W);
+                else
+                    for (int64_t xx = 0; xx < W; xx++, d += cin)
+                        for (int64_t c = 0; c < cin; c++) d[c] = s[xx * xs[4] + c * xs[2]];
+            }
+            float *o = out + j * os[0] + i * os[1];
+            if (vw == 16) conv_pool_image_avx512(xp, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
+                                                 os[2], os[3], pw, o);
+            else conv_pool_image_avx2(xp, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
+                                      os[2], os[3], pw, o);
+        }
+        free(xp);
+    }
+    free(koff);
+    return failed ? -1 : 0;
+#else
+    (void)x_addr; (void)xs; (void)n; (void)g; (void)cin; (void)H; (void)W; (void)wt_addr; (void)b_addr; (void)f;
+    (void)fpad; (void)k; (void)pad; (void)stride; (void)p; (void)order; (void)out_addr; (void)os; (void)nthreads;
+    return -1;
+#endif
+}
