@@ -327,6 +327,11 @@ def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, paddin
     again = torch.empty(want.shape)
     assert native.conv_pool(five, w, b, padding, stride, pool, again, groups, order)
     assert torch.equal(again, per)
+    if groups == 1:                # the filters' maps in s blocks of their own (s individuals' runs)
+        s = next(d for d in range(2, f + 1) if f % d == 0)
+        blocks = torch.full((s, n, *want.shape[2:4], f // s), float("nan"))
+        assert native.conv_pool(x, w, b, padding, stride, pool, blocks, 1, order)
+        assert torch.equal(blocks, per[0].unflatten(3, (s, f // s)).permute(3, 0, 1, 2, 4))
 
 
 @needs_conv

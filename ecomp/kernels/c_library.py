@@ -145,7 +145,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_gather_runs.restype = None
     lib.ecomp_conv_block.argtypes = []
     lib.ecomp_conv_block.restype = ctypes.c_int
-    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, ctypes.c_int]
+    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, ctypes.c_int64, ctypes.c_int64,
+                                    ctypes.c_int]
     lib.ecomp_conv_pool.restype = ctypes.c_int
     return lib
 

@@ -187,7 +187,8 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
     pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
     ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too.
     ``native``: a max-pooled (or unpooled) float32 stage by the C library's fused kernel
-    (:func:`ecomp.kernels.native.conv_pool`) where it has a copy for this CPU."""
+    (:func:`ecomp.kernels.native.conv_pool`) where it has a copy for this CPU; a chunk whose
+    individuals have one width then comes as ``(individuals, n, units, H', W')``."""
     plan, s = pop.plan, pop.plan.stages[0]
     n = x4.shape[0]
     _, hh, ww = plan.maps()[0]
@@ -198,11 +199,15 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
         w = torch.cat([pop.members[i][0][0] for i in part])
         b = torch.cat([pop.members[i][0][1] for i in part])
         f = w.shape[0]
-        out = x4.new_empty(n, ph, pw, f)
-        if fused and native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size if s.pool else 1, out[None]):
-            yield part, out.permute(0, 3, 1, 2)                              # channels-last
-            continue
-        out = out.permute(0, 3, 1, 2)
+        if fused:
+            u = {pop.widths[i][0] for i in part}
+            # one width: each individual's maps a block of its own, (g, n, H', W', u), which the
+            # similarity and the later stages read as they are; else channels-last, all together
+            out = x4.new_empty(len(part), n, ph, pw, f // len(part)) if len(u) == 1 else x4.new_empty(1, n, ph, pw, f)
+            if native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size if s.pool else 1, out):
+                yield part, (out.permute(0, 1, 4, 2, 3) if len(u) == 1 else out[0].permute(0, 3, 1, 2))
+                continue
+        out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)
         if patches is None:
             patches, rows, window = _window_patches(x4, plan)
         per_block = min(MAX_ELEMENTS, BLOCK_ELEMENTS * torch.get_num_threads())
@@ -219,8 +224,9 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
 def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, native: bool = False
            ) -> tuple[Tensor, list[list[Tensor]]]:
     """Stages 1 on of individuals ``members`` (one architecture) from their stage-0 outputs ``h``
-    ``(n, g*u, H, W)``: logits ``(g, n, classes)`` and each later prunable stage's outputs."""
-    plan, g, n = pop.plan, len(members), h.shape[0]
+    ``(n, g*u, H, W)`` or ``(g, n, u, H, W)``: logits ``(g, n, classes)`` and each later
+    prunable stage's outputs."""
+    plan, g, n = pop.plan, len(members), h.shape[-4]
     fused = native and h.dtype == torch.float32 and native_kernels.conv_block() > 0
     acts: list[list[Tensor]] = []
     last = len(plan.stages) - 1
@@ -283,18 +289,24 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", nativ
             while end < len(part) and widths[part[end]] == units:
                 end += 1
             run = part[start:end]
-            h0 = h[:, channel:channel + len(run) * units[0]]
-            channel += len(run) * units[0]
+            if h.dim() == 5:                     # (g, n, u, H, W): each individual's maps a block of its own
+                h0 = h[start:end]
+                blocks = h0.permute(0, 1, 3, 4, 2)                             # (g, n, H, W, u), contiguous
+                flat = list(blocks.flatten(2).unbind(0) if features == "flat" else blocks.mean((2, 3)).unbind(0))
+            else:
+                h0 = h[:, channel:channel + len(run) * units[0]]
+                channel += len(run) * units[0]
+                flat = _flat_features(h0, len(run), features, native)
+                if features == "flat" and len(run) == 1:     # its copy is h0, contiguous: the later stages read it
+                    h0 = flat[0].view(n, *h0.shape[2:], units[0]).permute(0, 3, 1, 2)
             start = end
-            flat = _flat_features(h0, len(run), features, native)
             for i, a in zip(run, flat):
                 hidden[0][i] = a
-            if features == "flat" and len(run) == 1:     # its copy is h0, contiguous: the later stages read it
-                h0 = flat[0].view(n, *h0.shape[2:], units[0]).permute(0, 3, 1, 2)
             step = _chunk(plan, units, n, len(run))
             for s in range(0, len(run), step):
                 sub = run[s:s + step]
-                out, acts = _later(pop, sub, h0[:, s * units[0]:(s + len(sub)) * units[0]], features, native)
+                h_sub = h0[s:s + len(sub)] if h0.dim() == 5 else h0[:, s * units[0]:(s + len(sub)) * units[0]]
+                out, acts = _later(pop, sub, h_sub, features, native)
                 logits[sub] = out.to(logits.dtype)     # bfloat16 under evolution.precision=bfloat16
                 for l in range(1, n_stages):
                     for j, i in enumerate(sub):

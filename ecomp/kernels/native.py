@@ -295,7 +295,8 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     (any strides), ``w``
     ``(groups * f, C, k, k)``, ``b`` ``(groups * f,)``; ``out`` ``(groups, n, H', W', f)``
     with unit stride over ``f`` (a channels-last ``(n, groups * f, H', W')`` map seen as that is
-    one). Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
+    one), or with one group ``(s, n, H', W', f / s)``: the filters' maps in ``s`` blocks of
+    their own (one per individual of a population's run, where each has ``f / s`` filters). Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
     ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`). False
     (``out`` untouched) where the library has no vector copy here (:func:`conv_block`)."""
     vw = conv_block()
@@ -310,12 +311,16 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     k = w.shape[-1]
     c, f = gc // groups, w.shape[0] // groups
     pooled = tuple(((d + 2 * padding - k) // stride + 1) // max(pool, 1) for d in (hh, ww))
-    if ((x.dim() == 5 and x.shape[0] != groups) or gc % groups or w.shape[0] % groups or tuple(w.shape[1:]) != (c, k, k) or tuple(b.shape) != (groups * f,)
-            or tuple(out.shape) != (groups, n, *pooled, f) or (f > 1 and out.stride(4) != 1)
+    blocks = out.shape[0] if groups == 1 and out.dim() == 5 and out.shape[0] > 0 else 1
+    per_block = f // blocks                                 # f: every group's maps are a block of their own
+    if ((x.dim() == 5 and x.shape[0] != groups) or gc % groups or w.shape[0] % groups or tuple(w.shape[1:]) != (c, k, k)
+            or tuple(b.shape) != (groups * f,) or f % blocks
+            or tuple(out.shape) != (max(blocks, groups), n, *pooled, per_block) or (per_block > 1 and out.stride(4) != 1)
             or pool < 1 or stride < 1 or padding < 0 or order not in SUM_ORDERS
             or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b, out))):
         raise ValueError(f"conv_pool: expected float32 CPU x (n, g*C, H, W), w (g*f, C, k, k), b (g*f,), out "
-                         f"(g, n, H', W', f) with unit stride over f and order in {sorted(SUM_ORDERS)}; got "
+                         f"(g, n, H', W', f) (one group: (s, n, H', W', f/s)) with unit stride over f and order in "
+                         f"{sorted(SUM_ORDERS)}; got "
                          f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, {tuple(out.shape)}, {order!r}, "
                          f"groups={groups}")
     fpad = -(-f // vw) * vw
@@ -326,10 +331,11 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     bp = b.new_zeros(groups, fpad)
     bp[:, :f] = b.view(groups, f)
     xs = (ctypes.c_int64 * 5)(*xs)
-    os_ = (ctypes.c_int64 * 4)(*out.stride()[:4])
+    split, split_ld = per_block, out.stride(0)
+    os_ = (ctypes.c_int64 * 4)(out.stride(0) if blocks == 1 else 0, *out.stride()[1:4])
     lib = load()
     done = lib.ecomp_conv_pool(x.data_ptr(), xs, n, groups, c, hh, ww, wt.data_ptr(), bp.data_ptr(), f, fpad, k,
-                               padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_,
+                               padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_, split, split_ld,
                                torch.get_num_threads() if lib.ecomp_openmp() else 1)
     return done == 0
 

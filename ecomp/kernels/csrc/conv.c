@@ -87,15 +87,18 @@ int ecomp_conv_block(void) { return 0; }
  * x: image i's channel c of group j, pixel (y, x) at i * xs[0] + j * xs[1] + c * xs[2] + y * xs[3] + x * xs[4];
  * wt (g, K, fpad): each group's filters, row k the k-th term of the sum (order 0: (c, ky, kx), as
  * the patches' GEMM sums; order 1: (ky, kx, c), as oneDNN's channels-last convolution sums), zero
- * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c.
+ * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c, or with
+ * split < f at ... + (c / split) * split_ld + c % split (f channels of several individuals of
+ * `split` channels each, each individual's maps a block of its own, split_ld floats apart).
  * (image, group) pairs go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy
  * runs here (or memory ran out: nothing is then promised of out). */
 int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                     int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
-                    int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int nthreads) {
+                    int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int64_t split, int64_t split_ld,
+                    int nthreads) {
 #if ECOMP_CONV_VECTOR
     const int vw = ecomp_conv_block();
-    if (vw == 0 || fpad % vw != 0 || fpad < f) return -1;
+    if (vw == 0 || fpad % vw != 0 || fpad < f || split < 1) return -1;
     const float *x = (const float *)(intptr_t)x_addr, *wt = (const float *)(intptr_t)wt_addr;
     const float *b = (const float *)(intptr_t)b_addr;
     float *out = (float *)(intptr_t)out_addr;
@@ -105,41 +108,46 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
     int64_t *koff = malloc(sizeof(int64_t) * (size_t)(K + cells * npos));
     if (!koff) return -1;
     int64_t *pos = koff + K;
-    for (int64_t c = 0; c < cin; c++)               /* the padded image is (Hp, Wp, cin) */
+    /* Unpadded, the image is read where it is; padded, from a zero-bordered copy (Hp, Wp, cin). */
+    const int direct = pad == 0;
+    const int64_t sy = direct ? xs[3] : Wp * cin, sx = direct ? xs[4] : cin, sc = direct ? xs[2] : 1;
+    for (int64_t c = 0; c < cin; c++)
         for (int64_t ky = 0; ky < k; ky++)
             for (int64_t kx = 0; kx < k; kx++)
-                koff[order == 0 ? (c * k + ky) * k + kx : (ky * k + kx) * cin + c] = (ky * Wp + kx) * cin + c;
+                koff[order == 0 ? (c * k + ky) * k + kx : (ky * k + kx) * cin + c] = ky * sy + kx * sx + c * sc;
     for (int64_t y = 0; y < ph; y++)
         for (int64_t xx = 0; xx < pw; xx++)
             for (int64_t dy = 0; dy < p; dy++)
                 for (int64_t dx = 0; dx < p; dx++)
-                    pos[(y * pw + xx) * npos + dy * p + dx] = (((y * p + dy) * stride) * Wp + (xx * p + dx) * stride) * cin;
+                    pos[(y * pw + xx) * npos + dy * p + dx] = ((y * p + dy) * stride) * sy + ((xx * p + dx) * stride) * sx;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        float *xp = calloc((size_t)(Hp * Wp * cin), sizeof(float));     /* the border stays zero */
-        if (!xp) {
+        float *xp = direct ? NULL : calloc((size_t)(Hp * Wp * cin), sizeof(float));     /* the border stays zero */
+        if (!direct && !xp) {
             #pragma omp atomic write
             failed = 1;
         }
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < n * g; t++) {
-            if (!xp) continue;
+            if (!direct && !xp) continue;
             const int64_t i = t / g, j = t % g;
             const float *xi = x + i * xs[0] + j * xs[1];
-            for (int64_t y = 0; y < H; y++) {
-                float *d = xp + ((y + pad) * Wp + pad) * cin;
-                const float *s = xi + y * xs[3];
-                if (cin == 1 && xs[4] == 1) memcpy(d, s, sizeof(float) * (size_t)W);
-                else
-                    for (int64_t xx = 0; xx < W; xx++, d += cin)
-                        for (int64_t c = 0; c < cin; c++) d[c] = s[xx * xs[4] + c * xs[2]];
-            }
+            if (!direct)
+                for (int64_t y = 0; y < H; y++) {
+                    float *d = xp + ((y + pad) * Wp + pad) * cin;
+                    const float *s = xi + y * xs[3];
+                    if (cin == 1 && xs[4] == 1) memcpy(d, s, sizeof(float) * (size_t)W);
+                    else
+                        for (int64_t xx = 0; xx < W; xx++, d += cin)
+                            for (int64_t c = 0; c < cin; c++) d[c] = s[xx * xs[4] + c * xs[2]];
+                }
+            const float *img = direct ? xi : xp;
             float *o = out + j * os[0] + i * os[1];
-            if (vw == 16) conv_pool_image_avx512(xp, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
-                                                 os[2], os[3], pw, o);
-            else conv_pool_image_avx2(xp, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
-                                      os[2], os[3], pw, o);
+            if (vw == 16) conv_pool_image_avx512(img, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
+                                                 os[2], os[3], pw, split, split_ld, o);
+            else conv_pool_image_avx2(img, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
+                                      os[2], os[3], pw, split, split_ld, o);
         }
         free(xp);
     }
@@ -147,7 +155,8 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
     return failed ? -1 : 0;
 #else
     (void)x_addr; (void)xs; (void)n; (void)g; (void)cin; (void)H; (void)W; (void)wt_addr; (void)b_addr; (void)f;
-    (void)fpad; (void)k; (void)pad; (void)stride; (void)p; (void)order; (void)out_addr; (void)os; (void)nthreads;
+    (void)fpad; (void)k; (void)pad; (void)stride; (void)p; (void)order; (void)out_addr; (void)os; (void)split;
+    (void)split_ld; (void)nthreads;
     return -1;
 #endif
 }

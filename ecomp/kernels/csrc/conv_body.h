@@ -37,12 +37,13 @@ KFN_WINDOWS(2, 1)
  * maximum over the cell's window positions (four at a time; the last four repeat their last
  * position, which leaves the maximum as it is), then the bias, then the ReLU. Blocks of two
  * vectors take one cell at a time, a last block of one vector two cells (the last cell of an
- * odd count with itself). `xp` is the zero-padded image, `pos` the cells' window positions
+ * odd count with itself). `xp` is the image (zero-padded where the stage pads), `pos` the cells' window positions
  * (npos per cell) as offsets into it, `wt` the filters (K rows of fpad channels), `b` the
- * biases (fpad), `o` the cells' outputs (f channels each; rows ld_y, cells ld_x apart). */
+ * biases (fpad), `o` the cells' outputs (f channels each; rows ld_y, cells ld_x apart; channel c
+ * at (c / split) * split_ld + c % split). */
 static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K, const float *wt, int64_t fpad,
                                  const float *b, int64_t f, const int64_t *pos, int64_t npos, int64_t cells,
-                                 int64_t ld_y, int64_t ld_x, int64_t pw, float *o) {
+                                 int64_t ld_y, int64_t ld_x, int64_t pw, int64_t split, int64_t split_ld, float *o) {
     for (int64_t c0 = 0; c0 < fpad;) {
         const int nv = fpad - c0 >= 2 * VW ? 2 : 1, nc = 2 / nv;
         const int64_t nc_f = f - c0 < nv * VW ? f - c0 : nv * VW;        /* channels of the block */
@@ -67,8 +68,11 @@ static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K
             for (int c = 0; c < nc; c++) {
                 float r[2 * VW];
                 for (int v = 0; v < nv; v++) VSTORE(r + v * VW, VMAX(VADD(m[c][v], VLOAD(b + c0 + v * VW)), VZERO));
-                float *oc = o + (cs[c] / pw) * ld_y + (cs[c] % pw) * ld_x + c0;
-                for (int64_t ch = 0; ch < nc_f; ch++) oc[ch] = r[ch];
+                float *oc = o + (cs[c] / pw) * ld_y + (cs[c] % pw) * ld_x;
+                for (int64_t ch = 0, blk = c0 / split, at = c0 % split; ch < nc_f; ch++) {
+                    oc[blk * split_ld + at] = r[ch];
+                    if (++at == split) at = 0, blk++;
+                }
             }
         }
         c0 += nv * VW;
