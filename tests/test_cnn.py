@@ -162,6 +162,26 @@ def test_the_fused_convolutions_agree_with_the_per_network_loop(plan, features, 
             torch.testing.assert_close(distances(b), distances(a), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("native_pass", [False, True])
+def test_a_weight_changed_in_place_reaches_the_next_pass(native_pass):
+    """The grouped pass keeps each population's joined filters between calls (the final pick
+    evaluates one population on every batch); a weight changed in place, as mutation changes
+    them, is in the next pass."""
+    plan = convnet.lenet5((1, 12, 12), 5)
+    pop = l1_population(random_net(plan), 6, 0.9, 0.5)
+    pop = NetPopulation(plan, [pop.members[i // 3] for i in range(6)]).take(list(range(6)))
+    x = torch.rand(9, 144)
+    before, _ = conv_forward.forward_grouped(pop, x, native=native_pass)
+    for l in range(len(plan.stages)):
+        pop.members[4][l][0].mul_(1.5)
+        pop.members[1][l][1].add_(0.25)
+    after, hidden = conv_forward.forward_grouped(pop, x, native=native_pass)
+    ref, ref_hidden = conv_forward.forward_loop(pop, x)
+    assert not torch.allclose(after[4], before[4]) and not torch.allclose(after[1], before[1])
+    torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(distances(hidden[0][4]), distances(ref_hidden[0][4]), rtol=1e-4, atol=1e-3)
+
+
 def chunked_pass(monkeypatch, pop: NetPopulation, x: torch.Tensor, budget: int, block: int | None = None):
     """``forward_grouped(pop, x)`` under a budget of ``budget`` floats (``block`` for a block of
     the first convolution; default the same), watched: the individuals

@@ -358,3 +358,7 @@ def test_conv_pool_refuses_what_it_cannot_compute():
         native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 4, 3, 3).transpose(2, 4))
     with pytest.raises(ValueError, match="order"):
         native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), order="columns")
+    if has_fused_conv():                                               # filters built for other weights
+        other = native.conv_filters(torch.randn(4, 2, 3, 3), b)
+        with pytest.raises(ValueError, match="filters"):
+            native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), filters=other)

@@ -196,15 +196,16 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
     fused = native and s.pool in (None, "max") and x4.dtype == torch.float32 and native_kernels.conv_block() > 0
     patches = None
     for part in _parts(pop, order, n * ph * pw, n):
-        w = torch.cat([pop.members[i][0][0] for i in part])
-        b = torch.cat([pop.members[i][0][1] for i in part])
+        w, b = _joined(pop, 0, part)
         f = w.shape[0]
         if fused:
             u = {pop.widths[i][0] for i in part}
             # one width: each individual's maps a block of its own, (g, n, H', W', u), which the
             # similarity and the later stages read as they are; else channels-last, all together
             out = x4.new_empty(len(part), n, ph, pw, f // len(part)) if len(u) == 1 else x4.new_empty(1, n, ph, pw, f)
-            if native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size if s.pool else 1, out):
+            filters = pop.joined(0, part, "patches", lambda: native_kernels.conv_filters(w, b, 1, "patches"))
+            if native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size if s.pool else 1, out,
+                                        filters=filters):
                 yield part, (out.permute(0, 1, 4, 2, 3) if len(u) == 1 else out[0].permute(0, 3, 1, 2))
                 continue
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)
@@ -220,6 +221,13 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
         yield part, out
 
 
+def _joined(pop: NetPopulation, l: int, members: list[int]) -> tuple[Tensor, Tensor]:
+    """Individuals ``members``' weights of stage ``l`` concatenated along the outputs, and their
+    biases; built once per population (:meth:`NetPopulation.joined`)."""
+    return pop.joined(l, members, "cat", lambda: (torch.cat([pop.members[i][l][0] for i in members]),
+                                                  torch.cat([pop.members[i][l][1] for i in members])))
+
+
 @torch.no_grad()
 def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, native: bool = False
            ) -> tuple[Tensor, list[list[Tensor]]]:
@@ -232,23 +240,23 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
     last = len(plan.stages) - 1
     for l in range(1, len(plan.stages)):
         s = plan.stages[l]
-        ws = [pop.members[i][l][0] for i in members]
-        b = torch.cat([pop.members[i][l][1] for i in members])
+        w, b = _joined(pop, l, members)
         if s.kind == "conv":
             if fused and s.pool in (None, "max"):
                 # per individual (g, n, H', W', u): the flat features as they are, and the
                 # next stage's input as (g, n, u, H', W')
                 _, hh, ww = plan.with_units(pop.widths[members[0]]).maps()[l]
                 p = s.pool_size if s.pool else 1
-                per = h.new_empty(g, n, hh // p, ww // p, ws[0].shape[0])
-                if native_kernels.conv_pool(h, torch.cat(ws), b, s.padding, s.stride, p, per, g, "pixels"):
+                per = h.new_empty(g, n, hh // p, ww // p, w.shape[0] // g)
+                filters = pop.joined(l, members, "pixels", lambda: native_kernels.conv_filters(w, b, g, "pixels"))
+                if native_kernels.conv_pool(h, w, b, s.padding, s.stride, p, per, g, "pixels", filters):
                     h = per.permute(0, 1, 4, 2, 3)
                     acts.append(list(per.flatten(2).unbind(0)) if features == "flat" else
                                 list(per.mean((2, 3)).unbind(0)))
                     continue
             if h.dim() == 5:
                 h = h.permute(1, 0, 2, 3, 4).flatten(1, 2)             # (n, g*u, H, W)
-            w = torch.cat(ws).contiguous(memory_format=torch.channels_last)
+            w = w.contiguous(memory_format=torch.channels_last)
             h = F.conv2d(h.contiguous(memory_format=torch.channels_last), w, b, s.stride, s.padding, 1, g)
             h = _relu_pool(plan, l, h)
             acts.append(_flat_features(h, g, features, native))
@@ -257,7 +265,7 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
             h = h.reshape(g, n, -1)
         elif h.dim() == 4:
             h = h.reshape(n, g, -1).transpose(0, 1)
-        h = torch.baddbmm(b.view(g, 1, -1), h, torch.stack(ws).transpose(1, 2))   # (g, n, out)
+        h = torch.baddbmm(b.view(g, 1, -1), h, w.view(g, -1, w.shape[-1]).transpose(1, 2))   # (g, n, out)
         if l < last:
             h = h.relu_()
             acts.append(list(h.unbind(0)))

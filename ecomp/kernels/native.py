@@ -287,18 +287,39 @@ def conv_block() -> int:
 SUM_ORDERS = {"patches": 0, "pixels": 1}   # (c, ky, kx) as a GEMM on patches sums; (ky, kx, c) as oneDNN
 
 
+def conv_filters(w: Tensor, b: Tensor, groups: int = 1, order: str = "patches") -> tuple[Tensor, Tensor]:
+    """The filters ``w`` ``(groups * f, C, k, k)`` and biases ``b`` as :func:`conv_pool` reads
+    them: ``(groups, C*k*k, fpad)``, row ``k`` each filter's ``k``-th term in ``order``, zero
+    columns from ``f`` to a whole number of vectors; and ``(groups, fpad)``. A population
+    evaluated on many batches builds them once (:meth:`NetPopulation.joined`)."""
+    vw = conv_block() or 1
+    f, c, k = w.shape[0] // groups, w.shape[1], w.shape[-1]
+    if order not in SUM_ORDERS or w.shape[0] % groups or tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"conv_filters: expected w (g*f, C, k, k), b (g*f,) and order in {sorted(SUM_ORDERS)}; got "
+                         f"{tuple(w.shape)}, {tuple(b.shape)}, {order!r}, groups={groups}")
+    fpad = -(-f // vw) * vw
+    terms = w.reshape(groups, f, c, k, k)
+    terms = terms.flatten(2) if order == "patches" else terms.permute(0, 1, 3, 4, 2).flatten(2)   # (g, f, K)
+    wt = w.new_zeros(groups, c * k * k, fpad)
+    wt[:, :, :f] = terms.transpose(1, 2)
+    bp = b.new_zeros(groups, fpad)
+    bp[:, :f] = b.view(groups, f)
+    return wt, bp
+
+
 def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: int, out: Tensor,
-              groups: int = 1, order: str = "patches") -> bool:
+              groups: int = 1, order: str = "patches", filters: tuple[Tensor, Tensor] | None = None) -> bool:
     """A convolution's ``relu(max_pool(conv2d(x, w, b, stride, padding, groups=groups), pool))``
     in one pass per image and group (``csrc/conv.c``): the pooled maps, without the patches or
     the unpooled output in memory. ``x`` ``(n, groups * C, H, W)`` or ``(groups, n, C, H, W)``
-    (any strides), ``w``
-    ``(groups * f, C, k, k)``, ``b`` ``(groups * f,)``; ``out`` ``(groups, n, H', W', f)``
+    (any strides), ``w`` ``(groups * f, C, k, k)``, ``b`` ``(groups * f,)``; ``out`` ``(groups, n, H', W', f)``
     with unit stride over ``f`` (a channels-last ``(n, groups * f, H', W')`` map seen as that is
     one), or with one group ``(s, n, H', W', f / s)``: the filters' maps in ``s`` blocks of
-    their own (one per individual of a population's run, where each has ``f / s`` filters). Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
-    ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`). False
-    (``out`` untouched) where the library has no vector copy here (:func:`conv_block`)."""
+    their own (one per individual of a population's run, where each has ``f / s`` filters).
+    Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
+    ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`).
+    ``filters``: ``conv_filters(w, b, groups, order)``, if already built. False (``out``
+    untouched) where the library has no vector copy here (:func:`conv_block`)."""
     vw = conv_block()
     if vw == 0:
         return False
@@ -320,23 +341,17 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
             or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b, out))):
         raise ValueError(f"conv_pool: expected float32 CPU x (n, g*C, H, W), w (g*f, C, k, k), b (g*f,), out "
                          f"(g, n, H', W', f) (one group: (s, n, H', W', f/s)) with unit stride over f and order in "
-                         f"{sorted(SUM_ORDERS)}; got "
-                         f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, {tuple(out.shape)}, {order!r}, "
-                         f"groups={groups}")
-    fpad = -(-f // vw) * vw
-    terms = w.reshape(groups, f, c, k, k)
-    terms = terms.flatten(2) if order == "patches" else terms.permute(0, 1, 3, 4, 2).flatten(2)   # (g, f, K)
-    wt = w.new_zeros(groups, c * k * k, fpad)
-    wt[:, :, :f] = terms.transpose(1, 2)
-    bp = b.new_zeros(groups, fpad)
-    bp[:, :f] = b.view(groups, f)
+                         f"{sorted(SUM_ORDERS)}; got {tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, "
+                         f"{tuple(out.shape)}, {order!r}, groups={groups}")
+    wt, bp = filters if filters is not None else conv_filters(w, b, groups, order)
+    if wt.shape[:2] != (groups, c * k * k) or wt.shape[2] % vw or wt.shape[2] < f or bp.shape != (groups, wt.shape[2]):
+        raise ValueError(f"conv_pool: filters {tuple(wt.shape)}, {tuple(bp.shape)} are not conv_filters' of w, b")
     xs = (ctypes.c_int64 * 5)(*xs)
-    split, split_ld = per_block, out.stride(0)
     os_ = (ctypes.c_int64 * 4)(out.stride(0) if blocks == 1 else 0, *out.stride()[1:4])
     lib = load()
-    done = lib.ecomp_conv_pool(x.data_ptr(), xs, n, groups, c, hh, ww, wt.data_ptr(), bp.data_ptr(), f, fpad, k,
-                               padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_, split, split_ld,
-                               torch.get_num_threads() if lib.ecomp_openmp() else 1)
+    done = lib.ecomp_conv_pool(x.data_ptr(), xs, n, groups, c, hh, ww, wt.data_ptr(), bp.data_ptr(), f, wt.shape[2],
+                               k, padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_, per_block,
+                               out.stride(0), torch.get_num_threads() if lib.ecomp_openmp() else 1)
     return done == 0
 
 

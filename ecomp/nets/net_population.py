@@ -11,8 +11,9 @@ and the forward passes group the individuals by architecture instead
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -27,9 +28,23 @@ class NetPopulation:
     slots = None                           # stored in individual order, always (Population's interface)
     packed: ClassVar[bool] = False         # one network per individual, not packed layer buffers
     widths: list[tuple[int, ...]] = field(init=False)   # units of each individual's groups
+    _kept: dict = field(init=False, repr=False, compare=False, default_factory=dict)   # see joined()
 
     def __post_init__(self) -> None:
         self.widths = [self.plan.net(m).units for m in self.members]
+
+    def joined(self, layer: int, members: list[int], how: str, make: Callable[[], Any]) -> Any:
+        """``make()``, something built from individuals ``members``' weights and biases of
+        ``layer`` (their filters concatenated, stacked, ...; ``how`` names it), built once and
+        kept while none of those tensors changes in place (their version counters say so): a
+        population evaluated on many batches, as the final pick does, joins its weights once
+        instead of once per batch."""
+        key = (layer, tuple(members), how)
+        versions = tuple(t._version for i in members for t in self.members[i][layer])
+        kept = self._kept.get(key)
+        if kept is None or kept[0] != versions:
+            kept = self._kept[key] = (versions, make())
+        return kept[1]
 
     @property
     def size(self) -> int:
