@@ -7,8 +7,10 @@ large convolution's rate and one large GEMM's, measured in the same process.
     python benchmarks/bench_conv.py --baseline 8594009  # and that commit's grouped pass beside it
     python benchmarks/bench_conv.py --blocks            # the first stage per block size instead
 
-Beside each pass, the same arithmetic as bare GEMMs at the population's own shapes
-(:func:`gemm_bound`), and a default run's forward passes at each rate (:func:`run_floor`).
+"grouped" is the run's CPU pass: the C library's fused convolution stages and copies where the
+library builds (``native=True``), for the baseline commit too where it has them. Beside each
+pass, the same arithmetic as bare GEMMs at the population's own shapes (:func:`gemm_bound`), and
+a default run's forward passes at each rate (:func:`run_floor`).
 
 Three populations: the initial one (100 keep ratios: 100 architectures, as generation 0 is) and
 two of a single architecture (keep 0.55 and keep 0.9: what evolution converges to; scenario 121
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
 from ecomp.core.initialiser import l1_population  # noqa: E402
-from ecomp.kernels import conv_forward  # noqa: E402
+from ecomp.kernels import c_library, conv_forward  # noqa: E402
 from ecomp.nets import convnet  # noqa: E402
 from ecomp.nets.net_population import NetPopulation  # noqa: E402
 from ecomp.nets.convnet import plan_size  # noqa: E402
@@ -122,6 +124,13 @@ try:
     keep_freed_memory()
 except ImportError:
     pass
+import inspect
+try:                                                 # the run's CPU path: the C library's kernels where they build
+    from ecomp.kernels import c_library
+    kw = {"native": True} if ("native" in inspect.signature(conv_forward.forward_grouped).parameters
+                              and c_library.available()) else {}
+except ImportError:
+    kw = {}
 batch, size, repeats = (int(v) for v in sys.argv[1:4])
 torch.manual_seed(0)
 plan = convnet.lenet5((1, 28, 28), 10)
@@ -132,10 +141,10 @@ def converged(keep):
     return Pop(plan, [member] * size).take(list(range(size)))
 out = {}
 for name, pop in (("initial", l1_population(parent, size, 0.9, 0.207)), ("0.55", converged(0.55)), ("0.9", converged(0.9))):
-    conv_forward.forward_grouped(pop, x)
+    conv_forward.forward_grouped(pop, x, **kw)
     ts = []
     for _ in range(repeats):
-        t = time.perf_counter(); conv_forward.forward_grouped(pop, x); ts.append(time.perf_counter() - t)
+        t = time.perf_counter(); conv_forward.forward_grouped(pop, x, **kw); ts.append(time.perf_counter() - t)
     out[name] = statistics.median(ts)
 print(json.dumps(out))
 """
@@ -182,8 +191,9 @@ def main() -> None:
         block_sizes({"initial": initial, "keep 0.55": converged(0.55), "keep 0.9": converged(0.9)}, x, args.repeats)
         return
     conv, gemm = conv_gflops("cpu", args.repeats), gemm_gflops("cpu", args.repeats)
+    native = c_library.available()           # the run's CPU path: the C library's fused stages and copies
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"population {args.size}, medians of {args.repeats}")
+          f"population {args.size}, medians of {args.repeats}; grouped pass with the C kernels: {native}")
     print(f"one large convolution ({'x'.join(map(str, CONV[:4]))} -> {CONV[4]}, {CONV[5]}x{CONV[5]}, channels-last; "
           f"rates.py): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s")
     print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped "
@@ -195,7 +205,7 @@ def main() -> None:
                            ("0.9", "one architecture, keep 0.9", converged(0.9))):
         flops = 2 * args.batch * float(pop.sizes("macs").sum())
         loop = median_seconds(lambda: conv_forward.forward_loop(pop, x), args.repeats)
-        grouped = median_seconds(lambda: conv_forward.forward_grouped(pop, x), args.repeats)
+        grouped = median_seconds(lambda: conv_forward.forward_grouped(pop, x, native=native), args.repeats)
         gemms = gemm_bound(pop, args.batch, args.repeats)
         flop[name], seconds[name], bound[name] = flops, grouped, gemms
         row = (f"| {name} | {loop * 1e3:.1f} ms | {grouped * 1e3:.1f} ms | {flops / grouped / 1e9:.1f} | "

@@ -11,8 +11,10 @@ speed only, and the tests force each path against its straightforward oracle.
   the CPU; else PyTorch with one warning), ``native`` (an error if they cannot be had) or
   ``torch``.
 * ``native_copies``: crossover's copies by the C kernels (and in place once the population has
-  one architecture): the CPU's float32 path whenever the library builds, whatever
-  ``similarity.kernels`` says, because the copies are exact either way.
+  one architecture), and a convolutional population's fused convolution stages
+  (:func:`ecomp.kernels.native.conv_pool`): the CPU's float32 path whenever the library builds,
+  whatever ``similarity.kernels`` says, because the copies are exact either way and the fused
+  stages sum in the order of the PyTorch path they replace (the same bits on the CPUs measured).
 * ``batched_max_rows``: a one-architecture population's later layers as one batched product
   up to this many images per network (above it, one GEMM per network is at BLAS speed on a
   CPU and the stacked path loses: ``benchmarks/bench_kernels.py``); ``None``: at any batch (a GPU).
@@ -56,7 +58,8 @@ class Backend:
 
     @property
     def native_copies(self) -> bool:
-        """Crossover's copies by the C kernels (the library is built on first ask, then cached)."""
+        """Crossover's copies and the fused convolutions by the C kernels (the library is built on
+        first ask, then cached)."""
         return self.device.type == "cpu" and c_library.available()
 
     @property
