@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -362,3 +363,38 @@ def test_conv_pool_refuses_what_it_cannot_compute():
         other = native.conv_filters(torch.randn(4, 2, 3, 3), b)
         with pytest.raises(ValueError, match="filters"):
             native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), filters=other)
+
+
+CONV_CASES = """
+import sys, torch
+from ecomp.kernels import native
+out = {"block": native.conv_block()}
+gen = torch.Generator().manual_seed(7)
+for name, (n, g, c, f, size, k, pad, pool, order, blocks) in {
+        "first": (6, 1, 1, 30, 28, 5, 2, 2, "patches", 5), "wide": (3, 1, 3, 53, 16, 3, 1, 2, "patches", 1),
+        "later": (5, 9, 6, 15, 14, 5, 0, 2, "pixels", 1), "odd": (4, 3, 5, 9, 11, 3, 0, 3, "pixels", 1)}.items():
+    x = torch.randn(n, g * c, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(g * f, c, k, k, generator=gen), torch.randn(g * f, generator=gen)
+    side = ((size + 2 * pad - k) + 1) // pool
+    o = torch.full((max(g, blocks), n, side, side, f // blocks), float("nan"))
+    assert native.conv_pool(x, w, b, pad, 1, pool, o, g, order)
+    out[name] = o
+torch.save(out, sys.argv[1])
+"""
+
+
+@needs_conv
+def test_the_avx2_copy_of_the_fused_convolution_gives_the_same_bits(tmp_path):
+    """Both vector copies sum each output in the same order with the same roundings: equal bit for
+    bit (on a CPU without AVX-512 both runs take the AVX2 copy). Each run in a process of its own,
+    the library's copy being chosen once per process (``ECOMP_KERNEL_ISA``)."""
+    got = {}
+    for isa in ("auto", "avx2"):
+        env = {**os.environ, "ECOMP_KERNEL_ISA": isa}
+        subprocess.run([sys.executable, "-c", CONV_CASES, str(tmp_path / f"{isa}.pt")], env=env, check=True,
+                       cwd=Path(__file__).parents[1], timeout=300)
+        got[isa] = torch.load(tmp_path / f"{isa}.pt")
+    assert got["avx2"]["block"] == 8
+    for name in ("first", "wide", "later", "odd"):
+        assert not got["auto"][name].isnan().any()
+        assert torch.equal(got["auto"][name], got["avx2"][name]), name

@@ -13,8 +13,9 @@ never load a stale or half-written one (each build is written to a temporary nam
 renamed). No ``-march=native``: the library carries a baseline and an AVX2 + FMA copy of
 every kernel (the fused convolution: an AVX-512F and an AVX2 + FMA copy, and the PyTorch path
 instead of a baseline one) and picks one at load time, so one build serves every x86-64 node;
-``ECOMP_KERNEL_ISA=baseline`` makes it run the baseline copy on any CPU (the tests reach both
-copies that way; ``auto``, the default, takes the AVX2 copy where the CPU has it). No
+``ECOMP_KERNEL_ISA=baseline`` makes it run the baseline copy on any CPU, ``avx2`` the fused
+convolution's AVX2 copy where the AVX-512 one would run (the tests reach the copies that way;
+``auto``, the default, takes the widest copy the CPU has). No
 ``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
 same from run to run and do not depend on the number of threads.
 
@@ -48,7 +49,7 @@ SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
 ABI_VERSION = 11
-ISAS = ("auto", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
+ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -117,8 +118,11 @@ def _build() -> ctypes.CDLL:
     if lib.ecomp_abi_version() != ABI_VERSION:
         raise NativeUnavailable(f"{target} has ABI {lib.ecomp_abi_version()}, expected {ABI_VERSION}")
     lib.ecomp_force_baseline.restype = None
+    lib.ecomp_conv_force_avx2.restype = None
     if requested_isa() == "baseline":
         lib.ecomp_force_baseline()
+    elif requested_isa() == "avx2":
+        lib.ecomp_conv_force_avx2()
     span = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]        # m0, m1, nthreads
     lib.ecomp_conditionals.argtypes = [_f32, ctypes.c_int, _f64, ctypes.c_double, ctypes.c_double, ctypes.c_int,
                                        _f32, _f64, *span]

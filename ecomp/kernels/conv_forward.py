@@ -186,14 +186,14 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
     """Stage 0 (a convolution) of individuals ``order``, chunk by chunk: ``(individuals, their
     pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
     ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too.
-    ``native``: a max-pooled (or unpooled) float32 stage by the C library's fused kernel
+    ``native``: a max-pooled float32 stage by the C library's fused kernel
     (:func:`ecomp.kernels.native.conv_pool`) where it has a copy for this CPU; a chunk whose
     individuals have one width then comes as ``(individuals, n, units, H', W')``."""
     plan, s = pop.plan, pop.plan.stages[0]
     n = x4.shape[0]
     _, hh, ww = plan.maps()[0]
     ph, pw = (hh // s.pool_size, ww // s.pool_size) if s.pool else (hh, ww)
-    fused = native and s.pool in (None, "max") and x4.dtype == torch.float32 and native_kernels.conv_block() > 0
+    fused = native and _fusable(s) and x4.dtype == torch.float32 and native_kernels.conv_block() > 0
     patches = None
     for part in _parts(pop, order, n * ph * pw, n):
         w, b = _joined(pop, 0, part)
@@ -221,6 +221,13 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
         yield part, out
 
 
+def _fusable(s) -> bool:
+    """Whether the C library's fused kernel takes a convolution stage: a max-pool of 2x2 or more
+    (its registers hold four window positions of a pooled pixel; an unpooled stage would use a
+    quarter of them, slower than oneDNN or MKL)."""
+    return s.pool == "max" and s.pool_size > 1
+
+
 def _joined(pop: NetPopulation, l: int, members: list[int]) -> tuple[Tensor, Tensor]:
     """Individuals ``members``' weights of stage ``l`` concatenated along the outputs, and their
     biases; built once per population (:meth:`NetPopulation.joined`)."""
@@ -242,7 +249,7 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
         s = plan.stages[l]
         w, b = _joined(pop, l, members)
         if s.kind == "conv":
-            if fused and s.pool in (None, "max"):
+            if fused and _fusable(s):
                 # per individual (g, n, H', W', u): the flat features as they are, and the
                 # next stage's input as (g, n, u, H', W')
                 _, hh, ww = plan.with_units(pop.widths[members[0]]).maps()[l]

@@ -41,6 +41,8 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VMAX(a, b) _mm512_max_ps(a, b)
 #define VADD(a, b) _mm512_add_ps(a, b)
+#define VSTORE_N(d, s, n) \
+    _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), s))
 #include "conv_body.h"
 #undef KFN
 #undef VEC
@@ -52,7 +54,11 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #undef VFMA
 #undef VMAX
 #undef VADD
+#undef VSTORE_N
 #pragma GCC pop_options
+
+/* -1 in the first n of eight lanes from lane_masks + 8 - n: AVX2's masks for n floats */
+static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -66,20 +72,30 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VMAX(a, b) _mm256_max_ps(a, b)
 #define VADD(a, b) _mm256_add_ps(a, b)
+#define VSTORE_N(d, s, n) do {                                                                    \
+        const __m256i m_ = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - (n)));           \
+        _mm256_maskstore_ps(d, m_, _mm256_maskload_ps(s, m_));                                   \
+    } while (0)
 #include "conv_body.h"
 #pragma GCC pop_options
 
 /* Floats per vector of the copy that runs here: 16 (AVX-512F), 8 (AVX2 + FMA), 0 (none: the
  * caller takes the PyTorch path). The filters and biases handed in are padded to a multiple
  * of it. */
+static int force_avx2 = 0;
 int ecomp_conv_block(void) {
     if (!ecomp_isa()) return 0;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 16 : 8;
+    return __builtin_cpu_supports("avx512f") && !force_avx2 ? 16 : 8;
 }
+
+/* Run the AVX2 copy from now on where the AVX-512 one would run (ECOMP_KERNEL_ISA=avx2: the tests'
+ * way to reach both copies on one machine). */
+void ecomp_conv_force_avx2(void) { force_avx2 = 1; }
 #else
 #define ECOMP_CONV_VECTOR 0
 int ecomp_conv_block(void) { return 0; }
+void ecomp_conv_force_avx2(void) {}
 #endif
 
 /* For every image i and group j (g groups of cin input and f output channels):

@@ -2,7 +2,7 @@
  *
  * Before inclusion: KFN(name) names this copy's functions; VEC is the vector type, VW its floats,
  * and VZERO, VSET1(x), VLOAD(p), VSTORE(p, v), VFMA(a, b, c) (a * b + c, rounded once), VMAX,
- * VADD its operations. */
+ * VADD its operations, VSTORE_N(dst, src, n) a copy of n <= VW floats by masked moves. */
 
 /* Eight accumulators, enough to keep both FMA units busy through their latency: four window
  * positions of each of NC cells (1 or 2) for NV = 2 / NC vectors of channels. Each dot product
@@ -47,6 +47,7 @@ static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K
     for (int64_t c0 = 0; c0 < fpad;) {
         const int nv = fpad - c0 >= 2 * VW ? 2 : 1, nc = 2 / nv;
         const int64_t nc_f = f - c0 < nv * VW ? f - c0 : nv * VW;        /* channels of the block */
+        const int64_t blk0 = c0 / split, at0 = c0 % split;               /* where its first one goes */
         for (int64_t cell = 0; cell < cells; cell += nc) {
             int64_t cs[2] = {cell, cell + 1 < cells ? cell + 1 : cell};
             VEC m[2][2] = {{VZERO, VZERO}, {VZERO, VZERO}};
@@ -69,9 +70,13 @@ static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K
                 float r[2 * VW];
                 for (int v = 0; v < nv; v++) VSTORE(r + v * VW, VMAX(VADD(m[c][v], VLOAD(b + c0 + v * VW)), VZERO));
                 float *oc = o + (cs[c] / pw) * ld_y + (cs[c] % pw) * ld_x;
-                for (int64_t ch = 0, blk = c0 / split, at = c0 % split; ch < nc_f; ch++) {
-                    oc[blk * split_ld + at] = r[ch];
-                    if (++at == split) at = 0, blk++;
+                for (int64_t ch = 0, blk = blk0, at = at0; ch < nc_f;) {      /* runs of one block each */
+                    const int64_t run = split - at < nc_f - ch ? split - at : nc_f - ch;
+                    float *dst = oc + blk * split_ld + at;
+                    for (int64_t q = 0; q < run; q += VW) VSTORE_N(dst + q, r + ch + q, run - q < VW ? run - q : VW);
+                    ch += run;
+                    at += run;
+                    if (at == split) at = 0, blk++;
                 }
             }
         }
