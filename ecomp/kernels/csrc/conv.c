@@ -34,6 +34,8 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #define KFN(name) name##_avx512
 #define VEC __m512
 #define VW 16
+#define NC1 2
+#define NC2 2
 #define VZERO _mm512_setzero_ps()
 #define VSET1(x) _mm512_set1_ps(x)
 #define VLOAD(p) _mm512_loadu_ps(p)
@@ -55,6 +57,8 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #undef VMAX
 #undef VADD
 #undef VSTORE_N
+#undef NC1
+#undef NC2
 #pragma GCC pop_options
 
 /* -1 in the first n of eight lanes from lane_masks + 8 - n: AVX2's masks for n floats */
@@ -65,6 +69,8 @@ static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 
 #define KFN(name) name##_avx2
 #define VEC __m256
 #define VW 8
+#define NC1 2
+#define NC2 1
 #define VZERO _mm256_setzero_ps()
 #define VSET1(x) _mm256_set1_ps(x)
 #define VLOAD(p) _mm256_loadu_ps(p)
