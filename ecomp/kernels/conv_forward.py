@@ -8,7 +8,11 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
   (evolution makes most of them alike within a few dozen generations) run as one network: their
   first convolutions' filters concatenated into one GEMM on the shared images' patches, every
   later convolution as a grouped convolution (``groups`` = individuals), every linear stage as
-  one batched product. ``benchmarks/bench_conv.py`` measures both; the grouped pass is the default.
+  one batched product. With ``native`` (the run's CPU path where the C library builds), each
+  max-pooled convolution stage is instead one fused pass of the C library
+  (:func:`ecomp.kernels.native.conv_pool`: convolution, pool, bias and ReLU, only the pooled maps
+  written), summed in the order of the PyTorch call it replaces. ``benchmarks/bench_conv.py``
+  measures both; the grouped pass is the default.
 
 Every tensor the grouped pass makes holds at most ``MAX_ELEMENTS`` floats: the individuals are
 split into chunks, and the first convolution of a chunk runs a few images at a time, each
