@@ -2,7 +2,7 @@
 
 ``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies and a
 convolutional population's per-individual feature copies, ``csrc/conv.c`` a convolutional
-population's fused first stage (``benchmarks/bench_kernels.py`` and ``benchmarks/bench_conv.py``
+population's fused max-pooled convolution stages (``benchmarks/bench_kernels.py`` and ``benchmarks/bench_conv.py``
 time them against the PyTorch code).
 
 How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/kernels/csrc`` once

@@ -208,8 +208,7 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
             # similarity and the later stages read as they are; else channels-last, all together
             out = x4.new_empty(len(part), n, ph, pw, f // len(part)) if len(u) == 1 else x4.new_empty(1, n, ph, pw, f)
             filters = pop.joined(0, part, "patches", lambda: native_kernels.conv_filters(w, b, 1, "patches"))
-            if native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size if s.pool else 1, out,
-                                        filters=filters):
+            if native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size, out, filters=filters):
                 yield part, (out.permute(0, 1, 4, 2, 3) if len(u) == 1 else out[0].permute(0, 3, 1, 2))
                 continue
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)
@@ -257,7 +256,7 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
                 # per individual (g, n, H', W', u): the flat features as they are, and the
                 # next stage's input as (g, n, u, H', W')
                 _, hh, ww = plan.with_units(pop.widths[members[0]]).maps()[l]
-                p = s.pool_size if s.pool else 1
+                p = s.pool_size
                 per = h.new_empty(g, n, hh // p, ww // p, w.shape[0] // g)
                 filters = pop.joined(l, members, "pixels", lambda: native_kernels.conv_filters(w, b, g, "pixels"))
                 if native_kernels.conv_pool(h, w, b, s.padding, s.stride, p, per, g, "pixels", filters):
@@ -288,8 +287,8 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", nativ
                     ) -> tuple[Tensor, list[list[Tensor]]]:
     """:func:`forward_loop`'s results, one batch per architecture (in chunks). A first stage
     that is a convolution runs for the whole population at once (:func:`_first_stage`).
-    ``native``: the C library's fused first stage and per-individual copies of the maps (the
-    same bits where MKL's GEMM sums in order, as on the CPUs measured)."""
+    ``native``: the C library's fused max-pooled convolution stages and per-individual copies of
+    the maps (the same bits where MKL and oneDNN sum in order, as on the CPUs measured)."""
     plan, n = pop.plan, x.shape[0]
     x4 = x.view(n, *plan.in_shape)
     logits = x.new_empty(pop.size, n, pop.classes)

@@ -7,18 +7,18 @@
  * product; a later stage is oneDNN's grouped convolution followed by the pooling. With 25- to
  * 150-value dot products and a few dozen filters both read their operands from memory, run at
  * a third of the machine's rate, and the pooling reads their output again. Here each image is
- * padded once into a small buffer that stays in the first-level cache, each pooled pixel's
- * window positions are computed in registers and only the pooled maps are written.
+ * read where it is (or, where the stage pads, copied once into a zero-bordered buffer that
+ * stays in the first-level cache), each pooled pixel's window positions are computed in
+ * registers and only the pooled maps are written.
  *
  * Each output's dot product is accumulated k = 0 .. K - 1 with one rounding per step (fused
  * multiply-add), in the order the path it replaces sums: (c, ky, kx) for the patches' GEMM,
  * (ky, kx, c) for oneDNN's channels-last convolution, which then adds the bias. On the CPUs
- * measured both libraries sum that way, so the bits are theirs (tests/test_cnn.py compares
- * within a tolerance, as any other machine may round differently).
+ * measured both libraries sum that way, so the bits are theirs (tests/test_native.py and
+ * tests/test_cnn.py compare within a tolerance, as any other machine may round differently).
  *
  * Vector copies only (AVX-512F, else AVX2 + FMA); without them, or with the library forced to its
  * baseline copy, the entry point returns -1 and the caller takes the PyTorch path. */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
