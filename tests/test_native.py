@@ -244,6 +244,43 @@ def test_blas_grams_agree_with_the_kernel(width):
     assert native.is_wide(acts[0]) == (width >= native.BLAS_GRAM_WIDTH)
 
 
+needs_vectors = pytest.mark.skipif(c_library.compiler() is None or not native.conv_block(),
+                                   reason="no vector copy of the C kernels on this CPU")
+
+
+@needs_vectors
+@pytest.mark.parametrize("n, width, block", [(100, 1176, 192), (37, 1500, 64), (100, 3136, 256), (16, 1024, 5000),
+                                             (9, 40, 7)])
+def test_the_blocked_gram_kernel_is_the_float64_gram_and_symmetric(n, width, block):
+    """``csrc/gram.c`` (upper triangle, mirrored; sums in blocks) against float64 products, on row
+    views with a leading dimension wider than the rows (a slice of a wider map)."""
+    gen = torch.Generator().manual_seed(width + block)
+    wider = torch.randn(3 * n, width + 5, generator=gen).relu()
+    acts = [wider[:, 2:2 + width], torch.randn(3 * n, width, generator=gen).relu()]
+    got = native.gram_blocked(acts, n, block)
+    want = torch.cat([torch.bmm(x, x.transpose(1, 2)) for x in (a.double().unflatten(0, (-1, n)) for a in acts)])
+    assert got.shape == (6, n, n) and torch.equal(got, got.transpose(1, 2))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@needs_vectors
+@pytest.mark.parametrize("width", [native.BLAS_GRAM_WIDTH, 1176, 3136])
+def test_wide_grams_are_the_gemms_bits(width):
+    """The wide sets' Grams are the GEMM library's bit for bit, whichever path :func:`native.gram_block`
+    chose (the kernel where a block reproduces the library's order on this machine), including a
+    mix of row sets and column sets (a transposed view: always the library's)."""
+    n = 100
+    gen = torch.Generator().manual_seed(width)
+    acts = [torch.randn(2 * n, width, generator=gen).relu(), torch.randn(width, 2 * n, generator=gen).relu().T]
+    assert torch.equal(native.wide_grams(acts, n), native.blas_grams(acts, n))
+    assert torch.equal(native.wide_grams(acts[:1], n), native.blas_grams(acts[:1], n))
+    kb = native.gram_block(n, width)
+    if kb:                                       # the order found is the library's on other data too
+        assert torch.equal(native.gram_blocked(acts[:1], n, kb), native.blas_grams(acts[:1], n))
+    with pytest.raises(ValueError, match=r"^gram_blocked: needs .* points as rows"):
+        native.gram_blocked(acts[1:], n, 192)
+
+
 def test_tsne_on_wide_feature_maps_matches_scikit_learn():
     """The measure with sets on both paths (a narrow and a BLAS-wide layer) against scikit-learn's
     float64 joint probabilities and the reference KL, per network; an unchanged child scores ~0."""

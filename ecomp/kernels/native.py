@@ -191,6 +191,76 @@ def similarity_grams(gram: Tensor, p: Tensor, parent: Tensor, perplexity: float,
     return kl
 
 
+def wide_grams(acts: list[Tensor], n: int) -> Tensor:
+    """:func:`blas_grams`' Gram matrices, bit for bit, in about half its time: the sets of each
+    activation whose width the C kernel sums in the GEMM library's order (:func:`gram_block`)
+    come from it (``csrc/gram.c``: the upper triangle only, mirrored), the others from
+    :func:`blas_grams`."""
+    if not acts:
+        return torch.empty(0, n, n)
+    m, (addr, ld, trans, width) = _point_sets(acts, n)
+    kb = torch.tensor([gram_block(n, a.shape[1]) for a in acts], dtype=torch.int64).repeat_interleave(m // len(acts))
+    kb[trans != 0] = 0                                  # points as columns: the library's product
+    ours = kb > 0
+    if not bool(ours.any()):
+        return blas_grams(acts, n)
+    g = torch.empty(m, n, n)
+    if bool(ours.all()):
+        _gram_blocked([addr, ld, width, kb], n, g)
+        return g
+    idx = ours.nonzero().view(-1)
+    part = torch.empty(len(idx), n, n)
+    _gram_blocked([addr[idx], ld[idx], width[idx], kb[idx]], n, part)
+    g[idx] = part
+    per = m // len(acts)
+    rest = [s for s in range(len(acts)) if not bool(ours[s * per])]
+    g.view(len(acts), per, n, n)[rest] = blas_grams([acts[s] for s in rest], n).view(len(rest), per, n, n)
+    return g
+
+
+def gram_blocked(acts: list[Tensor], n: int, block: int) -> Tensor:
+    """The C kernel's Gram matrices ``(S * G, n, n)`` of :func:`similarity_acts`' point sets (points
+    as rows of unit-stride features), each entry summed in blocks of ``block`` terms (see
+    ``csrc/gram.c``); a one-line :class:`ValueError` where the kernel has no copy here."""
+    m, (addr, ld, trans, width) = _point_sets(acts, n)
+    if conv_block() == 0 or bool((trans != 0).any()) or block < 1:
+        raise ValueError(f"gram_blocked: needs a vector copy here (has {conv_block()} floats), points as rows "
+                         f"and block >= 1 (got {block})")
+    g = torch.empty(m, n, n)
+    _gram_blocked([addr, ld, width, torch.full((m,), block, dtype=torch.int64)], n, g)
+    return g
+
+
+def _gram_blocked(desc: list[Tensor], n: int, out: Tensor) -> None:
+    """``ecomp_gram_blocked`` of the sets ``desc`` (addresses, lds, widths, blocks) into ``out``."""
+    _split(load().ecomp_gram_blocked, out.shape[0], *_set_pointers(desc), n, _ptr(out, _f32))
+
+
+_GRAM_BLOCKS = (192, 256, 128, 384, 512, 96, 64, 320, 160, 224, 288, 448, 32)
+_gram_block: dict[tuple[int, int, int], int] = {}
+
+
+def gram_block(n: int, width: int) -> int:
+    """The block of terms in which the GEMM library sums a Gram entry of ``n`` points of ``width``
+    features on this machine (each block in order, one rounding per term, then the blocks' sums in
+    order), found once per shape by comparing :func:`blas_grams` with the C kernel for each
+    candidate on random sets: 0 where none reproduces it bit for bit (another order, a small-matrix
+    path), or where the kernel has no vector copy here (:func:`conv_block`)."""
+    key = (n, width, torch.get_num_threads())
+    if key not in _gram_block:
+        found = 0
+        if conv_block() > 0 and width > 0 and n > 0:
+            gen = torch.Generator().manual_seed(width)
+            a = torch.randn(4 * n, width, generator=gen).relu_()
+            want = blas_grams([a], n)
+            for kb in (*(b for b in _GRAM_BLOCKS if b < width), width):
+                if torch.equal(gram_blocked([a], n, kb), want):
+                    found = kb
+                    break
+        _gram_block[key] = found
+    return _gram_block[key]
+
+
 def blas_grams(acts: list[Tensor], n: int) -> Tensor:
     """Gram matrices ``(S * G, n, n)`` of the point sets of :func:`similarity_acts` (set ``s * G + g``:
     rows ``[g n, (g + 1) n)`` of ``acts[s]``) by torch's batched GEMM. On the wide feature maps of a
@@ -209,7 +279,7 @@ def is_wide(a: Tensor) -> bool:
 
 def grams(acts: list[Tensor], n: int) -> Tensor:
     """Gram matrices ``(S * G, n, n)`` of every set, each by the path its width picks (:func:`is_wide`)."""
-    out = [blas_grams([a], n) if is_wide(a) else grams_acts([a], n) for a in acts]
+    out = [wide_grams([a], n) if is_wide(a) else grams_acts([a], n) for a in acts]
     return torch.cat(out) if out else torch.empty(0, n, n)
 
 

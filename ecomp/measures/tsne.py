@@ -74,13 +74,13 @@ class TSNE(SimilarityMeasure):
         acts = [a for layer in hidden for a in layer]                             # l-major
         parent = parent.view(len(acts), n_stack)
         kl = torch.empty(len(acts), n_stack, dtype=torch.float64)
-        wide = [s for s, a in enumerate(acts) if native.is_wide(a)]                # feature maps: BLAS Grams
+        wide = [s for s, a in enumerate(acts) if native.is_wide(a)]                # feature maps: the GEMM's Grams
         narrow = [s for s, a in enumerate(acts) if not native.is_wide(a)]         # Gram, search, KL in cache
         if narrow:
             kl[narrow] = native.similarity_acts([acts[s] for s in narrow], n, p, parent[narrow].reshape(-1),
                                                 self.perplexity, self.tol, guess=guess).view(len(narrow), n_stack)
         if wide:
-            kl[wide] = native.similarity_grams(native.blas_grams([acts[s] for s in wide], n), p,
+            kl[wide] = native.similarity_grams(native.wide_grams([acts[s] for s in wide], n), p,
                                                parent[wide].reshape(-1), self.perplexity, self.tol,
                                                guess=guess).view(len(wide), n_stack)
         return kl.view(n_layers, size, n_stack).sum(0).T.float()
