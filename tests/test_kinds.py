@@ -19,7 +19,7 @@ from ecomp.measures.tsne import TSNE
 from ecomp.nets.checkpoint import read_checkpoint
 from ecomp.nets.network import load_network, save_network
 from ecomp.nets.sizes import counted_macs
-from ecomp.nets.structure import logits
+from ecomp.nets.structure import accuracy, logits
 
 from kinds import FEATURES, KINDS, reference_scores, relu_groups
 
@@ -186,6 +186,29 @@ def test_sizes_are_the_counts_of_the_module(kind, size):
     counts = {"units": sum(net.units), "params": sum(p.numel() for p in module.parameters()),
               "macs": counted_macs(net)}
     assert net.size(size) == counts[size]
+
+
+@KIND
+def test_activation_floats_is_the_largest_output_of_the_modules_layers(kind):
+    """What :func:`accuracy` sizes its chunks by: the largest tensor any layer of the module makes
+    (hooks on every leaf; views of the input, such as a Flatten's, make none), and a chunked
+    accuracy counts what a single pass counts."""
+    net = l1_population(KINDS[kind](), 2, 0.6, 0.6).network(0)
+    module = net.to_module().eval()
+    largest = []
+
+    def made(m, i, o):
+        largest.append(0 if o.data_ptr() == i[0].data_ptr() else o[0].numel())
+
+    hooks = [m.register_forward_hook(made) for m in module.modules() if not list(m.children())]
+    x = torch.randn(3, net.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        module(x)
+    for h in hooks:
+        h.remove()
+    assert net.activation_floats() == max(largest)
+    y = torch.arange(3) % net.classes
+    assert accuracy(net, x, y, chunk=1) == accuracy(net, x, y) == int((logits(net, x).argmax(1) == y).sum()) / 3
 
 
 @KIND

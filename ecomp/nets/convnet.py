@@ -213,6 +213,9 @@ class ConvNet(Chain):
     def size(self, kind: str) -> int:
         return plan_size(self.plan, kind)
 
+    def activation_floats(self) -> int:
+        return max(u * h * w for u, h, w in self.plan.maps())
+
     def run(self, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
         return run(self, x, features)
 

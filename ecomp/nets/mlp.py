@@ -144,6 +144,9 @@ class MLP(Chain):
     def size(self, kind: str) -> int:
         return widths_size(self.widths, kind)
 
+    def activation_floats(self) -> int:
+        return max(w.shape[0] for w, _ in self.layers)
+
     @torch.no_grad()
     def run(self, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
         h, acts = x, []

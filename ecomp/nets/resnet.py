@@ -328,6 +328,9 @@ class ResNet:
     def size(self, kind: str) -> int:
         return plan_size(self.plan, kind)
 
+    def activation_floats(self) -> int:
+        return max(o * h * w for o, _, h, w in self.plan.geometry())
+
     def run(self, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
         return run(self, x, features)
 

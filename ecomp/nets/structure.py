@@ -74,6 +74,10 @@ class Structure(Protocol):
     def size(self, kind: str) -> int:
         """``units``, ``params`` or ``macs`` (one image's multiply-accumulates)."""
 
+    def activation_floats(self) -> int:
+        """Floats per image of the largest tensor :meth:`run` makes (a convolution's maps before
+        their pooling): how many images :func:`accuracy` runs at once."""
+
     def run(self, x: Tensor, features: str | None = None) -> tuple[Tensor, list[Tensor]]:
         """Logits of flat images ``x`` by a plain layer-by-layer pass, and (with ``features``) every
         prunable layer's output after its ReLU (and pooling), one row per image."""
@@ -225,15 +229,20 @@ def logits(net: Structure, x: Tensor) -> Tensor:
 
 
 CHUNK_MACS = 10 ** 10         # multiply-accumulates per chunk of images :func:`accuracy` runs at once
+CHUNK_FLOATS = 1 << 21        # floats of a chunk's largest tensor (8 MB)
 
 
 @torch.no_grad()
 def accuracy(net: Structure, x: Tensor, y: Tensor, chunk: int | None = None) -> float:
     """Fraction of ``x`` classified as ``y`` by :func:`logits`, ``chunk`` images at a time: by
-    default 10,000 (an MLP's or LeNet-5's whole test split), fewer where a network's images would
-    cost more than ``CHUNK_MACS`` together (a ResNet-8's 10,000 would hold GBs of maps at once)."""
+    default up to 10,000 (an MLP's whole test split), fewer where they would cost more than
+    ``CHUNK_MACS`` together or a tensor of theirs would hold more than ``CHUNK_FLOATS``
+    (:meth:`Structure.activation_floats`). A convolution's maps of 10,000 images are hundreds of
+    MB, written to memory the allocator hands back to the kernel and faults in anew at every
+    call; LeNet-5's maps of 445 images stay in cache, 2.7x faster (``benchmarks/README.md``). A
+    chunk's logits are the same bits as the whole batch's on the machines measured."""
     if chunk is None:
-        chunk = max(1, min(10_000, CHUNK_MACS // max(1, net.size("macs"))))
+        chunk = max(1, min(10_000, CHUNK_MACS // max(1, net.size("macs")), CHUNK_FLOATS // max(1, net.activation_floats())))
     correct = 0
     for s in range(0, x.shape[0], chunk):
         correct += int((logits(net, x[s:s + chunk]).argmax(1) == y[s:s + chunk]).sum())
