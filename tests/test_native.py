@@ -281,6 +281,32 @@ def test_wide_grams_are_the_gemms_bits(width):
         native.gram_blocked(acts[1:], n, 192)
 
 
+@needs_vectors
+@pytest.mark.parametrize("n, k, f, block, relu", [(100, 400, 120, 192, True), (37, 300, 17, 150, False),
+                                                 (5, 84, 10, 84, True), (100, 25, 40, 7, False)])
+def test_the_blocked_linear_kernel_is_the_float64_product(n, k, f, block, relu):
+    """``csrc/blocked.c``'s linear stages against float64 ``baddbmm`` (+ ReLU), on rows read both
+    ways the CNN pass hands them over: each individual's block, and one channels-last map's rows
+    (individuals ``k`` floats apart, rows ``g * k`` apart)."""
+    g = 3
+    gen = torch.Generator().manual_seed(k + f)
+    w, b = torch.randn(g, f, k, generator=gen) / k ** 0.5, torch.randn(g, f, generator=gen)
+    for h in (torch.randn(g, n, k, generator=gen).relu(), torch.randn(n, g, k, generator=gen).relu().transpose(0, 1)):
+        want = torch.baddbmm(b.double().unsqueeze(1), h.double(), w.double().transpose(1, 2))
+        want = want.relu() if relu else want
+        got = native.linear_blocked(h, w, b, block, relu)
+        assert got.shape == (g, n, f) and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        filters = native.conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
+        assert torch.equal(native.linear_blocked(h, w, b, block, relu, filters), got)
+        kb = native.linear_block(n, k, f)
+        if kb:                                   # the order found is baddbmm's on these rows too
+            plain = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            assert torch.equal(native.linear_blocked(h, w, b, kb, relu), plain.relu() if relu else plain)
+    with pytest.raises(ValueError, match=r"^linear_blocked: needs .* unit stride along K"):
+        native.linear_blocked(h.transpose(1, 2), w, b, block)
+
+
 def test_tsne_on_wide_feature_maps_matches_scikit_learn():
     """The measure with sets on both paths (a narrow and a BLAS-wide layer) against scikit-learn's
     float64 joint probabilities and the reference KL, per network; an unchanged child scores ~0."""

@@ -236,7 +236,15 @@ def _gram_blocked(desc: list[Tensor], n: int, out: Tensor) -> None:
     _split(load().ecomp_gram_blocked, out.shape[0], *_set_pointers(desc), n, _ptr(out, _f32))
 
 
-_GRAM_BLOCKS = (192, 256, 128, 384, 512, 96, 64, 320, 160, 224, 288, 448, 32)
+_BLOCKS = (192, 256, 128, 384, 512, 96, 64, 320, 160, 224, 288, 448, 32)
+
+
+def _blocks(k: int) -> list[int]:
+    """The blocks :func:`gram_block` and :func:`linear_block` try for ``k`` terms, likeliest first:
+    MKL on the CPUs measured sums in blocks of 192, or of ``k // 2`` where ``192 < k <= 384``;
+    ``k`` itself is one block (a plain sum in order)."""
+    return list(dict.fromkeys([b for b in (192, k // 2, *_BLOCKS) if 0 < b < k] + [k]))
+
 _gram_block: dict[tuple[int, int, int], int] = {}
 
 
@@ -253,12 +261,55 @@ def gram_block(n: int, width: int) -> int:
             gen = torch.Generator().manual_seed(width)
             a = torch.randn(4 * n, width, generator=gen).relu_()
             want = blas_grams([a], n)
-            for kb in (*(b for b in _GRAM_BLOCKS if b < width), width):
+            for kb in _blocks(width):
                 if torch.equal(gram_blocked([a], n, kb), want):
                     found = kb
                     break
         _gram_block[key] = found
     return _gram_block[key]
+
+
+def linear_blocked(h: Tensor, w: Tensor, b: Tensor, block: int, relu: bool = False,
+                   filters: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """``torch.baddbmm(b, h, w^T)`` (then the ReLU where ``relu``) by the C kernel (``csrc/blocked.c``):
+    each individual's rows ``h`` ``(g, n, K)`` (unit stride along K) times its weights ``w``
+    ``(g, f, K)`` plus its biases ``b`` ``(g, f)``, each sum added to the bias in blocks of
+    ``block`` terms; ``(g, n, f)``. ``filters``: ``conv_filters`` of the weights as ``(g * f, K,
+    1, 1)`` filters, if already built. A one-line :class:`ValueError` for other layouts or where
+    the kernel has no copy here."""
+    g, n, k = h.shape
+    f = w.shape[1]
+    if (conv_block() == 0 or block < 1 or h.stride(2) != 1 or tuple(w.shape) != (g, f, k) or tuple(b.shape) != (g, f)
+            or {h.dtype, w.dtype, b.dtype} != {torch.float32} or h.device.type != "cpu"):
+        raise ValueError(f"linear_blocked: needs a vector copy here (has {conv_block()} floats), float32 CPU h (g, n, K) "
+                         f"with unit stride along K, w (g, f, K) and b (g, f), block >= 1; got "
+                         f"{tuple(h.shape)} strides {h.stride()}, {tuple(w.shape)}, {tuple(b.shape)}, {block}")
+    wt, bp = filters if filters is not None else conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
+    out = h.new_empty(g, n, f)
+    _split(load().ecomp_linear_blocked, g, h.data_ptr(), h.stride(0), h.stride(1), n, k, wt.data_ptr(), bp.data_ptr(),
+           f, wt.shape[-1], block, int(relu), out.data_ptr())
+    return out
+
+
+_linear_block: dict[tuple[int, int, int, int], int] = {}
+
+
+def linear_block(n: int, k: int, f: int) -> int:
+    """As :func:`gram_block`, for a linear stage of ``n`` rows, ``k`` inputs and ``f`` outputs
+    against ``torch.baddbmm`` (:func:`linear_blocked`): the block found, or 0."""
+    key = (n, k, f, torch.get_num_threads())
+    if key not in _linear_block:
+        found = 0
+        if conv_block() > 0 and min(n, k, f) > 0:
+            gen = torch.Generator().manual_seed(k * 1000 + f)
+            h, w, b = torch.randn(2, n, k, generator=gen).relu_(), torch.randn(2, f, k, generator=gen), torch.randn(2, f, generator=gen)
+            want = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            for kb in _blocks(k):
+                if torch.equal(linear_blocked(h, w, b, kb), want):
+                    found = kb
+                    break
+        _linear_block[key] = found
+    return _linear_block[key]
 
 
 def blas_grams(acts: list[Tensor], n: int) -> Tensor:

@@ -1,0 +1,95 @@
+/* One copy of the blocked products (included by blocked.c once per vector width).
+ *
+ * Before inclusion: KFN(name) names this copy's functions; VEC is the vector type, VW its floats,
+ * GR the rows a tile takes at a time (GR x 2 accumulators and 2 + 1 operands fit the registers),
+ * VZERO, VSET1(x), VLOAD(p), VFMA(a, b, c) (a * b + c, rounded once), VADD, VMAX, VLOAD_N(src, n)
+ * and VSTORE_N(dst, v, n) the first n <= VW lanes (the others zero) loaded or stored. */
+
+/* Rows i0 .. i0 + GR - 1 of `a` (na rows, ld apart; rows past the last repeat it, only rows < na
+ * are stored) against columns j0 .. j0 + NV * VW - 1 of the packed block `bt` (kb rows of npad
+ * columns), summed from the block's first term to its last with one rounding per step, then
+ * stored into row i, column j of `g` (ldg apart; columns < nc) or, where `first` is 0, added to
+ * what is there (one rounding); `relu`: the stored values' maximum with 0. */
+#define KFN_TILE(NV)                                                                                          \
+    static void KFN(tile_##NV)(const float *a, int64_t ld, int64_t na, const float *bt, int64_t npad,         \
+                               int64_t kb, int64_t i0, int64_t j0, int64_t nc, float *g, int64_t ldg,         \
+                               int first, int relu) {                                                         \
+        const float *r[GR];                                                                                   \
+        for (int q = 0; q < GR; q++) r[q] = a + (i0 + q < na ? i0 + q : na - 1) * ld;                         \
+        VEC acc[GR][NV];                                                                                      \
+        for (int q = 0; q < GR; q++)                                                                          \
+            for (int v = 0; v < NV; v++) acc[q][v] = VZERO;                                                   \
+        const float *b = bt + j0;                                                                             \
+        for (int64_t k = 0; k < kb; k++, b += npad) {                                                         \
+            VEC bv[NV];                                                                                       \
+            for (int v = 0; v < NV; v++) bv[v] = VLOAD(b + v * VW);                                           \
+            for (int q = 0; q < GR; q++) {                                                                    \
+                const VEC av = VSET1(r[q][k]);                                                                \
+                for (int v = 0; v < NV; v++) acc[q][v] = VFMA(av, bv[v], acc[q][v]);                          \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int q = 0; q < GR && i0 + q < na; q++)                                                           \
+            for (int v = 0; v < NV; v++) {                                                                    \
+                const int64_t j = j0 + v * VW;                                                                \
+                if (j >= nc) break;                                                                           \
+                float *dst = g + (i0 + q) * ldg + j;                                                          \
+                const int cnt = nc - j < VW ? (int)(nc - j) : VW;                                             \
+                VEC s = acc[q][v];                                                                            \
+                if (!first) s = VADD(VLOAD_N(dst, cnt), s);                                                   \
+                if (relu) s = VMAX(s, VZERO);                                                                 \
+                VSTORE_N(dst, s, cnt);                                                                        \
+            }                                                                                                 \
+    }
+KFN_TILE(1)
+KFN_TILE(2)
+#undef KFN_TILE
+
+/* Terms k0 .. k0 + kn - 1 of `count` rows of `src` (ld apart) transposed into bt (kn rows of
+ * npad: bt[k][j] = src[j][k0 + k], zero from column count on). */
+static void KFN(pack)(const float *src, int64_t ld, int64_t count, int64_t k0, int64_t kn, int64_t npad, float *bt) {
+    for (int64_t j = 0; j < npad; j++) {
+        const float *s = src + j * ld + k0;
+        for (int64_t k = 0; k < kn; k++) bt[k * npad + j] = j < count ? s[k] : 0.0f;
+    }
+}
+
+/* Rows of `a` (na rows, ld apart) times the packed block bt into g (ldg apart, nc columns), tile by
+ * tile; `upper`: only tiles that reach the diagonal or above it (a Gram's upper triangle). */
+static void KFN(tiles)(const float *a, int64_t ld, int64_t na, const float *bt, int64_t npad, int64_t kn, int64_t nc,
+                       float *g, int64_t ldg, int first, int relu, int upper) {
+    for (int64_t i0 = 0; i0 < na; i0 += GR)
+        for (int64_t j0 = upper ? i0 / VW * VW : 0; j0 < npad;) {
+            const int nv = npad - j0 >= 2 * VW ? 2 : 1;
+            if (nv == 2) KFN(tile_2)(a, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu);
+            else KFN(tile_1)(a, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu);
+            j0 += nv * VW;
+        }
+}
+
+/* One set's Gram (n points of width w, point i's features at a + i * ld, unit stride) into g:
+ * the upper triangle, block of kb terms by block, then mirrored. `bt` holds kb x npad floats
+ * (npad = n rounded up to VW). */
+static void KFN(gram_blocked)(const float *a, int64_t ld, int64_t w, int64_t n, int64_t kb, float *bt, float *g) {
+    const int64_t npad = (n + VW - 1) / VW * VW;
+    for (int64_t k0 = 0; k0 < w; k0 += kb) {
+        const int64_t kn = w - k0 < kb ? w - k0 : kb;
+        KFN(pack)(a, ld, n, k0, kn, npad, bt);
+        KFN(tiles)(a + k0, ld, n, bt, npad, kn, n, g, n, k0 == 0, 0, 1);
+    }
+    for (int64_t i = 1; i < n; i++)
+        for (int64_t j = 0; j < i; j++) g[i * n + j] = g[j * n + i];
+}
+
+/* One individual's linear stage: out (n x f) = b + h (n x K, rows ld apart) w, where wt (K x fpad) is
+ * its weights transposed (row k: each output's k-th weight, zero from f on): the bias first,
+ * then each block of kb terms' sums added in order (one rounding each); `relu`: the maximum with
+ * 0 at the last store. */
+static void KFN(linear_blocked)(const float *h, int64_t ld, int64_t n, int64_t K, const float *wt, int64_t fpad,
+                                const float *b, int64_t f, int64_t kb, int relu, float *out) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < f; j++) out[i * f + j] = b[j];
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+        const int64_t kn = K - k0 < kb ? K - k0 : kb;
+        KFN(tiles)(h + k0, ld, n, wt + k0 * fpad, fpad, kn, f, out, f, 0, relu && k0 + kn >= K, 0);
+    }
+}
