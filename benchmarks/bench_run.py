@@ -133,27 +133,42 @@ def print_products(cfg, total: float) -> None:
 
     from ecomp.kernels import native
 
-    fused = {"seconds": 0.0, "flop": 0.0}                # the C library's fused convolution stages
-    plain = native.conv_pool
+    # the C library's products, which the profiler does not see: seconds and FLOPs per kernel
+    kernels = {name: {"seconds": 0.0, "flop": 0.0} for name in ("fused convolution stages", "linear stages", "wide Grams")}
 
-    def timed(x, w, b, padding, stride, pool, out, *args, **kwargs):
-        t0 = time.perf_counter()
-        done = plain(x, w, b, padding, stride, pool, out, *args, **kwargs)
-        fused["seconds"] += time.perf_counter() - t0
-        fused["flop"] += 2.0 * out.shape[1] * out.shape[2] * out.shape[3] * pool * pool * w.shape[0] * w[0].numel()
-        return done
+    def flop_conv(x, w, b, padding, stride, pool, out, *args, **kwargs):
+        return 2.0 * out.shape[1] * out.shape[2] * out.shape[3] * pool * pool * w.shape[0] * w[0].numel()
 
-    native.conv_pool = timed
+    def flop_linear(h, w, *args, **kwargs):
+        return 2.0 * h.shape[0] * h.shape[1] * h.shape[2] * w.shape[1]
+
+    def flop_grams(acts, n):                            # the upper triangles' products (half the full Grams')
+        return sum(float(n) * a.shape[0] * a.shape[1] for a in acts)
+
+    def timed(name, fn, flop):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            done = fn(*args, **kwargs)
+            kernels[name]["seconds"] += time.perf_counter() - t0
+            kernels[name]["flop"] += flop(*args, **kwargs)
+            return done
+        return run
+
+    plain = {"conv_pool": native.conv_pool, "linear_blocked": native.linear_blocked}
+    native.conv_pool = timed("fused convolution stages", plain["conv_pool"], flop_conv)
+    native.linear_blocked = timed("linear stages", plain["linear_blocked"], flop_linear)
+    native.wide_grams, wide = timed("wide Grams", native.wide_grams, flop_grams), native.wide_grams
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t = time.perf_counter()
             run_experiment(cfg)
             profiled = time.perf_counter() - t
     finally:
-        native.conv_pool = plain
-    if fused["seconds"]:
-        print(f"fused convolution stages (the C library's, not seen by the profiler): {fused['seconds']:.2f} s, "
-              f"{fused['flop'] / 1e12:.2f} TFLOP of their windows' products, {fused['flop'] / fused['seconds'] / 1e9:.1f} GFLOP/s")
+        native.conv_pool, native.linear_blocked, native.wide_grams = plain["conv_pool"], plain["linear_blocked"], wide
+    for name, k in kernels.items():
+        if k["seconds"]:
+            print(f"{name} (the C library's{' or the GEMM library' if name == 'wide Grams' else ''}, not seen by the "
+                  f"profiler): {k['seconds']:.2f} s, {k['flop'] / 1e12:.2f} TFLOP, {k['flop'] / k['seconds'] / 1e9:.1f} GFLOP/s")
     ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PRODUCTS}
     top = sorted(((e.self_cpu_time_total / 1e6, e.key) for e in prof.key_averages()), reverse=True)[:8]
     print(f"products (one more run, {profiled:.2f} s under the profiler, {total:.2f} s without): "
