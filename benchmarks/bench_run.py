@@ -131,10 +131,11 @@ def print_products(cfg, total: float) -> None:
     algorithm does (pooling, ReLUs, copies, the similarity's search, the operators, set-up)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ecomp.kernels import native
+    from ecomp.kernels import blocked, native
 
     # the C library's products, which the profiler does not see: seconds and FLOPs per kernel
-    kernels = {name: {"seconds": 0.0, "flop": 0.0} for name in ("fused convolution stages", "linear stages", "wide Grams")}
+    kernels = {name: {"seconds": 0.0, "flop": 0.0}
+               for name in ("fused convolution stages", "linear stages", "wide Grams")}
 
     def flop_conv(x, w, b, padding, stride, pool, out, *args, **kwargs):
         return 2.0 * out.shape[1] * out.shape[2] * out.shape[3] * pool * pool * w.shape[0] * w[0].numel()
@@ -154,21 +155,22 @@ def print_products(cfg, total: float) -> None:
             return done
         return run
 
-    plain = {"conv_pool": native.conv_pool, "linear_blocked": native.linear_blocked}
+    plain = {"conv_pool": native.conv_pool, "linear_blocked": blocked.linear_blocked}
     native.conv_pool = timed("fused convolution stages", plain["conv_pool"], flop_conv)
-    native.linear_blocked = timed("linear stages", plain["linear_blocked"], flop_linear)
-    native.wide_grams, wide = timed("wide Grams", native.wide_grams, flop_grams), native.wide_grams
+    blocked.linear_blocked = timed("linear stages", plain["linear_blocked"], flop_linear)
+    blocked.wide_grams, wide = timed("wide Grams", blocked.wide_grams, flop_grams), blocked.wide_grams
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t = time.perf_counter()
             run_experiment(cfg)
             profiled = time.perf_counter() - t
     finally:
-        native.conv_pool, native.linear_blocked, native.wide_grams = plain["conv_pool"], plain["linear_blocked"], wide
+        native.conv_pool, blocked.linear_blocked, blocked.wide_grams = plain["conv_pool"], plain["linear_blocked"], wide
     for name, k in kernels.items():
         if k["seconds"]:
             print(f"{name} (the C library's{' or the GEMM library' if name == 'wide Grams' else ''}, not seen by the "
-                  f"profiler): {k['seconds']:.2f} s, {k['flop'] / 1e12:.2f} TFLOP, {k['flop'] / k['seconds'] / 1e9:.1f} GFLOP/s")
+                  f"profiler): {k['seconds']:.2f} s, {k['flop'] / 1e12:.2f} TFLOP, "
+                  f"{k['flop'] / k['seconds'] / 1e9:.1f} GFLOP/s")
     ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PRODUCTS}
     top = sorted(((e.self_cpu_time_total / 1e6, e.key) for e in prof.key_averages()), reverse=True)[:8]
     print(f"products (one more run, {profiled:.2f} s under the profiler, {total:.2f} s without): "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp.kernels import native
+from ecomp.kernels import blocked, native
 from ecomp.kernels import c_library
 from ecomp.kernels.backend import resolve
 from ecomp.kernels.tsne_torch import (conditional_probabilities_reference, joint_probabilities_reference, kl_divergence,
@@ -239,7 +239,7 @@ def test_blas_grams_agree_with_the_kernel(width):
     got = native.blas_grams(acts, n)
     assert got.shape == (g, n, n)
     assert torch.allclose(got.double(), want, rtol=2e-5, atol=1e-3 * float(want.abs().max()) * 1e-2)
-    both = native.grams(acts, n)
+    both = blocked.grams(acts, n)
     assert torch.equal(both, got if width >= native.BLAS_GRAM_WIDTH else native.grams_acts(acts, n))
     assert native.is_wide(acts[0]) == (width >= native.BLAS_GRAM_WIDTH)
 
@@ -252,12 +252,12 @@ needs_vectors = pytest.mark.skipif(c_library.compiler() is None or not native.co
 @pytest.mark.parametrize("n, width, block", [(100, 1176, 192), (37, 1500, 64), (100, 3136, 256), (16, 1024, 5000),
                                              (9, 40, 7)])
 def test_the_blocked_gram_kernel_is_the_float64_gram_and_symmetric(n, width, block):
-    """``csrc/gram.c`` (upper triangle, mirrored; sums in blocks) against float64 products, on row
+    """``csrc/blocked.c`` (upper triangle, mirrored; sums in blocks) against float64 products, on row
     views with a leading dimension wider than the rows (a slice of a wider map)."""
     gen = torch.Generator().manual_seed(width + block)
     wider = torch.randn(3 * n, width + 5, generator=gen).relu()
     acts = [wider[:, 2:2 + width], torch.randn(3 * n, width, generator=gen).relu()]
-    got = native.gram_blocked(acts, n, block)
+    got = blocked.gram_blocked(acts, n, block)
     want = torch.cat([torch.bmm(x, x.transpose(1, 2)) for x in (a.double().unflatten(0, (-1, n)) for a in acts)])
     assert got.shape == (6, n, n) and torch.equal(got, got.transpose(1, 2))
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
@@ -272,13 +272,13 @@ def test_wide_grams_are_the_gemms_bits(width):
     n = 100
     gen = torch.Generator().manual_seed(width)
     acts = [torch.randn(2 * n, width, generator=gen).relu(), torch.randn(width, 2 * n, generator=gen).relu().T]
-    assert torch.equal(native.wide_grams(acts, n), native.blas_grams(acts, n))
-    assert torch.equal(native.wide_grams(acts[:1], n), native.blas_grams(acts[:1], n))
-    kb = native.gram_block(n, width)
+    assert torch.equal(blocked.wide_grams(acts, n), native.blas_grams(acts, n))
+    assert torch.equal(blocked.wide_grams(acts[:1], n), native.blas_grams(acts[:1], n))
+    kb = blocked.gram_block(n, width)
     if kb:                                       # the order found is the library's on other data too
-        assert torch.equal(native.gram_blocked(acts[:1], n, kb), native.blas_grams(acts[:1], n))
+        assert torch.equal(blocked.gram_blocked(acts[:1], n, kb), native.blas_grams(acts[:1], n))
     with pytest.raises(ValueError, match=r"^gram_blocked: needs .* points as rows"):
-        native.gram_blocked(acts[1:], n, 192)
+        blocked.gram_blocked(acts[1:], n, 192)
 
 
 @needs_vectors
@@ -294,17 +294,17 @@ def test_the_blocked_linear_kernel_is_the_float64_product(n, k, f, block, relu):
     for h in (torch.randn(g, n, k, generator=gen).relu(), torch.randn(n, g, k, generator=gen).relu().transpose(0, 1)):
         want = torch.baddbmm(b.double().unsqueeze(1), h.double(), w.double().transpose(1, 2))
         want = want.relu() if relu else want
-        got = native.linear_blocked(h, w, b, block, relu)
+        got = blocked.linear_blocked(h, w, b, block, relu)
         assert got.shape == (g, n, f) and got.is_contiguous()
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
         filters = native.conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
-        assert torch.equal(native.linear_blocked(h, w, b, block, relu, filters), got)
-        kb = native.linear_block(n, k, f)
+        assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, filters), got)
+        kb = blocked.linear_block(n, k, f)
         if kb:                                   # the order found is baddbmm's on these rows too
             plain = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            assert torch.equal(native.linear_blocked(h, w, b, kb, relu), plain.relu() if relu else plain)
+            assert torch.equal(blocked.linear_blocked(h, w, b, kb, relu), plain.relu() if relu else plain)
     with pytest.raises(ValueError, match=r"^linear_blocked: needs .* unit stride along K"):
-        native.linear_blocked(h.transpose(1, 2), w, b, block)
+        blocked.linear_blocked(h.transpose(1, 2), w, b, block)
 
 
 def test_tsne_on_wide_feature_maps_matches_scikit_learn():

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ecomp.kernels import blocked
 from ecomp.kernels import native as native_kernels
 from ecomp.kernels.backend import Backend
 from ecomp.nets import convnet
@@ -276,10 +277,10 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
         elif h.dim() == 4:
             h = h.reshape(n, g, -1).transpose(0, 1)
         k, f = w.shape[-1], w.shape[0] // g
-        block = native_kernels.linear_block(n, k, f) if fused and h.stride(-1) == 1 else 0
+        block = blocked.linear_block(n, k, f) if fused and h.stride(-1) == 1 else 0
         if block:          # the C kernel: baddbmm's sums in its order, the ReLU as they are stored
             filters = pop.joined(l, members, "linear", lambda: native_kernels.conv_filters(w.view(-1, k, 1, 1), b, g))
-            h = native_kernels.linear_blocked(h, w.view(g, f, k), b.view(g, f), block, l < last, filters)
+            h = blocked.linear_blocked(h, w.view(g, f, k), b.view(g, f), block, l < last, filters)
         else:
             h = torch.baddbmm(b.view(g, 1, -1), h, w.view(g, f, k).transpose(1, 2))   # (g, n, out)
             if l < last:

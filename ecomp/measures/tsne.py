@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ecomp.kernels import native
+from ecomp.kernels import blocked, native
 from ecomp.kernels.backend import Backend, resolve
 from ecomp.kernels.tsne_torch import (calibrate, joint_probabilities_reference, kl_divergence, kl_from_conditionals,
                           shifted_distances, shifted_distances_stacked, squared_distances, symmetrise, with_diagonal)
@@ -38,7 +38,7 @@ class TSNE(SimilarityMeasure):
 
     def _joint(self, acts: list[Tensor]) -> tuple[Tensor, Tensor]:
         if self.backend.native_similarity:
-            gram = native.grams(acts, acts[0].shape[0])
+            gram = blocked.grams(acts, acts[0].shape[0])
             cond, beta_mean = native.conditionals(gram, self.perplexity, self.tol)
             return native.joint(cond), beta_mean.view(-1)
         n = acts[0].shape[0]
@@ -80,7 +80,7 @@ class TSNE(SimilarityMeasure):
             kl[narrow] = native.similarity_acts([acts[s] for s in narrow], n, p, parent[narrow].reshape(-1),
                                                 self.perplexity, self.tol, guess=guess).view(len(narrow), n_stack)
         if wide:
-            kl[wide] = native.similarity_grams(native.wide_grams([acts[s] for s in wide], n), p,
+            kl[wide] = native.similarity_grams(blocked.wide_grams([acts[s] for s in wide], n), p,
                                                parent[wide].reshape(-1), self.perplexity, self.tol,
                                                guess=guess).view(len(wide), n_stack)
         return kl.view(n_layers, size, n_stack).sum(0).T.float()

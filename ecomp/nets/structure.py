@@ -242,7 +242,8 @@ def accuracy(net: Structure, x: Tensor, y: Tensor, chunk: int | None = None) -> 
     call; LeNet-5's maps of 445 images stay in cache, 2.7x faster (``benchmarks/README.md``). A
     chunk's logits are the same bits as the whole batch's on the machines measured."""
     if chunk is None:
-        chunk = max(1, min(10_000, CHUNK_MACS // max(1, net.size("macs")), CHUNK_FLOATS // max(1, net.activation_floats())))
+        chunk = max(1, min(10_000, CHUNK_MACS // max(1, net.size("macs")),
+                           CHUNK_FLOATS // max(1, net.activation_floats())))
     correct = 0
     for s in range(0, x.shape[0], chunk):
         correct += int((logits(net, x[s:s + chunk]).argmax(1) == y[s:s + chunk]).sum())

@@ -13,7 +13,7 @@
  * the library's: in blocks of `kb` terms (each block from its first term to its last with one
  * rounding per step, fused multiply-add), the blocks' sums added in order, one rounding each, to
  * the first block's sum (Grams) or to the bias (linear stages). Which kb the library uses at a
- * shape is found by the caller, by comparing with it on that shape (ecomp.native.gram_block,
+ * shape is found by the caller, by comparing with it on that shape (ecomp.kernels.blocked.gram_block,
  * linear_block); where none reproduces it the caller keeps the library's product.
  *
  * Vector copies only (AVX-512F, else AVX2 + FMA); without them the entry points return -1. */
