@@ -11,7 +11,9 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
   one batched product. With ``native`` (the run's CPU path where the C library builds), each
   max-pooled convolution stage is instead one fused pass of the C library
   (:func:`ecomp.kernels.native.conv_pool`: convolution, pool, bias and ReLU, only the pooled maps
-  written), summed in the order of the PyTorch call it replaces. ``benchmarks/bench_conv.py``
+  written), summed in the order of the PyTorch call it replaces, and each linear stage one pass of
+  :func:`ecomp.kernels.blocked.linear_blocked` where it finds ``baddbmm``'s order at that shape.
+  ``benchmarks/bench_conv.py``
   measures both; the grouped pass is the default.
 
 Every tensor the grouped pass makes holds at most ``MAX_ELEMENTS`` floats: the individuals are
