@@ -33,30 +33,29 @@ def wide_grams(acts: list[Tensor], n: int) -> Tensor:
     if not acts:
         return torch.empty(0, n, n)
     m, (addr, ld, trans, width) = _point_sets(acts, n)
-    kb = torch.tensor([gram_block(n, a.shape[1]) for a in acts], dtype=torch.int64).repeat_interleave(m // len(acts))
+    per = m // len(acts)                                # sets per activation: each takes one path
+    kb = torch.tensor([gram_block(n, a.shape[1]) for a in acts], dtype=torch.int64).repeat_interleave(per)
     kb[trans != 0] = 0                                  # points as columns: the library's product
-    ours = kb > 0
-    if not bool(ours.any()):
+    rest = [s for s in range(len(acts)) if not kb[s * per]]
+    if len(rest) == len(acts):
         return native.blas_grams(acts, n)
     g = torch.empty(m, n, n)
-    if bool(ours.all()):
+    if not rest:
         _gram_blocked([addr, ld, width, kb], n, g)
         return g
-    idx = ours.nonzero().view(-1)
-    part = torch.empty(len(idx), n, n)
-    _gram_blocked([addr[idx], ld[idx], width[idx], kb[idx]], n, part)
-    g[idx] = part
-    per = m // len(acts)
-    rest = [s for s in range(len(acts)) if not bool(ours[s * per])]
+    ours = kb.nonzero().view(-1)
+    part = torch.empty(len(ours), n, n)
+    _gram_blocked([addr[ours], ld[ours], width[ours], kb[ours]], n, part)
+    g[ours] = part
     g.view(len(acts), per, n, n)[rest] = native.blas_grams([acts[s] for s in rest], n).view(len(rest), per, n, n)
     return g
 
 
 def gram_blocked(acts: list[Tensor], n: int, block: int) -> Tensor:
     """The C kernel's Gram matrices ``(S * G, n, n)`` of the point sets of
-    :func:`~ecomp.kernels.native.similarity_acts` (points
-    as rows of unit-stride features), each entry summed in blocks of ``block`` terms (see
-    ``csrc/blocked.c``); a one-line :class:`ValueError` where the kernel has no copy here."""
+    :func:`~ecomp.kernels.native.similarity_acts` (points as rows of unit-stride features), each
+    entry summed in blocks of ``block`` terms (see ``csrc/blocked.c``); a one-line
+    :class:`ValueError` where the kernel has no copy here."""
     m, (addr, ld, trans, width) = _point_sets(acts, n)
     if conv_block() == 0 or bool((trans != 0).any()) or block < 1:
         raise ValueError(f"gram_blocked: needs a vector copy here (has {conv_block()} floats), points as rows "

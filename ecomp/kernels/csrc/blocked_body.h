@@ -46,7 +46,7 @@ KFN_TILE(2)
 
 /* Terms k0 .. k0 + kn - 1 of `count` rows of `src` (ld apart) transposed into bt (kn rows of
  * npad: bt[k][j] = src[j][k0 + k], zero from column count on). With TRANSPOSE16 (a 16 x 16
- * transpose in registers, AVX-512), whole 16 x 16 squares move that way: 2.7x the scalar copy. */
+ * transpose in registers, AVX-512), whole 16 x 16 squares move that way, the rest one by one. */
 static void KFN(pack)(const float *src, int64_t ld, int64_t count, int64_t k0, int64_t kn, int64_t npad, float *bt) {
     int64_t j0 = 0;
 #ifdef TRANSPOSE16
