@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402
 
 from bench_conv import median_seconds  # noqa: E402  (this folder is the script's: sys.path[0])
-from rates import conv_gflops  # noqa: E402
+from rates import conv_gflops, fma_gflops  # noqa: E402
 from ecomp.core.fitness import in_precision  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
 from ecomp.kernels import net_forward, res_forward  # noqa: E402
@@ -128,9 +128,11 @@ def run_floor(flop: dict[str, float], seconds: dict[str, float], conv: float, ar
     initial, final = "initial (100 archs)", "keep 0.9 (1 arch)"
     work = 101 * flop[initial] + 100 * flop[final]
     loop = 101 * seconds[initial] + 100 * seconds[final]
+    fma = fma_gflops()
     print(f"a default run's forward passes (101 evaluations at the initial sizes or more, 100 at keep 0.9's): "
           f"at least {work / 1e12:.1f} TFLOP: {work / conv / 1e9:.0f} s at one large convolution's rate, "
-          f"{loop:.0f} s at the default pass's rates here")
+          f"{loop:.0f} s at the default pass's rates here"
+          + (f", {work / fma / 1e9:.0f} s at the FMA ceiling ({fma:.1f} GFLOP/s)" if fma else ""))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ The floors: the population's forward passes and the similarity's Gram matrices a
 exactly as the run makes them (every evaluation's MACs from the individuals' own sizes, every
 point set's ``n x n x width`` product), and set against one large convolution's rate and one
 2048^3 GEMM's, both measured in the same process: what the run's two big products would take if
-they ran at the machine's best rate for their kind, beside what they took.
+they ran at the machine's best rate for their kind, beside what they took. On the CPU also
+against the FMA ceiling (``rates.fma_gflops``): no product runs faster than that, so the
+forward passes plus the Grams' upper triangles at that rate is a bound on the run's time.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ecomp.app.cli import CONF_DIR, check_overrides  # noqa: E402
 from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.app.pipeline import run_experiment  # noqa: E402
 from ecomp.timing import PhaseTimer  # noqa: E402
-from rates import conv_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
+from rates import conv_gflops, fma_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
 
 
 class ProductCounter:
@@ -118,6 +120,12 @@ def print_floors(device: str, forward: float, grams: float, med: dict, evaluatio
         print(f"similarity: Grams {grams / 1e12:.2f} TFLOP (full products) = {grams / gemm / 1e9:.2f} s at the GEMM's "
               f"rate, half that as symmetric products; the phase took {med['similarity']:.2f} s "
               f"({1e3 * med['similarity'] / evaluations:.1f} ms per evaluation)")
+    fma = fma_gflops(device)
+    if fma:
+        bound = (forward + grams / 2) / fma / 1e9
+        print(f"FMA ceiling {fma:.1f} GFLOP/s (this process): the forward passes and the Grams' triangles "
+              f"need at least {bound:.2f} s here (the forward passes {forward / fma / 1e9:.2f} s), "
+              f"{forward / fma / 1e9 / med['forward']:.2f} of the forward time taken")
 
 
 PRODUCTS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::mkldnn_convolution",

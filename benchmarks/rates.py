@@ -8,8 +8,12 @@
   page-faulted in at every call: it measured 210-250 GFLOP/s where this one measures 430-490 on
   the same machine in the same process; ``benchmarks/README.md``.)
 * :func:`gemm_gflops`: one 2048^3 float32 GEMM.
+* :func:`fma_gflops`: the vector units' ceiling, independent FMA chains in registers on every
+  thread (``ecomp/kernels/csrc/peak.c``): no float32 product can run faster here, so a floor
+  drawn from it is a bound. (On the AMD EPYC of 2026-12-06 the reference convolution reaches
+  0.9-1.0 of it.)
 
-Both are medians of ``repeats`` calls after one warm-up call.
+All three are medians of ``repeats`` calls after one warm-up call.
 
     python benchmarks/rates.py              # both rates
     python benchmarks/rates.py --compare    # and the reference convolution at 256 / 128 / 64 maps, both layouts
@@ -62,6 +66,25 @@ def gemm_gflops(device: str = "cpu", repeats: int = 5, n: int = 2048) -> float:
     return 2 * n ** 3 / _median(lambda: a @ b, device, repeats) / 1e9
 
 
+def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 2_000_000) -> float | None:
+    """The CPU's FMA ceiling in GFLOP/s (``ecomp.kernels.native.fma_peak``), the median of
+    ``repeats`` calls of ``steps`` rounds (0.1-0.2 s each); None on a GPU or where the C library
+    has no vector copy. It runs the copy the kernels run (``ECOMP_KERNEL_ISA``): under ``avx2``
+    on an AVX-512 CPU it is that copy's ceiling, half the machine's."""
+    if device != "cpu":
+        return None
+    from ecomp.kernels import native
+    from ecomp.kernels.c_library import NativeUnavailable
+    try:
+        native.fma_peak(steps // 10)
+    except NativeUnavailable:
+        return None
+    runs = [native.fma_peak(steps) for _ in range(repeats)]
+    if runs[0][0] == 0:
+        return None
+    return statistics.median(flops / seconds for flops, seconds, _ in runs) / 1e9
+
+
 def measured_apart() -> str:
     """This file's one-line report from a fresh process (so that the caller's own timings share
     nothing with it): for scripts that time whole processes (``bench_runs.py``, ``bench_grid.py``)."""
@@ -88,5 +111,6 @@ def compare(repeats: int = 7) -> None:
 if __name__ == "__main__":
     if "--compare" in sys.argv[1:]:
         compare()
-    print(f"one large convolution {conv_gflops():.1f} GFLOP/s, one 2048^3 GEMM {gemm_gflops():.1f} GFLOP/s "
-          f"({torch.get_num_threads()} threads)")
+    fma = fma_gflops()
+    print(f"one large convolution {conv_gflops():.1f} GFLOP/s, one 2048^3 GEMM {gemm_gflops():.1f} GFLOP/s"
+          + (f", the FMA ceiling {fma:.1f} GFLOP/s" if fma else "") + f" ({torch.get_num_threads()} threads)")

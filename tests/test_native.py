@@ -428,6 +428,18 @@ def test_conv_pool_refuses_what_it_cannot_compute():
             native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), filters=other)
 
 
+@needs_vectors
+@pytest.mark.parametrize("steps, threads", [(1, 1), (1000, 1), (3000, 2)])
+def test_the_fma_ceiling_runs_every_chain_it_counts(steps, threads):
+    """The benchmarks' ceiling (``rates.fma_gflops``) counts 12 chains of ``steps`` vector FMAs per
+    thread: their final values show that every one ran, each step, on every lane."""
+    width = native.conv_block()
+    flops, seconds, total = native.fma_peak(steps, threads)
+    assert flops == threads * steps * 12 * width * 2 and seconds > 0
+    per_lane = sum(1 + (j - 1) * 0.999 ** steps for j in range(12))
+    assert total == pytest.approx(threads * width * per_lane, rel=1e-4)
+
+
 CONV_CASES = """
 import sys, torch
 from ecomp.kernels import native

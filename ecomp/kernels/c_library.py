@@ -3,7 +3,8 @@
 ``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies and a
 convolutional population's per-individual feature copies, ``csrc/conv.c`` a convolutional
 population's fused max-pooled convolution stages (``benchmarks/bench_kernels.py`` and ``benchmarks/bench_conv.py``
-time them against the PyTorch code).
+time them against the PyTorch code), ``csrc/blocked.c`` wide Grams and linear stages in the GEMM
+library's order, ``csrc/peak.c`` the machine's FMA ceiling (``benchmarks/rates.py``).
 
 How it is built: the system C compiler (``$CC``, else ``cc``) compiles ``ecomp/kernels/csrc`` once
 into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a name that
@@ -45,10 +46,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h")
+SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h", "peak.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 13
+ABI_VERSION = 14
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -156,6 +157,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_gram_blocked.restype = ctypes.c_int
     lib.ecomp_linear_blocked.argtypes = [ctypes.c_int64] * 10 + [ctypes.c_int, ctypes.c_int64, *span]
     lib.ecomp_linear_blocked.restype = ctypes.c_int
+    lib.ecomp_fma_peak.argtypes = [ctypes.c_int64, ctypes.c_int, _f32]
+    lib.ecomp_fma_peak.restype = ctypes.c_int
     return lib
 
 

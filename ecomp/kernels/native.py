@@ -15,6 +15,7 @@ import ctypes
 import math
 import operator
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -276,6 +277,20 @@ def conv_block() -> int:
     with AVX2 + FMA, 0 where it has no copy (no such CPU, or the library forced to its baseline
     copy); the caller then takes the PyTorch path."""
     return int(load().ecomp_conv_block())
+
+
+def fma_peak(steps: int, threads: int | None = None) -> tuple[int, float, float]:
+    """``steps`` rounds of 12 independent vector FMA chains on each of ``threads`` threads (default:
+    torch's), in registers only (``csrc/peak.c``): returns the FLOPs done, the seconds taken and
+    the chains' final values summed (each lane of chain ``j`` ends at ``1 + (j - 1) * 0.999^steps``).
+    No FLOPs where the library has no vector copy here."""
+    lib = load()
+    threads = threads or (torch.get_num_threads() if lib.ecomp_openmp() else 1)
+    sink = ctypes.c_float()
+    start = time.perf_counter()
+    width = lib.ecomp_fma_peak(steps, threads, ctypes.byref(sink))
+    seconds = time.perf_counter() - start
+    return threads * steps * 12 * width * 2, seconds, sink.value
 
 
 SUM_ORDERS = {"patches": 0, "pixels": 1}   # (c, ky, kx) as a GEMM on patches sums; (ky, kx, c) as oneDNN
