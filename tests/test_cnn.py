@@ -105,6 +105,26 @@ def test_the_cut_bound_reduces_to_the_papers_on_dense_layers_and_reaches_every_f
 
 # -- the forward pass --------------------------------------------------------
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 13), st.integers(1, 13), st.booleans(), st.booleans())
+def test_max_pool_gives_max_pool2ds_values(k, c, h, w, channels_last, nan):
+    """``convnet.max_pool`` (strided maxima; the run's passes) against ``F.max_pool2d``: the same
+    values, NaNs where it has them, sizes not divisible by ``k`` cropped as it crops them."""
+    assume(h >= k and w >= k)
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(c * h + w))
+    if nan:
+        x[1, c - 1, h - 1, 0] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.max_pool2d(x, k)
+    got = convnet.max_pool(x, k)
+    assert got.shape == want.shape
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    out = torch.empty_like(want)
+    assert convnet.max_pool(x, k, out) is out
+    assert torch.equal(out.nan_to_num(), want.nan_to_num())
+
+
 @settings(max_examples=20, deadline=None)
 @given(plans(), st.sampled_from(["flat", "pooled"]), st.booleans())
 def test_grouped_forward_equals_the_per_network_loop(plan, features, converged):

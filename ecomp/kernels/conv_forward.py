@@ -56,30 +56,12 @@ def _chunk(plan: ConvPlan, units: tuple[int, ...], n_images: int, size: int) -> 
     return max(1, min(size, MAX_ELEMENTS // max(1, widest * n_images)))
 
 
-def _max_pool(h: Tensor, k: int, out: Tensor | None = None) -> Tensor:
-    """``max_pool2d(h, k)`` of a channels-last ``h`` as ``k * k - 1`` elementwise maxima of
-    strided slices: each slice is whole rows of channels, so it runs at memory speed. ``out``:
-    a channels-last ``(n, c, H/k, W/k)`` to write into."""
-    n, c, hh, ww = h.shape
-    v = h.permute(0, 2, 3, 1)[:, :hh // k * k, :ww // k * k]             # (n, H, W, c), a view
-    rows = v[:, 0::k]
-    for i in range(1, k):
-        rows = torch.maximum(rows, v[:, i::k])
-    o = None if out is None else out.permute(0, 2, 3, 1)
-    if k == 1:
-        return rows.permute(0, 3, 1, 2) if o is None else o.copy_(rows).permute(0, 3, 1, 2)
-    first = torch.maximum(rows[:, :, 0::k], rows[:, :, 1::k], out=o)
-    for j in range(2, k):
-        torch.maximum(first, rows[:, :, j::k], out=first)
-    return first.permute(0, 3, 1, 2)                                   # (n, c, H/k, W/k), channels-last
-
-
 def _relu_pool(plan: ConvPlan, l: int, h: Tensor, out: Tensor | None = None) -> Tensor:
     """ReLU then the stage's pooling; a max-pool first, on ``k * k`` times fewer values (the two
     commute exactly: the ReLU is monotonic). ``out``: where to write (channels-last)."""
     s = plan.stages[l]
     if s.pool == "max":
-        return _max_pool(h, s.pool_size, out).relu_()
+        return convnet.max_pool(h, s.pool_size, out).relu_()
     h = convnet._after(plan, l, h.relu_())
     return h if out is None else out.copy_(h)
 
