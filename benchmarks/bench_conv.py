@@ -42,7 +42,7 @@ from ecomp.nets import convnet  # noqa: E402
 from ecomp.nets.net_population import NetPopulation  # noqa: E402
 from ecomp.nets.convnet import plan_size  # noqa: E402
 from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
-from rates import CONV, conv_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
+from rates import CONV, conv_gflops, fma_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,12 +190,13 @@ def main() -> None:
     if args.blocks:
         block_sizes({"initial": initial, "keep 0.55": converged(0.55), "keep 0.9": converged(0.9)}, x, args.repeats)
         return
-    conv, gemm = conv_gflops("cpu", args.repeats), gemm_gflops("cpu", args.repeats)
+    conv, gemm, fma = conv_gflops("cpu", args.repeats), gemm_gflops("cpu", args.repeats), fma_gflops("cpu")
     native = c_library.available()           # the run's CPU path: the C library's fused stages and copies
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"population {args.size}, medians of {args.repeats}; grouped pass with the C kernels: {native}")
     print(f"one large convolution ({'x'.join(map(str, CONV[:4]))} -> {CONV[4]}, {CONV[5]}x{CONV[5]}, channels-last; "
-          f"rates.py): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s")
+          f"rates.py): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s"
+          + (f"; the FMA ceiling: {fma:.1f} GFLOP/s (no product runs faster)" if fma else ""))
     print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped "
           "| GEMMs at its shapes | their GFLOP/s | grouped/GEMMs |" + (" baseline grouped | its share | baseline/now |" if baseline else ""))
     print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if baseline else ""))
