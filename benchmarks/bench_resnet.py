@@ -132,7 +132,8 @@ def run_floor(flop: dict[str, float], seconds: dict[str, float], conv: float, ar
     print(f"a default run's forward passes (101 evaluations at the initial sizes or more, 100 at keep 0.9's): "
           f"at least {work / 1e12:.1f} TFLOP: {work / conv / 1e9:.0f} s at one large convolution's rate, "
           f"{loop:.0f} s at the default pass's rates here"
-          + (f", {work / fma / 1e9:.0f} s at the FMA ceiling ({fma:.1f} GFLOP/s)" if fma else ""))
+          + (f", {work / max(fma, conv) / 1e9:.0f} s at the larger of it and the FMA ceiling ({fma:.1f} GFLOP/s)"
+             if fma else ""))
 
 
 if __name__ == "__main__":

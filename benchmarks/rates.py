@@ -11,7 +11,8 @@
 * :func:`fma_gflops`: the vector units' ceiling, independent FMA chains in registers on every
   thread (``ecomp/kernels/csrc/peak.c``): no float32 product can run faster here, so a floor
   drawn from it is a bound. (On the AMD EPYC of 2026-12-06 the reference convolution reaches
-  0.9-1.0 of it.)
+  0.9-1.0 of it, and measured a few per cent above it in some processes: the VM's clock and
+  noise. The bounds the benchmarks print take the larger of the two.)
 
 All three are medians of ``repeats`` calls after one warm-up call.
 

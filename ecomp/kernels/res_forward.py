@@ -41,7 +41,12 @@ def _stem(x4: Tensor, plan: ResPlan) -> tuple[Tensor, tuple[int, int]]:
 
 
 def _project(h: Tensor, w: Tensor, b: Tensor, stride: int) -> Tensor:
-    """A 1x1 convolution with ``stride`` and no padding as a product on the strided pixels."""
+    """A 1x1 convolution with ``stride`` and no padding as a product on the strided pixels; on
+    channels-last maps one product of all pixels' channels, the output channels-last too."""
+    if h.shape[1] > 1 and h.is_contiguous(memory_format=torch.channels_last):
+        s = h.permute(0, 2, 3, 1)[:, ::stride, ::stride]                    # (n, H', W', c), a view
+        n, ho, wo, c = s.shape
+        return torch.addmm(b, s.reshape(-1, c), w.view(w.shape[0], c).T).view(n, ho, wo, -1).permute(0, 3, 1, 2)
     s = h[:, :, ::stride, ::stride]
     n, c, ho, wo = s.shape
     return torch.matmul(w.view(w.shape[0], c), s.reshape(n, c, ho * wo)).view(n, -1, ho, wo).add_(b.view(1, -1, 1, 1))
@@ -51,7 +56,11 @@ def _run_one(net, x4: Tensor, stem: tuple[Tensor, tuple[int, int]], features: st
     """:func:`ecomp.nets.resnet.run` of one network, with two of its convolutions as products:
     the stem (one input channel or three, where oneDNN runs far below its rate) on the shared
     patches ``stem``, and the 1x1 projections on the strided pixels; 2.1x and 2.4x faster on
-    ResNet-8's shapes (``benchmarks/README.md``). The ReLUs write in place."""
+    ResNet-8's shapes (``benchmarks/README.md``). The ReLUs write in place. The maps go
+    channels-last at the first strided block: on ResNet-8's 14x14 and 7x7 stages oneDNN's NCHW
+    convolutions take 1.3-1.8x the channels-last ones' time per call, while on the first stage's
+    28x28 maps of 4-16 channels NCHW is the faster (profiled, ``benchmarks/README.md``). The
+    features stay in NCHW order, as the oracle's."""
     plan, layers = net.plan, net.layers
     convs, blocks = plan.layout()
     n = x4.shape[0]
@@ -63,6 +72,8 @@ def _run_one(net, x4: Tensor, stem: tuple[Tensor, tuple[int, int]], features: st
     acts: list[Tensor] = []
     for i1, i2, ip in blocks:
         c1 = convs[i1]
+        if c1.stride > 1 and not h.is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous(memory_format=torch.channels_last)
         inner = F.conv2d(h, *layers[i1], c1.stride, 1).relu_()
         out = F.conv2d(inner, *layers[i2], 1, 1)
         if ip is None:
