@@ -59,8 +59,9 @@ def _run_one(net, x4: Tensor, stem: tuple[Tensor, tuple[int, int]], features: st
     ResNet-8's shapes (``benchmarks/README.md``). The ReLUs write in place. The maps go
     channels-last at the first strided block: on ResNet-8's 14x14 and 7x7 stages oneDNN's NCHW
     convolutions take 1.3-1.8x the channels-last ones' time per call, while on the first stage's
-    28x28 maps of 4-16 channels NCHW is the faster (profiled, ``benchmarks/README.md``). The
-    features stay in NCHW order, as the oracle's."""
+    28x28 maps of 4-16 channels NCHW is the faster (profiled, ``benchmarks/README.md``).
+    Channels-last maps give their flat features in ``(H, W, C)`` order, as the CNN's fast pass
+    does: the distances between images, all the similarity reads, do not depend on the order."""
     plan, layers = net.plan, net.layers
     convs, blocks = plan.layout()
     n = x4.shape[0]
@@ -83,7 +84,10 @@ def _run_one(net, x4: Tensor, stem: tuple[Tensor, tuple[int, int]], features: st
         else:
             short = F.conv2d(h, *layers[ip], c1.stride, convs[ip].padding)
         h = out.add_(short).relu_()
-        acts.append(resnet.features_of(h, features))
+        if features == "flat" and h.is_contiguous(memory_format=torch.channels_last):
+            acts.append(h.permute(0, 2, 3, 1).reshape(n, -1))       # (H, W, C) order: a view, no copy
+        else:
+            acts.append(resnet.features_of(h, features))
     return torch.addmm(layers[-1][1], h.mean((2, 3)), layers[-1][0].T), acts
 
 
