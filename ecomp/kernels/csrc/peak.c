@@ -16,30 +16,30 @@ int ecomp_conv_block(void);    /* conv.c: the vector width that runs here (16, 8
 #include <immintrin.h>
 #define ECOMP_PEAK_VECTOR 1
 
+/* The chains of one copy, summed into one vector: VEC its type, SET1, FMA and ADD its operations. */
+#define CHAINS_FN(NAME, VEC, SET1, FMA, ADD)                                   \
+    static VEC NAME(int64_t steps) {                                           \
+        const VEC m = SET1(0.999f), c = SET1(0.001f);                          \
+        VEC a[CHAINS];                                                         \
+        for (int j = 0; j < CHAINS; j++) a[j] = SET1((float)j);                \
+        for (int64_t s = 0; s < steps; s++)                                    \
+            for (int j = 0; j < CHAINS; j++) a[j] = FMA(a[j], m, c);           \
+        for (int j = 1; j < CHAINS; j++) a[0] = ADD(a[0], a[j]);               \
+        return a[0];                                                           \
+    }
+
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-static float chains_avx512(int64_t steps) {
-    const __m512 m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.001f);
-    __m512 a[CHAINS];
-    for (int j = 0; j < CHAINS; j++) a[j] = _mm512_set1_ps((float)j);
-    for (int64_t s = 0; s < steps; s++)
-        for (int j = 0; j < CHAINS; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
-    for (int j = 1; j < CHAINS; j++) a[0] = _mm512_add_ps(a[0], a[j]);
-    return _mm512_reduce_add_ps(a[0]);
-}
+CHAINS_FN(vchains_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
+static float chains_avx512(int64_t steps) { return _mm512_reduce_add_ps(vchains_avx512(steps)); }
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+CHAINS_FN(vchains_avx2, __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
 static float chains_avx2(int64_t steps) {
-    const __m256 m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(0.001f);
-    __m256 a[CHAINS];
-    for (int j = 0; j < CHAINS; j++) a[j] = _mm256_set1_ps((float)j);
-    for (int64_t s = 0; s < steps; s++)
-        for (int j = 0; j < CHAINS; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
-    for (int j = 1; j < CHAINS; j++) a[0] = _mm256_add_ps(a[0], a[j]);
     float out[8];
-    _mm256_storeu_ps(out, a[0]);
+    _mm256_storeu_ps(out, vchains_avx2(steps));
     return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
 }
 #pragma GCC pop_options
