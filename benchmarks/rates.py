@@ -16,7 +16,7 @@
 
 All three are medians of ``repeats`` calls after one warm-up call.
 
-    python benchmarks/rates.py              # both rates
+    python benchmarks/rates.py              # the three rates
     python benchmarks/rates.py --compare    # and the reference convolution at 256 / 128 / 64 maps, both layouts
 """
 
@@ -67,9 +67,9 @@ def gemm_gflops(device: str = "cpu", repeats: int = 5, n: int = 2048) -> float:
     return 2 * n ** 3 / _median(lambda: a @ b, device, repeats) / 1e9
 
 
-def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 2_000_000) -> float | None:
+def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 20_000_000) -> float | None:
     """The CPU's FMA ceiling in GFLOP/s (``ecomp.kernels.native.fma_peak``), the median of
-    ``repeats`` calls of ``steps`` rounds (0.1-0.2 s each); None on a GPU or where the C library
+    ``repeats`` calls of ``steps`` rounds (about 0.03 s each on 2 AVX-512 cores); None on a GPU or where the C library
     has no vector copy. It runs the copy the kernels run (``ECOMP_KERNEL_ISA``): under ``avx2``
     on an AVX-512 CPU it is that copy's ceiling, half the machine's."""
     if device != "cpu":
