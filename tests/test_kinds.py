@@ -14,6 +14,7 @@ from ecomp.core.initialiser import keep_ratios, l1_population, pruned_width
 from ecomp.core.mutation import MutationSpec, mutate_
 from ecomp.core.recombination import recombine
 from ecomp.core.selection import select_pairs
+from ecomp.kernels import c_library
 from ecomp.measures.cka import LinearCKA
 from ecomp.measures.tsne import TSNE
 from ecomp.nets.checkpoint import read_checkpoint
@@ -100,7 +101,9 @@ def reference_block(net, l: int, cut: list[int]) -> tuple[int, int]:
 
 @KIND
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_crossover_follows_the_single_cut_rule_written_out_per_network(kind, seed):
+@pytest.mark.parametrize("copies", ["torch", pytest.param("native", marks=pytest.mark.skipif(
+    c_library.compiler() is None, reason="no C compiler"))])
+def test_crossover_follows_the_single_cut_rule_written_out_per_network(kind, seed, copies):
     pop = l1_population(KINDS[kind](seed), 8, 1.0, 0.4)
     pairs = select_pairs(torch.randn(8, generator=gen(seed)), gen(seed + 10))
     before = [[(w.clone(), b.clone()) for w, b in pop.network(i).layers] for i in range(pop.size)]
@@ -115,7 +118,7 @@ def test_crossover_follows_the_single_cut_rule_written_out_per_network(kind, see
                 w[:c, :cols], bias[:c] = dw[:c, :cols], db[:c]
                 child.append((w, bias))
             expected.append(child)
-    children = recombine(pop, pairs, gen(seed))
+    children = recombine(pop, pairs, gen(seed), use_native=copies == "native")
     assert children.size == pop.size
     for j, want in enumerate(expected):
         got = children.network(j).layers

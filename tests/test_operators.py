@@ -211,8 +211,10 @@ def test_native_recombine_rejects_bad_arguments_in_one_line():
     a = torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="expected 1 addresses"):
         native.recombine((a, a), (a, a), (a, torch.zeros(2, dtype=torch.int64)), [1], [1], [1], [1])
-    with pytest.raises(ValueError, match=r"every cut must lie in \[0, min\(rows, cols\)\]"):
+    with pytest.raises(ValueError, match=r"every cut must lie in \[0, rows\]"):
         native.recombine((a, a), (a, a), (a, a), [2], [3], [3], [4])
+    with pytest.raises(ValueError, match=r"every cut must lie in \[0, rows\]"):          # the donor is narrower
+        native.recombine((a, a), (a, a), (a, a), [4], [4], [2], [1], cut_cols=[3])
 
 
 def uniform_population(size: int = 8, n_hidden: int = 2, seed: int = 0) -> Population:

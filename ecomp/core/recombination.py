@@ -53,28 +53,87 @@ def _draw(limits: list[list[int]], generator: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def recombine_networks(pop, pairs: Tensor, generator: torch.Generator):
+def recombine_networks(pop, pairs: Tensor, generator: torch.Generator, use_native: bool | None = None):
     """Crossover of a population stored one network per individual (``pop.members``): two
     children per pair (``2k`` from pair ``k``'s second parent with the first's block, ``2k + 1``
     the mirror), fresh tensors; the parents are not modified. The cut points and each layer's
     block are the kind's (:meth:`ecomp.nets.structure.Structure.cut_limits`,
     :meth:`~ecomp.nets.structure.Structure.crossover_blocks`): one cut per layer on a chain,
-    one per channel group on a residual network."""
+    one per channel group on a residual network.
+
+    ``use_native`` (None: where the default backend of the weights' device has the native
+    copies and they are float32): each layer's children in one call of the C library
+    (:func:`ecomp.kernels.native.recombine`), written into one buffer per layer that the
+    children's tensors are views of; else a copy and a block assignment per child and layer,
+    a thousand tensor operations a generation on a population of 100. Both only copy: the
+    children are the same, bit for bit."""
     pl = pairs.tolist()
-    nets = {i: pop.network(i) for pair in pl for i in pair}
-    cuts = _draw([nets[a].cut_limits(nets[b]) for a, b in pl], generator).tolist()
+    # the limits and blocks depend on the architectures only: one network object per architecture
+    widths = pop.widths
+    nets = {}
+    for pair in pl:
+        for i in pair:
+            if widths[i] not in nets:
+                nets[widths[i]] = pop.network(i)
+    limits: dict[tuple, list[int]] = {}
+    for a, b in pl:
+        if (widths[a], widths[b]) not in limits:
+            limits[widths[a], widths[b]] = nets[widths[a]].cut_limits(nets[widths[b]])
+    cuts = _draw([limits[widths[a], widths[b]] for a, b in pl], generator).tolist()
+    bulk = [i for a, b in pl for i in (b, a)]
+    donor = [i for a, b in pl for i in (a, b)]
+    blocks = [nets[widths[s]].crossover_blocks(c) for s, c in zip(bulk, (c for c in cuts for _ in (0, 1)))]
+    first = pop.members[0][0][0]
+    if use_native is None:
+        use_native = first.dtype == torch.float32 and for_tensor(first).native_copies
+    if use_native and (first.dtype != torch.float32 or first.device.type != "cpu"):
+        raise ValueError(f"recombine_networks: the native copies take float32 CPU weights, not "
+                         f"{first.dtype} on {first.device.type}")
+    if use_native:
+        return pop.with_members(_networks_native(pop, bulk, donor, blocks), [widths[s] for s in bulk])
     children = []
-    for (a, b), cut in zip(pl, cuts):
-        for bulk, donor in ((b, a), (a, b)):
-            child = []
-            blocks = nets[bulk].crossover_blocks(cut)
-            for (rows, cols), (w, bias), (dw, db) in zip(blocks, pop.members[bulk], pop.members[donor]):
-                w, bias = w.clone(), bias.clone()
-                w[:rows, :cols] = dw[:rows, :cols]
-                bias[:rows] = db[:rows]
-                child.append((w, bias))
-            children.append(child)
-    return pop.with_members(children)
+    for s, d, layer_blocks in zip(bulk, donor, blocks):
+        child = []
+        for (rows, cols), (w, bias), (dw, db) in zip(layer_blocks, pop.members[s], pop.members[d]):
+            w, bias = w.clone(), bias.clone()
+            w[:rows, :cols] = dw[:rows, :cols]
+            bias[:rows] = db[:rows]
+            child.append((w, bias))
+        children.append(child)
+    return pop.with_members(children, [widths[s] for s in bulk])
+
+
+def _networks_native(pop, bulk: list[int], donor: list[int], blocks: list[list[tuple[int, int]]]) -> list:
+    """:func:`recombine_networks`' children by the C library: per layer, the children's weights
+    and biases are consecutive slices of one new buffer each; a block of ``rows`` outputs by
+    ``cols`` inputs is ``rows`` x ``cols * span`` of the weights seen as ``(outputs, rest)``
+    (``span`` the columns one input feeds, ``k * k`` for a convolution's filters)."""
+    children: list[list] = [[] for _ in bulk]
+    for l in range(len(pop.members[0])):
+        ws = [pop.members[s][l] for s in bulk]
+        ds = [pop.members[d][l] for d in donor]
+        for w, _ in (*ws, *ds):         # biases are whole vectors; dtype and device are the population's
+            if not w.is_contiguous():
+                raise ValueError("recombine_networks: the native copies need contiguous weights")
+        shapes = [w.shape for w, _ in ws]
+        numel = [w.numel() for w, _ in ws]
+        rows = [sh[0] for sh in shapes]
+        cols = [m // r for m, r in zip(numel, rows)]                          # the 2-D view's row length
+        cut_rows = [b[l][0] for b in blocks]
+        cut_cols = [b[l][1] * (c // sh[1]) for b, c, sh in zip(blocks, cols, shapes)]
+        flat_w, flat_b = ws[0][0].new_empty(sum(numel)), ws[0][1].new_empty(sum(rows))
+        child_w, child_b = flat_w.split(numel), flat_b.split(rows)
+
+        def addresses(ts):
+            return torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64)
+
+        native.recombine((addresses(child_w), addresses(child_b)),
+                         (addresses([w for w, _ in ws]), addresses([b for _, b in ws])),
+                         (addresses([w for w, _ in ds]), addresses([b for _, b in ds])),
+                         rows, cols, [w[0].numel() for w, _ in ds], cut_rows, cut_cols=cut_cols)
+        for child, w, b, sh in zip(children, child_w, child_b, shapes):
+            child.append((w.view(sh), b))
+    return children
 
 
 def _swap_block(dst_w: Tensor, dst_b: Tensor, src_w: Tensor, src_b: Tensor, c: int) -> None:
@@ -118,7 +177,9 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     All of them only copy, so their children are bit for bit equal.
     """
     if not pop.packed:
-        return recombine_networks(pop, pairs, generator)
+        if use_native is None and backend is not None:
+            use_native = backend.native_copies and pop.members[0][0][0].dtype == torch.float32
+        return recombine_networks(pop, pairs, generator, use_native)
     pop.check_live()
     backend = backend or for_tensor(pop.first_w)
     if use_native is None:

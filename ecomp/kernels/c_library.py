@@ -49,7 +49,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h", "peak.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 14
+ABI_VERSION = 15
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -140,7 +140,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_similarity_grams.restype = ctypes.c_int
     lib.ecomp_grams_acts.argtypes = [_i64, _i64, _i32, _i32, ctypes.c_int, _f32, _f64, *span]
     lib.ecomp_grams_acts.restype = ctypes.c_int
-    lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 10, ctypes.c_int, ctypes.c_int]
+    lib.ecomp_recombine.argtypes = [ctypes.c_int64, *[_i64] * 11, ctypes.c_int, ctypes.c_int]
     lib.ecomp_recombine.restype = None
     lib.ecomp_recombine_inplace.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                             ctypes.c_int64, *[_i64] * 4, ctypes.c_int64, _i64, ctypes.c_int,

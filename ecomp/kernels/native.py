@@ -232,13 +232,14 @@ def exp_log(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: tuple[Tensor, Tensor],
               rows: list[int], cols: list[int], donor_cols: list[int], cuts: list[int],
-              stream: bool = False) -> None:
+              stream: bool = False, cut_cols: list[int] | None = None) -> None:
     """One layer of crossover children, in one pass over their memory: child ``j`` (``rows[j]``
     x ``cols[j]`` float32 weights and ``rows[j]`` biases at the addresses ``child[0][j]``,
     ``child[1][j]``) becomes its bulk parent's layer (same shape, at ``bulk[.][j]``) with the
-    top-left ``c x c`` block and first ``c`` biases of its donor (row stride ``donor_cols[j]``,
-    at ``donor[.][j]``), ``c = cuts[j]``. Addresses are int64 tensors; the caller
-    (:mod:`ecomp.core.recombination`) builds them from live CPU tensors and keeps them alive.
+    top-left ``c x k`` block and first ``c`` biases of its donor (row stride ``donor_cols[j]``,
+    at ``donor[.][j]``), ``c = cuts[j]``, ``k = cut_cols[j]`` (None: ``k = c``, an MLP's square
+    block). Addresses are int64 tensors; the caller (:mod:`ecomp.core.recombination`) builds
+    them from live CPU tensors and keeps them alive.
     ``stream``: write whole rows with non-temporal stores (for destination memory already
     touched, as the recycled first-layer buffers; see ``ecomp/csrc/ops.c``).
     Threads: ``torch.get_num_threads()`` when the library has OpenMP."""
@@ -246,11 +247,15 @@ def recombine(child: tuple[Tensor, Tensor], bulk: tuple[Tensor, Tensor], donor: 
     n = len(rows)
     addrs = [*child, *bulk, *donor]
     if (any(a.dtype != torch.int64 or a.shape != (n,) for a in addrs)
-            or not len(cols) == len(donor_cols) == len(cuts) == n):
+            or not len(cols) == len(donor_cols) == len(cuts) == n or (cut_cols is not None and len(cut_cols) != n)):
         raise ValueError(f"recombine: expected {n} addresses, shapes and cuts per argument")
-    sizes = list(torch.tensor([rows, cols, donor_cols, cuts], dtype=torch.int64))
-    if n and (int(sizes[3].min()) < 0 or bool((sizes[3] > torch.minimum(sizes[0], sizes[1])).any())):
-        raise ValueError("recombine: every cut must lie in [0, min(rows, cols)] of its child")
+    sizes = list(torch.tensor([rows, cols, donor_cols, cuts, cuts if cut_cols is None else cut_cols],
+                              dtype=torch.int64))
+    if n and (int(sizes[3].min()) < 0 or int(sizes[4].min()) < 0 or bool((sizes[3] > sizes[0]).any())
+              or bool((sizes[4] > torch.minimum(sizes[1], sizes[2])).any())
+              or (cut_cols is None and bool((sizes[3] > sizes[1]).any()))):
+        raise ValueError("recombine: every cut must lie in [0, rows] and every column cut in [0, min(cols, "
+                         "donor_cols)] of its child (an MLP's square cut in [0, min(rows, cols)])")
     lib.ecomp_recombine(n, *(_ptr(t.contiguous(), _i64) for t in (*addrs, *sizes)), int(stream),
                         torch.get_num_threads() if lib.ecomp_openmp() else 1)
 

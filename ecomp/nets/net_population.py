@@ -27,11 +27,12 @@ class NetPopulation:
     members: list[Layers]                  # per individual: one (weight, bias) pair per layer
     slots = None                           # stored in individual order, always (Population's interface)
     packed: ClassVar[bool] = False         # one network per individual, not packed layer buffers
-    widths: list[tuple[int, ...]] = field(init=False)   # units of each individual's groups
+    widths: list[tuple[int, ...]] | None = None   # units of each individual's groups (None: read from members)
     _kept: dict = field(init=False, repr=False, compare=False, default_factory=dict)   # see joined()
 
     def __post_init__(self) -> None:
-        self.widths = [self.plan.net(m).units for m in self.members]
+        if self.widths is None:
+            self.widths = [self.plan.net(m).units for m in self.members]
 
     def joined(self, layer: int, members: list[int], how: str, make: Callable[[], Any]) -> Any:
         """``make()``, something built from individuals ``members``' weights and biases of
@@ -100,9 +101,10 @@ class NetPopulation:
         """(pop,) float64 size of each individual (``units``, ``params`` or ``macs``)."""
         return torch.tensor([self.plan.with_units(w).size(kind) for w in self.widths], dtype=torch.float64)
 
-    def with_members(self, members: list[Layers]) -> "NetPopulation":
-        """A population of the same plan holding ``members``."""
-        return NetPopulation(self.plan, members)
+    def with_members(self, members: list[Layers], widths: list[tuple[int, ...]] | None = None) -> "NetPopulation":
+        """A population of the same plan holding ``members``; ``widths``, their units where the
+        caller knows them (crossover's children have their bulk parents')."""
+        return NetPopulation(self.plan, members, widths)
 
     def take(self, indices: list[int]) -> "NetPopulation":
         """Copies of individuals ``indices``, in that order."""

@@ -47,23 +47,26 @@ static void copy_block(float *dst, int64_t dst_ld, const float *src, int64_t src
 }
 
 /* For each child j < n (addresses as integers; weights row-major with contiguous rows of
- * cols[j] floats for the child and its bulk parent and dcols[j] for the donor, c = cut[j]):
- *   child_w[r] = donor_w[r, :c] ++ bulk_w[r, c:]  for r < c,  bulk_w[r]  for c <= r < rows[j];
+ * cols[j] floats for the child and its bulk parent and dcols[j] for the donor, c = cut[j] rows
+ * and k = ccut[j] columns of the donor's block, ccut NULL: k = c):
+ *   child_w[r] = donor_w[r, :k] ++ bulk_w[r, k:]  for r < c,  bulk_w[r]  for c <= r < rows[j];
  *   child_b    = donor_b[:c] ++ bulk_b[c:rows[j]].
- * Children must not overlap their parents; `stream`: see stream_copy. Children go to `nthreads` OpenMP threads,
+ * A rectangular block is a network's layer whose inputs are wider than one column each (a
+ * convolution's channel spans k x k columns of its flattened filters). Children must not
+ * overlap their parents; `stream`: see stream_copy. Children go to `nthreads` OpenMP threads,
  * interleaved (neighbouring children have similar sizes). */
 void ecomp_recombine(int64_t n, const int64_t *child_w, const int64_t *child_b, const int64_t *bulk_w,
                      const int64_t *bulk_b, const int64_t *donor_w, const int64_t *donor_b,
                      const int64_t *rows, const int64_t *cols, const int64_t *dcols, const int64_t *cut,
-                     int stream, int nthreads) {
+                     const int64_t *ccut, int stream, int nthreads) {
     #pragma omp parallel for schedule(static, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t j = 0; j < n; j++) {
         float *w = (float *)(intptr_t)child_w[j], *b = (float *)(intptr_t)child_b[j];
         const float *sw = (const float *)(intptr_t)bulk_w[j], *sb = (const float *)(intptr_t)bulk_b[j];
         const float *dw = (const float *)(intptr_t)donor_w[j], *db = (const float *)(intptr_t)donor_b[j];
-        const int64_t c = cut[j], k = cols[j], m = rows[j];
-        copy_block(w, k, dw, dcols[j], c, c);                 /* the donor's block */
-        copy_block(w + c, k, sw + c, k, c, k - c);            /* the rest of those rows */
+        const int64_t c = cut[j], cc = ccut ? ccut[j] : c, k = cols[j], m = rows[j];
+        copy_block(w, k, dw, dcols[j], c, cc);                /* the donor's block */
+        copy_block(w + cc, k, sw + cc, k, c, k - cc);         /* the rest of those rows */
         stream_copy(w + c * k, sw + c * k, (size_t)((m - c) * k), stream);
         memcpy(b, db, sizeof(float) * (size_t)c);
         memcpy(b + c, sb + c, sizeof(float) * (size_t)(m - c));
