@@ -7,6 +7,10 @@ large convolution's rate and one large GEMM's, measured in the same process.
     python benchmarks/bench_conv.py --baseline 8594009  # and that commit's grouped pass beside it
     python benchmarks/bench_conv.py --blocks            # the first stage per block size instead
 
+Beside them: the fused kernels' inner loops alone (``rates.shape_gflops``) and, per population,
+the rate of each fused stage inside the grouped pass (:func:`stage_rates`): how far memory,
+pooling, stores and padding to whole vectors keep the stages from what their registers reach.
+
 "grouped" is the run's CPU pass: the C library's fused convolution stages and copies where the
 library builds (``native=True``), for the baseline commit too where it has them. Beside each
 pass, the same arithmetic as bare GEMMs at the population's own shapes (:func:`gemm_bound`), and
@@ -42,7 +46,7 @@ from ecomp.nets import convnet  # noqa: E402
 from ecomp.nets.net_population import NetPopulation  # noqa: E402
 from ecomp.nets.convnet import plan_size  # noqa: E402
 from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
-from rates import CONV, conv_gflops, fma_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
+from rates import CONV, conv_gflops, fma_gflops, gemm_gflops, shape_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +92,38 @@ def gemm_bound(pop: NetPopulation, batch: int, repeats: int) -> float:
             calls.append(lambda a=a, b=b, c=c, full=full, rest=rest: (
                 [torch.bmm(a, b, out=c) for _ in range(full)], rest and torch.bmm(a[:rest], b[:rest], out=c[:rest])))
     return median_seconds(lambda: [f() for f in calls], repeats)
+
+
+def stage_rates(pop: NetPopulation, x, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """The grouped pass's fused convolution stages, timed call by call over ``repeats`` passes
+    (``native.conv_pool`` wrapped; the first stage sums in ``patches`` order, later ones in
+    ``pixels`` order): ``{"first" | "later": (seconds per pass, GFLOP/s of the individuals' own
+    filters, GFLOP/s counting the zero filters each group is padded with to whole vectors)}``."""
+    from ecomp.kernels import native
+    vw = native.conv_block() or 1
+    real = native.conv_pool
+    acc: dict[str, list[float]] = {"first": [0.0, 0.0, 0.0], "later": [0.0, 0.0, 0.0]}
+
+    def timed(x, w, b, padding, stride, pool, out, groups=1, order="patches", filters=None):
+        t = time.perf_counter()
+        done = real(x, w, b, padding, stride, pool, out, groups, order, filters)
+        dt = time.perf_counter() - t
+        f = w.shape[0] // groups
+        terms = 2 * x.shape[-4] * groups * out.shape[2] * out.shape[3] * pool * pool * w[0].numel()
+        a = acc["first" if order == "patches" else "later"]
+        a[0] += dt
+        a[1] += terms * f
+        a[2] += terms * -(-f // vw) * vw
+        return done
+
+    conv_forward.forward_grouped(pop, x, native=True)
+    conv_forward.native_kernels.conv_pool = timed
+    try:
+        for _ in range(repeats):
+            conv_forward.forward_grouped(pop, x, native=True)
+    finally:
+        conv_forward.native_kernels.conv_pool = real
+    return {k: (t / repeats, useful / t / 1e9, padded / t / 1e9) for k, (t, useful, padded) in acc.items() if t > 0}
 
 
 def block_sizes(pops: dict, x, repeats: int) -> None:
@@ -197,10 +233,14 @@ def main() -> None:
     print(f"one large convolution ({'x'.join(map(str, CONV[:4]))} -> {CONV[4]}, {CONV[5]}x{CONV[5]}, channels-last; "
           f"rates.py): {conv:.1f} GFLOP/s; one 2048^3 GEMM: {gemm:.1f} GFLOP/s"
           + (f"; the FMA ceiling: {fma:.1f} GFLOP/s (no product runs faster)" if fma else ""))
+    shapes = shape_gflops() if fma and native else None
+    if shapes:
+        print("the fused kernels' inner loops alone, in the first-level cache (rates.shape_gflops): "
+              + ", ".join(f"{k} {v:.1f} GFLOP/s ({v / fma:.2f} of the ceiling)" for k, v in shapes.items()))
     print("| population | loop | grouped | GFLOP/s | share of the convolution's rate | loop/grouped "
           "| GEMMs at its shapes | their GFLOP/s | grouped/GEMMs |" + (" baseline grouped | its share | baseline/now |" if baseline else ""))
     print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if baseline else ""))
-    flop, seconds, bound = {}, {}, {}
+    flop, seconds, bound, stages = {}, {}, {}, {}
     for key, name, pop in (("initial", "initial (100 architectures)", initial),
                            ("0.55", "one architecture, keep 0.55", converged(0.55)),
                            ("0.9", "one architecture, keep 0.9", converged(0.9))):
@@ -216,7 +256,15 @@ def main() -> None:
             before = baseline[key]
             row += f" {before * 1e3:.1f} ms | {flops / before / 1e9 / conv:.2f} | {before / grouped:.2f}x |"
         print(row, flush=True)
+        if native and shapes:
+            stages[name] = stage_rates(pop, x, args.repeats)
     print(f"parent MACs {plan_size(plan, 'macs')}")
+    if stages:
+        print("the fused stages inside the grouped pass: ms per pass, GFLOP/s of the individuals' filters "
+              "(of the padded vectors), share of the ceiling")
+        for name, st in stages.items():
+            print(f"  {name}: " + "; ".join(f"{k} {t * 1e3:.1f} ms, {u:.0f} ({p:.0f}) GFLOP/s, {u / fma:.2f}"
+                                          for k, (t, u, p) in st.items()))
     if args.size == 100 and args.batch == 100:
         run_floor(flop, seconds, bound, conv)
 

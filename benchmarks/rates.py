@@ -13,11 +13,14 @@
   drawn from it is a bound. (On the AMD EPYC of 2026-12-06 the reference convolution reaches
   0.9-1.0 of it, and measured a few per cent above it in some processes: the VM's clock and
   noise. The bounds the benchmarks print take the larger of the two.)
+* :func:`shape_gflops`: the fused convolution's inner loops alone, in the first-level cache:
+  what its register blocking can reach before any memory traffic.
 
-All three are medians of ``repeats`` calls after one warm-up call.
+All are medians of ``repeats`` calls after one warm-up call.
 
     python benchmarks/rates.py              # the three rates
     python benchmarks/rates.py --compare    # and the reference convolution at 256 / 128 / 64 maps, both layouts
+    python benchmarks/rates.py --shapes     # and the fused convolution's inner loops alone (shape_gflops)
 """
 
 from __future__ import annotations
@@ -86,6 +89,28 @@ def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 20_000_000) -
     return statistics.median(flops / seconds for flops, seconds, _ in runs) / 1e9
 
 
+def shape_gflops(repeats: int = 5, reps: int = 1_000_000) -> dict[str, float] | None:
+    """GFLOP/s of the fused convolution's inner loops alone, operands in the first-level cache
+    (``ecomp.kernels.native.fma_shape``): ``first`` (two vectors of filters, the first stage),
+    ``later`` (one vector: a later stage of at most 16 filters per individual, AVX-512) and
+    ``images`` (images innermost, a layout the kernels do not use), medians of ``repeats`` calls
+    of ``reps`` passes; None where the C library has no vector copy. Against :func:`fma_gflops`:
+    what the register blocking itself can reach, before memory, pooling or stores."""
+    from ecomp.kernels import native
+    from ecomp.kernels.c_library import NativeUnavailable
+    try:
+        if native.fma_shape("first", 1)[0] == 0:
+            return None
+    except NativeUnavailable:
+        return None
+    out = {}
+    for shape in native.FMA_SHAPES:
+        native.fma_shape(shape, reps // 10)
+        runs = [native.fma_shape(shape, reps) for _ in range(repeats)]
+        out[shape] = statistics.median(flops / seconds for flops, seconds, _ in runs) / 1e9
+    return out
+
+
 def measured_apart() -> str:
     """This file's one-line report from a fresh process (so that the caller's own timings share
     nothing with it): for scripts that time whole processes (``bench_runs.py``, ``bench_grid.py``)."""
@@ -115,3 +140,7 @@ if __name__ == "__main__":
     fma = fma_gflops()
     print(f"one large convolution {conv_gflops():.1f} GFLOP/s, one 2048^3 GEMM {gemm_gflops():.1f} GFLOP/s"
           + (f", the FMA ceiling {fma:.1f} GFLOP/s" if fma else "") + f" ({torch.get_num_threads()} threads)")
+    if "--shapes" in sys.argv[1:] and fma:
+        shapes = shape_gflops() or {}
+        print("the fused convolution's inner loops alone: "
+              + ", ".join(f"{k} {v:.1f} GFLOP/s ({v / fma:.2f} of the ceiling)" for k, v in shapes.items()))

@@ -440,6 +440,42 @@ def test_the_fma_ceiling_runs_every_chain_it_counts(steps, threads):
     assert total == pytest.approx(threads * width * per_lane, rel=1e-4)
 
 
+
+def shape_reference(name: str, reps: int, width: int) -> float:
+    """``native.fma_shape``'s accumulators summed over every lane, written out from the loops of
+    ``csrc/peak.c`` (inputs that are multiples of 1/8 and 1/4: every sum exact)."""
+    img = 16
+    x = [(i % 7) * 0.125 for i in range(img * img * 16)]
+    w = [(i % 5) * 0.25 for i in range(25 * 32)]
+    koff = [(k // 5) * img + k % 5 for k in range(25)]
+    pos = [0, 1, img, img + 1, 2, 3, img + 2, img + 3]
+    total = 0.0
+    for r in range(reps):
+        for k in range(25):
+            if name == "first":          # 8 positions by two vectors of filters
+                total += sum(x[r % 8 + koff[k] + p] for p in pos) * sum(w[k * 2 * width:(k + 1) * 2 * width])
+            elif name == "later":        # 8 positions by one vector
+                total += sum(x[r % 8 + koff[k] + p] for p in pos) * sum(w[k * width:(k + 1) * width])
+            else:                        # 4 positions' vectors of images by 6 broadcast filters
+                base = (r % 8 + koff[k]) * width
+                total += (sum(x[base + p * width + lane] for p in pos[:4] for lane in range(width))
+                          * sum(w[k * 6:k * 6 + 6]))
+    return total
+
+
+@needs_vectors
+@pytest.mark.parametrize("shape", sorted(native.FMA_SHAPES))
+@pytest.mark.parametrize("reps, threads", [(1, 1), (3, 2)])
+def test_the_inner_loop_shapes_run_every_fma_they_count(shape, reps, threads):
+    """``bench_conv.py``'s inner-loop rates (``native.fma_shape``) count ``reps x 25 x fmas``
+    vector FMAs per thread: the exact sum of their accumulators shows each ran on its operands."""
+    width = native.conv_block()
+    flops, seconds, total = native.fma_shape(shape, reps, threads)
+    assert flops == threads * reps * 25 * native.FMA_SHAPES[shape][1] * width * 2 and seconds > 0
+    assert total == threads * shape_reference(shape, reps, width)
+    with pytest.raises(ValueError, match="fma_shape: shape 'fourth'"):
+        native.fma_shape("fourth", 1)
+
 CONV_CASES = """
 import sys, torch
 from ecomp.kernels import native

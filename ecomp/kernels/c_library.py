@@ -49,7 +49,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h", "peak.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 15
+ABI_VERSION = 16
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -159,6 +159,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_linear_blocked.restype = ctypes.c_int
     lib.ecomp_fma_peak.argtypes = [ctypes.c_int64, ctypes.c_int, _f32]
     lib.ecomp_fma_peak.restype = ctypes.c_int
+    lib.ecomp_fma_shape.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int, _f32]
+    lib.ecomp_fma_shape.restype = ctypes.c_int
     return lib
 
 

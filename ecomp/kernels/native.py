@@ -298,6 +298,27 @@ def fma_peak(steps: int, threads: int | None = None) -> tuple[int, float, float]
     return threads * steps * 12 * width * 2, seconds, sink.value
 
 
+FMA_SHAPES = {"first": (0, 16), "later": (1, 8), "images": (2, 24)}   # name -> (index, FMAs per step)
+
+
+def fma_shape(shape: str, reps: int, threads: int | None = None) -> tuple[int, float, float]:
+    """``reps`` passes of 25 steps of the fused convolution's inner loop ``shape`` (:data:`FMA_SHAPES`;
+    ``csrc/peak.c``) on each of ``threads`` threads, its operands in the first-level cache: the
+    FLOPs done, the seconds taken and the accumulators' sum over every lane. What the kernel's
+    register blocking can reach here, beside :func:`fma_peak`'s ceiling. No FLOPs where the
+    library has no vector copy here."""
+    if shape not in FMA_SHAPES:
+        raise ValueError(f"fma_shape: shape {shape!r} is not one of {sorted(FMA_SHAPES)}")
+    index, fmas = FMA_SHAPES[shape]
+    lib = load()
+    threads = threads or (torch.get_num_threads() if lib.ecomp_openmp() else 1)
+    sink = ctypes.c_float()
+    start = time.perf_counter()
+    width = lib.ecomp_fma_shape(index, reps, threads, ctypes.byref(sink))
+    seconds = time.perf_counter() - start
+    return threads * reps * 25 * fmas * width * 2, seconds, sink.value
+
+
 SUM_ORDERS = {"patches": 0, "pixels": 1}   # (c, ky, kx) as a GEMM on patches sums; (ky, kx, c) as oneDNN
 
 
