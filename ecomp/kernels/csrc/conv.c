@@ -112,7 +112,7 @@ void ecomp_conv_force_avx2(void) {}
  * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c, or with
  * split < f at ... + (c / split) * split_ld + c % split (f channels of several individuals of
  * `split` channels each, each individual's maps a block of its own, split_ld floats apart).
- * (image, group) pairs go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy
+ * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy
  * runs here (or memory ran out: nothing is then promised of out). */
 int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                     int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
@@ -160,10 +160,13 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
             #pragma omp atomic write
             failed = 1;
         }
+        /* group by group, image after image: a group's filters stay in the cache, and where the
+         * maps are each group's own block (as the run's later stages have them) the images are read
+         * one after the other */
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < n * g; t++) {
             if (!direct && !xp) continue;
-            const int64_t i = t / g, j = t % g;
+            const int64_t i = t % n, j = t / n;
             const float *xi = x + i * xs[0] + j * xs[1];
             if (!direct)
                 for (int64_t y = 0; y < H; y++) {
