@@ -146,8 +146,8 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
      * are whole runs in `out` (per block, cells x per floats): each image's maps are made in a
      * buffer of the thread's, then copied out run by run. The kernel's stores are a few floats
      * per cell and block, scattered over every block; made straight into `out`, a 16 MB map
-     * that is not in the cache, each one waits for its line to be read in (the stage ran at half
-     * the rate it reaches on a map left in the cache). The buffer (at most a few hundred KB)
+     * that is not in the cache, each one waits for its line to be read in (the stage ran at about
+     * 0.6 of the rate it reaches on a map left in the cache). The buffer (at most a few hundred KB)
      * stays in the thread's cache and the copies are sequential. Same values. */
     const int64_t per = split < f ? split : f;
     const int staged = g == 1 && os[3] == per && os[2] == pw * per;
