@@ -94,6 +94,14 @@ def gemm_bound(pop: NetPopulation, batch: int, repeats: int) -> float:
     return median_seconds(lambda: [f() for f in calls], repeats)
 
 
+def fused_flops(w, pool: int, out, groups: int = 1, vector: int = 1) -> float:
+    """FLOPs of one ``native.conv_pool`` call with filters ``w`` into ``out`` ``(g or blocks, n, H', W', .)``:
+    every window position's dot products, each group's filters rounded up to whole vectors of
+    ``vector`` floats (1: the individuals' own filters only)."""
+    f = w.shape[0] // groups
+    return 2.0 * out.shape[1] * out.shape[2] * out.shape[3] * pool * pool * w[0].numel() * groups * (-(-f // vector) * vector)
+
+
 def stage_rates(pop: NetPopulation, x, repeats: int) -> dict[str, tuple[float, float, float]]:
     """The grouped pass's fused convolution stages, timed call by call over ``repeats`` passes
     (``native.conv_pool`` wrapped; the first stage sums in ``patches`` order, later ones in
@@ -107,13 +115,10 @@ def stage_rates(pop: NetPopulation, x, repeats: int) -> dict[str, tuple[float, f
     def timed(x, w, b, padding, stride, pool, out, groups=1, order="patches", filters=None):
         t = time.perf_counter()
         done = real(x, w, b, padding, stride, pool, out, groups, order, filters)
-        dt = time.perf_counter() - t
-        f = w.shape[0] // groups
-        terms = 2 * x.shape[-4] * groups * out.shape[2] * out.shape[3] * pool * pool * w[0].numel()
         a = acc["first" if order == "patches" else "later"]
-        a[0] += dt
-        a[1] += terms * f
-        a[2] += terms * -(-f // vw) * vw
+        a[0] += time.perf_counter() - t
+        a[1] += fused_flops(w, pool, out, groups)
+        a[2] += fused_flops(w, pool, out, groups, vw)
         return done
 
     conv_forward.forward_grouped(pop, x, native=True)

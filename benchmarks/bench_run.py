@@ -43,6 +43,7 @@ from ecomp.app.config import register_configs  # noqa: E402
 from ecomp.app.pipeline import run_experiment  # noqa: E402
 from ecomp.timing import PhaseTimer  # noqa: E402
 from rates import conv_gflops, fma_gflops, gemm_gflops  # noqa: E402  (this folder is the script's: sys.path[0])
+from bench_conv import fused_flops  # noqa: E402
 
 
 class ProductCounter:
@@ -148,7 +149,7 @@ def print_products(cfg, total: float) -> None:
                for name in ("fused convolution stages", "linear stages", "wide Grams")}
 
     def flop_conv(x, w, b, padding, stride, pool, out, *args, **kwargs):
-        return 2.0 * out.shape[1] * out.shape[2] * out.shape[3] * pool * pool * w.shape[0] * w[0].numel()
+        return fused_flops(w, pool, out)
 
     def flop_linear(h, w, *args, **kwargs):
         return 2.0 * h.shape[0] * h.shape[1] * h.shape[2] * w.shape[1]

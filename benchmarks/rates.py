@@ -70,6 +70,19 @@ def gemm_gflops(device: str = "cpu", repeats: int = 5, n: int = 2048) -> float:
     return 2 * n ** 3 / _median(lambda: a @ b, device, repeats) / 1e9
 
 
+def _native_gflops(run, repeats: int) -> float | None:
+    """The median GFLOP/s of ``repeats`` calls of ``run()`` (one of ``ecomp.kernels.native``'s
+    ``(flops, seconds, sink)`` timers) after a warm-up call; None where the C library does not build
+    or has no vector copy here (it then does no FLOPs)."""
+    from ecomp.kernels.c_library import NativeUnavailable
+    try:
+        if run()[0] == 0:
+            return None
+    except NativeUnavailable:
+        return None
+    return statistics.median(flops / seconds for flops, seconds, _ in (run() for _ in range(repeats))) / 1e9
+
+
 def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 20_000_000) -> float | None:
     """The CPU's FMA ceiling in GFLOP/s (``ecomp.kernels.native.fma_peak``), the median of
     ``repeats`` calls of ``steps`` rounds (about 0.03 s each on 2 AVX-512 cores); None on a GPU or where the C library
@@ -78,15 +91,7 @@ def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 20_000_000) -
     if device != "cpu":
         return None
     from ecomp.kernels import native
-    from ecomp.kernels.c_library import NativeUnavailable
-    try:
-        native.fma_peak(steps // 10)
-    except NativeUnavailable:
-        return None
-    runs = [native.fma_peak(steps) for _ in range(repeats)]
-    if runs[0][0] == 0:
-        return None
-    return statistics.median(flops / seconds for flops, seconds, _ in runs) / 1e9
+    return _native_gflops(lambda: native.fma_peak(steps), repeats)
 
 
 def shape_gflops(repeats: int = 5, reps: int = 1_000_000) -> dict[str, float] | None:
@@ -97,18 +102,9 @@ def shape_gflops(repeats: int = 5, reps: int = 1_000_000) -> dict[str, float] | 
     of ``reps`` passes; None where the C library has no vector copy. Against :func:`fma_gflops`:
     what the register blocking itself can reach, before memory, pooling or stores."""
     from ecomp.kernels import native
-    from ecomp.kernels.c_library import NativeUnavailable
-    try:
-        if native.fma_shape("first", 1)[0] == 0:
-            return None
-    except NativeUnavailable:
-        return None
-    out = {}
-    for shape in native.FMA_SHAPES:
-        native.fma_shape(shape, reps // 10)
-        runs = [native.fma_shape(shape, reps) for _ in range(repeats)]
-        out[shape] = statistics.median(flops / seconds for flops, seconds, _ in runs) / 1e9
-    return out
+    rates = {shape: _native_gflops(lambda shape=shape: native.fma_shape(shape, reps), repeats)
+             for shape in native.FMA_SHAPES}
+    return None if None in rates.values() else rates
 
 
 def measured_apart() -> str:

@@ -53,7 +53,8 @@ def _draw(limits: list[list[int]], generator: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def recombine_networks(pop, pairs: Tensor, generator: torch.Generator, use_native: bool | None = None):
+def recombine_networks(pop, pairs: Tensor, generator: torch.Generator, use_native: bool | None = None,
+                       backend: Backend | None = None):
     """Crossover of a population stored one network per individual (``pop.members``): two
     children per pair (``2k`` from pair ``k``'s second parent with the first's block, ``2k + 1``
     the mirror), fresh tensors; the parents are not modified. The cut points and each layer's
@@ -61,8 +62,8 @@ def recombine_networks(pop, pairs: Tensor, generator: torch.Generator, use_nativ
     :meth:`~ecomp.nets.structure.Structure.crossover_blocks`): one cut per layer on a chain,
     one per channel group on a residual network.
 
-    ``use_native`` (None: where the default backend of the weights' device has the native
-    copies and they are float32): each layer's children in one call of the C library
+    ``use_native`` (None: where ``backend``, else the weights' device's default one, has the
+    native copies and the weights are float32): each layer's children in one call of the C library
     (:func:`ecomp.kernels.native.recombine`), written into one buffer per layer that the
     children's tensors are views of; else a copy and a block assignment per child and layer,
     a thousand tensor operations a generation on a population of 100. Both only copy: the
@@ -85,7 +86,7 @@ def recombine_networks(pop, pairs: Tensor, generator: torch.Generator, use_nativ
     blocks = [nets[widths[s]].crossover_blocks(c) for s, c in zip(bulk, (c for c in cuts for _ in (0, 1)))]
     first = pop.members[0][0][0]
     if use_native is None:
-        use_native = first.dtype == torch.float32 and for_tensor(first).native_copies
+        use_native = first.dtype == torch.float32 and (backend or for_tensor(first)).native_copies
     if use_native and (first.dtype != torch.float32 or first.device.type != "cpu"):
         raise ValueError(f"recombine_networks: the native copies take float32 CPU weights, not "
                          f"{first.dtype} on {first.device.type}")
@@ -177,9 +178,7 @@ def recombine(pop: Population, pairs: Tensor, generator: torch.Generator,
     All of them only copy, so their children are bit for bit equal.
     """
     if not pop.packed:
-        if use_native is None and backend is not None:
-            use_native = backend.native_copies and pop.members[0][0][0].dtype == torch.float32
-        return recombine_networks(pop, pairs, generator, use_native)
+        return recombine_networks(pop, pairs, generator, use_native, backend)
     pop.check_live()
     backend = backend or for_tensor(pop.first_w)
     if use_native is None:

@@ -44,11 +44,10 @@ int ecomp_conv_block(void);    /* conv.c: the vector width that runs here (16, 8
 static float shape_x[SHAPE_IMG * SHAPE_IMG * 16] __attribute__((aligned(64)));
 static float shape_w[25 * 32] __attribute__((aligned(64)));
 static int64_t shape_koff[25];
-static void shape_init(int vw) {
+static void shape_init(void) {
     for (int i = 0; i < SHAPE_IMG * SHAPE_IMG * 16; i++) shape_x[i] = (float)(i % 7) * 0.125f;
     for (int i = 0; i < 25 * 32; i++) shape_w[i] = (float)(i % 5) * 0.25f;
     for (int k = 0; k < 25; k++) shape_koff[k] = (k / 5) * SHAPE_IMG + k % 5;
-    (void)vw;
 }
 static const int64_t shape_pos[8] = {0, 1, SHAPE_IMG, SHAPE_IMG + 1, 2, 3, SHAPE_IMG + 2, SHAPE_IMG + 3};
 
@@ -151,7 +150,7 @@ int ecomp_fma_shape(int shape, int64_t reps, int nthreads, float *sink) {
 #if ECOMP_PEAK_VECTOR
     const int vw = ecomp_conv_block();
     if (vw == 0 || shape < 0 || shape > 2) return 0;
-    shape_init(vw);
+    shape_init();
     float total = 0.0f;
     #pragma omp parallel num_threads(nthreads) reduction(+:total)
     total += vw == 16 ? shapes_avx512(shape, reps) : shapes_avx2(shape, reps);
