@@ -362,7 +362,7 @@ def conv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: i
 
 
 @needs_conv
-@pytest.mark.parametrize("order", ["patches", "pixels"])
+@pytest.mark.parametrize("order, lanes", [("patches", "auto"), ("pixels", "filters"), ("pixels", "images")])
 @pytest.mark.parametrize("n,groups,c,f,size,k,padding,stride,pool", [
     (5, 1, 1, 6, 28, 5, 2, 1, 2),      # LeNet-5's first stage
     (3, 1, 1, 37, 12, 5, 2, 1, 2),     # 37 filters: blocks of two vectors and a last of one
@@ -370,10 +370,12 @@ def conv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: i
     (2, 3, 3, 9, 11, 3, 1, 2, 3),      # odd maps, stride 2, a 3x3 pool (window padded to 12)
     (3, 2, 16, 17, 9, 3, 1, 1, 1),     # no pool, 17 filters
     (2, 1, 3, 40, 32, 5, 0, 1, 2),     # an RGB image
+    (21, 3, 6, 15, 14, 5, 0, 1, 2),    # a run's second stage: 21 images, one vector and a part
 ])
-def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, padding, stride, pool, order):
+def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, padding, stride, pool, order, lanes):
     """The fused stage against conv2d, max-pool and ReLU in float64, on a channels-last input
-    seen through an offset (as a chunk of a population's maps is), into both output layouts."""
+    seen through an offset (as a chunk of a population's maps is), into both output layouts;
+    in (ky, kx, c) order with either the filters or the images in the vectors' lanes."""
     gen = torch.Generator().manual_seed(n * 100 + f)
     base = torch.randn(n, groups * c + 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
     x = base[:, 2:2 + groups * c]
@@ -381,21 +383,40 @@ def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, paddin
     b = torch.randn(groups * f, generator=gen)
     want = conv_reference(x, w, b, padding, stride, pool, groups)
     per = torch.full(want.shape, float("nan"))
-    assert native.conv_pool(x, w, b, padding, stride, pool, per, groups, order)
+    assert native.conv_pool(x, w, b, padding, stride, pool, per, groups, order, lanes=lanes)
     torch.testing.assert_close(per.double(), want, rtol=1e-5, atol=1e-5)
     cl = torch.full((n, groups * f, *want.shape[2:4]), float("nan")).contiguous(memory_format=torch.channels_last)
     view = cl.permute(0, 2, 3, 1).unflatten(3, (groups, f)).permute(3, 0, 1, 2, 4)      # (g, n, H', W', f)
-    assert native.conv_pool(x, w, b, padding, stride, pool, view, groups, order)
+    assert native.conv_pool(x, w, b, padding, stride, pool, view, groups, order, lanes=lanes)
     assert torch.equal(view, per)
     five = x.view(n, groups, c, size, size).transpose(0, 1)                            # (g, n, C, H, W)
     again = torch.empty(want.shape)
-    assert native.conv_pool(five, w, b, padding, stride, pool, again, groups, order)
+    assert native.conv_pool(five, w, b, padding, stride, pool, again, groups, order, lanes=lanes)
     assert torch.equal(again, per)
     if groups == 1:                # the filters' maps in s blocks of their own (s individuals' runs)
         s = next(d for d in range(2, f + 1) if f % d == 0)
         blocks = torch.full((s, n, *want.shape[2:4], f // s), float("nan"))
-        assert native.conv_pool(x, w, b, padding, stride, pool, blocks, 1, order)
+        assert native.conv_pool(x, w, b, padding, stride, pool, blocks, 1, order, lanes=lanes)
         assert torch.equal(blocks, per[0].unflatten(3, (s, f // s)).permute(3, 0, 1, 2, 4))
+
+
+@needs_conv
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("n, padding", [(1, 0), (16, 0), (37, 1), (100, 0)])
+def test_the_images_in_lanes_give_the_filters_bits(n, padding, layout):
+    """The two passes of the (ky, kx, c) order do the same operations on each output in the same
+    order: equal bit for bit, for any number of images (whole vectors of them and a part), padded
+    or not, from channels-last maps (copied by tile transposes) or channels-first ones (copied
+    float by float)."""
+    gen = torch.Generator().manual_seed(n + padding)
+    x = torch.randn(n, 4 * 6, 14, 14, generator=gen).contiguous(memory_format=layout)
+    w, b = torch.randn(4 * 11, 6, 5, 5, generator=gen), torch.randn(4 * 11, generator=gen)
+    side = (14 + 2 * padding - 5 + 1) // 2
+    out = {lanes: torch.full((4, n, side, side, 11), float("nan")) for lanes in ("filters", "images")}
+    for lanes, o in out.items():
+        assert native.conv_pool(x, w, b, padding, 1, 2, o, 4, "pixels", lanes=lanes)
+    assert not out["images"].isnan().any()
+    assert torch.equal(out["images"], out["filters"])
 
 
 @needs_conv
@@ -422,6 +443,8 @@ def test_conv_pool_refuses_what_it_cannot_compute():
         native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 4, 3, 3).transpose(2, 4))
     with pytest.raises(ValueError, match="order"):
         native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), order="columns")
+    with pytest.raises(ValueError, match="lanes"):
+        native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 3, 3, 4), order="pixels", lanes="pixels")
     if has_fused_conv():                                               # filters built for other weights
         other = native.conv_filters(torch.randn(4, 2, 3, 3), b)
         with pytest.raises(ValueError, match="filters"):
@@ -481,14 +504,15 @@ import sys, torch
 from ecomp.kernels import native
 out = {"block": native.conv_block()}
 gen = torch.Generator().manual_seed(7)
-for name, (n, g, c, f, size, k, pad, pool, order, blocks) in {
-        "first": (6, 1, 1, 30, 28, 5, 2, 2, "patches", 5), "wide": (3, 1, 3, 53, 16, 3, 1, 2, "patches", 1),
-        "later": (5, 9, 6, 15, 14, 5, 0, 2, "pixels", 1), "odd": (4, 3, 5, 9, 11, 3, 0, 3, "pixels", 1)}.items():
+for name, (n, g, c, f, size, k, pad, pool, order, blocks, lanes) in {
+        "first": (6, 1, 1, 30, 28, 5, 2, 2, "patches", 5, "auto"), "wide": (3, 1, 3, 53, 16, 3, 1, 2, "patches", 1, "auto"),
+        "later": (5, 9, 6, 15, 14, 5, 0, 2, "pixels", 1, "filters"), "odd": (4, 3, 5, 9, 11, 3, 0, 3, "pixels", 1, "filters"),
+        "images": (21, 3, 6, 15, 14, 5, 1, 2, "pixels", 1, "images")}.items():
     x = torch.randn(n, g * c, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(g * f, c, k, k, generator=gen), torch.randn(g * f, generator=gen)
     side = ((size + 2 * pad - k) + 1) // pool
     o = torch.full((max(g, blocks), n, side, side, f // blocks), float("nan"))
-    assert native.conv_pool(x, w, b, pad, 1, pool, o, g, order)
+    assert native.conv_pool(x, w, b, pad, 1, pool, o, g, order, lanes=lanes)
     out[name] = o
 torch.save(out, sys.argv[1])
 """
@@ -506,6 +530,6 @@ def test_the_avx2_copy_of_the_fused_convolution_gives_the_same_bits(tmp_path):
                        cwd=Path(__file__).parents[1], timeout=300)
         got[isa] = torch.load(tmp_path / f"{isa}.pt")
     assert got["avx2"]["block"] == 8
-    for name in ("first", "wide", "later", "odd"):
+    for name in ("first", "wide", "later", "odd", "images"):
         assert not got["auto"][name].isnan().any()
         assert torch.equal(got["auto"][name], got["avx2"][name]), name

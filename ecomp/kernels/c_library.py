@@ -49,7 +49,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h", "peak.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 16
+ABI_VERSION = 17
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -150,7 +150,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_gather_runs.restype = None
     lib.ecomp_conv_block.argtypes = []
     lib.ecomp_conv_block.restype = ctypes.c_int
-    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, ctypes.c_int64, ctypes.c_int64,
+    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, *[ctypes.c_int64] * 3,
                                     ctypes.c_int]
     lib.ecomp_conv_pool.restype = ctypes.c_int
     lib.ecomp_gram_blocked.argtypes = [_i64, _i64, _i32, _i64, ctypes.c_int64, _f32, *span]

@@ -321,6 +321,7 @@ def fma_shape(shape: str, reps: int, threads: int | None = None) -> tuple[int, f
 
 
 SUM_ORDERS = {"patches": 0, "pixels": 1}   # (c, ky, kx) as a GEMM on patches sums; (ky, kx, c) as oneDNN
+LANES = {"auto": -1, "filters": 0, "images": 1}   # what conv_pool's vectors hold in pixels order
 
 
 def conv_filters(w: Tensor, b: Tensor, groups: int = 1, order: str = "patches") -> tuple[Tensor, Tensor]:
@@ -344,7 +345,8 @@ def conv_filters(w: Tensor, b: Tensor, groups: int = 1, order: str = "patches") 
 
 
 def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: int, out: Tensor,
-              groups: int = 1, order: str = "patches", filters: tuple[Tensor, Tensor] | None = None) -> bool:
+              groups: int = 1, order: str = "patches", filters: tuple[Tensor, Tensor] | None = None,
+              lanes: str = "auto") -> bool:
     """A convolution's ``relu(max_pool(conv2d(x, w, b, stride, padding, groups=groups), pool))``
     in one pass per image and group (``csrc/conv.c``): the pooled maps, without the patches or
     the unpooled output in memory. ``x`` ``(n, groups * C, H, W)`` or ``(groups, n, C, H, W)``
@@ -354,8 +356,11 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     their own (one per individual of a population's run, where each has ``f / s`` filters).
     Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
     ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`).
-    ``filters``: ``conv_filters(w, b, groups, order)``, if already built. False (``out``
-    untouched) where the library has no vector copy here (:func:`conv_block`)."""
+    ``filters``: ``conv_filters(w, b, groups, order)``, if already built. ``lanes`` (``pixels``
+    order): what the vectors' lanes hold, ``images`` (a later stage's few filters per group on
+    many images), ``filters``, or ``auto`` (whichever fills them better, :data:`LANES`); the same
+    operations per output, so the same bits. False (``out`` untouched) where the library has no
+    vector copy here (:func:`conv_block`)."""
     vw = conv_block()
     if vw == 0:
         return False
@@ -373,12 +378,12 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     if ((x.dim() == 5 and x.shape[0] != groups) or gc % groups or w.shape[0] % groups or tuple(w.shape[1:]) != (c, k, k)
             or tuple(b.shape) != (groups * f,) or f % blocks
             or tuple(out.shape) != (max(blocks, groups), n, *pooled, per_block) or (per_block > 1 and out.stride(4) != 1)
-            or pool < 1 or stride < 1 or padding < 0 or order not in SUM_ORDERS
+            or pool < 1 or stride < 1 or padding < 0 or order not in SUM_ORDERS or lanes not in LANES
             or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b, out))):
         raise ValueError(f"conv_pool: expected float32 CPU x (n, g*C, H, W), w (g*f, C, k, k), b (g*f,), out "
-                         f"(g, n, H', W', f) (one group: (s, n, H', W', f/s)) with unit stride over f and order in "
-                         f"{sorted(SUM_ORDERS)}; got {tuple(x.shape)}, {tuple(w.shape)}, {tuple(b.shape)}, "
-                         f"{tuple(out.shape)}, {order!r}, groups={groups}")
+                         f"(g, n, H', W', f) (one group: (s, n, H', W', f/s)) with unit stride over f, order in "
+                         f"{sorted(SUM_ORDERS)} and lanes in {sorted(LANES)}; got {tuple(x.shape)}, {tuple(w.shape)}, "
+                         f"{tuple(b.shape)}, {tuple(out.shape)}, {order!r}, {lanes!r}, groups={groups}")
     wt, bp = filters if filters is not None else conv_filters(w, b, groups, order)
     if wt.shape[:2] != (groups, c * k * k) or wt.shape[2] % vw or wt.shape[2] < f or bp.shape != (groups, wt.shape[2]):
         raise ValueError(f"conv_pool: filters {tuple(wt.shape)}, {tuple(bp.shape)} are not conv_filters' of w, b")
@@ -387,7 +392,7 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     lib = load()
     done = lib.ecomp_conv_pool(x.data_ptr(), xs, n, groups, c, hh, ww, wt.data_ptr(), bp.data_ptr(), f, wt.shape[2],
                                k, padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_, per_block,
-                               out.stride(0), torch.get_num_threads() if lib.ecomp_openmp() else 1)
+                               out.stride(0), LANES[lanes], torch.get_num_threads() if lib.ecomp_openmp() else 1)
     return done == 0
 
 

@@ -36,6 +36,7 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #define VW 16
 #define NC1 2
 #define NC2 2
+#define NFMAX 6
 #define VZERO _mm512_setzero_ps()
 #define VSET1(x) _mm512_set1_ps(x)
 #define VLOAD(p) _mm512_loadu_ps(p)
@@ -45,7 +46,40 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VSTORE_N(d, s, n) \
     _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), s))
+/* dst[j * ldd + i] = src[i * lds + j] for a VW x VW tile: rows i < nr of src are read (their first
+ * nc floats; the rest, and rows from nr on, read as zero), rows j < ns of dst are written (their
+ * first ms floats). */
+static inline void tile_avx512(const float *src, int64_t lds, int nr, int nc, float *dst, int64_t ldd, int ns, int ms) {
+    const __mmask16 lm = (__mmask16)((1u << nc) - 1), sm = (__mmask16)((1u << ms) - 1);
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = i < nr ? _mm512_maskz_loadu_ps(lm, src + i * lds) : _mm512_setzero_ps();
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+    for (int j = 0; j < ns; j++) _mm512_mask_storeu_ps(dst + j * ldd, sm, r[j]);
+}
+#define VTILE tile_avx512
 #include "conv_body.h"
+#undef VTILE
 #undef KFN
 #undef VEC
 #undef VW
@@ -59,6 +93,7 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #undef VSTORE_N
 #undef NC1
 #undef NC2
+#undef NFMAX
 #pragma GCC pop_options
 
 /* -1 in the first n of eight lanes from lane_masks + 8 - n: AVX2's masks for n floats */
@@ -71,6 +106,7 @@ static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 
 #define VW 8
 #define NC1 2
 #define NC2 1
+#define NFMAX 3
 #define VZERO _mm256_setzero_ps()
 #define VSET1(x) _mm256_set1_ps(x)
 #define VLOAD(p) _mm256_loadu_ps(p)
@@ -82,6 +118,29 @@ static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 
         const __m256i m_ = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - (n)));           \
         _mm256_maskstore_ps(d, m_, _mm256_maskload_ps(s, m_));                                   \
     } while (0)
+/* VTILE's 8 x 8 copy (as tile_avx512 above) */
+static inline void tile_avx2(const float *src, int64_t lds, int nr, int nc, float *dst, int64_t ldd, int ns, int ms) {
+    const __m256i lm = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - nc));
+    const __m256i sm = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - ms));
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = i < nr ? _mm256_maskload_ps(src + i * lds, lm) : _mm256_setzero_ps();
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int j = 0; j < ns; j++) _mm256_maskstore_ps(dst + j * ldd, sm, t[j]);
+}
+#define VTILE tile_avx2
 #include "conv_body.h"
 #pragma GCC pop_options
 
@@ -104,6 +163,55 @@ int ecomp_conv_block(void) { return 0; }
 void ecomp_conv_force_avx2(void) {}
 #endif
 
+#if ECOMP_CONV_VECTOR
+/* ecomp_conv_pool's pass with the images in lanes (conv_body.h's KFN(lanes_task)): for each
+ * group and each block of vw images, the images' maps are copied into a zero-bordered buffer of
+ * the thread's with the images innermost, every filter of the group runs on them, and the
+ * results are copied out image by image. Same operations per output as the pass below. */
+static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
+                           const float *wt, const float *b, int64_t f, int64_t fpad, int64_t k, int64_t pad,
+                           int64_t stride, int64_t p, float *out, const int64_t *os, int64_t split, int64_t split_ld,
+                           int nthreads, int vw) {
+    const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
+    const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
+    const int64_t npos = p * p, cells = ph * pw, nv = (n + vw - 1) / vw;
+    int64_t *koff = malloc(sizeof(int64_t) * (size_t)(K + cells * npos));
+    if (!koff) return -1;
+    int64_t *pos = koff + K;
+    for (int64_t ky = 0; ky < k; ky++)
+        for (int64_t kx = 0; kx < k; kx++)
+            for (int64_t c = 0; c < cin; c++) koff[(ky * k + kx) * cin + c] = ((ky * Wp + kx) * cin + c) * vw;
+    for (int64_t y = 0; y < ph; y++)
+        for (int64_t xx = 0; xx < pw; xx++)
+            for (int64_t dy = 0; dy < p; dy++)
+                for (int64_t dx = 0; dx < p; dx++)
+                    pos[(y * pw + xx) * npos + dy * p + dx] = (((y * p + dy) * stride) * Wp + (xx * p + dx) * stride) * cin * vw;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *t = calloc((size_t)(Hp * Wp * cin * vw), sizeof(float));     /* the border stays zero */
+        float *r = malloc(sizeof(float) * (size_t)(cells * f * vw));
+        if (!t || !r) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t task = 0; task < g * nv; task++) {
+            if (!t || !r) continue;
+            const int64_t j = task / nv, i0 = task % nv * vw, ni = n - i0 < vw ? n - i0 : vw;
+            if (vw == 16) lanes_task_avx512(x, xs, j, i0, ni, cin, H, W, pad, t, koff, K, wt + j * K * fpad, fpad,
+                                            b + j * fpad, f, pos, npos, cells, pw, r, out, os, split, split_ld);
+            else lanes_task_avx2(x, xs, j, i0, ni, cin, H, W, pad, t, koff, K, wt + j * K * fpad, fpad, b + j * fpad,
+                                 f, pos, npos, cells, pw, r, out, os, split, split_ld);
+        }
+        free(r);
+        free(t);
+    }
+    free(koff);
+    return failed ? -1 : 0;
+}
+#endif
+
 /* For every image i and group j (g groups of cin input and f output channels):
  *   out[j, i, y', x', c] = max(0, b[j, c] + max over the p x p window of conv(x[i, group j], w[j, c])[y, x])
  * x: image i's channel c of group j, pixel (y, x) at i * xs[0] + j * xs[1] + c * xs[2] + y * xs[3] + x * xs[4];
@@ -112,18 +220,29 @@ void ecomp_conv_force_avx2(void) {}
  * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c, or with
  * split < f at ... + (c / split) * split_ld + c % split (f channels of several individuals of
  * `split` channels each, each individual's maps a block of its own, split_ld floats apart).
- * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy
- * runs here (or memory ran out: nothing is then promised of out). */
+ * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. `lanes` (order 1 only): 1
+ * the images in the vectors' lanes (conv_pool_lanes), 0 the filters, -1 whichever fills them
+ * better; the same operations per output either way, so the same bits. Returns 0, or -1 where no
+ * vector copy runs here (or memory ran out: nothing is then promised of out). */
 int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                     int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
                     int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int64_t split, int64_t split_ld,
-                    int nthreads) {
+                    int64_t lanes, int nthreads) {
 #if ECOMP_CONV_VECTOR
     const int vw = ecomp_conv_block();
     if (vw == 0 || fpad % vw != 0 || fpad < f || split < 1) return -1;
     const float *x = (const float *)(intptr_t)x_addr, *wt = (const float *)(intptr_t)wt_addr;
     const float *b = (const float *)(intptr_t)b_addr;
     float *out = (float *)(intptr_t)out_addr;
+    /* Images in lanes where they fill more of the vectors than the filters do, weighed by the two
+     * inner loops' rates (rates.py --shapes: the images' at the FMA ceiling, the filters' at 0.62-0.76
+     * of it, as their broadcasts wait on the loads): a later stage of a population's run, of a few
+     * filters per group on 100 images. Only in (ky, kx, c) order: a first stage has every
+     * individual's filters, whole vectors of them. */
+    const int64_t nv = (n + vw - 1) / vw;
+    if (order == 1 && (lanes == 1 || (lanes < 0 && 4 * n * fpad >= 3 * nv * vw * f)))
+        return conv_pool_lanes(x, xs, n, g, cin, H, W, wt, b, f, fpad, k, pad, stride, p, out, os, split, split_ld,
+                               nthreads, vw);
     const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
     const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
     const int64_t npos = p * p, cells = ph * pw;
@@ -198,7 +317,7 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
 #else
     (void)x_addr; (void)xs; (void)n; (void)g; (void)cin; (void)H; (void)W; (void)wt_addr; (void)b_addr; (void)f;
     (void)fpad; (void)k; (void)pad; (void)stride; (void)p; (void)order; (void)out_addr; (void)os; (void)split;
-    (void)split_ld; (void)nthreads;
+    (void)split_ld; (void)lanes; (void)nthreads;
     return -1;
 #endif
 }

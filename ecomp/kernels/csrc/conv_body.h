@@ -93,3 +93,102 @@ static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K
 }
 #undef KFN_PASS_OF
 #undef KFN_CALL
+
+/* Images in lanes (a later stage: each group has a few filters, fewer than a vector or two, so
+ * the filters-in-lanes pass above would leave lanes empty and wait on its broadcasts). `t` holds
+ * VW images' padded maps with the images innermost: (y, x, c, lane) at ((y * Wp + x) * cin + c) * VW;
+ * `koff` and `pos` are offsets into it. For each cell and each of NF filters (`w` their column
+ * in rows of fpad, `b` their biases): the maximum over the window positions (four at a time, as
+ * above) of each lane's dot product, summed k = 0 .. K - 1 with one rounding per step, then the
+ * bias and the ReLU; stored as r[(cell * f + filter) * VW + lane]. Per lane, the very operations
+ * of the pass above. */
+#define KFN_LANES(NF)                                                                                          \
+    static void KFN(lanes_##NF)(const float *t, const int64_t *koff, int64_t K, const float *w, int64_t fpad,    \
+                                const float *b, const int64_t *pos, int64_t npos, int64_t cells, int64_t f,     \
+                                float *r) {                                                                    \
+        for (int64_t cell = 0; cell < cells; cell++) {                                                         \
+            float *rc = r + cell * f * VW;                                                                     \
+            for (int64_t q = 0; q < npos; q += 4) {                                                            \
+                const float *x[4];                                                                             \
+                for (int p = 0; p < 4; p++) x[p] = t + pos[cell * npos + (q + p < npos ? q + p : npos - 1)];    \
+                VEC a[NF][4];                                                                                  \
+                for (int i = 0; i < NF; i++)                                                                   \
+                    for (int p = 0; p < 4; p++) a[i][p] = VZERO;                                               \
+                const float *wk = w;                                                                           \
+                for (int64_t k = 0; k < K; k++, wk += fpad) {                                                  \
+                    const int64_t d = koff[k];                                                                 \
+                    VEC xv[4];                                                                                 \
+                    for (int p = 0; p < 4; p++) xv[p] = VLOAD(x[p] + d);                                       \
+                    for (int i = 0; i < NF; i++) {                                                             \
+                        const VEC wv = VSET1(wk[i]);                                                           \
+                        for (int p = 0; p < 4; p++) a[i][p] = VFMA(xv[p], wv, a[i][p]);                        \
+                    }                                                                                          \
+                }                                                                                              \
+                for (int i = 0; i < NF; i++) {             /* the window's maximum so far, in r */            \
+                    const VEC g = VMAX(VMAX(a[i][0], a[i][1]), VMAX(a[i][2], a[i][3]));                         \
+                    VSTORE(rc + i * VW, q == 0 ? g : VMAX(VLOAD(rc + i * VW), g));                              \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int i = 0; i < NF; i++)                                                                       \
+                VSTORE(rc + i * VW, VMAX(VADD(VLOAD(rc + i * VW), VSET1(b[i])), VZERO));                        \
+        }                                                                                                      \
+    }
+KFN_LANES(1)
+KFN_LANES(2)
+KFN_LANES(3)
+KFN_LANES(4)
+KFN_LANES(5)
+KFN_LANES(6)
+#undef KFN_LANES
+
+/* Group j's pass on images i0 .. i0 + ni - 1 (ni <= VW): their maps (x, strides xs as
+ * ecomp_conv_pool's) copied into `t` images innermost, every filter run NFMAX at a time (the
+ * registers: NF x 4 accumulators and four inputs), the results `r` copied out image by image
+ * (out, os, split, split_ld as ecomp_conv_pool's). The copies are VTILE's tile transposes where
+ * a map's row and an image's pooled maps are contiguous, element by element elsewhere. */
+static void KFN(lanes_task)(const float *x, const int64_t *xs, int64_t j, int64_t i0, int64_t ni, int64_t cin,
+                            int64_t H, int64_t W, int64_t pad, float *t, const int64_t *koff, int64_t K,
+                            const float *w, int64_t fpad, const float *b, int64_t f, const int64_t *pos, int64_t npos,
+                            int64_t cells, int64_t pw, float *r, float *out, const int64_t *os, int64_t split,
+                            int64_t split_ld) {
+    const int64_t Wp = W + 2 * pad, row = W * cin, E = cells * f;
+    const float *x0 = x + i0 * xs[0] + j * xs[1];
+    for (int64_t y = 0; y < H; y++) {
+        float *d = t + ((y + pad) * Wp + pad) * cin * VW;
+        if (xs[2] == 1 && xs[4] == cin)
+            for (int64_t e = 0; e < row; e += VW) {
+                const int nc = row - e < VW ? (int)(row - e) : VW;
+                VTILE(x0 + y * xs[3] + e, xs[0], (int)ni, nc, d + e * VW, VW, nc, VW);
+            }
+        else
+            for (int64_t l = 0; l < ni; l++)
+                for (int64_t xx = 0; xx < W; xx++)
+                    for (int64_t c = 0; c < cin; c++) d[(xx * cin + c) * VW + l] = x0[l * xs[0] + y * xs[3] + xx * xs[4] + c * xs[2]];
+    }
+    for (int64_t f0 = 0, left = (f + NFMAX - 1) / NFMAX; f0 < f; left--) {    /* blocks of even sizes */
+        const int64_t nf = (f - f0 + left - 1) / left;
+        const float *wf = w + f0, *bf = b + f0;
+        float *rf = r + f0 * VW;
+        switch (nf) {
+        case 1: KFN(lanes_1)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
+        case 2: KFN(lanes_2)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
+        case 3: KFN(lanes_3)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
+        case 4: KFN(lanes_4)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
+        case 5: KFN(lanes_5)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
+        default: KFN(lanes_6)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
+        }
+        f0 += nf;
+    }
+    float *o = out + j * os[0] + i0 * os[1];
+    if (split >= f && os[3] == f && os[2] == pw * f)
+        for (int64_t e = 0; e < E; e += VW) {
+            const int nr = E - e < VW ? (int)(E - e) : VW;
+            VTILE(r + e * VW, VW, nr, VW, o + e, os[1], (int)ni, nr);
+        }
+    else
+        for (int64_t l = 0; l < ni; l++)
+            for (int64_t cell = 0; cell < cells; cell++) {
+                float *oc = o + l * os[1] + (cell / pw) * os[2] + (cell % pw) * os[3];
+                for (int64_t c = 0; c < f; c++) oc[(c / split) * split_ld + c % split] = r[(cell * f + c) * VW + l];
+            }
+}
