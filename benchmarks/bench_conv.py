@@ -94,31 +94,38 @@ def gemm_bound(pop: NetPopulation, batch: int, repeats: int) -> float:
     return median_seconds(lambda: [f() for f in calls], repeats)
 
 
-def fused_flops(w, pool: int, out, groups: int = 1, vector: int = 1) -> float:
+def fused_flops(w, pool: int, out, groups: int = 1, vector: int = 1, lanes: str = "filters") -> float:
     """FLOPs of one ``native.conv_pool`` call with filters ``w`` into ``out`` ``(g or blocks, n, H', W', .)``:
-    every window position's dot products, each group's filters rounded up to whole vectors of
-    ``vector`` floats (1: the individuals' own filters only)."""
-    f = w.shape[0] // groups
-    return 2.0 * out.shape[1] * out.shape[2] * out.shape[3] * pool * pool * w[0].numel() * groups * (-(-f // vector) * vector)
+    every window position's dot products, with what fills the vectors' lanes (``lanes``: each
+    group's filters or the images) rounded up to whole vectors of ``vector`` floats (1: the
+    individuals' own filters on the images only)."""
+    f, n = w.shape[0] // groups, out.shape[1]
+    if lanes == "images":
+        n = -(-n // vector) * vector
+    else:
+        f = -(-f // vector) * vector
+    return 2.0 * n * out.shape[2] * out.shape[3] * pool * pool * w[0].numel() * groups * f
 
 
 def stage_rates(pop: NetPopulation, x, repeats: int) -> dict[str, tuple[float, float, float]]:
     """The grouped pass's fused convolution stages, timed call by call over ``repeats`` passes
     (``native.conv_pool`` wrapped; the first stage sums in ``patches`` order, later ones in
     ``pixels`` order): ``{"first" | "later": (seconds per pass, GFLOP/s of the individuals' own
-    filters, GFLOP/s counting the zero filters each group is padded with to whole vectors)}``."""
+    filters, GFLOP/s counting the lanes left empty: zero filters padding each group to whole
+    vectors, or the images' last vector's missing images)}``."""
     from ecomp.kernels import native
     vw = native.conv_block() or 1
     real = native.conv_pool
     acc: dict[str, list[float]] = {"first": [0.0, 0.0, 0.0], "later": [0.0, 0.0, 0.0]}
 
-    def timed(x, w, b, padding, stride, pool, out, groups=1, order="patches", filters=None):
+    def timed(x, w, b, padding, stride, pool, out, groups=1, order="patches", filters=None, lanes="auto"):
         t = time.perf_counter()
-        done = real(x, w, b, padding, stride, pool, out, groups, order, filters)
+        done = real(x, w, b, padding, stride, pool, out, groups, order, filters, lanes)
         a = acc["first" if order == "patches" else "later"]
         a[0] += time.perf_counter() - t
+        held = native.conv_lanes(out.shape[1], w.shape[0] // groups) if lanes == "auto" else lanes
         a[1] += fused_flops(w, pool, out, groups)
-        a[2] += fused_flops(w, pool, out, groups, vw)
+        a[2] += fused_flops(w, pool, out, groups, vw, held)
         return done
 
     conv_forward.forward_grouped(pop, x, native=True)
@@ -266,7 +273,7 @@ def main() -> None:
     print(f"parent MACs {plan_size(plan, 'macs')}")
     if stages:
         print("the fused stages inside the grouped pass: ms per pass, GFLOP/s of the individuals' filters "
-              "(of the padded vectors), share of the ceiling")
+              "(counting the vectors' empty lanes), share of the ceiling")
         for name, st in stages.items():
             print(f"  {name}: " + "; ".join(f"{k} {t * 1e3:.1f} ms, {u:.0f} ({p:.0f}) GFLOP/s, {u / fma:.2f}"
                                           for k, (t, u, p) in st.items()))

@@ -420,6 +420,15 @@ def test_the_images_in_lanes_give_the_filters_bits(n, padding, layout):
 
 
 @needs_conv
+def test_conv_pool_puts_a_runs_images_in_the_lanes_and_a_mixed_first_stage_s_filters():
+    """``auto``: the images where each group has a few filters (an individual's, on a run's 100
+    images), the filters where one group holds a whole population's or the images are few."""
+    vw = native.conv_block()
+    assert native.conv_lanes(100, 6) == native.conv_lanes(100, 15) == native.conv_lanes(vw, vw) == "images"
+    assert native.conv_lanes(100, 600) == native.conv_lanes(5, 14) == native.conv_lanes(1, 3) == "filters"
+
+
+@needs_conv
 def test_conv_pool_sums_in_the_order_it_is_asked():
     """The two orders are two different roundings of one sum: on random data some outputs
     differ in their last bits, each within a float32 rounding of the float64 sum."""

@@ -191,9 +191,13 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
             u = {pop.widths[i][0] for i in part}
             # one width: each individual's maps a block of its own, (g, n, H', W', u), which the
             # similarity and the later stages read as they are; else channels-last, all together
-            out = x4.new_empty(len(part), n, ph, pw, f // len(part)) if len(u) == 1 else x4.new_empty(1, n, ph, pw, f)
-            filters = pop.joined(0, part, "patches", lambda: native_kernels.conv_filters(w, b, 1, "patches"))
-            if native_kernels.conv_pool(x4, w, b, s.padding, s.stride, s.pool_size, out, filters=filters):
+            # one width: each individual a group of its own on the same images (a group dimension
+            # of stride 0), which puts the images in the vectors' lanes (conv_pool's ``auto``)
+            g = len(part) if len(u) == 1 else 1
+            out = x4.new_empty(g, n, ph, pw, f // g)
+            xg = x4.unsqueeze(0).expand(g, *x4.shape) if g > 1 else x4
+            filters = pop.joined(0, part, f"patches/{g}", lambda: native_kernels.conv_filters(w, b, g, "patches"))
+            if native_kernels.conv_pool(xg, w, b, s.padding, s.stride, s.pool_size, out, g, "patches", filters):
                 yield part, (out.permute(0, 1, 4, 2, 3) if len(u) == 1 else out[0].permute(0, 3, 1, 2))
                 continue
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)

@@ -321,7 +321,7 @@ def fma_shape(shape: str, reps: int, threads: int | None = None) -> tuple[int, f
 
 
 SUM_ORDERS = {"patches": 0, "pixels": 1}   # (c, ky, kx) as a GEMM on patches sums; (ky, kx, c) as oneDNN
-LANES = {"auto": -1, "filters": 0, "images": 1}   # what conv_pool's vectors hold in pixels order
+LANES = {"auto": -1, "filters": 0, "images": 1}   # what conv_pool's vectors hold
 
 
 def conv_filters(w: Tensor, b: Tensor, groups: int = 1, order: str = "patches") -> tuple[Tensor, Tensor]:
@@ -344,6 +344,12 @@ def conv_filters(w: Tensor, b: Tensor, groups: int = 1, order: str = "patches") 
     return wt, bp
 
 
+def conv_lanes(n: int, f: int) -> str:
+    """What :func:`conv_pool`'s vectors hold, left to choose (``lanes="auto"``), for ``n`` images
+    and groups of ``f`` filters: ``images`` or ``filters`` (``csrc/conv.c``'s ``ecomp_conv_lanes``)."""
+    return "images" if load().ecomp_conv_lanes(n, f) == 1 else "filters"
+
+
 def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: int, out: Tensor,
               groups: int = 1, order: str = "patches", filters: tuple[Tensor, Tensor] | None = None,
               lanes: str = "auto") -> bool:
@@ -356,10 +362,9 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     their own (one per individual of a population's run, where each has ``f / s`` filters).
     Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
     ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`).
-    ``filters``: ``conv_filters(w, b, groups, order)``, if already built. ``lanes`` (``pixels``
-    order): what the vectors' lanes hold, ``images`` (a later stage's few filters per group on
-    many images), ``filters``, or ``auto`` (whichever fills them better, :data:`LANES`); the same
-    operations per output, so the same bits. False (``out`` untouched) where the library has no
+    ``filters``: ``conv_filters(w, b, groups, order)``, if already built. ``lanes``: what the
+    vectors' lanes hold, ``images`` (for groups of a few filters on many images), ``filters``, or
+    ``auto`` (whichever fills them better); the same operations per output, so the same bits. False (``out`` untouched) where the library has no
     vector copy here (:func:`conv_block`)."""
     vw = conv_block()
     if vw == 0:

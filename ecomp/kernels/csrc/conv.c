@@ -170,8 +170,8 @@ void ecomp_conv_force_avx2(void) {}
  * results are copied out image by image. Same operations per output as the pass below. */
 static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                            const float *wt, const float *b, int64_t f, int64_t fpad, int64_t k, int64_t pad,
-                           int64_t stride, int64_t p, float *out, const int64_t *os, int64_t split, int64_t split_ld,
-                           int nthreads, int vw) {
+                           int64_t stride, int64_t p, int64_t order, float *out, const int64_t *os, int64_t split,
+                           int64_t split_ld, int nthreads, int vw) {
     const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
     const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
     const int64_t npos = p * p, cells = ph * pw, nv = (n + vw - 1) / vw;
@@ -180,7 +180,8 @@ static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t
     int64_t *pos = koff + K;
     for (int64_t ky = 0; ky < k; ky++)
         for (int64_t kx = 0; kx < k; kx++)
-            for (int64_t c = 0; c < cin; c++) koff[(ky * k + kx) * cin + c] = ((ky * Wp + kx) * cin + c) * vw;
+            for (int64_t c = 0; c < cin; c++)
+                koff[order == 0 ? (c * k + ky) * k + kx : (ky * k + kx) * cin + c] = ((ky * Wp + kx) * cin + c) * vw;
     for (int64_t y = 0; y < ph; y++)
         for (int64_t xx = 0; xx < pw; xx++)
             for (int64_t dy = 0; dy < p; dy++)
@@ -212,6 +213,19 @@ static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t
 }
 #endif
 
+/* What ecomp_conv_pool's vectors hold for `n` images and groups of `f` filters, left to choose: 1
+ * the images, where a group has fewer filters than two vectors hold and the images fill more of
+ * the lanes than the filters do, weighed by the two inner loops' rates (rates.py --shapes: the
+ * images' at the FMA ceiling, the filters' at 0.62-0.76 of it, as their broadcasts wait on the
+ * loads): every stage of a population's run of one architecture, a few filters per individual on
+ * 100 images. 0 the filters (a mixed population's first stage: all its filters in one group). */
+int ecomp_conv_lanes(int64_t n, int64_t f) {
+    const int64_t vw = ecomp_conv_block();
+    if (vw == 0 || n < 1 || f < 1) return 0;
+    const int64_t nv = (n + vw - 1) / vw, fpad = (f + vw - 1) / vw * vw;
+    return f < 2 * vw && 4 * n * fpad >= 3 * nv * vw * f;
+}
+
 /* For every image i and group j (g groups of cin input and f output channels):
  *   out[j, i, y', x', c] = max(0, b[j, c] + max over the p x p window of conv(x[i, group j], w[j, c])[y, x])
  * x: image i's channel c of group j, pixel (y, x) at i * xs[0] + j * xs[1] + c * xs[2] + y * xs[3] + x * xs[4];
@@ -220,9 +234,9 @@ static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t
  * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c, or with
  * split < f at ... + (c / split) * split_ld + c % split (f channels of several individuals of
  * `split` channels each, each individual's maps a block of its own, split_ld floats apart).
- * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. `lanes` (order 1 only): 1
- * the images in the vectors' lanes (conv_pool_lanes), 0 the filters, -1 whichever fills them
- * better; the same operations per output either way, so the same bits. Returns 0, or -1 where no
+ * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. `lanes`: 1 the images in
+ * the vectors' lanes (conv_pool_lanes), 0 the filters, -1 whichever fills them better; the same
+ * operations per output either way, so the same bits. Returns 0, or -1 where no
  * vector copy runs here (or memory ran out: nothing is then promised of out). */
 int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                     int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
@@ -234,15 +248,9 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
     const float *x = (const float *)(intptr_t)x_addr, *wt = (const float *)(intptr_t)wt_addr;
     const float *b = (const float *)(intptr_t)b_addr;
     float *out = (float *)(intptr_t)out_addr;
-    /* Images in lanes where they fill more of the vectors than the filters do, weighed by the two
-     * inner loops' rates (rates.py --shapes: the images' at the FMA ceiling, the filters' at 0.62-0.76
-     * of it, as their broadcasts wait on the loads): a later stage of a population's run, of a few
-     * filters per group on 100 images. Only in (ky, kx, c) order: a first stage has every
-     * individual's filters, whole vectors of them. */
-    const int64_t nv = (n + vw - 1) / vw;
-    if (order == 1 && (lanes == 1 || (lanes < 0 && 4 * n * fpad >= 3 * nv * vw * f)))
-        return conv_pool_lanes(x, xs, n, g, cin, H, W, wt, b, f, fpad, k, pad, stride, p, out, os, split, split_ld,
-                               nthreads, vw);
+    if (lanes == 1 || (lanes < 0 && ecomp_conv_lanes(n, f) == 1))
+        return conv_pool_lanes(x, xs, n, g, cin, H, W, wt, b, f, fpad, k, pad, stride, p, order, out, os, split,
+                               split_ld, nthreads, vw);
     const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
     const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
     const int64_t npos = p * p, cells = ph * pw;

@@ -151,11 +151,11 @@ static void KFN(lanes_task)(const float *x, const int64_t *xs, int64_t j, int64_
                             const float *w, int64_t fpad, const float *b, int64_t f, const int64_t *pos, int64_t npos,
                             int64_t cells, int64_t pw, float *r, float *out, const int64_t *os, int64_t split,
                             int64_t split_ld) {
-    const int64_t Wp = W + 2 * pad, row = W * cin, E = cells * f;
+    const int64_t Wp = W + 2 * pad, row = W * cin;
     const float *x0 = x + i0 * xs[0] + j * xs[1];
     for (int64_t y = 0; y < H; y++) {
         float *d = t + ((y + pad) * Wp + pad) * cin * VW;
-        if (xs[2] == 1 && xs[4] == cin)
+        if ((cin == 1 || xs[2] == 1) && xs[4] == cin)     /* a row of the map is W * cin floats in a row */
             for (int64_t e = 0; e < row; e += VW) {
                 const int nc = row - e < VW ? (int)(row - e) : VW;
                 VTILE(x0 + y * xs[3] + e, xs[0], (int)ni, nc, d + e * VW, VW, nc, VW);
@@ -165,30 +165,40 @@ static void KFN(lanes_task)(const float *x, const int64_t *xs, int64_t j, int64_
                 for (int64_t xx = 0; xx < W; xx++)
                     for (int64_t c = 0; c < cin; c++) d[(xx * cin + c) * VW + l] = x0[l * xs[0] + y * xs[3] + xx * xs[4] + c * xs[2]];
     }
-    for (int64_t f0 = 0, left = (f + NFMAX - 1) / NFMAX; f0 < f; left--) {    /* blocks of even sizes */
-        const int64_t nf = (f - f0 + left - 1) / left;
-        const float *wf = w + f0, *bf = b + f0;
-        float *rf = r + f0 * VW;
-        switch (nf) {
-        case 1: KFN(lanes_1)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
-        case 2: KFN(lanes_2)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
-        case 3: KFN(lanes_3)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
-        case 4: KFN(lanes_4)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
-        case 5: KFN(lanes_5)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
-        default: KFN(lanes_6)(t, koff, K, wf, fpad, bf, pos, npos, cells, f, rf); break;
-        }
-        f0 += nf;
-    }
+    /* a few cells at a time (about 128 outputs per image), each chunk's results stored while the
+     * next one is computed: stored all at once, the lines of a large output wait for memory one
+     * after the other and the FMAs wait for them */
     float *o = out + j * os[0] + i0 * os[1];
-    if (split >= f && os[3] == f && os[2] == pw * f)
-        for (int64_t e = 0; e < E; e += VW) {
-            const int nr = E - e < VW ? (int)(E - e) : VW;
-            VTILE(r + e * VW, VW, nr, VW, o + e, os[1], (int)ni, nr);
-        }
-    else
-        for (int64_t l = 0; l < ni; l++)
-            for (int64_t cell = 0; cell < cells; cell++) {
-                float *oc = o + l * os[1] + (cell / pw) * os[2] + (cell % pw) * os[3];
-                for (int64_t c = 0; c < f; c++) oc[(c / split) * split_ld + c % split] = r[(cell * f + c) * VW + l];
+    const int tiled = split >= f && os[3] == f && os[2] == pw * f;
+    const int64_t chunk = f >= 128 ? 1 : 128 / f;
+    for (int64_t c0 = 0; c0 < cells; c0 += chunk) {
+        const int64_t nc = cells - c0 < chunk ? cells - c0 : chunk;
+        float *rc = r + c0 * f * VW;
+        for (int64_t f0 = 0, left = (f + NFMAX - 1) / NFMAX; f0 < f; left--) {    /* blocks of even sizes */
+            const int64_t nf = (f - f0 + left - 1) / left;
+            const float *wf = w + f0, *bf = b + f0;
+            const int64_t *pc = pos + c0 * npos;
+            float *rf = rc + f0 * VW;
+            switch (nf) {
+            case 1: KFN(lanes_1)(t, koff, K, wf, fpad, bf, pc, npos, nc, f, rf); break;
+            case 2: KFN(lanes_2)(t, koff, K, wf, fpad, bf, pc, npos, nc, f, rf); break;
+            case 3: KFN(lanes_3)(t, koff, K, wf, fpad, bf, pc, npos, nc, f, rf); break;
+            case 4: KFN(lanes_4)(t, koff, K, wf, fpad, bf, pc, npos, nc, f, rf); break;
+            case 5: KFN(lanes_5)(t, koff, K, wf, fpad, bf, pc, npos, nc, f, rf); break;
+            default: KFN(lanes_6)(t, koff, K, wf, fpad, bf, pc, npos, nc, f, rf); break;
             }
+            f0 += nf;
+        }
+        if (tiled)
+            for (int64_t e = c0 * f; e < (c0 + nc) * f; e += VW) {
+                const int nr = (c0 + nc) * f - e < VW ? (int)((c0 + nc) * f - e) : VW;
+                VTILE(r + e * VW, VW, nr, VW, o + e, os[1], (int)ni, nr);
+            }
+        else
+            for (int64_t l = 0; l < ni; l++)
+                for (int64_t cell = c0; cell < c0 + nc; cell++) {
+                    float *oc = o + l * os[1] + (cell / pw) * os[2] + (cell % pw) * os[3];
+                    for (int64_t c = 0; c < f; c++) oc[(c / split) * split_ld + c % split] = r[(cell * f + c) * VW + l];
+                }
+    }
 }
