@@ -297,6 +297,9 @@ def test_the_blocked_linear_kernel_is_the_float64_product(n, k, f, block, relu):
         got = blocked.linear_blocked(h, w, b, block, relu)
         assert got.shape == (g, n, f) and got.is_contiguous()
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        # three individuals share out their rows among the threads; eight go whole to each: same bits
+        many = blocked.linear_blocked(torch.cat([h] * 3)[:8], torch.cat([w] * 3)[:8], torch.cat([b] * 3)[:8], block, relu)
+        assert torch.equal(many[:g], got)
         filters = native.conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
         assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, filters), got)
         kb = blocked.linear_block(n, k, f)

@@ -122,7 +122,7 @@ def linear_blocked(h: Tensor, w: Tensor, b: Tensor, block: int, relu: bool = Fal
     wt, bp = filters if filters is not None else conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
     out = h.new_empty(g, n, f)
     _split(load().ecomp_linear_blocked, g, h.data_ptr(), h.stride(0), h.stride(1), n, k, wt.data_ptr(), bp.data_ptr(),
-           f, wt.shape[-1], block, int(relu), out.data_ptr())
+           f, wt.shape[-1], block, int(relu), out.data_ptr(), rows=True)
     return out
 
 

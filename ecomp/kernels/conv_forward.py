@@ -130,10 +130,11 @@ def _flat_features(h: Tensor, g: int, features: str, native: bool = False) -> li
 
 
 def _parts(pop: NetPopulation, order: list[int], per_unit: int, n_images: int) -> Iterator[list[int]]:
-    """Consecutive runs of ``order`` whose units in stage 0 times ``per_unit`` fit ``MAX_ELEMENTS``
-    (at least one individual each), and that hold no more individuals of one architecture than
-    its later stages take in one chunk (:func:`_chunk`): a chunk's stage-0 maps are then a whole
-    run's slice of the part, contiguous when the part holds one architecture."""
+    """Consecutive runs of ``order`` of one width in stage 0 whose units there times ``per_unit``
+    fit ``MAX_ELEMENTS`` (at least one individual each), and that hold no more individuals of one
+    architecture than its later stages take in one chunk (:func:`_chunk`): a chunk's stage-0 maps
+    are then a whole run's slice of the part, and each individual's maps a block of their own
+    where the C library makes them (:func:`_first_stage`)."""
     step: dict[tuple[int, ...], int] = {}
     for i in order:
         if pop.widths[i] not in step:
@@ -142,7 +143,8 @@ def _parts(pop: NetPopulation, order: list[int], per_unit: int, n_images: int) -
     while start < len(order):
         end, total, cap = start, 0, len(order)
         while end < len(order) and (end == start or ((total + pop.widths[order[end]][0]) * per_unit <= MAX_ELEMENTS
-                                                     and end - start < min(cap, step[pop.widths[order[end]]]))):
+                                                     and end - start < min(cap, step[pop.widths[order[end]]])
+                                                     and pop.widths[order[end]][0] == pop.widths[order[start]][0])):
             total += pop.widths[order[end]][0]
             cap = min(cap, step[pop.widths[order[end]]])
             end += 1
@@ -294,7 +296,9 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", nativ
     if plan.stages[0].kind != "conv":
         raise ValueError("a convolutional population starts with a convolution")
     widths = pop.widths
-    for part, h in _first_stage(pop, [i for m in groups.values() for i in m], x4, native):
+    # architectures by their first stage's width (the runs of one width make parts of their own)
+    order = [i for m in sorted(groups.values(), key=lambda m: widths[m[0]][0]) for i in m]
+    for part, h in _first_stage(pop, order, x4, native):
         # the chunk holds whole runs of one architecture, one after the other: each run's
         # stage-0 maps are a slice of channels, and its later stages run together
         start, channel = 0, 0

@@ -54,13 +54,13 @@ def _ptr(t: Tensor | None, kind):
     return None if t is None else ctypes.cast(t.data_ptr(), kind)
 
 
-def _split(fn, m: int, *args) -> int:
+def _split(fn, m: int, *args, rows: bool = False) -> int:
     """``fn(*args, m0, m1, nthreads)`` over ``[0, m)`` with ``torch.get_num_threads()``
     threads: OpenMP's inside the library when it has it, else one Python thread per chunk
-    (ctypes releases the GIL)."""
+    (ctypes releases the GIL). ``rows``: ``fn`` shares one item's rows among OpenMP's threads."""
     threads = max(1, min(torch.get_num_threads(), m))
     if load().ecomp_openmp():
-        results = [fn(*args, 0, m, threads)]
+        results = [fn(*args, 0, m, torch.get_num_threads() if rows else threads)]
     elif threads == 1:
         results = [fn(*args, 0, m, 1)]
     else:

@@ -145,7 +145,7 @@ int ecomp_gram_blocked(const int64_t *addr, const int64_t *ld, const int32_t *wi
  * h_addr + 4 * m * h_step bytes with rows ld floats apart (unit stride); the weights transposed
  * and padded, wt (M, K, fpad) (row k: each output's k-th weight, zero from f on), b (M, fpad), out
  * (M, n, f) contiguous; summed in blocks of kb terms (see above); `relu`: then max(0, .).
- * Individuals go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy runs here
+ * Individuals (or, where they are few, blocks of their rows) go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy runs here
  * or fpad is not a whole number of its vectors. */
 int ecomp_linear_blocked(int64_t h_addr, int64_t h_step, int64_t ld, int64_t n, int64_t K, int64_t wt_addr,
                          int64_t b_addr, int64_t f, int64_t fpad, int64_t kb, int relu, int64_t out_addr, int64_t m0,
@@ -156,12 +156,18 @@ int ecomp_linear_blocked(int64_t h_addr, int64_t h_step, int64_t ld, int64_t n, 
     const float *h = (const float *)(intptr_t)h_addr, *wt = (const float *)(intptr_t)wt_addr;
     const float *b = (const float *)(intptr_t)b_addr;
     float *out = (float *)(intptr_t)out_addr;
+    /* fewer individuals than two per thread (a population of many architectures runs each
+     * alone): their rows in blocks of a multiple of 8, a few per thread; each output's sum is
+     * the same whatever rows share its task */
+    const int64_t rb = m1 - m0 >= 2 * nthreads ? n : ((n + 2 * nthreads - 1) / (2 * nthreads) + 7) / 8 * 8;
+    const int64_t nb = (n + rb - 1) / rb;
     #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t m = m0; m < m1; m++) {
-        if (vw == 16) linear_blocked_avx512(h + m * h_step, ld, n, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb,
-                                            relu, out + m * n * f);
-        else linear_blocked_avx2(h + m * h_step, ld, n, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu,
-                                 out + m * n * f);
+    for (int64_t t = 0; t < (m1 - m0) * nb; t++) {
+        const int64_t m = m0 + t / nb, r0 = t % nb * rb, rn = n - r0 < rb ? n - r0 : rb;
+        const float *hm = h + m * h_step + r0 * ld;
+        float *om = out + m * n * f + r0 * f;
+        if (vw == 16) linear_blocked_avx512(hm, ld, rn, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu, om);
+        else linear_blocked_avx2(hm, ld, rn, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu, om);
     }
     return 0;
 #else
