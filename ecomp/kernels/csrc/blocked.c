@@ -58,7 +58,8 @@ static inline void transpose16(__m512 r[16]) {
 #define KFN(name) name##_avx512
 #define VEC __m512
 #define VW 16
-#define GR 8
+#define GR 6
+#define NVMAX 4
 #define VZERO _mm512_setzero_ps()
 #define VSET1(x) _mm512_set1_ps(x)
 #define VLOAD(p) _mm512_loadu_ps(p)
@@ -72,6 +73,7 @@ static inline void transpose16(__m512 r[16]) {
 #undef VEC
 #undef VW
 #undef GR
+#undef NVMAX
 #undef VZERO
 #undef VSET1
 #undef VLOAD
@@ -92,6 +94,7 @@ static const int32_t gram_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 
 #define VEC __m256
 #define VW 8
 #define GR 4
+#define NVMAX 2
 #define VZERO _mm256_setzero_ps()
 #define VSET1(x) _mm256_set1_ps(x)
 #define VLOAD(p) _mm256_loadu_ps(p)
