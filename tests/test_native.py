@@ -300,6 +300,13 @@ def test_the_blocked_linear_kernel_is_the_float64_product(n, k, f, block, relu):
         # three individuals share out their rows among the threads; eight go whole to each: same bits
         many = blocked.linear_blocked(torch.cat([h] * 3)[:8], torch.cat([w] * 3)[:8], torch.cat([b] * 3)[:8], block, relu)
         assert torch.equal(many[:g], got)
+    # a row's terms read out of order where they lie (a channels-last map as its flattening)
+    terms = torch.randperm(k, generator=gen).to(torch.int32)
+    h = torch.randn(g, n, k, generator=gen).relu()
+    assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, terms=terms),
+                       blocked.linear_blocked(h[..., terms.long()].contiguous(), w, b, block, relu))
+    with pytest.raises(ValueError, match="terms"):
+        blocked.linear_blocked(h, w, b, block, relu, terms=terms.long())
         filters = native.conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
         assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, filters), got)
         kb = blocked.linear_block(n, k, f)

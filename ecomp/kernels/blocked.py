@@ -105,24 +105,30 @@ def gram_block(n: int, width: int) -> int:
 
 
 def linear_blocked(h: Tensor, w: Tensor, b: Tensor, block: int, relu: bool = False,
-                   filters: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                   filters: tuple[Tensor, Tensor] | None = None, terms: Tensor | None = None) -> Tensor:
     """``torch.baddbmm(b, h, w^T)`` (then the ReLU where ``relu``) by the C kernel (``csrc/blocked.c``):
     each individual's rows ``h`` ``(g, n, K)`` (unit stride along K) times its weights ``w``
     ``(g, f, K)`` plus its biases ``b`` ``(g, f)``, each sum added to the bias in blocks of
     ``block`` terms; ``(g, n, f)``. ``filters``: :func:`~ecomp.kernels.native.conv_filters` of the
-    weights as ``(g * f, K, 1, 1)`` filters, if already built. A one-line :class:`ValueError` for other layouts or where
-    the kernel has no copy here."""
+    weights as ``(g * f, K, 1, 1)`` filters, if already built. ``terms`` (int32, ``K``): the
+    product of ``h[..., terms]`` instead, read where it is (a channels-last map as the flattening of
+    its channels-first view). A one-line :class:`ValueError` for other layouts or where the kernel
+    has no copy here."""
     g, n, k = h.shape
     f = w.shape[1]
     if (conv_block() == 0 or block < 1 or h.stride(2) != 1 or tuple(w.shape) != (g, f, k) or tuple(b.shape) != (g, f)
-            or {h.dtype, w.dtype, b.dtype} != {torch.float32} or h.device.type != "cpu"):
+            or {h.dtype, w.dtype, b.dtype} != {torch.float32} or h.device.type != "cpu"
+            or (terms is not None and (terms.dtype != torch.int32 or tuple(terms.shape) != (k,)
+                                       or not terms.is_contiguous() or int(terms.min()) < 0 or int(terms.max()) >= k))):
         raise ValueError(f"linear_blocked: needs a vector copy here (has {conv_block()} floats), float32 CPU "
-                         f"h (g, n, K) with unit stride along K, w (g, f, K) and b (g, f), block >= 1; got "
-                         f"{tuple(h.shape)} strides {h.stride()}, {tuple(w.shape)}, {tuple(b.shape)}, {block}")
+                         f"h (g, n, K) with unit stride along K, w (g, f, K) and b (g, f), block >= 1, terms "
+                         f"int32 (K,) in [0, K); got {tuple(h.shape)} strides {h.stride()}, {tuple(w.shape)}, "
+                         f"{tuple(b.shape)}, {block}, terms {None if terms is None else tuple(terms.shape)}")
     wt, bp = filters if filters is not None else conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
     out = h.new_empty(g, n, f)
-    _split(load().ecomp_linear_blocked, g, h.data_ptr(), h.stride(0), h.stride(1), n, k, wt.data_ptr(), bp.data_ptr(),
-           f, wt.shape[-1], block, int(relu), out.data_ptr(), rows=True)
+    _split(load().ecomp_linear_blocked, g, h.data_ptr(), h.stride(0), h.stride(1), n, k,
+           0 if terms is None else terms.data_ptr(), wt.data_ptr(), bp.data_ptr(), f, wt.shape[-1], block, int(relu),
+           out.data_ptr(), rows=True)
     return out
 
 

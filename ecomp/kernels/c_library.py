@@ -49,7 +49,7 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h", "peak.c")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 17
+ABI_VERSION = 18
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -157,7 +157,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_conv_lanes.restype = ctypes.c_int
     lib.ecomp_gram_blocked.argtypes = [_i64, _i64, _i32, _i64, ctypes.c_int64, _f32, *span]
     lib.ecomp_gram_blocked.restype = ctypes.c_int
-    lib.ecomp_linear_blocked.argtypes = [ctypes.c_int64] * 10 + [ctypes.c_int, ctypes.c_int64, *span]
+    lib.ecomp_linear_blocked.argtypes = [ctypes.c_int64] * 11 + [ctypes.c_int, ctypes.c_int64, *span]
     lib.ecomp_linear_blocked.restype = ctypes.c_int
     lib.ecomp_fma_peak.argtypes = [ctypes.c_int64, ctypes.c_int, _f32]
     lib.ecomp_fma_peak.restype = ctypes.c_int

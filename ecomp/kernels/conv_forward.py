@@ -222,6 +222,18 @@ def _fusable(s) -> bool:
     return s.pool == "max" and s.pool_size > 1
 
 
+_TERMS: dict[tuple[int, int, int], Tensor] = {}
+
+
+def _flatten_terms(c: int, hh: int, ww: int) -> Tensor:
+    """Where each feature of a ``(c, hh, ww)`` map's flattening (channel-major, as ``nn.Flatten``
+    orders it) lies in its channels-last memory ``(hh, ww, c)``: int32, built once per shape."""
+    key = (c, hh, ww)
+    if key not in _TERMS:
+        _TERMS[key] = torch.arange(c * hh * ww, dtype=torch.int32).view(hh, ww, c).permute(2, 0, 1).flatten()
+    return _TERMS[key]
+
+
 def _joined(pop: NetPopulation, l: int, members: list[int]) -> tuple[Tensor, Tensor]:
     """Individuals ``members``' weights of stage ``l`` concatenated along the outputs, and their
     biases; built once per population (:meth:`NetPopulation.joined`)."""
@@ -262,15 +274,23 @@ def _later(pop: NetPopulation, members: list[int], h: Tensor, features: str, nat
             h = _relu_pool(plan, l, h)
             acts.append(_flat_features(h, g, features, native))
             continue
+        terms = None
         if h.dim() == 5:                                               # the Flatten: (g, n, u*h*w)
-            h = h.reshape(g, n, -1)
+            cl = h.permute(0, 1, 3, 4, 2)
+            if fused and cl.is_contiguous():    # channels-last maps, read where they are in (u, h, w) order
+                terms = _flatten_terms(*h.shape[2:])
+                h = cl.view(g, n, -1)
+            else:
+                h = h.reshape(g, n, -1)
         elif h.dim() == 4:
             h = h.reshape(n, g, -1).transpose(0, 1)
         k, f = w.shape[-1], w.shape[0] // g
         block = blocked.linear_block(n, k, f) if fused and h.stride(-1) == 1 else 0
+        if terms is not None and not block:
+            h, terms = h[..., terms.long()], None
         if block:          # the C kernel: baddbmm's sums in its order, the ReLU as they are stored
             filters = pop.joined(l, members, "linear", lambda: native_kernels.conv_filters(w.view(-1, k, 1, 1), b, g))
-            h = blocked.linear_blocked(h, w.view(g, f, k), b.view(g, f), block, l < last, filters)
+            h = blocked.linear_blocked(h, w.view(g, f, k), b.view(g, f), block, l < last, filters, terms)
         else:
             h = torch.baddbmm(b.view(g, 1, -1), h, w.view(g, f, k).transpose(1, 2))   # (g, n, out)
             if l < last:

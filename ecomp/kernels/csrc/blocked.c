@@ -147,17 +147,20 @@ int ecomp_gram_blocked(const int64_t *addr, const int64_t *ld, const int32_t *wi
 /* Linear stages of individuals [m0, m1): out[m] (n x f) = b[m] + h[m] w[m]^T, h[m] (n x K) at
  * h_addr + 4 * m * h_step bytes with rows ld floats apart (unit stride); the weights transposed
  * and padded, wt (M, K, fpad) (row k: each output's k-th weight, zero from f on), b (M, fpad), out
- * (M, n, f) contiguous; summed in blocks of kb terms (see above); `relu`: then max(0, .).
- * Individuals (or, where they are few, blocks of their rows) go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy runs here
- * or fpad is not a whole number of its vectors. */
-int ecomp_linear_blocked(int64_t h_addr, int64_t h_step, int64_t ld, int64_t n, int64_t K, int64_t wt_addr,
-                         int64_t b_addr, int64_t f, int64_t fpad, int64_t kb, int relu, int64_t out_addr, int64_t m0,
-                         int64_t m1, int nthreads) {
+ * (M, n, f) contiguous; summed in blocks of kb terms (see above); `relu`: then max(0, .). perm_addr
+ * (or 0): K int32, term k of a row being its float perm[k] (a flattened map read in its memory's
+ * order, summed in the order of the flattening it stands for). Individuals (or, where they are
+ * few, blocks of their rows) go to `nthreads` OpenMP threads. Returns 0, or -1 where no vector
+ * copy runs here or fpad is not a whole number of its vectors. */
+int ecomp_linear_blocked(int64_t h_addr, int64_t h_step, int64_t ld, int64_t n, int64_t K, int64_t perm_addr,
+                         int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t kb, int relu, int64_t out_addr,
+                         int64_t m0, int64_t m1, int nthreads) {
 #if ECOMP_BLOCKED_VECTOR
     const int vw = ecomp_conv_block();
     if (vw == 0 || n < 1 || K < 1 || f < 1 || kb < 1 || fpad < f || fpad % vw) return -1;
     const float *h = (const float *)(intptr_t)h_addr, *wt = (const float *)(intptr_t)wt_addr;
     const float *b = (const float *)(intptr_t)b_addr;
+    const int32_t *perm = (const int32_t *)(intptr_t)perm_addr;
     float *out = (float *)(intptr_t)out_addr;
     /* fewer individuals than two per thread (a population of many architectures runs each
      * alone): their rows in blocks of a multiple of 8, a few per thread; each output's sum is
@@ -169,12 +172,12 @@ int ecomp_linear_blocked(int64_t h_addr, int64_t h_step, int64_t ld, int64_t n, 
         const int64_t m = m0 + t / nb, r0 = t % nb * rb, rn = n - r0 < rb ? n - r0 : rb;
         const float *hm = h + m * h_step + r0 * ld;
         float *om = out + m * n * f + r0 * f;
-        if (vw == 16) linear_blocked_avx512(hm, ld, rn, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu, om);
-        else linear_blocked_avx2(hm, ld, rn, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu, om);
+        if (vw == 16) linear_blocked_avx512(hm, perm, ld, rn, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu, om);
+        else linear_blocked_avx2(hm, perm, ld, rn, K, wt + m * K * fpad, fpad, b + m * fpad, f, kb, relu, om);
     }
     return 0;
 #else
-    (void)h_addr; (void)h_step; (void)ld; (void)n; (void)K; (void)wt_addr; (void)b_addr; (void)f; (void)fpad; (void)kb;
+    (void)h_addr; (void)h_step; (void)ld; (void)n; (void)K; (void)perm_addr; (void)wt_addr; (void)b_addr; (void)f; (void)fpad; (void)kb;
     (void)relu; (void)out_addr; (void)m0; (void)m1; (void)nthreads;
     return -1;
 #endif

@@ -10,11 +10,12 @@
  * are stored) against columns j0 .. j0 + NV * VW - 1 of the packed block `bt` (kb rows of npad
  * columns), summed from the block's first term to its last with one rounding per step, then
  * stored into row i, column j of `g` (ldg apart; columns < nc) or, where `first` is 0, added to
- * what is there (one rounding); `relu`: the stored values' maximum with 0. */
+ * what is there (one rounding); `relu`: the stored values' maximum with 0. Term k of a row is
+ * its float k, or with `perm` its float perm[k]. */
 #define KFN_TILE(NV)                                                                                          \
-    static void KFN(tile_##NV)(const float *a, int64_t ld, int64_t na, const float *bt, int64_t npad,         \
-                               int64_t kb, int64_t i0, int64_t j0, int64_t nc, float *g, int64_t ldg,         \
-                               int first, int relu) {                                                         \
+    static void KFN(tile_##NV)(const float *a, const int32_t *perm, int64_t ld, int64_t na, const float *bt,  \
+                               int64_t npad, int64_t kb, int64_t i0, int64_t j0, int64_t nc, float *g,        \
+                               int64_t ldg, int first, int relu) {                                            \
         const float *r[GR];                                                                                   \
         for (int q = 0; q < GR; q++) r[q] = a + (i0 + q < na ? i0 + q : na - 1) * ld;                         \
         VEC acc[GR][NV];                                                                                      \
@@ -24,8 +25,9 @@
         for (int64_t k = 0; k < kb; k++, b += npad) {                                                         \
             VEC bv[NV];                                                                                       \
             for (int v = 0; v < NV; v++) bv[v] = VLOAD(b + v * VW);                                           \
+            const int64_t kk = perm ? perm[k] : k;                                                            \
             for (int q = 0; q < GR; q++) {                                                                    \
-                const VEC av = VSET1(r[q][k]);                                                                \
+                const VEC av = VSET1(r[q][kk]);                                                               \
                 for (int v = 0; v < NV; v++) acc[q][v] = VFMA(av, bv[v], acc[q][v]);                          \
             }                                                                                                 \
         }                                                                                                     \
@@ -71,18 +73,19 @@ static void KFN(pack)(const float *src, int64_t ld, int64_t count, int64_t k0, i
     }
 }
 
-/* Rows of `a` (na rows, ld apart) times the packed block bt into g (ldg apart, nc columns), tile by
- * tile; `upper`: only tiles that reach the diagonal or above it (a Gram's upper triangle). */
-static void KFN(tiles)(const float *a, int64_t ld, int64_t na, const float *bt, int64_t npad, int64_t kn, int64_t nc,
-                       float *g, int64_t ldg, int first, int relu, int upper) {
+/* Rows of `a` (na rows, ld apart; `perm` as for a tile) times the packed block bt into g (ldg apart,
+ * nc columns), tile by tile; `upper`: only tiles that reach the diagonal or above it (a Gram's
+ * upper triangle). */
+static void KFN(tiles)(const float *a, const int32_t *perm, int64_t ld, int64_t na, const float *bt, int64_t npad,
+                       int64_t kn, int64_t nc, float *g, int64_t ldg, int first, int relu, int upper) {
     for (int64_t i0 = 0; i0 < na; i0 += GR)
         for (int64_t j0 = upper ? i0 / VW * VW : 0; j0 < npad;) {
             const int nv = npad - j0 >= NVMAX * VW ? NVMAX : (int)((npad - j0) / VW);
             switch (nv) {
-            case 1: KFN(tile_1)(a, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
-            case 2: KFN(tile_2)(a, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
-            case 3: KFN(tile_3)(a, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
-            default: KFN(tile_4)(a, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+            case 1: KFN(tile_1)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+            case 2: KFN(tile_2)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+            case 3: KFN(tile_3)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+            default: KFN(tile_4)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
             }
             j0 += nv * VW;
         }
@@ -96,7 +99,7 @@ static void KFN(gram_blocked)(const float *a, int64_t ld, int64_t w, int64_t n, 
     for (int64_t k0 = 0; k0 < w; k0 += kb) {
         const int64_t kn = w - k0 < kb ? w - k0 : kb;
         KFN(pack)(a, ld, n, k0, kn, npad, bt);
-        KFN(tiles)(a + k0, ld, n, bt, npad, kn, n, g, n, k0 == 0, 0, 1);
+        KFN(tiles)(a + k0, NULL, ld, n, bt, npad, kn, n, g, n, k0 == 0, 0, 1);
     }
     for (int64_t i = 1; i < n; i++)
         for (int64_t j = 0; j < i; j++) g[i * n + j] = g[j * n + i];
@@ -105,13 +108,14 @@ static void KFN(gram_blocked)(const float *a, int64_t ld, int64_t w, int64_t n, 
 /* One individual's linear stage: out (n x f) = b + h (n x K, rows ld apart) w, where wt (K x fpad) is
  * its weights transposed (row k: each output's k-th weight, zero from f on): the bias first,
  * then each block of kb terms' sums added in order (one rounding each); `relu`: the maximum with
- * 0 at the last store. */
-static void KFN(linear_blocked)(const float *h, int64_t ld, int64_t n, int64_t K, const float *wt, int64_t fpad,
-                                const float *b, int64_t f, int64_t kb, int relu, float *out) {
+ * 0 at the last store. `perm` (or NULL): term k of a row of h is its float perm[k]. */
+static void KFN(linear_blocked)(const float *h, const int32_t *perm, int64_t ld, int64_t n, int64_t K, const float *wt,
+                                int64_t fpad, const float *b, int64_t f, int64_t kb, int relu, float *out) {
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < f; j++) out[i * f + j] = b[j];
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
         const int64_t kn = K - k0 < kb ? K - k0 : kb;
-        KFN(tiles)(h + k0, ld, n, wt + k0 * fpad, fpad, kn, f, out, f, 0, relu && k0 + kn >= K, 0);
+        KFN(tiles)(perm ? h : h + k0, perm ? perm + k0 : NULL, ld, n, wt + k0 * fpad, fpad, kn, f, out, f, 0,
+                   relu && k0 + kn >= K, 0);
     }
 }
