@@ -439,6 +439,25 @@ def test_conv_pool_puts_a_runs_images_in_the_lanes_and_a_mixed_first_stage_s_fil
 
 
 @needs_conv
+@pytest.mark.parametrize("groups, f, c, k", [(1, 6, 1, 5), (3, 17, 2, 3), (100, 15, 6, 5), (2, 108, 375, 1), (1, 40, 1, 1)])
+@pytest.mark.parametrize("order", sorted(native.SUM_ORDERS))
+def test_conv_filters_are_the_weights_transposed_and_padded(groups, f, c, k, order):
+    """The C library's tile transposes make what the straightforward indexing makes."""
+    gen = torch.Generator().manual_seed(f * c + k)
+    w, b = torch.randn(groups * f, c, k, k, generator=gen), torch.randn(groups * f, generator=gen)
+    wt, bp = native.conv_filters(w, b, groups, order)
+    vw = native.conv_block()
+    fpad = -(-f // vw) * vw
+    want = torch.zeros(groups, c * k * k, fpad)
+    for j in range(groups):
+        for i in range(f):
+            t = w[j * f + i] if order == "patches" else w[j * f + i].permute(1, 2, 0)
+            want[j, :, i] = t.flatten()
+    assert torch.equal(wt, want)
+    assert torch.equal(bp[:, :f], b.view(groups, f)) and not bp[:, f:].any()
+
+
+@needs_conv
 def test_conv_pool_sums_in_the_order_it_is_asked():
     """The two orders are two different roundings of one sum: on random data some outputs
     differ in their last bits, each within a float32 rounding of the float64 sum."""

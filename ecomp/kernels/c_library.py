@@ -153,6 +153,8 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, *[ctypes.c_int64] * 3,
                                     ctypes.c_int]
     lib.ecomp_conv_pool.restype = ctypes.c_int
+    lib.ecomp_pad_transpose.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_int]
+    lib.ecomp_pad_transpose.restype = ctypes.c_int
     lib.ecomp_conv_lanes.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.ecomp_conv_lanes.restype = ctypes.c_int
     lib.ecomp_gram_blocked.argtypes = [_i64, _i64, _i32, _i64, ctypes.c_int64, _f32, *span]

@@ -213,6 +213,36 @@ static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t
 }
 #endif
 
+/* The filters as ecomp_conv_pool (and the linear stages) read them: for each of g groups, src's
+ * f rows of K floats (row i: filter i's terms in summation order) transposed into dst's K rows of
+ * fpad floats (fpad a multiple of the vector width here, >= f), zero from column f on; by tile
+ * transposes, groups shared among `nthreads` OpenMP threads. Returns 0, or -1 where no vector copy
+ * runs here (nothing written). */
+int ecomp_pad_transpose(int64_t src_addr, int64_t g, int64_t f, int64_t K, int64_t fpad, int64_t dst_addr,
+                        int nthreads) {
+#if ECOMP_CONV_VECTOR
+    const int vw = ecomp_conv_block();
+    if (vw == 0 || fpad % vw || fpad < f) return -1;
+    const float *src = (const float *)(intptr_t)src_addr;
+    float *dst = (float *)(intptr_t)dst_addr;
+    #pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && g * f * K >= (1 << 16)) schedule(static)
+    for (int64_t j = 0; j < g; j++)
+        for (int64_t f0 = 0; f0 < fpad; f0 += vw)
+            for (int64_t k0 = 0; k0 < K; k0 += vw) {
+                const int nr = f - f0 <= 0 ? 0 : (f - f0 < vw ? (int)(f - f0) : vw);
+                const int nc = K - k0 < vw ? (int)(K - k0) : vw;
+                const float *s = src + (j * f + f0) * K + k0;
+                float *d = dst + (j * K + k0) * fpad + f0;
+                if (vw == 16) tile_avx512(s, K, nr, nc, d, fpad, nc, 16);
+                else tile_avx2(s, K, nr, nc, d, fpad, nc, 8);
+            }
+    return 0;
+#else
+    (void)src_addr; (void)g; (void)f; (void)K; (void)fpad; (void)dst_addr; (void)nthreads;
+    return -1;
+#endif
+}
+
 /* What ecomp_conv_pool's vectors hold for `n` images and groups of `f` filters, left to choose: 1
  * the images, where a group has fewer filters than two vectors hold and the images fill more of
  * the lanes than the filters do, weighed by the two inner loops' rates (rates.py --shapes: the
