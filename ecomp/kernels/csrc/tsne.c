@@ -29,10 +29,67 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ECOMP_HAVE_AVX2 1
+#include <immintrin.h>
+
+int ecomp_conv_block(void);     /* conv.c: 16 where AVX-512F runs here (and is not forced off) */
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+/* gram_set's products on AVX-512 (what the AVX2 copy's gram_set hands over where it runs): rows
+ * i0 .. i0 + 5 of the padded set (w rows of np points, see gram_set) against up to four vectors of
+ * 16 points, each entry the same plain sum over the features in order, one fused multiply-add per
+ * step, as the AVX2 copy's 8-float vectors make it: the same bits, twice the lanes. */
+#define GRAM_TILE(NV)                                                                                        \
+    static void gram_tile_##NV(const float *pad, int np, int w, int n, int i0, int j0, float *g) {           \
+        __m512 acc[6][NV];                                                                                   \
+        for (int r = 0; r < 6; r++)                                                                          \
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();                                    \
+        for (int f = 0; f < w; f++) {                                                                        \
+            const float *row = pad + (size_t)f * np;                                                         \
+            __m512 b[NV];                                                                                    \
+            for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(row + j0 + 16 * v);                          \
+            for (int r = 0; r < 6; r++) {                                                                    \
+                const __m512 x = _mm512_set1_ps(row[i0 + r]);                                                \
+                for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);                \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < 6 && i0 + r < n; r++)                                                            \
+            for (int v = 0; v < NV && j0 + 16 * v < n; v++) {                                                \
+                const int j = j0 + 16 * v, cnt = n - j < 16 ? n - j : 16;                                    \
+                _mm512_mask_storeu_ps(g + (size_t)(i0 + r) * n + j, (__mmask16)((1u << cnt) - 1), acc[r][v]); \
+            }                                                                                                \
+    }
+GRAM_TILE(1)
+GRAM_TILE(2)
+GRAM_TILE(3)
+GRAM_TILE(4)
+#undef GRAM_TILE
+
+/* The blocks of gram_set on and above the diagonal (the same blocks: rows six at a time, columns
+ * from the 16-point panel of the first row on); 0 where AVX-512 does not run here. */
+static int gram_tiles_avx512(const float *pad, int np, int w, int n, float *g) {
+    if (ecomp_conv_block() != 16) return 0;
+    for (int i0 = 0; i0 < n; i0 += 6)
+        for (int j0 = (i0 / 16) * 16; j0 < n;) {
+            const int left = (np - j0) / 16, nv = left < 4 ? left : 4;
+            switch (nv) {
+            case 1: gram_tile_1(pad, np, w, n, i0, j0, g); break;
+            case 2: gram_tile_2(pad, np, w, n, i0, j0, g); break;
+            case 3: gram_tile_3(pad, np, w, n, i0, j0, g); break;
+            default: gram_tile_4(pad, np, w, n, i0, j0, g); break;
+            }
+            j0 += 16 * nv;
+        }
+    return 1;
+}
+#pragma GCC pop_options
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define KFN(name) name##_avx2
+#define GRAM_WIDE_TILES(pad, np, w, n, g) gram_tiles_avx512(pad, np, w, n, g)
 #include "tsne_body.h"
+#undef GRAM_WIDE_TILES
 #undef KFN
 #pragma GCC pop_options
 static int force_base = 0;

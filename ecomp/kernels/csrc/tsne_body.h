@@ -104,6 +104,9 @@ static void KFN(gram_set)(const float *a, int64_t ld, int trans, int w, int n, f
     for (int f = 0; f < w; f++)
         for (int j = n; j < np; j++) pad[(size_t)f * np + j] = 0.0f;
     for (int j = 0; j < 16; j++) pad[(size_t)w * np + j] = 0.0f;   /* rows i0 + r past np read here */
+#ifdef GRAM_WIDE_TILES
+    if (!GRAM_WIDE_TILES(pad, np, w, n, g))                        /* else 16-float vectors, same sums */
+#endif
     for (int i0 = 0; i0 < n; i0 += 6) {
         for (int j0 = (i0 / 16) * 16; j0 < n; j0 += 16) {
             const int m = n - j0 < 16 ? n - j0 : 16;
