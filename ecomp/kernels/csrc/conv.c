@@ -11,6 +11,11 @@
  * stays in the first-level cache), each pooled pixel's window positions are computed in
  * registers and only the pooled maps are written.
  *
+ * Two passes: the filters in the vectors' lanes (a whole population's filters on each image, as
+ * a mixed population's first stage has them), or the images in the lanes (conv_pool_lanes: an
+ * individual's few filters, each broadcast, on 16 images at a time that tile transposes copy in
+ * and out), which keeps every lane busy where an individual has fewer filters than a vector.
+ *
  * Each output's dot product is accumulated k = 0 .. K - 1 with one rounding per step (fused
  * multiply-add), in the order the path it replaces sums: (c, ky, kx) for the patches' GEMM,
  * (ky, kx, c) for oneDNN's channels-last convolution, which then adds the bias. On the CPUs

@@ -34,10 +34,11 @@ int ecomp_conv_block(void);    /* conv.c: the vector width that runs here (16, 8
  * thread runs `reps` passes of 25 steps. Shapes:
  *   0 "first": two vectors of filters by eight window positions (the first stage's block): per
  *     step 2 vector loads, 8 broadcasts, 16 FMAs;
- *   1 "later": one vector of filters by eight positions (a later stage of at most one vector of
- *     filters per individual, as LeNet-5's): 1 load, 8 broadcasts, 8 FMAs;
- *   2 "images": a vector of images by four positions and six filters (a layout with the images
- *     innermost, which the kernels do not use): 4 loads, 6 broadcasts, 24 FMAs.
+ *   1 "later": one vector of filters by eight positions (a stage of at most one vector of
+ *     filters per individual with the filters in the lanes): 1 load, 8 broadcasts, 8 FMAs;
+ *   2 "images": a vector of images by four positions and six filters (the images-in-lanes pass,
+ *     conv_body.h's KFN(lanes_6), every stage of a one-architecture population's run): 4 loads,
+ *     6 broadcasts, 24 FMAs.
  * Inputs are the multiples of 1/8 and 1/4 set below, so the sums are exact (the test checks
  * them). */
 #define SHAPE_IMG 16                                  /* the image: 16 x 16 values (x VW lanes for "images") */
