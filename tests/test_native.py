@@ -297,16 +297,12 @@ def test_the_blocked_linear_kernel_is_the_float64_product(n, k, f, block, relu):
         got = blocked.linear_blocked(h, w, b, block, relu)
         assert got.shape == (g, n, f) and got.is_contiguous()
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
-        # three individuals share out their rows among the threads; eight go whole to each: same bits
-        many = blocked.linear_blocked(torch.cat([h] * 3)[:8], torch.cat([w] * 3)[:8], torch.cat([b] * 3)[:8], block, relu)
-        assert torch.equal(many[:g], got)
-    # a row's terms read out of order where they lie (a channels-last map as its flattening)
-    terms = torch.randperm(k, generator=gen).to(torch.int32)
-    h = torch.randn(g, n, k, generator=gen).relu()
-    assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, terms=terms),
-                       blocked.linear_blocked(h[..., terms.long()].contiguous(), w, b, block, relu))
-    with pytest.raises(ValueError, match="terms"):
-        blocked.linear_blocked(h, w, b, block, relu, terms=terms.long())
+        # however the rows are shared out among the threads (each individual's on its own, or a few
+        # individuals' in blocks), the same bits
+        for m in (1, 8):
+            many = blocked.linear_blocked(torch.cat([h] * 3)[:m], torch.cat([w] * 3)[:m], torch.cat([b] * 3)[:m],
+                                          block, relu)
+            assert torch.equal(many[:min(m, g)], got[:min(m, g)])
         filters = native.conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
         assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, filters), got)
         kb = blocked.linear_block(n, k, f)
@@ -315,6 +311,14 @@ def test_the_blocked_linear_kernel_is_the_float64_product(n, k, f, block, relu):
             assert torch.equal(blocked.linear_blocked(h, w, b, kb, relu), plain.relu() if relu else plain)
     with pytest.raises(ValueError, match=r"^linear_blocked: needs .* unit stride along K"):
         blocked.linear_blocked(h.transpose(1, 2), w, b, block)
+    # a row's terms read out of order where they lie (a channels-last map as its flattening)
+    terms = torch.randperm(k, generator=gen).to(torch.int32)
+    h = torch.randn(g, n, k, generator=gen).relu()
+    assert torch.equal(blocked.linear_blocked(h, w, b, block, relu, terms=terms),
+                       blocked.linear_blocked(h[..., terms.long()].contiguous(), w, b, block, relu))
+    for bad in (terms.long(), terms[:-1], terms + 1):
+        with pytest.raises(ValueError, match="terms"):
+            blocked.linear_blocked(h, w, b, block, relu, terms=bad)
 
 
 def test_tsne_on_wide_feature_maps_matches_scikit_learn():
@@ -411,20 +415,26 @@ def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, paddin
 
 
 @needs_conv
-@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("layout", ["blocks", "one group", "channels_last", "contiguous"])
 @pytest.mark.parametrize("n, padding", [(1, 0), (16, 0), (37, 1), (100, 0)])
 def test_the_images_in_lanes_give_the_filters_bits(n, padding, layout):
     """The two passes of the (ky, kx, c) order do the same operations on each output in the same
     order: equal bit for bit, for any number of images (whole vectors of them and a part), padded
-    or not, from channels-last maps (copied by tile transposes) or channels-first ones (copied
-    float by float)."""
+    or not, from maps whose rows are runs of floats (each group's maps a block, channels innermost,
+    as a run's stages hand them over; or one group's channels-last maps: copied by tile
+    transposes) or not (several groups' channels-last maps, channels-first maps: float by float)."""
     gen = torch.Generator().manual_seed(n + padding)
-    x = torch.randn(n, 4 * 6, 14, 14, generator=gen).contiguous(memory_format=layout)
-    w, b = torch.randn(4 * 11, 6, 5, 5, generator=gen), torch.randn(4 * 11, generator=gen)
+    g = 1 if layout == "one group" else 4
+    if layout == "blocks":
+        x = torch.randn(g, n, 14, 14, 6, generator=gen).permute(0, 1, 4, 2, 3)
+    else:
+        x = torch.randn(n, g * 6, 14, 14, generator=gen)
+        x = x if layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(g * 11, 6, 5, 5, generator=gen), torch.randn(g * 11, generator=gen)
     side = (14 + 2 * padding - 5 + 1) // 2
-    out = {lanes: torch.full((4, n, side, side, 11), float("nan")) for lanes in ("filters", "images")}
+    out = {lanes: torch.full((g, n, side, side, 11), float("nan")) for lanes in ("filters", "images")}
     for lanes, o in out.items():
-        assert native.conv_pool(x, w, b, padding, 1, 2, o, 4, "pixels", lanes=lanes)
+        assert native.conv_pool(x, w, b, padding, 1, 2, o, g, "pixels", lanes=lanes)
     assert not out["images"].isnan().any()
     assert torch.equal(out["images"], out["filters"])
 
@@ -552,6 +562,18 @@ for name, (n, g, c, f, size, k, pad, pool, order, blocks, lanes) in {
     o = torch.full((max(g, blocks), n, side, side, f // blocks), float("nan"))
     assert native.conv_pool(x, w, b, pad, 1, pool, o, g, order, lanes=lanes)
     out[name] = o
+# the images in the lanes from maps whose rows are runs of floats (tile transposes): each group's
+# maps a block of its own, and one-channel images shared by every group (a stride-0 group dimension)
+for name, x, g, f, pad, order in (
+        ("images blocks", torch.randn(3, 21, 14, 14, 6, generator=gen).permute(0, 1, 4, 2, 3), 3, 15, 0, "pixels"),
+        ("images shared", torch.randn(21, 1, 28, 28, generator=gen).unsqueeze(0).expand(4, -1, -1, -1, -1), 4, 6, 2,
+         "patches")):
+    c, size = x.shape[2], x.shape[3]
+    w, b = torch.randn(g * f, c, 5, 5, generator=gen), torch.randn(g * f, generator=gen)
+    side = (size + 2 * pad - 5 + 1) // 2
+    o = torch.full((g, 21, side, side, f), float("nan"))
+    assert native.conv_pool(x, w, b, pad, 1, 2, o, g, order, lanes="images")
+    out[name] = o
 for n, w in ((100, 375), (100, 108), (100, 76), (37, 20), (5, 3)):      # the t-SNE kernels' own Grams
     out[f"gram {n}x{w}"] = native.grams_acts([torch.rand(2 * n, w, generator=gen)], n)
 torch.save(out, sys.argv[1])
@@ -570,7 +592,7 @@ def test_the_avx2_copy_of_the_fused_convolution_and_the_grams_gives_the_same_bit
                        cwd=Path(__file__).parents[1], timeout=300)
         got[isa] = torch.load(tmp_path / f"{isa}.pt")
     assert got["avx2"]["block"] == 8
-    assert len(got["auto"]) == 11
+    assert len(got["auto"]) == 13
     for name in got["auto"].keys() - {"block"}:
         assert not got["auto"][name].isnan().any()
         assert torch.equal(got["auto"][name], got["avx2"][name]), name

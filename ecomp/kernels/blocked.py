@@ -118,11 +118,12 @@ def linear_blocked(h: Tensor, w: Tensor, b: Tensor, block: int, relu: bool = Fal
     f = w.shape[1]
     if (conv_block() == 0 or block < 1 or h.stride(2) != 1 or tuple(w.shape) != (g, f, k) or tuple(b.shape) != (g, f)
             or {h.dtype, w.dtype, b.dtype} != {torch.float32} or h.device.type != "cpu"
-            or (terms is not None and (terms.dtype != torch.int32 or tuple(terms.shape) != (k,)
-                                       or not terms.is_contiguous() or int(terms.min()) < 0 or int(terms.max()) >= k))):
+            or (terms is not None and (terms.dtype != torch.int32 or tuple(terms.shape) != (k,) or k == 0
+                                       or terms.device.type != "cpu" or not terms.is_contiguous()
+                                       or int(terms.min()) < 0 or int(terms.max()) >= k))):
         raise ValueError(f"linear_blocked: needs a vector copy here (has {conv_block()} floats), float32 CPU "
                          f"h (g, n, K) with unit stride along K, w (g, f, K) and b (g, f), block >= 1, terms "
-                         f"int32 (K,) in [0, K); got {tuple(h.shape)} strides {h.stride()}, {tuple(w.shape)}, "
+                         f"int32 CPU (K,) in [0, K); got {tuple(h.shape)} strides {h.stride()}, {tuple(w.shape)}, "
                          f"{tuple(b.shape)}, {block}, terms {None if terms is None else tuple(terms.shape)}")
     wt, bp = filters if filters is not None else conv_filters(w.reshape(g * f, k, 1, 1), b.reshape(-1), g)
     out = h.new_empty(g, n, f)

@@ -178,8 +178,8 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
     pooled outputs (n, sum of units, H', W') channels-last)``. A chunk's pooled maps fit
     ``MAX_ELEMENTS``; its convolution runs on as many images at a time as fit it too.
     ``native``: a max-pooled float32 stage by the C library's fused kernel
-    (:func:`ecomp.kernels.native.conv_pool`) where it has a copy for this CPU; a chunk whose
-    individuals have one width then comes as ``(individuals, n, units, H', W')``."""
+    (:func:`ecomp.kernels.native.conv_pool`) where it has a copy for this CPU; a chunk (of one
+    width, :func:`_parts`) then comes as ``(individuals, n, units, H', W')``."""
     plan, s = pop.plan, pop.plan.stages[0]
     n = x4.shape[0]
     _, hh, ww = plan.maps()[0]
@@ -190,17 +190,16 @@ def _first_stage(pop: NetPopulation, order: list[int], x4: Tensor, native: bool 
         w, b = _joined(pop, 0, part)
         f = w.shape[0]
         if fused:
-            u = {pop.widths[i][0] for i in part}
-            # one width: each individual's maps a block of its own, (g, n, H', W', u), which the
-            # similarity and the later stages read as they are; else channels-last, all together
-            # one width: each individual a group of its own on the same images (a group dimension
-            # of stride 0), which puts the images in the vectors' lanes (conv_pool's ``auto``)
-            g = len(part) if len(u) == 1 else 1
+            # a part has one width (_parts): each individual a group of its own on the same images
+            # (a group dimension of stride 0), its maps a block of its own, (g, n, H', W', u), which
+            # the similarity and the later stages read as they are; made with the images in the
+            # vectors' lanes (conv_pool's ``auto``)
+            g = len(part)
             out = x4.new_empty(g, n, ph, pw, f // g)
-            xg = x4.unsqueeze(0).expand(g, *x4.shape) if g > 1 else x4
-            filters = pop.joined(0, part, f"patches/{g}", lambda: native_kernels.conv_filters(w, b, g, "patches"))
+            xg = x4.unsqueeze(0).expand(g, *x4.shape)
+            filters = pop.joined(0, part, "patches/groups", lambda: native_kernels.conv_filters(w, b, g, "patches"))
             if native_kernels.conv_pool(xg, w, b, s.padding, s.stride, s.pool_size, out, g, "patches", filters):
-                yield part, (out.permute(0, 1, 4, 2, 3) if len(u) == 1 else out[0].permute(0, 3, 1, 2))
+                yield part, out.permute(0, 1, 4, 2, 3)
                 continue
         out = x4.new_empty(n, ph, pw, f).permute(0, 3, 1, 2)
         if patches is None:

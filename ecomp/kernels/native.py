@@ -337,11 +337,14 @@ def conv_filters(w: Tensor, b: Tensor, groups: int = 1, order: str = "patches") 
     fpad = -(-f // vw) * vw
     terms = w.reshape(groups, f, c, k, k)
     terms = terms.flatten(2) if order == "patches" else terms.permute(0, 1, 3, 4, 2).flatten(2)   # (g, f, K)
+    wt = None
     if vw > 1 and w.dtype == torch.float32 and w.device.type == "cpu":       # tile transposes in C
         terms = terms.contiguous()
         wt = w.new_empty(groups, c * k * k, fpad)
-        load().ecomp_pad_transpose(terms.data_ptr(), groups, f, c * k * k, fpad, wt.data_ptr(), torch.get_num_threads())
-    else:
+        if load().ecomp_pad_transpose(terms.data_ptr(), groups, f, c * k * k, fpad, wt.data_ptr(),
+                                      torch.get_num_threads()) != 0:
+            wt = None
+    if wt is None:
         wt = w.new_zeros(groups, c * k * k, fpad)
         wt[:, :, :f] = terms.transpose(1, 2)
     bp = b.new_zeros(groups, fpad)

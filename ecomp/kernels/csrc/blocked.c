@@ -163,9 +163,9 @@ int ecomp_linear_blocked(int64_t h_addr, int64_t h_step, int64_t ld, int64_t n, 
     const int32_t *perm = (const int32_t *)(intptr_t)perm_addr;
     float *out = (float *)(intptr_t)out_addr;
     /* fewer individuals than two per thread (a population of many architectures runs each
-     * alone): their rows in blocks of a multiple of 8, a few per thread; each output's sum is
-     * the same whatever rows share its task */
-    const int64_t rb = m1 - m0 >= 2 * nthreads ? n : ((n + 2 * nthreads - 1) / (2 * nthreads) + 7) / 8 * 8;
+     * alone): their rows in blocks of a multiple of 12 (whole tiles of either copy's 6 or 4 rows),
+     * a few per thread; each output's sum is the same whatever rows share its task */
+    const int64_t rb = m1 - m0 >= 2 * nthreads ? n : ((n + 2 * nthreads - 1) / (2 * nthreads) + 11) / 12 * 12;
     const int64_t nb = (n + rb - 1) / rb;
     #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
     for (int64_t t = 0; t < (m1 - m0) * nb; t++) {

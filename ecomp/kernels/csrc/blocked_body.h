@@ -45,8 +45,10 @@
     }
 KFN_TILE(1)
 KFN_TILE(2)
+#if NVMAX > 2
 KFN_TILE(3)
 KFN_TILE(4)
+#endif
 #undef KFN_TILE
 
 /* Terms k0 .. k0 + kn - 1 of `count` rows of `src` (ld apart) transposed into bt (kn rows of
@@ -83,9 +85,11 @@ static void KFN(tiles)(const float *a, const int32_t *perm, int64_t ld, int64_t 
             const int nv = npad - j0 >= NVMAX * VW ? NVMAX : (int)((npad - j0) / VW);
             switch (nv) {
             case 1: KFN(tile_1)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
-            case 2: KFN(tile_2)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+#if NVMAX > 2
             case 3: KFN(tile_3)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
-            default: KFN(tile_4)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+            case 4: KFN(tile_4)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
+#endif
+            default: KFN(tile_2)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
             }
             j0 += nv * VW;
         }

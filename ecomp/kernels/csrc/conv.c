@@ -11,9 +11,9 @@
  * stays in the first-level cache), each pooled pixel's window positions are computed in
  * registers and only the pooled maps are written.
  *
- * Two passes: the filters in the vectors' lanes (a whole population's filters on each image, as
- * a mixed population's first stage has them), or the images in the lanes (conv_pool_lanes: an
- * individual's few filters, each broadcast, on 16 images at a time that tile transposes copy in
+ * Two passes: the filters in the vectors' lanes (every filter of a group on each image: groups of
+ * many filters, or few images), or the images in the lanes (conv_pool_lanes: an individual's few
+ * filters, each broadcast, on a vector's worth of images at a time that tile transposes copy in
  * and out), which keeps every lane busy where an individual has fewer filters than a vector.
  *
  * Each output's dot product is accumulated k = 0 .. K - 1 with one rounding per step (fused
@@ -253,7 +253,7 @@ int ecomp_pad_transpose(int64_t src_addr, int64_t g, int64_t f, int64_t K, int64
  * the lanes than the filters do, weighed by the two inner loops' rates (rates.py --shapes: the
  * images' at the FMA ceiling, the filters' at 0.62-0.76 of it, as their broadcasts wait on the
  * loads): every stage of a population's run of one architecture, a few filters per individual on
- * 100 images. 0 the filters (a mixed population's first stage: all its filters in one group). */
+ * 100 images. 0 the filters (groups of two vectors of filters and more, or few images). */
 int ecomp_conv_lanes(int64_t n, int64_t f) {
     const int64_t vw = ecomp_conv_block();
     if (vw == 0 || n < 1 || f < 1) return 0;

@@ -4,7 +4,10 @@
  * NC1 / NC2 how many cells a block of one / two vectors takes at a time (four accumulators per
  * cell and vector: 8 of AVX2's 16 registers; 8 or 16 of AVX-512's 32, where 12 for one vector
  * was slower), and VZERO, VSET1(x), VLOAD(p), VSTORE(p, v), VFMA(a, b, c) (a * b + c, rounded once),
- * VMAX, VADD its operations, VSTORE_N(dst, src, n) a copy of n <= VW floats by masked moves. */
+ * VMAX, VADD its operations, VSTORE_N(dst, src, n) a copy of n <= VW floats by masked moves;
+ * NFMAX the most filters the images-in-lanes pass broadcasts at a time (NFMAX x 4 accumulators
+ * and four inputs fit the registers) and VTILE(src, lds, nr, nc, dst, ldd, ns, ms) its VW x VW tile
+ * transpose (conv.c's tile_avx512, tile_avx2). */
 
 /* NC cells at once for the channel block at `w` (NV vectors; the filters' rows fpad apart): for
  * each cell, the maximum over its window positions (four at a time, the last four repeating
@@ -94,8 +97,9 @@ static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K
 #undef KFN_PASS_OF
 #undef KFN_CALL
 
-/* Images in lanes (a later stage: each group has a few filters, fewer than a vector or two, so
- * the filters-in-lanes pass above would leave lanes empty and wait on its broadcasts). `t` holds
+/* Images in lanes (each group has a few filters, fewer than a vector or two, as an individual of a
+ * population's run has: the filters-in-lanes pass above would leave lanes empty and wait on its
+ * broadcasts). `t` holds
  * VW images' padded maps with the images innermost: (y, x, c, lane) at ((y * Wp + x) * cin + c) * VW;
  * `koff` and `pos` are offsets into it. For each cell and each of NF filters (`w` their column
  * in rows of fpad, `b` their biases): the maximum over the window positions (four at a time, as
