@@ -71,7 +71,7 @@ def gemm_gflops(device: str = "cpu", repeats: int = 5, n: int = 2048) -> float:
 
 
 def _native_gflops(run, repeats: int) -> float | None:
-    """The median GFLOP/s of ``repeats`` calls of ``run()`` (one of ``ecomp.kernels.native``'s
+    """The median GFLOP/s of ``repeats`` calls of ``run()`` (one of ``ecomp.kernels.peak``'s
     ``(flops, seconds, sink)`` timers) after a warm-up call; None where the C library does not build
     or has no vector copy here (it then does no FLOPs)."""
     from ecomp.kernels.c_library import NativeUnavailable
@@ -84,26 +84,26 @@ def _native_gflops(run, repeats: int) -> float | None:
 
 
 def fma_gflops(device: str = "cpu", repeats: int = 5, steps: int = 20_000_000) -> float | None:
-    """The CPU's FMA ceiling in GFLOP/s (``ecomp.kernels.native.fma_peak``), the median of
+    """The CPU's FMA ceiling in GFLOP/s (``ecomp.kernels.peak.fma_peak``), the median of
     ``repeats`` calls of ``steps`` rounds (about 0.03 s each on 2 AVX-512 cores); None on a GPU or where the C library
     has no vector copy. It runs the copy the kernels run (``ECOMP_KERNEL_ISA``): under ``avx2``
     on an AVX-512 CPU it is that copy's ceiling, half the machine's."""
     if device != "cpu":
         return None
-    from ecomp.kernels import native
-    return _native_gflops(lambda: native.fma_peak(steps), repeats)
+    from ecomp.kernels import peak
+    return _native_gflops(lambda: peak.fma_peak(steps), repeats)
 
 
 def shape_gflops(repeats: int = 5, reps: int = 1_000_000) -> dict[str, float] | None:
     """GFLOP/s of the fused convolution's inner loops alone, operands in the first-level cache
-    (``ecomp.kernels.native.fma_shape``): ``first`` (two vectors of filters, the first stage),
-    ``later`` (one vector: a later stage of at most 16 filters per individual, AVX-512) and
-    ``images`` (images innermost, a layout the kernels do not use), medians of ``repeats`` calls
+    (``ecomp.kernels.peak.fma_shape``): ``first`` (two vectors of filters, the first stage),
+    ``later`` (one vector of at most 16 filters per individual, the filters in the lanes) and
+    ``images`` (a vector of images by six filters: the images-in-lanes pass), medians of ``repeats`` calls
     of ``reps`` passes; None where the C library has no vector copy. Against :func:`fma_gflops`:
     what the register blocking itself can reach, before memory, pooling or stores."""
-    from ecomp.kernels import native
-    rates = {shape: _native_gflops(lambda shape=shape: native.fma_shape(shape, reps), repeats)
-             for shape in native.FMA_SHAPES}
+    from ecomp.kernels import peak
+    rates = {shape: _native_gflops(lambda shape=shape: peak.fma_shape(shape, reps), repeats)
+             for shape in peak.FMA_SHAPES}
     return None if None in rates.values() else rates
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp.kernels import blocked, native
+from ecomp.kernels import blocked, native, peak
 from ecomp.kernels import c_library
 from ecomp.kernels.backend import resolve
 from ecomp.kernels.tsne_torch import (conditional_probabilities_reference, joint_probabilities_reference, kl_divergence,
@@ -505,7 +505,7 @@ def test_the_fma_ceiling_runs_every_chain_it_counts(steps, threads):
     """The benchmarks' ceiling (``rates.fma_gflops``) counts 12 chains of ``steps`` vector FMAs per
     thread: their final values show that every one ran, each step, on every lane."""
     width = native.conv_block()
-    flops, seconds, total = native.fma_peak(steps, threads)
+    flops, seconds, total = peak.fma_peak(steps, threads)
     assert flops == threads * steps * 12 * width * 2 and seconds > 0
     per_lane = sum(1 + (j - 1) * 0.999 ** steps for j in range(12))
     assert total == pytest.approx(threads * width * per_lane, rel=1e-4)
@@ -513,7 +513,7 @@ def test_the_fma_ceiling_runs_every_chain_it_counts(steps, threads):
 
 
 def shape_reference(name: str, reps: int, width: int) -> float:
-    """``native.fma_shape``'s accumulators summed over every lane, written out from the loops of
+    """``peak.fma_shape``'s accumulators summed over every lane, written out from the loops of
     ``csrc/peak.c`` (inputs that are multiples of 1/8 and 1/4: every sum exact)."""
     img = 16
     x = [(i % 7) * 0.125 for i in range(img * img * 16)]
@@ -535,17 +535,17 @@ def shape_reference(name: str, reps: int, width: int) -> float:
 
 
 @needs_vectors
-@pytest.mark.parametrize("shape", sorted(native.FMA_SHAPES))
+@pytest.mark.parametrize("shape", sorted(peak.FMA_SHAPES))
 @pytest.mark.parametrize("reps, threads", [(1, 1), (3, 2)])
 def test_the_inner_loop_shapes_run_every_fma_they_count(shape, reps, threads):
-    """``bench_conv.py``'s inner-loop rates (``native.fma_shape``) count ``reps x 25 x fmas``
+    """``bench_conv.py``'s inner-loop rates (``peak.fma_shape``) count ``reps x 25 x fmas``
     vector FMAs per thread: the exact sum of their accumulators shows each ran on its operands."""
     width = native.conv_block()
-    flops, seconds, total = native.fma_shape(shape, reps, threads)
-    assert flops == threads * reps * 25 * native.FMA_SHAPES[shape][1] * width * 2 and seconds > 0
+    flops, seconds, total = peak.fma_shape(shape, reps, threads)
+    assert flops == threads * reps * 25 * peak.FMA_SHAPES[shape][1] * width * 2 and seconds > 0
     assert total == threads * shape_reference(shape, reps, width)
     with pytest.raises(ValueError, match="fma_shape: shape 'fourth'"):
-        native.fma_shape("fourth", 1)
+        peak.fma_shape("fourth", 1)
 
 CONV_CASES = """
 import sys, torch
