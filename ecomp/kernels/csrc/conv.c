@@ -52,16 +52,6 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VSTORE_N(d, s, n) \
     _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), s))
-/* dst[j * ldd + i] = src[i * lds + j] for a VW x VW tile: rows i < nr of src are read (their first
- * nc floats; the rest, and rows from nr on, read as zero), rows j < ns of dst are written (their
- * first ms floats). */
-static inline void tile_avx512(const float *src, int64_t lds, int nr, int nc, float *dst, int64_t ldd, int ns, int ms) {
-    const __mmask16 lm = (__mmask16)((1u << nc) - 1), sm = (__mmask16)((1u << ms) - 1);
-    __m512 r[16];
-    for (int i = 0; i < 16; i++) r[i] = i < nr ? _mm512_maskz_loadu_ps(lm, src + i * lds) : _mm512_setzero_ps();
-    transpose16(r);
-    for (int j = 0; j < ns; j++) _mm512_mask_storeu_ps(dst + j * ldd, sm, r[j]);
-}
 #define VTILE tile_avx512
 #include "conv_body.h"
 #undef VTILE
@@ -80,9 +70,6 @@ static inline void tile_avx512(const float *src, int64_t lds, int nr, int nc, fl
 #undef NC2
 #undef NFMAX
 #pragma GCC pop_options
-
-/* -1 in the first n of eight lanes from lane_masks + 8 - n: AVX2's masks for n floats */
-static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -103,15 +90,6 @@ static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 
         const __m256i m_ = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - (n)));           \
         _mm256_maskstore_ps(d, m_, _mm256_maskload_ps(s, m_));                                   \
     } while (0)
-/* VTILE's 8 x 8 copy (as tile_avx512 above) */
-static inline void tile_avx2(const float *src, int64_t lds, int nr, int nc, float *dst, int64_t ldd, int ns, int ms) {
-    const __m256i lm = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - nc));
-    const __m256i sm = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - ms));
-    __m256 r[8];
-    for (int i = 0; i < 8; i++) r[i] = i < nr ? _mm256_maskload_ps(src + i * lds, lm) : _mm256_setzero_ps();
-    transpose8(r);
-    for (int j = 0; j < ns; j++) _mm256_maskstore_ps(dst + j * ldd, sm, r[j]);
-}
 #define VTILE tile_avx2
 #include "conv_body.h"
 #pragma GCC pop_options
