@@ -1,8 +1,9 @@
-"""The residual population's forward pass: the per-network loop (the oracle), the CPU's default
-(``each``: one network at a time, its stem and projections as products) and the grouped pass (one
-batch per architecture, channels-last; a GPU's default), on ResNet populations of
-``parent=resnet``'s shape, with the default's GFLOP/s and their share of one large convolution's
-rate (``rates.py``), measured in the same process.
+"""The residual population's forward pass: the per-network loop (the oracle), the CPU's PyTorch
+pass (``each``: one network at a time, its stem and projections as products), the C pass (``C``:
+the run's default on the CPU, ``ecomp/kernels/res_native.py``) and the grouped pass (one batch per
+architecture, channels-last; a GPU's default), on ResNet populations of ``parent=resnet``'s
+shape, with the PyTorch and C passes' GFLOP/s and their share of the larger of one large
+convolution's rate and the FMA ceiling (``rates.py``), measured in the same process.
 
     python benchmarks/bench_resnet.py                    # ResNet-8 (16, 32, 64) on 28x28, batch 100
     python benchmarks/bench_resnet.py --threads 1 --repeats 3
@@ -31,7 +32,8 @@ from bench_conv import median_seconds  # noqa: E402  (this folder is the script'
 from rates import conv_gflops, fma_gflops  # noqa: E402
 from ecomp.core.fitness import in_precision  # noqa: E402
 from ecomp.core.initialiser import l1_population  # noqa: E402
-from ecomp.kernels import net_forward, res_forward  # noqa: E402
+from ecomp.kernels import net_forward, res_forward, res_native  # noqa: E402
+from ecomp.kernels.runtime import keep_freed_memory  # noqa: E402
 from ecomp.nets.resnet import cifar_resnet  # noqa: E402
 
 
@@ -77,12 +79,15 @@ def main() -> None:
     torch.manual_seed(0)
     parent = plan.network(plan.build(batchnorm=True).eval())
     x = torch.rand(args.batch, 784)
+    keep_freed_memory()                                          # as run_experiment does
     conv = conv_gflops("cpu", args.repeats)
+    ceiling = max(conv, fma_gflops())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-{args.depth} {plan.widths}, "
-          f"batch {args.batch}; one large convolution (rates.py): {conv:.1f} GFLOP/s")
+          f"batch {args.batch}; one large convolution (rates.py): {conv:.1f} GFLOP/s, the larger of it and the "
+          f"FMA ceiling {ceiling:.1f}")
     conv_rates(args.repeats)
     print(f"{'population':<22}{'MMAC/img':>9}{'loop s':>9}{'each s':>9}{'loop/each':>10}{'nchw s':>9}{'grouped s':>10}"
-          f"{'each GFLOP/s':>13}{'share':>7}{'bf16 s':>8}")
+          f"{'each GFLOP/s':>13}{'share':>7}{'bf16 s':>8}{'C s':>8}{'each/C':>7}{'C GFLOP/s':>10}{'share':>7}")
     pops = {"initial (100 archs)": l1_population(parent, args.size, 0.9, 0.207),
             "keep 0.55 (1 arch)": l1_population(parent, args.size, 0.55, 0.55),
             "keep 0.9 (1 arch)": l1_population(parent, args.size, 0.9, 0.9)}
@@ -95,10 +100,12 @@ def main() -> None:
         nchw = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat", channels_last=False), args.repeats)
         grouped = median_seconds(lambda: res_forward.forward_grouped(pop, x, "flat"), args.repeats)
         bf16 = median_seconds(lambda: loop_bf16(pop, x), args.repeats)
-        rate = 2 * macs * args.batch / each / 1e9
-        seconds[name], flop[name] = each, 2 * macs * args.batch
+        c = median_seconds(lambda: res_native.forward(pop, x, "flat"), args.repeats)
+        rate, c_rate = 2 * macs * args.batch / each / 1e9, 2 * macs * args.batch / c / 1e9
+        seconds[name], flop[name] = c, 2 * macs * args.batch
         print(f"{name:<22}{macs / pop.size / 1e6:>9.2f}{loop:>9.3f}{each:>9.3f}{loop / each:>10.2f}{nchw:>9.3f}"
-              f"{grouped:>10.3f}{rate:>13.1f}{rate / conv:>7.2f}{bf16:>8.3f}")
+              f"{grouped:>10.3f}{rate:>13.1f}{rate / ceiling:>7.2f}{bf16:>8.3f}{c:>8.3f}{each / c:>7.2f}{c_rate:>10.1f}"
+              f"{c_rate / ceiling:>7.2f}")
 
     run_floor(flop, seconds, conv, args)
     if args.profile:
@@ -131,7 +138,7 @@ def run_floor(flop: dict[str, float], seconds: dict[str, float], conv: float, ar
     fma = fma_gflops()
     print(f"a default run's forward passes (101 evaluations at the initial sizes or more, 100 at keep 0.9's): "
           f"at least {work / 1e12:.1f} TFLOP: {work / conv / 1e9:.0f} s at one large convolution's rate, "
-          f"{loop:.0f} s at the default pass's rates here"
+          f"{loop:.0f} s at the C pass's rates here"
           + (f", {work / max(fma, conv) / 1e9:.0f} s at the larger of it and the FMA ceiling ({fma:.1f} GFLOP/s)"
              if fma else ""))
 

@@ -2,7 +2,8 @@
 
 ``csrc/tsne.c`` holds the fused t-SNE and Gram kernels, ``csrc/ops.c`` crossover's copies and a
 convolutional population's per-individual feature copies, ``csrc/conv.c`` a convolutional
-population's fused max-pooled convolution stages (``benchmarks/bench_kernels.py`` and ``benchmarks/bench_conv.py``
+population's fused max-pooled convolution stages, ``csrc/resnet.c`` a residual population's whole
+forward pass (``benchmarks/bench_kernels.py`` and ``benchmarks/bench_conv.py``
 time them against the PyTorch code), ``csrc/blocked.c`` wide Grams and linear stages in the GEMM
 library's order, ``csrc/peak.c`` the machine's FMA ceiling (``benchmarks/rates.py``).
 
@@ -46,11 +47,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "blocked.c", "blocked_body.h", "peak.c",
-           "transpose.h")
+SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "resnet.c", "res_body.h", "blocked.c",
+           "blocked_body.h", "peak.c", "transpose.h")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 18
+ABI_VERSION = 19
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -158,6 +159,9 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_pad_transpose.restype = ctypes.c_int
     lib.ecomp_conv_lanes.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.ecomp_conv_lanes.restype = ctypes.c_int
+    lib.ecomp_resnet_forward.argtypes = [*[ctypes.c_int64] * 7, _i64, ctypes.c_int64, *[_i64] * 5, ctypes.c_int64,
+                                         ctypes.c_int64, ctypes.c_int]
+    lib.ecomp_resnet_forward.restype = ctypes.c_int
     lib.ecomp_gram_blocked.argtypes = [_i64, _i64, _i32, _i64, ctypes.c_int64, _f32, *span]
     lib.ecomp_gram_blocked.restype = ctypes.c_int
     lib.ecomp_linear_blocked.argtypes = [ctypes.c_int64] * 11 + [ctypes.c_int, ctypes.c_int64, *span]

@@ -4,7 +4,7 @@ Two ways, with the same results up to float rounding (the tests hold them togeth
 
 * :func:`forward_loop`: one network at a time (:func:`ecomp.nets.resnet.run`); the oracle.
 * :func:`forward_each`: one network at a time, the stem and the projections as products; the
-  CPU's default.
+  CPU's PyTorch pass (the run's default is the C pass, :mod:`ecomp.kernels.res_native`).
 * :func:`forward_grouped`: the individuals of one architecture run as one network: the stem's
   filters concatenated into one convolution of the shared images, every later convolution a
   grouped convolution (``groups`` = individuals), the classifier one batched product, on
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ecomp.kernels import res_native
 from ecomp.kernels.backend import Backend
 from ecomp.nets import resnet
 from ecomp.nets.net_population import NetPopulation
@@ -167,12 +168,19 @@ def forward_grouped(pop: NetPopulation, x: Tensor, features: str = "flat", chann
 
 def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool | None = None,
             backend: Backend | None = None) -> tuple[Tensor, list[list[Tensor]], None]:
-    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no stacks;
-    ``backend`` chooses nothing here: every way is PyTorch's). ``grouped``: None = on a GPU only.
-    On the CPU oneDNN runs a network's convolutions of 4 to 64 channels 1.7-2.5x faster one
-    network at a time than as grouped convolutions, on the initial population and on converged
-    ones alike (``benchmarks/bench_resnet.py``), so the CPU takes :func:`forward_each`."""
+    """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no
+    stacks). On the CPU, where the run's ``backend`` has the C library (``native_copies``), the
+    C pass (:mod:`ecomp.kernels.res_native`: every network whole on a vector of images at a
+    time, at the FMA rate where oneDNN's convolutions of an individual's few channels run at
+    about 0.4 of it); where it cannot run, or with no backend, PyTorch's. ``grouped``: None = on
+    a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64 channels 1.7-2.5x
+    faster one network at a time than as grouped convolutions, on the initial population and on
+    converged ones alike (``benchmarks/bench_resnet.py``), so its PyTorch pass is :func:`forward_each`."""
     if grouped is None:
         grouped = x.device.type != "cpu"
+    if not grouped and backend is not None and backend.native_copies:
+        done = res_native.forward(pop, x, features)
+        if done is not None:
+            return (*done, None)
     logits, hidden = (forward_grouped if grouped else forward_each)(pop, x, features)
     return logits, hidden, None

@@ -1,0 +1,84 @@
+"""A residual population's forward pass in C (``csrc/resnet.c``): every network on a vector's
+worth of images at a time, the images in the vectors' lanes, the maps kept in each thread's
+buffers from the stem to the classifier.
+
+:func:`ecomp.kernels.res_forward.forward` takes it on the CPU where the run's backend has the C
+library (``Backend.native_copies``), and the PyTorch pass wherever :func:`forward` returns None:
+no vector copy here, a library without OpenMP, a stem with max-pooling, tensors other than
+float32 on the CPU, or ``torch.autocast`` on (``evolution.precision=bfloat16``). Its results agree with the loop's (:func:`res_forward.forward_loop`) within
+float rounding; flat features come in ``(H, W, C)`` order, as the PyTorch pass's channels-last
+blocks give them (the distances between images, all the similarity reads, do not depend on it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from ecomp.kernels.c_library import load
+from ecomp.nets.net_population import NetPopulation
+from ecomp.nets.resnet import ResPlan
+
+_i64 = ctypes.POINTER(ctypes.c_int64)
+
+
+def _ints(values: list[int]) -> Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def _arg(t: Tensor):
+    return ctypes.cast(t.data_ptr(), _i64)
+
+
+def runs_here(plan: ResPlan, x: Tensor) -> bool:
+    """Whether :func:`forward` can take this population's plan and images here."""
+    lib = load()
+    return (lib.ecomp_conv_block() > 0 and bool(lib.ecomp_openmp()) and not plan.stem_pool
+            and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2
+            and not torch.is_autocast_enabled("cpu"))     # evolution.precision=bfloat16: oneDNN's bfloat16
+
+
+@torch.no_grad()
+def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]] | None:
+    """Logits ``(pop, n, classes)`` and ``hidden[l][i]`` (block ``l``'s output of individual ``i`` as
+    ``(n, features)``: flat in ``(H, W, C)`` order, or with any other ``features`` the channels'
+    means, as :func:`ecomp.nets.resnet.features_of`); None where the C pass cannot run here."""
+    plan = pop.plan
+    if not runs_here(plan, x):
+        return None
+    layers = [layer for member in pop.members for layer in member]
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for layer in layers for t in layer):
+        return None
+    convs, blocks = plan.layout()
+    n, nets, nl, mean = x.shape[0], pop.size, len(convs), features != "flat"
+    x = x.contiguous()
+    geometry: dict[tuple[int, ...], list[tuple[int, int, int, int]]] = {}
+    width, feat_sizes = [], []
+    for units in pop.widths:
+        geo = geometry.get(units) or geometry.setdefault(units, plan.with_units(units).geometry())
+        width += [v for o, i, _, _ in geo for v in (o, i)]
+        feat_sizes += [geo[i2][0] * (1 if mean else geo[i2][2] * geo[i2][3]) for _, i2, _ in blocks]
+    keep = [(w.contiguous(), b.contiguous()) for w, b in layers]           # alive during the call
+    # one tensor per network and block: each below glibc's mmap threshold, so that with
+    # runtime.keep_freed_memory a pass reuses the last one's memory instead of faulting it in
+    outs = [x.new_empty(n, size) for size in feat_sizes]
+    logits = x.new_empty(nets, n, pop.classes)
+    args = {
+        "conv": _ints([v for c in convs for v in (c.kernel, c.stride, c.padding)]),
+        "blocks": _ints([v for i1, i2, ip in blocks for v in (i1, i2, -1 if ip is None else ip)]),
+        "width": _ints(width),
+        "w": _ints([w.data_ptr() for w, _ in keep]),
+        "b": _ints([b.data_ptr() for _, b in keep]),
+        "feat": _ints([t.data_ptr() for t in outs]),
+    }
+    lib = load()
+    c, h, w = plan.in_shape
+    done = lib.ecomp_resnet_forward(x.data_ptr(), n, c, h, w, nets, nl, _arg(args["conv"]), len(blocks),
+                                    _arg(args["blocks"]), _arg(args["width"]), _arg(args["w"]), _arg(args["b"]),
+                                    _arg(args["feat"]), int(mean), logits.data_ptr(), torch.get_num_threads())
+    if done != 0:
+        return None
+    nb = len(blocks)
+    return logits, [[outs[i * nb + l] for i in range(nets)] for l in range(nb)]

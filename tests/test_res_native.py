@@ -1,0 +1,127 @@
+"""The residual population's C pass (``ecomp/kernels/res_native.py``, ``csrc/resnet.c``) against the
+per-network loop, its oracle: logits and every block's features, on random plans, image counts
+and mixed widths; its two vector copies bit for bit; and where it declines, the PyTorch pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecomp.core.initialiser import l1_population
+from ecomp.kernels import res_forward, res_native
+from ecomp.kernels.backend import resolve
+from ecomp.nets.resnet import cifar_resnet
+
+from kinds import resnet8
+from test_native import needs_conv
+
+pytestmark = needs_conv
+
+
+def as_hwc(a: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    """The loop's flat ``(C, H, W)`` features in the C pass's ``(H, W, C)`` order."""
+    return a.view(-1, c, h, w).permute(0, 2, 3, 1).reshape(a.shape[0], -1)
+
+
+def assert_matches_the_loop(pop, x: torch.Tensor, features: str) -> None:
+    want_logits, want_hidden = res_forward.forward_loop(pop, x, features)
+    got = res_native.forward(pop, x, features)
+    assert got is not None
+    got_logits, got_hidden = got
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    convs, blocks = pop.plan.layout()
+    assert len(got_hidden) == len(blocks)
+    for (_, i2, _), got_l, want_l in zip(blocks, got_hidden, want_hidden, strict=True):
+        for i, (g, w) in enumerate(zip(got_l, want_l, strict=True)):
+            c, _, h, ww = pop.plan.with_units(pop.widths[i]).geometry()[i2]
+            assert g.shape == w.shape
+            torch.testing.assert_close(g, w if features != "flat" else as_hwc(w, c, h, ww), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("features", ["flat", "pooled"])
+@pytest.mark.parametrize("n", [1, 16, 37])
+def test_the_c_pass_is_the_per_network_loop_on_mixed_widths(features, n):
+    parent = resnet8(5)
+    pop = l1_population(parent, 6, 1.0, 0.4).take([0, 3, 3, 5, 1, 2])     # architectures repeated
+    x = torch.rand(n, parent.in_features, generator=torch.Generator().manual_seed(n))
+    assert_matches_the_loop(pop, x, features)
+
+
+@st.composite
+def populations(draw):
+    """Small CIFAR ResNets of depth 8 or 14 (identity shortcuts inside a stage) on 1- or 3-channel
+    images of 5-13 pixels a side, any stem without pooling, a population of mixed keep ratios."""
+    depth = draw(st.sampled_from([8, 14]))
+    widths = tuple(draw(st.integers(1, 9)) for _ in range(3))
+    image = (draw(st.sampled_from([1, 3])), draw(st.integers(5, 13)), draw(st.integers(5, 13)))
+    k = draw(st.sampled_from([1, 3, 5]))
+    plan = replace(cifar_resnet(image, draw(st.integers(2, 11)), depth, widths), stem_kernel=k,
+                   stem_stride=draw(st.integers(1, 2)), stem_padding=draw(st.integers(0, k // 2)))
+    torch.manual_seed(draw(st.integers(0, 99)))
+    parent = plan.network(plan.build(batchnorm=False))
+    keeps = sorted(draw(st.lists(st.floats(0.3, 1.0), min_size=1, max_size=4)))
+    return l1_population(parent, len(keeps), keeps[-1], keeps[0]), draw(st.integers(1, 40))
+
+
+@settings(max_examples=25, deadline=None)
+@given(populations(), st.sampled_from(["flat", "pooled"]))
+def test_the_c_pass_is_the_per_network_loop_on_random_plans(case, features):
+    pop, n = case
+    x = torch.randn(n, pop.plan.features, generator=torch.Generator().manual_seed(n))
+    assert_matches_the_loop(pop, x, features)
+
+
+def test_the_run_takes_the_c_pass_and_a_pooled_stem_the_pytorch_one():
+    parent = resnet8(2)
+    pop = l1_population(parent, 4, 0.9, 0.5)
+    x = torch.rand(9, parent.in_features, generator=torch.Generator().manual_seed(0))
+    logits, hidden, _ = res_forward.forward(pop, x, "flat", backend=resolve("cpu"))
+    c_logits, c_hidden = res_native.forward(pop, x, "flat")
+    assert torch.equal(logits, c_logits) and all(torch.equal(a, b) for a, b in zip(hidden[0], c_hidden[0]))
+    pooled = replace(cifar_resnet((1, 12, 12), 5, 8, (4, 6, 8)), stem_kernel=7, stem_stride=2, stem_padding=3,
+                     stem_pool=3)
+    torch.manual_seed(1)
+    pop = l1_population(pooled.network(pooled.build(batchnorm=False)), 3, 0.9, 0.5)
+    x = torch.rand(5, pooled.features, generator=torch.Generator().manual_seed(1))
+    assert res_native.forward(pop, x, "flat") is None
+    logits, _, _ = res_forward.forward(pop, x, "flat", backend=resolve("cpu"))
+    torch.testing.assert_close(logits, res_forward.forward_loop(pop, x, "flat")[0], rtol=1e-5, atol=1e-5)
+
+
+CASES = """
+import sys, torch
+sys.path.insert(0, "tests")
+from ecomp.core.initialiser import l1_population
+from ecomp.kernels import native, res_native
+from kinds import resnet8
+pop = l1_population(resnet8(7), 5, 1.0, 0.3)
+out = {"block": native.conv_block()}
+for n in (3, 16, 21):
+    x = torch.rand(n, 36, generator=torch.Generator().manual_seed(n))
+    logits, hidden = res_native.forward(pop, x, "flat")
+    out[f"logits {n}"] = logits
+    out[f"features {n}"] = torch.cat([a.flatten() for layer in hidden for a in layer])
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_the_avx2_copy_of_the_residual_pass_gives_the_same_bits(tmp_path):
+    """Both copies make each lane's output by the same operations in the same order: equal bit for
+    bit (on a CPU without AVX-512 both runs take the AVX2 copy)."""
+    got = {}
+    for isa in ("auto", "avx2"):
+        env = {**os.environ, "ECOMP_KERNEL_ISA": isa}
+        subprocess.run([sys.executable, "-c", CASES, str(tmp_path / f"{isa}.pt")], env=env, check=True,
+                       cwd=Path(__file__).parents[1], timeout=300)
+        got[isa] = torch.load(tmp_path / f"{isa}.pt")
+    assert got["avx2"]["block"] == 8
+    for name in got["auto"].keys() - {"block"}:
+        assert torch.equal(got["auto"][name], got["avx2"][name]), name
