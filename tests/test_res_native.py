@@ -79,7 +79,7 @@ def test_the_c_pass_is_the_per_network_loop_on_random_plans(case, features):
     assert_matches_the_loop(pop, x, features)
 
 
-def test_the_run_takes_the_c_pass_and_a_pooled_stem_the_pytorch_one():
+def test_the_run_takes_the_c_pass_and_a_pooled_stem_or_large_maps_the_pytorch_one(monkeypatch):
     parent = resnet8(2)
     pop = l1_population(parent, 4, 0.9, 0.5)
     x = torch.rand(9, parent.in_features, generator=torch.Generator().manual_seed(0))
@@ -94,6 +94,10 @@ def test_the_run_takes_the_c_pass_and_a_pooled_stem_the_pytorch_one():
     assert res_native.forward(pop, x, "flat") is None
     logits, _, _ = res_forward.forward(pop, x, "flat", backend=resolve("cpu"))
     torch.testing.assert_close(logits, res_forward.forward_loop(pop, x, "flat")[0], rtol=1e-5, atol=1e-5)
+    pop = l1_population(parent, 2, 0.9, 0.5)
+    x = torch.rand(3, parent.in_features, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(res_native, "MAX_THREAD_BYTES", 1024)          # below any five maps of 16 images
+    assert res_native.forward(pop, x, "flat") is None
 
 
 CASES = """

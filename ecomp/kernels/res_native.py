@@ -5,7 +5,8 @@ buffers from the stem to the classifier.
 :func:`ecomp.kernels.res_forward.forward` takes it on the CPU where the run's backend has the C
 library (``Backend.native_copies``), and the PyTorch pass wherever :func:`forward` returns None:
 no vector copy here, a library without OpenMP, a stem with max-pooling, tensors other than
-float32 on the CPU, or ``torch.autocast`` on (``evolution.precision=bfloat16``). Its results agree with the loop's (:func:`res_forward.forward_loop`) within
+float32 on the CPU, ``torch.autocast`` on (``evolution.precision=bfloat16``), or maps so large
+that a thread's five of them for 16 images exceed ``MAX_THREAD_BYTES``. Its results agree with the loop's (:func:`res_forward.forward_loop`) within
 float rounding; flat features come in ``(H, W, C)`` order, as the PyTorch pass's channels-last
 blocks give them (the distances between images, all the similarity reads, do not depend on it).
 """
@@ -22,6 +23,7 @@ from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.resnet import ResPlan
 
 _i64 = ctypes.POINTER(ctypes.c_int64)
+MAX_THREAD_BYTES = 256 << 20    # each thread's maps at most (ResNet-8 on 28x28: 4.6 MB; on 224x224, 1.3 GB)
 
 
 def _ints(values: list[int]) -> Tensor:
@@ -60,6 +62,11 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
         geo = geometry.get(units) or geometry.setdefault(units, plan.with_units(units).geometry())
         width += [v for o, i, _, _ in geo for v in (o, i)]
         feat_sizes += [geo[i2][0] * (1 if mean else geo[i2][2] * geo[i2][3]) for _, i2, _ in blocks]
+    c, h, w = plan.in_shape
+    largest = max([(h + 2 * plan.stem_padding) * (w + 2 * plan.stem_padding) * c] + [(hh + 2) * (ww + 2) * o for geo in geometry.values()
+                                            for o, _, hh, ww in geo])
+    if 5 * largest * 16 * 4 > MAX_THREAD_BYTES:                 # a thread's five maps of 16 images
+        return None
     keep = [(w.contiguous(), b.contiguous()) for w, b in layers]           # alive during the call
     # one tensor per network and block: each below glibc's mmap threshold, so that with
     # runtime.keep_freed_memory a pass reuses the last one's memory instead of faulting it in
@@ -74,7 +81,6 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
         "feat": _ints([t.data_ptr() for t in outs]),
     }
     lib = load()
-    c, h, w = plan.in_shape
     done = lib.ecomp_resnet_forward(x.data_ptr(), n, c, h, w, nets, nl, _arg(args["conv"]), len(blocks),
                                     _arg(args["blocks"]), _arg(args["width"]), _arg(args["w"]), _arg(args["b"]),
                                     _arg(args["feat"]), int(mean), logits.data_ptr(), torch.get_num_threads())
