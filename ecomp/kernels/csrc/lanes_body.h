@@ -1,6 +1,6 @@
-/* The images-in-lanes loop of the fused convolution (included by conv_body.h, for conv.c's
- * conv_pool_lanes, and by cnn_body.h, for cnn.c's whole networks, once per vector width; the
- * same macros as conv_body.h).
+/* The images-in-lanes loop of the fused convolution and the tile copies in and out of that layout
+ * (included by conv_body.h, for conv.c's conv_pool_lanes, and by resnet.c before res_body.h,
+ * once per vector width; the same macros as conv_body.h).
  *
  * Images in lanes (each group has a few filters, fewer than a vector or two, as an individual of a
  * population's run has: conv_body.h's filters-in-lanes pass would leave lanes empty and wait on its
@@ -49,3 +49,28 @@ KFN_LANES(4)
 KFN_LANES(5)
 KFN_LANES(6)
 #undef KFN_LANES
+
+/* Images 0 .. ni - 1 of `x` (NCHW rows `row` floats apart: cin channels of H x W) into map `t`
+ * with the images innermost and a border of `pad` zero pixels, (y, x, c, lane) at
+ * (((y + pad) * (W + 2 pad) + x + pad) * cin + c) * VW, by tile transposes (a row of one channel at
+ * a time); lanes from ni on are zero. */
+static void KFN(images_in)(const float *x, int64_t row, int64_t cin, int64_t H, int64_t W, int64_t ni, int64_t pad,
+                           float *t) {
+    const int64_t wp = W + 2 * pad;
+    memset(t, 0, sizeof(float) * (size_t)((H + 2 * pad) * wp * cin * VW));
+    for (int64_t c = 0; c < cin; c++)
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t e = 0; e < W; e += VW) {
+                const int nc = W - e < VW ? (int)(W - e) : VW;
+                VTILE(x + (c * H + y) * W + e, row, (int)ni, nc, t + (((y + pad) * wp + pad + e) * cin + c) * VW,
+                      cin * VW, nc, VW);
+            }
+}
+
+/* `count` vectors of lanes (src[e * VW + lane]) out as the first ni lanes' rows: out[lane * ld + e]. */
+static void KFN(lanes_out)(const float *src, int64_t count, int64_t ni, float *out, int64_t ld) {
+    for (int64_t e = 0; e < count; e += VW) {
+        const int nr = count - e < VW ? (int)(count - e) : VW;
+        VTILE(src + e * VW, VW, nr, (int)ni, out + e, ld, (int)ni, nr);
+    }
+}

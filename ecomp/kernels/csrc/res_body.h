@@ -5,7 +5,7 @@
  * NFMAX the most filters broadcast at a time (NFMAX x 4 accumulators and four inputs fit the
  * registers), VZERO, VSET1(x), VLOAD(p), VSTORE(p, v), VFMA(a, b, c) (a * b + c, rounded once),
  * VMAX, VADD, VMUL its operations, VTILE(src, lds, nr, nc, dst, ldd, ns, ms) its VW x VW tile
- * transpose (transpose.h).
+ * transpose (transpose.h); lanes_body.h's copies in and out come before it.
  *
  * A map holds VW images with the images innermost: channel c of pixel (y, x) at
  * ((y * wp + x) * c_n + c) * VW, wp the padded width; the maps a convolution writes have a border
@@ -86,20 +86,6 @@ static void KFN(conv)(const ResConv *cv) {
     }
 }
 
-/* Images i0 .. i0 + ni - 1 of the flat (n, cin * H * W) batch `x` (NCHW rows) into map `t` with a
- * border of `pad` zero pixels, by tile transposes (a row of one channel at a time). */
-static void KFN(images_in)(const ResNetDesc *d, int64_t i0, int64_t ni, int64_t pad, float *t) {
-    const int64_t H = d->H, W = d->W, cin = d->cin, wp = W + 2 * pad, row = cin * H * W;
-    memset(t, 0, sizeof(float) * (size_t)((H + 2 * pad) * wp * cin * VW));
-    for (int64_t c = 0; c < cin; c++)
-        for (int64_t y = 0; y < H; y++)
-            for (int64_t e = 0; e < W; e += VW) {
-                const int nc = W - e < VW ? (int)(W - e) : VW;
-                VTILE(d->x + i0 * row + (c * H + y) * W + e, row, (int)ni, nc,
-                      t + (((y + pad) * wp + pad + e) * cin + c) * VW, cin * VW, nc, VW);
-            }
-}
-
 /* Map `m` (h x w cells of c channels, border 1): each lane's channel means into `mean` (c vectors). */
 static void KFN(means)(const float *m, int64_t h, int64_t w, int64_t c, float *mean) {
     for (int64_t ch = 0; ch < c; ch++) VSTORE(mean + ch * VW, VZERO);
@@ -122,14 +108,8 @@ static void KFN(features_out)(const float *m, int64_t h, int64_t w, int64_t c, i
             for (int64_t ch = 0; ch < c; ch++) out[l * ld + ch] = scratch[ch * VW + l];
         return;
     }
-    const int64_t run = w * c;                      /* a row's cells' channels, VW lanes each */
-    for (int64_t y = 0; y < h; y++) {
-        const float *src = m + ((y + 1) * (w + 2) + 1) * c * VW;
-        for (int64_t e = 0; e < run; e += VW) {
-            const int nr = run - e < VW ? (int)(run - e) : VW;
-            VTILE(src + e * VW, VW, nr, (int)ni, out + y * run + e, ld, (int)ni, nr);
-        }
-    }
+    for (int64_t y = 0; y < h; y++)         /* a row's cells' channels, VW lanes each */
+        KFN(lanes_out)(m + ((y + 1) * (w + 2) + 1) * c * VW, w * c, ni, out + y * w * c, ld);
 }
 
 /* Network j on images i0 .. i0 + ni - 1: its maps in the thread's five `slots` (the images, then
@@ -156,7 +136,7 @@ static void KFN(network)(const ResNetDesc *d, int64_t j, int64_t i0, int64_t ni,
         KFN(conv)(&cv);                                                                                        \
     } while (0)
     const int64_t pad0 = conv[2];
-    KFN(images_in)(d, i0, ni, pad0, slots[0]);
+    KFN(images_in)(d->x + i0 * d->cin * d->H * d->W, d->cin * d->H * d->W, d->cin, d->H, d->W, ni, pad0, slots[0]);
     float *h = slots[1], *inner = slots[2], *proj = slots[3], *out = slots[4];
     RES_CONV(0, slots[0], d->H, d->W, pad0, h, NULL, 1);
     int64_t hh = cv.ho, hw = cv.wo, hc = cv.cout;

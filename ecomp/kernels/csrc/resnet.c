@@ -70,6 +70,7 @@ typedef struct {
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VMUL(a, b) _mm512_mul_ps(a, b)
 #define VTILE tile_avx512
+#include "lanes_body.h"
 #include "res_body.h"
 #undef VTILE
 #undef KFN
@@ -101,6 +102,7 @@ typedef struct {
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define VMUL(a, b) _mm256_mul_ps(a, b)
 #define VTILE tile_avx2
+#include "lanes_body.h"
 #include "res_body.h"
 #pragma GCC pop_options
 #else
