@@ -580,17 +580,25 @@ torch.save(out, sys.argv[1])
 """
 
 
+def in_both_copies(script: str, tmp_path: Path) -> dict[str, dict]:
+    """What ``script`` saves (``torch.save`` to its first argument) when run under each vector copy
+    of the library, ``auto`` and ``avx2``: each in a process of its own, the copy being chosen once
+    per process (``ECOMP_KERNEL_ISA``)."""
+    got = {}
+    for isa in ("auto", "avx2"):
+        env = {**os.environ, "ECOMP_KERNEL_ISA": isa}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{isa}.pt")], env=env, check=True,
+                       cwd=Path(__file__).parents[1], timeout=300)
+        got[isa] = torch.load(tmp_path / f"{isa}.pt")
+    return got
+
+
 @needs_conv
 def test_the_avx2_copy_of_the_fused_convolution_and_the_grams_gives_the_same_bits(tmp_path):
     """Both vector copies sum each output (and each Gram entry) in the same order with the same
     roundings: equal bit for bit (on a CPU without AVX-512 both runs take the AVX2 copy). Each run
     in a process of its own, the library's copy being chosen once per process (``ECOMP_KERNEL_ISA``)."""
-    got = {}
-    for isa in ("auto", "avx2"):
-        env = {**os.environ, "ECOMP_KERNEL_ISA": isa}
-        subprocess.run([sys.executable, "-c", CONV_CASES, str(tmp_path / f"{isa}.pt")], env=env, check=True,
-                       cwd=Path(__file__).parents[1], timeout=300)
-        got[isa] = torch.load(tmp_path / f"{isa}.pt")
+    got = in_both_copies(CONV_CASES, tmp_path)
     assert got["avx2"]["block"] == 8
     assert len(got["auto"]) == 13
     for name in got["auto"].keys() - {"block"}:

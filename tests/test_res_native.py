@@ -4,11 +4,7 @@ and mixed widths; its two vector copies bit for bit; and where it declines, the 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +17,7 @@ from ecomp.kernels.backend import resolve
 from ecomp.nets.resnet import cifar_resnet
 
 from kinds import resnet8
-from test_native import needs_conv
+from test_native import in_both_copies, needs_conv
 
 pytestmark = needs_conv
 
@@ -120,12 +116,7 @@ torch.save(out, sys.argv[1])
 def test_the_avx2_copy_of_the_residual_pass_gives_the_same_bits(tmp_path):
     """Both copies make each lane's output by the same operations in the same order: equal bit for
     bit (on a CPU without AVX-512 both runs take the AVX2 copy)."""
-    got = {}
-    for isa in ("auto", "avx2"):
-        env = {**os.environ, "ECOMP_KERNEL_ISA": isa}
-        subprocess.run([sys.executable, "-c", CASES, str(tmp_path / f"{isa}.pt")], env=env, check=True,
-                       cwd=Path(__file__).parents[1], timeout=300)
-        got[isa] = torch.load(tmp_path / f"{isa}.pt")
+    got = in_both_copies(CASES, tmp_path)
     assert got["avx2"]["block"] == 8
     for name in got["auto"].keys() - {"block"}:
         assert torch.equal(got["auto"][name], got["avx2"][name]), name

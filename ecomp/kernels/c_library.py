@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "lanes_body.h", "resnet.c", "res_body.h",
-           "blocked.c", "blocked_body.h", "peak.c", "transpose.h")
+           "blocked.c", "blocked_body.h", "peak.c", "transpose.h", "vec_ops.h", "vec_done.h")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
 ABI_VERSION = 19

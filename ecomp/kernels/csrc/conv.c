@@ -37,60 +37,35 @@ int ecomp_isa(void);     /* tsne.c: 1 where the vector copies run (AVX2 + FMA, n
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+#define VEC_AVX512
+#include "vec_ops.h"
 #define KFN(name) name##_avx512
-#define VEC __m512
-#define VW 16
 #define NC1 2
 #define NC2 2
 #define NFMAX 6
-#define VZERO _mm512_setzero_ps()
-#define VSET1(x) _mm512_set1_ps(x)
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VSTORE(p, v) _mm512_storeu_ps(p, v)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define VMAX(a, b) _mm512_max_ps(a, b)
-#define VADD(a, b) _mm512_add_ps(a, b)
 #define VSTORE_N(d, s, n) \
     _mm512_mask_storeu_ps(d, (__mmask16)((1u << (n)) - 1), _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), s))
-#define VTILE tile_avx512
 #include "conv_body.h"
-#undef VTILE
+#include "vec_done.h"
 #undef KFN
-#undef VEC
-#undef VW
-#undef VZERO
-#undef VSET1
-#undef VLOAD
-#undef VSTORE
-#undef VFMA
-#undef VMAX
-#undef VADD
-#undef VSTORE_N
 #undef NC1
 #undef NC2
 #undef NFMAX
+#undef VSTORE_N
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define VEC_AVX2
+#include "vec_ops.h"
 #define KFN(name) name##_avx2
-#define VEC __m256
-#define VW 8
 #define NC1 2
 #define NC2 1
 #define NFMAX 3
-#define VZERO _mm256_setzero_ps()
-#define VSET1(x) _mm256_set1_ps(x)
-#define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, v) _mm256_storeu_ps(p, v)
-#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define VMAX(a, b) _mm256_max_ps(a, b)
-#define VADD(a, b) _mm256_add_ps(a, b)
 #define VSTORE_N(d, s, n) do {                                                                    \
         const __m256i m_ = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - (n)));           \
         _mm256_maskstore_ps(d, m_, _mm256_maskload_ps(s, m_));                                   \
     } while (0)
-#define VTILE tile_avx2
 #include "conv_body.h"
 #pragma GCC pop_options
 

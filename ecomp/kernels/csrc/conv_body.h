@@ -1,13 +1,11 @@
 /* One copy of the fused convolution (included by conv.c once per vector width).
  *
- * Before inclusion: KFN(name) names this copy's functions; VEC is the vector type, VW its floats,
- * NC1 / NC2 how many cells a block of one / two vectors takes at a time (four accumulators per
- * cell and vector: 8 of AVX2's 16 registers; 8 or 16 of AVX-512's 32, where 12 for one vector
- * was slower), and VZERO, VSET1(x), VLOAD(p), VSTORE(p, v), VFMA(a, b, c) (a * b + c, rounded once),
- * VMAX, VADD its operations, VSTORE_N(dst, src, n) a copy of n <= VW floats by masked moves;
- * NFMAX the most filters the images-in-lanes pass broadcasts at a time (NFMAX x 4 accumulators
- * and four inputs fit the registers) and VTILE(src, lds, nr, nc, dst, ldd, ns, ms) its VW x VW tile
- * transpose (conv.c's tile_avx512, tile_avx2). */
+ * Before inclusion: vec_ops.h's vector operations; KFN(name) names this copy's functions, NC1 /
+ * NC2 how many cells a block of one / two vectors takes at a time (four accumulators per cell and
+ * vector: 8 of AVX2's 16 registers; 8 or 16 of AVX-512's 32, where 12 for one vector was
+ * slower), VSTORE_N(dst, src, n) a copy of n <= VW floats by masked moves, NFMAX the most filters
+ * the images-in-lanes pass broadcasts at a time (NFMAX x 4 accumulators and four inputs fit the
+ * registers). */
 
 /* NC cells at once for the channel block at `w` (NV vectors; the filters' rows fpad apart): for
  * each cell, the maximum over its window positions (four at a time, the last four repeating

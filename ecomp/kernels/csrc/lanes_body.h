@@ -1,6 +1,6 @@
 /* The images-in-lanes loop of the fused convolution and the tile copies in and out of that layout
  * (included by conv_body.h, for conv.c's conv_pool_lanes, and by resnet.c before res_body.h,
- * once per vector width; the same macros as conv_body.h).
+ * once per vector width, after vec_ops.h and with KFN defined).
  *
  * Images in lanes (each group has a few filters, fewer than a vector or two, as an individual of a
  * population's run has: conv_body.h's filters-in-lanes pass would leave lanes empty and wait on its

@@ -1,11 +1,9 @@
 /* One copy of the residual networks' pass with the images in the lanes (included by resnet.c once
  * per vector width).
  *
- * Before inclusion: KFN(name) names this copy's functions; VEC is the vector type, VW its floats,
- * NFMAX the most filters broadcast at a time (NFMAX x 4 accumulators and four inputs fit the
- * registers), VZERO, VSET1(x), VLOAD(p), VSTORE(p, v), VFMA(a, b, c) (a * b + c, rounded once),
- * VMAX, VADD, VMUL its operations, VTILE(src, lds, nr, nc, dst, ldd, ns, ms) its VW x VW tile
- * transpose (transpose.h); lanes_body.h's copies in and out come before it.
+ * Before inclusion: vec_ops.h's vector operations, KFN(name) naming this copy's functions, NFMAX
+ * the most filters broadcast at a time (NFMAX x 4 accumulators and four inputs fit the
+ * registers), and lanes_body.h (its copies in and out).
  *
  * A map holds VW images with the images innermost: channel c of pixel (y, x) at
  * ((y * wp + x) * c_n + c) * VW, wp the padded width; the maps a convolution writes have a border

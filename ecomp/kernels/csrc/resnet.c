@@ -57,51 +57,23 @@ typedef struct {
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+#define VEC_AVX512
+#include "vec_ops.h"
 #define KFN(name) name##_avx512
-#define VEC __m512
-#define VW 16
 #define NFMAX 6
-#define VZERO _mm512_setzero_ps()
-#define VSET1(x) _mm512_set1_ps(x)
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VSTORE(p, v) _mm512_storeu_ps(p, v)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define VMAX(a, b) _mm512_max_ps(a, b)
-#define VADD(a, b) _mm512_add_ps(a, b)
-#define VMUL(a, b) _mm512_mul_ps(a, b)
-#define VTILE tile_avx512
 #include "lanes_body.h"
 #include "res_body.h"
-#undef VTILE
+#include "vec_done.h"
 #undef KFN
-#undef VEC
-#undef VW
 #undef NFMAX
-#undef VZERO
-#undef VSET1
-#undef VLOAD
-#undef VSTORE
-#undef VFMA
-#undef VMAX
-#undef VADD
-#undef VMUL
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define VEC_AVX2
+#include "vec_ops.h"
 #define KFN(name) name##_avx2
-#define VEC __m256
-#define VW 8
 #define NFMAX 3
-#define VZERO _mm256_setzero_ps()
-#define VSET1(x) _mm256_set1_ps(x)
-#define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, v) _mm256_storeu_ps(p, v)
-#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define VMAX(a, b) _mm256_max_ps(a, b)
-#define VADD(a, b) _mm256_add_ps(a, b)
-#define VMUL(a, b) _mm256_mul_ps(a, b)
-#define VTILE tile_avx2
 #include "lanes_body.h"
 #include "res_body.h"
 #pragma GCC pop_options

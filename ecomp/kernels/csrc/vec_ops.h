@@ -1,0 +1,30 @@
+/* The vector operations of one copy of the lanes kernels (conv.c, resnet.c): define VEC_AVX512 or
+ * VEC_AVX2, then include this under that copy's target options; vec_done.h undefines it all.
+ * VEC is the vector type and VW its floats; VZERO, VSET1(x), VLOAD(p), VSTORE(p, v),
+ * VFMA(a, b, c) (a * b + c, rounded once), VMAX, VADD, VMUL its operations, VTILE its VW x VW
+ * tile copy (transpose.h). */
+#if defined(VEC_AVX512)
+#define VEC __m512
+#define VW 16
+#define VZERO _mm512_setzero_ps()
+#define VSET1(x) _mm512_set1_ps(x)
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMAX(a, b) _mm512_max_ps(a, b)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VTILE tile_avx512
+#elif defined(VEC_AVX2)
+#define VEC __m256
+#define VW 8
+#define VZERO _mm256_setzero_ps()
+#define VSET1(x) _mm256_set1_ps(x)
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VMAX(a, b) _mm256_max_ps(a, b)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VTILE tile_avx2
+#endif
