@@ -4,7 +4,7 @@ buffers from the stem to the classifier.
 
 :func:`ecomp.kernels.res_forward.forward` takes it on the CPU where the run's backend has the C
 library (``Backend.native_copies``), and the PyTorch pass wherever :func:`forward` returns None:
-no vector copy here, a library without OpenMP, a stem with max-pooling, tensors other than
+no vector copy here, a library without OpenMP, tensors other than
 float32 on the CPU, ``torch.autocast`` on (``evolution.precision=bfloat16``), or maps so large
 that a thread's five of them for 16 images exceed ``MAX_THREAD_BYTES``. Its results agree with the loop's (:func:`res_forward.forward_loop`) within
 float rounding; flat features come in ``(H, W, C)`` order, as the PyTorch pass's channels-last
@@ -37,7 +37,7 @@ def _arg(t: Tensor):
 def runs_here(plan: ResPlan, x: Tensor) -> bool:
     """Whether :func:`forward` can take this population's plan and images here."""
     lib = load()
-    return (lib.ecomp_conv_block() > 0 and bool(lib.ecomp_openmp()) and not plan.stem_pool
+    return (lib.ecomp_conv_block() > 0 and bool(lib.ecomp_openmp()) and plan.stem_pool in (0, 3)
             and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2
             and not torch.is_autocast_enabled("cpu"))     # evolution.precision=bfloat16: oneDNN's bfloat16
 
@@ -81,8 +81,8 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
         "feat": _ints([t.data_ptr() for t in outs]),
     }
     lib = load()
-    done = lib.ecomp_resnet_forward(x.data_ptr(), n, c, h, w, nets, nl, _arg(args["conv"]), len(blocks),
-                                    _arg(args["blocks"]), _arg(args["width"]), _arg(args["w"]), _arg(args["b"]),
+    done = lib.ecomp_resnet_forward(x.data_ptr(), n, c, h, w, plan.stem_pool, nets, nl, _arg(args["conv"]),
+                                    len(blocks), _arg(args["blocks"]), _arg(args["width"]), _arg(args["w"]), _arg(args["b"]),
                                     _arg(args["feat"]), int(mean), logits.data_ptr(), torch.get_num_threads())
     if done != 0:
         return None

@@ -84,6 +84,26 @@ static void KFN(conv)(const ResConv *cv) {
     }
 }
 
+/* Map `m` (h x w cells of c channels, border 1) max-pooled 3x3 with stride 2 and padding 1 into
+ * `out` ((h - 1) / 2 + 1 x (w - 1) / 2 + 1 cells, border 1 zeroed): the border stands for the
+ * padding, exactly, as the maps come out of a ReLU (no value below zero) and every window holds
+ * a pixel of the map. */
+static void KFN(max_pool)(const float *m, int64_t h, int64_t w, int64_t c, float *out) {
+    const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1, pix = c * VW;
+    memset(out, 0, sizeof(float) * (size_t)((ho + 2) * (wo + 2) * pix));
+    for (int64_t y = 0; y < ho; y++)
+        for (int64_t x = 0; x < wo; x++) {
+            float *o = out + ((y + 1) * (wo + 2) + x + 1) * pix;
+            for (int64_t e = 0; e < pix; e += VW) {
+                VEC v = VLOAD(m + ((2 * y) * (w + 2) + 2 * x) * pix + e);
+                for (int64_t dy = 0; dy < 3; dy++)
+                    for (int64_t dx = 0; dx < 3; dx++)
+                        v = VMAX(v, VLOAD(m + ((2 * y + dy) * (w + 2) + 2 * x + dx) * pix + e));
+                VSTORE(o + e, v);
+            }
+        }
+}
+
 /* Map `m` (h x w cells of c channels, border 1): each lane's channel means into `mean` (c vectors). */
 static void KFN(means)(const float *m, int64_t h, int64_t w, int64_t c, float *mean) {
     for (int64_t ch = 0; ch < c; ch++) VSTORE(mean + ch * VW, VZERO);
@@ -138,6 +158,12 @@ static void KFN(network)(const ResNetDesc *d, int64_t j, int64_t i0, int64_t ni,
     float *h = slots[1], *inner = slots[2], *proj = slots[3], *out = slots[4];
     RES_CONV(0, slots[0], d->H, d->W, pad0, h, NULL, 1);
     int64_t hh = cv.ho, hw = cv.wo, hc = cv.cout;
+    if (d->stem_pool) {                              /* torchvision's 3x3 max-pooling, stride 2, padding 1 */
+        KFN(max_pool)(h, hh, hw, hc, inner);
+        float *t = h;
+        h = inner, inner = t;
+        hh = (hh - 1) / 2 + 1, hw = (hw - 1) / 2 + 1;
+    }
     for (int64_t blk = 0; blk < d->nb; blk++) {
         const int64_t i1 = d->blocks[3 * blk], i2 = d->blocks[3 * blk + 1], ip = d->blocks[3 * blk + 2];
         const float *add = h;

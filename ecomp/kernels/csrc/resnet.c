@@ -6,9 +6,10 @@
  * individual's few filters and its loop waits on broadcasts. Here each lane is an image, every
  * filter weight is broadcast once for four output cells, and the inner loop is the fused
  * convolution's images-in-lanes loop (conv.c), which runs at the ceiling. A network runs whole on
- * its images (stem, every basic block with its shortcut and ReLUs, global average pooling, the
- * classifier), its maps staying in the thread's buffers: no map goes to memory between layers,
- * only each block's output, copied out by tile transposes as the similarity reads it.
+ * its images (the stem and its max-pooling where it has one, every basic block with its shortcut
+ * and ReLUs, global average pooling, the classifier), its maps staying in the thread's buffers:
+ * no map goes to memory between layers, only each block's output, copied out by tile transposes
+ * as the similarity reads it.
  *
  * Each output is summed k = 0 .. K - 1 over torch's (c, ky, kx) order with fused multiply-adds,
  * then the bias, the shortcut and the ReLU: not oneDNN's order, so the values agree with
@@ -27,6 +28,7 @@ int ecomp_conv_block(void);     /* conv.c: floats per vector of the copy that ru
 typedef struct {
     const float *x;               /* (n, cin * H * W): the images, NCHW rows */
     int64_t n, cin, H, W;
+    int64_t stem_pool;            /* 3: torchvision's 3x3 stride-2 max-pooling after the stem; 0: none */
     int64_t nl;                   /* layers: the stem, every block's convolutions, the classifier */
     const int64_t *conv;          /* per layer: kernel, stride, padding (the classifier: 0, 1, 0) */
     int64_t nb;                   /* blocks */
@@ -97,6 +99,7 @@ static void sizes(const ResNetDesc *d, int64_t nets, int64_t *map, int64_t *term
         }
         int64_t h = (d->H + 2 * pad0 - c[0]) / c[1] + 1, w = (d->W + 2 * pad0 - c[0]) / c[1] + 1;
         grow(map, (h + 2) * (w + 2) * width[0]);
+        if (d->stem_pool) h = (h - 1) / 2 + 1, w = (w - 1) / 2 + 1;
         for (int64_t blk = 0; blk < d->nb; blk++) {
             const int64_t i1 = d->blocks[3 * blk], i2 = d->blocks[3 * blk + 1], s = c[3 * i1 + 1];
             h = (h + 2 - 3) / s + 1, w = (w + 2 - 3) / s + 1;          /* 3x3, padding 1: every block's outputs */
@@ -111,15 +114,16 @@ static void sizes(const ResNetDesc *d, int64_t nets, int64_t *map, int64_t *term
  * to `nthreads` OpenMP threads; every output is computed the same way whichever thread takes
  * it. Returns 0, or -1 where no vector copy runs here or memory ran out (nothing is then
  * promised of the outputs). */
-int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int64_t W, int64_t nets, int64_t nl,
+int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int64_t W, int64_t stem_pool,
+                         int64_t nets, int64_t nl,
                          const int64_t *conv, int64_t nb, const int64_t *blocks, const int64_t *width,
                          const int64_t *wptr, const int64_t *bptr, const int64_t *feat, int64_t mean_features,
                          int64_t logits_addr, int nthreads) {
 #if ECOMP_RES_VECTOR
     const int vw = ecomp_conv_block();
     if (vw == 0 || n < 1 || nets < 1) return -1;
-    const ResNetDesc d = {(const float *)(intptr_t)x_addr, n, cin, H, W, nl, conv, nb, blocks, width, wptr, bptr,
-                          feat, mean_features, (float *)(intptr_t)logits_addr};
+    const ResNetDesc d = {(const float *)(intptr_t)x_addr, n, cin, H, W, stem_pool, nl, conv, nb, blocks, width,
+                          wptr, bptr, feat, mean_features, (float *)(intptr_t)logits_addr};
     int64_t map, terms, chans;
     sizes(&d, nets, &map, &terms, &chans);
     const int64_t nblk = (n + vw - 1) / vw, classes = width[2 * (nl - 1)];
@@ -147,8 +151,8 @@ int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int6
     }
     return failed ? -1 : 0;
 #else
-    (void)x_addr; (void)n; (void)cin; (void)H; (void)W; (void)nets; (void)nl; (void)conv; (void)nb; (void)blocks;
-    (void)width; (void)wptr; (void)bptr; (void)feat; (void)mean_features; (void)logits_addr; (void)nthreads;
+    (void)x_addr; (void)n; (void)cin; (void)H; (void)W; (void)stem_pool; (void)nets; (void)nl; (void)conv; (void)nb;
+    (void)blocks; (void)width; (void)wptr; (void)bptr; (void)feat; (void)mean_features; (void)logits_addr; (void)nthreads;
     return -1;
 #endif
 }
