@@ -4,11 +4,12 @@ buffers from the stem to the classifier.
 
 :func:`ecomp.kernels.res_forward.forward` takes it on the CPU where the run's backend has the C
 library (``Backend.native_copies``), and the PyTorch pass wherever :func:`forward` returns None:
-no vector copy here, a library without OpenMP, tensors other than
-float32 on the CPU, ``torch.autocast`` on (``evolution.precision=bfloat16``), or maps so large
-that a thread's five of them for 16 images exceed ``MAX_THREAD_BYTES``. Its results agree with the loop's (:func:`res_forward.forward_loop`) within
-float rounding; flat features come in ``(H, W, C)`` order, as the PyTorch pass's channels-last
-blocks give them (the distances between images, all the similarity reads, do not depend on it).
+no vector copy here, a library without OpenMP, tensors other than float32 on the CPU,
+``torch.autocast`` on (``evolution.precision=bfloat16``), or maps so large that a thread's five
+of them for 16 images exceed ``MAX_THREAD_BYTES``. Its results agree with the loop's
+(:func:`res_forward.forward_loop`) within float rounding; flat features come in ``(H, W, C)``
+order, as the PyTorch pass's channels-last blocks give them (the distances between images, all
+the similarity reads, do not depend on it).
 """
 
 from __future__ import annotations
@@ -62,28 +63,24 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
         geo = geometry.get(units) or geometry.setdefault(units, plan.with_units(units).geometry())
         width += [v for o, i, _, _ in geo for v in (o, i)]
         feat_sizes += [geo[i2][0] * (1 if mean else geo[i2][2] * geo[i2][3]) for _, i2, _ in blocks]
-    c, h, w = plan.in_shape
-    largest = max([(h + 2 * plan.stem_padding) * (w + 2 * plan.stem_padding) * c] + [(hh + 2) * (ww + 2) * o for geo in geometry.values()
-                                            for o, _, hh, ww in geo])
+    ch, ih, iw = plan.in_shape
+    pad = plan.stem_padding
+    largest = max([(ih + 2 * pad) * (iw + 2 * pad) * ch]
+                  + [(hh + 2) * (ww + 2) * o for geo in geometry.values() for o, _, hh, ww in geo])
     if 5 * largest * 16 * 4 > MAX_THREAD_BYTES:                 # a thread's five maps of 16 images
         return None
-    keep = [(w.contiguous(), b.contiguous()) for w, b in layers]           # alive during the call
+    keep = [(wt.contiguous(), bias.contiguous()) for wt, bias in layers]     # alive during the call
     # one tensor per network and block: each below glibc's mmap threshold, so that with
     # runtime.keep_freed_memory a pass reuses the last one's memory instead of faulting it in
     outs = [x.new_empty(n, size) for size in feat_sizes]
     logits = x.new_empty(nets, n, pop.classes)
-    args = {
-        "conv": _ints([v for c in convs for v in (c.kernel, c.stride, c.padding)]),
-        "blocks": _ints([v for i1, i2, ip in blocks for v in (i1, i2, -1 if ip is None else ip)]),
-        "width": _ints(width),
-        "w": _ints([w.data_ptr() for w, _ in keep]),
-        "b": _ints([b.data_ptr() for _, b in keep]),
-        "feat": _ints([t.data_ptr() for t in outs]),
-    }
-    lib = load()
-    done = lib.ecomp_resnet_forward(x.data_ptr(), n, c, h, w, plan.stem_pool, nets, nl, _arg(args["conv"]),
-                                    len(blocks), _arg(args["blocks"]), _arg(args["width"]), _arg(args["w"]), _arg(args["b"]),
-                                    _arg(args["feat"]), int(mean), logits.data_ptr(), torch.get_num_threads())
+    conv = _ints([v for cv in convs for v in (cv.kernel, cv.stride, cv.padding)])
+    block = _ints([v for i1, i2, ip in blocks for v in (i1, i2, -1 if ip is None else ip)])
+    tables = [_ints(width), _ints([wt.data_ptr() for wt, _ in keep]), _ints([bias.data_ptr() for _, bias in keep]),
+              _ints([t.data_ptr() for t in outs])]
+    done = load().ecomp_resnet_forward(x.data_ptr(), n, ch, ih, iw, plan.stem_pool, nets, nl, _arg(conv), len(blocks),
+                                       _arg(block), *[_arg(t) for t in tables], int(mean), logits.data_ptr(),
+                                       torch.get_num_threads())
     if done != 0:
         return None
     nb = len(blocks)

@@ -130,6 +130,25 @@ static void KFN(features_out)(const float *m, int64_t h, int64_t w, int64_t c, i
         KFN(lanes_out)(m + ((y + 1) * (w + 2) + 1) * c * VW, w * c, ni, out + y * w * c, ld);
 }
 
+/* Layer l of network j (`width` its channels, `wp` and `bp` its weights' and biases' addresses) as
+ * `cv`: a convolution from map `src` (h x w cells, border sb) into `dst`, adding `add` where not
+ * NULL, then the ReLU where `relu`. `cv->koff` is room for its offsets. */
+static void KFN(layer)(ResConv *cv, const int64_t *conv, const int64_t *width, const int64_t *wp, const int64_t *bp,
+                       int64_t l, const float *src, int64_t h, int64_t w, int64_t sb, float *dst, const float *add,
+                       int relu) {
+    const int64_t k = conv[3 * l], cin = width[2 * l + 1], swp = w + 2 * sb;
+    int64_t *koff = cv->koff;
+    cv->src = src, cv->src_wp = swp, cv->src_border = sb, cv->cin = cin, cv->cout = width[2 * l];
+    cv->k = k, cv->stride = conv[3 * l + 1], cv->pad = conv[3 * l + 2], cv->K = cin * k * k;
+    cv->ho = (h + 2 * cv->pad - k) / cv->stride + 1, cv->wo = (w + 2 * cv->pad - k) / cv->stride + 1;
+    for (int64_t c = 0; c < cin; c++)
+        for (int64_t y = 0; y < k; y++)
+            for (int64_t x = 0; x < k; x++) koff[(c * k + y) * k + x] = ((y * swp + x) * cin + c) * VW;
+    cv->w = (const float *)(intptr_t)wp[l], cv->b = (const float *)(intptr_t)bp[l];
+    cv->dst = dst, cv->add = add, cv->relu = relu;
+    KFN(conv)(cv);
+}
+
 /* Network j on images i0 .. i0 + ni - 1: its maps in the thread's five `slots` (the images, then
  * four maps), `koff` room for the longest convolution's offsets, `scratch` room for the widest
  * layer's channel vectors and the classes' logits. */
@@ -139,24 +158,10 @@ static void KFN(network)(const ResNetDesc *d, int64_t j, int64_t i0, int64_t ni,
     const int64_t *wp = d->wptr + j * d->nl, *bp = d->bptr + j * d->nl;
     ResConv cv;
     cv.koff = koff;
-    /* a convolution of layer l from map src (h x w, border sb) into dst, adding `add` where not NULL */
-    #define RES_CONV(l, SRC, H_, W_, SB, DST, ADD, RELU) do {                                                 \
-        const int64_t k_ = conv[3 * (l)], cin_ = width[2 * (l) + 1], h_ = (H_), w_ = (W_), swp_ = w_ + 2 * (SB); \
-        cv.src = (SRC); cv.src_wp = swp_; cv.src_border = (SB); cv.cin = cin_;                                \
-        cv.cout = width[2 * (l)]; cv.k = k_; cv.stride = conv[3 * (l) + 1]; cv.pad = conv[3 * (l) + 2];       \
-        cv.ho = (h_ + 2 * cv.pad - k_) / cv.stride + 1; cv.wo = (w_ + 2 * cv.pad - k_) / cv.stride + 1;        \
-        cv.K = cin_ * k_ * k_;                                                                                 \
-        for (int64_t c_ = 0; c_ < cin_; c_++)                                                                  \
-            for (int64_t y_ = 0; y_ < k_; y_++)                                                                \
-                for (int64_t x_ = 0; x_ < k_; x_++) koff[(c_ * k_ + y_) * k_ + x_] = ((y_ * swp_ + x_) * cin_ + c_) * VW; \
-        cv.w = (const float *)(intptr_t)wp[l]; cv.b = (const float *)(intptr_t)bp[l];                          \
-        cv.dst = (DST); cv.add = (ADD); cv.relu = (RELU);                                                      \
-        KFN(conv)(&cv);                                                                                        \
-    } while (0)
     const int64_t pad0 = conv[2];
     KFN(images_in)(d->x + i0 * d->cin * d->H * d->W, d->cin * d->H * d->W, d->cin, d->H, d->W, ni, pad0, slots[0]);
     float *h = slots[1], *inner = slots[2], *proj = slots[3], *out = slots[4];
-    RES_CONV(0, slots[0], d->H, d->W, pad0, h, NULL, 1);
+    KFN(layer)(&cv, conv, width, wp, bp, 0, slots[0], d->H, d->W, pad0, h, NULL, 1);
     int64_t hh = cv.ho, hw = cv.wo, hc = cv.cout;
     if (d->stem_pool) {                              /* torchvision's 3x3 max-pooling, stride 2, padding 1 */
         KFN(max_pool)(h, hh, hw, hc, inner);
@@ -168,11 +173,11 @@ static void KFN(network)(const ResNetDesc *d, int64_t j, int64_t i0, int64_t ni,
         const int64_t i1 = d->blocks[3 * blk], i2 = d->blocks[3 * blk + 1], ip = d->blocks[3 * blk + 2];
         const float *add = h;
         if (ip >= 0) {
-            RES_CONV(ip, h, hh, hw, 1, proj, NULL, 0);
+            KFN(layer)(&cv, conv, width, wp, bp, ip, h, hh, hw, 1, proj, NULL, 0);
             add = proj;
         }
-        RES_CONV(i1, h, hh, hw, 1, inner, NULL, 1);
-        RES_CONV(i2, inner, cv.ho, cv.wo, 1, out, add, 1);
+        KFN(layer)(&cv, conv, width, wp, bp, i1, h, hh, hw, 1, inner, NULL, 1);
+        KFN(layer)(&cv, conv, width, wp, bp, i2, inner, cv.ho, cv.wo, 1, out, add, 1);
         float *t = h;
         h = out, out = t;
         hh = cv.ho, hw = cv.wo, hc = cv.cout;
@@ -182,7 +187,6 @@ static void KFN(network)(const ResNetDesc *d, int64_t j, int64_t i0, int64_t ni,
                               (float *)(intptr_t)d->feat[j * d->nb + blk] + i0 * ld, ld);
         }
     }
-    #undef RES_CONV
     /* global average pooling, then the classifier: each class's logit per lane, summed over the
      * channels in order */
     const int64_t lc = d->nl - 1, classes = width[2 * lc];

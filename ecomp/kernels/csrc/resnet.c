@@ -48,7 +48,7 @@ typedef struct {
     const float *add;             /* NULL, or a map shaped as dst added before the ReLU (the shortcut) */
     int64_t ho, wo, cout, k, stride, pad, K;
     const float *w, *b;
-    const int64_t *koff;          /* term k's offset from a window's first input */
+    int64_t *koff;                /* term k's offset from a window's first input */
     int relu;
 } ResConv;
 
@@ -152,7 +152,8 @@ int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int6
     return failed ? -1 : 0;
 #else
     (void)x_addr; (void)n; (void)cin; (void)H; (void)W; (void)stem_pool; (void)nets; (void)nl; (void)conv; (void)nb;
-    (void)blocks; (void)width; (void)wptr; (void)bptr; (void)feat; (void)mean_features; (void)logits_addr; (void)nthreads;
+    (void)blocks; (void)width; (void)wptr; (void)bptr; (void)feat; (void)mean_features; (void)logits_addr;
+    (void)nthreads;
     return -1;
 #endif
 }
