@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ecomp.core.fitness import in_precision
@@ -54,16 +54,17 @@ def test_the_c_pass_is_the_per_network_loop_on_mixed_widths(features, n):
 
 @st.composite
 def populations(draw):
-    """Small CIFAR ResNets of depth 8 or 14 (identity shortcuts inside a stage) on 1- or 3-channel
-    images of 5-13 pixels a side, any stem, with or without torchvision's max-pooling after it, a
-    population of mixed keep ratios."""
-    depth = draw(st.sampled_from([8, 14]))
+    """Small CIFAR ResNets of depth 8, 14 or 20 (identity shortcuts inside a stage) on 1- or
+    3-channel images of 5-13 pixels a side, any stem (kernel 1 to 7, stride 1 to 3), with or
+    without torchvision's max-pooling after it, a population of mixed keep ratios."""
+    depth = draw(st.sampled_from([8, 14, 20]))
     widths = tuple(draw(st.integers(1, 9)) for _ in range(3))
     image = (draw(st.sampled_from([1, 3])), draw(st.integers(5, 13)), draw(st.integers(5, 13)))
-    k = draw(st.sampled_from([1, 3, 5]))
+    k = draw(st.sampled_from([1, 3, 5, 7]))
     plan = replace(cifar_resnet(image, draw(st.integers(2, 11)), depth, widths), stem_kernel=k,
-                   stem_stride=draw(st.integers(1, 2)), stem_padding=draw(st.integers(0, k // 2)),
+                   stem_stride=draw(st.integers(1, 3)), stem_padding=draw(st.integers(0, k)),
                    stem_pool=draw(st.sampled_from([0, 3])))
+    assume(plan.problems() is None)
     torch.manual_seed(draw(st.integers(0, 99)))
     parent = plan.network(plan.build(batchnorm=False))
     keeps = sorted(draw(st.lists(st.floats(0.3, 1.0), min_size=1, max_size=4)))
@@ -94,6 +95,30 @@ def test_the_run_takes_the_c_pass_and_large_maps_or_bfloat16_the_pytorch_one(mon
     assert res_native.forward(pop, x, "flat") is None
     torch.testing.assert_close(res_forward.forward(pop, x, "flat", backend=resolve("cpu"))[0], logits,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_nan_goes_through_as_in_the_loop_and_wrong_shapes_are_refused():
+    """A NaN weight makes NaN outputs, as the loop's (torch's ReLU and max-pooling keep NaN; x86's
+    max instruction alone would turn it into 0), and images or weights of the wrong shape are a
+    one-line error, not a read out of bounds."""
+    pooled = replace(cifar_resnet((1, 12, 12), 5, 8, (4, 6, 8)), stem_kernel=3, stem_stride=1, stem_padding=1,
+                     stem_pool=3)
+    torch.manual_seed(3)
+    pop = l1_population(pooled.network(pooled.build(batchnorm=False)), 3, 0.9, 0.5)
+    pop.members[1][0][0][0, 0, 1, 1] = float("nan")                # a stem filter of individual 1
+    x = torch.rand(5, pooled.features, generator=torch.Generator().manual_seed(4))
+    x[2, 5 * 12 + 6] = float("nan")                                   # and one pixel of image 2
+    want = res_forward.forward_loop(pop, x, "flat")
+    got = res_native.forward(pop, x, "flat")
+    assert torch.equal(got[0].isnan(), want[0].isnan()) and bool(got[0][1].isnan().all())
+    for got_l, want_l in zip(got[1], want[1]):
+        assert [int(g.isnan().sum()) for g in got_l] == [int(w.isnan().sum()) for w in want_l]
+    assert int(got[1][0][0].isnan().sum()) > 0                         # image 2's NaN made it through the pool
+    with pytest.raises(ValueError, match=r"expected images \(n, 144\)"):
+        res_native.forward(pop, torch.rand(5, 140), "flat")
+    pop.members[2][1] = (pop.members[2][1][0][:1], pop.members[2][1][1][:1])   # a conv1 of one filter too few
+    with pytest.raises(ValueError, match="not those of its widths"):
+        res_native.forward(pop, x, "flat")
 
 
 CASES = """

@@ -49,6 +49,8 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
     ``(n, features)``: flat in ``(H, W, C)`` order, or with any other ``features`` the channels'
     means, as :func:`ecomp.nets.resnet.features_of`); None where the C pass cannot run here."""
     plan = pop.plan
+    if x.dim() != 2 or x.shape[1] != plan.features:
+        raise ValueError(f"res_native.forward: expected images (n, {plan.features}), got {tuple(x.shape)}")
     if not runs_here(plan, x):
         return None
     layers = [layer for member in pop.members for layer in member]
@@ -59,8 +61,10 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
     x = x.contiguous()
     geometry: dict[tuple[int, ...], list[tuple[int, int, int, int]]] = {}
     width, feat_sizes = [], []
-    for units in pop.widths:
+    for units, member in zip(pop.widths, pop.members):
         geo = geometry.get(units) or geometry.setdefault(units, plan.with_units(units).geometry())
+        if any(tuple(wt.shape[:2]) != (o, i) for (wt, _), (o, i, _, _) in zip(member, geo, strict=True)):
+            raise ValueError(f"res_native.forward: an individual's weights are not those of its widths {units}")
         width += [v for o, i, _, _ in geo for v in (o, i)]
         feat_sizes += [geo[i2][0] * (1 if mean else geo[i2][2] * geo[i2][3]) for _, i2, _ in blocks]
     ch, ih, iw = plan.in_shape

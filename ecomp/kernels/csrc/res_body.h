@@ -42,7 +42,7 @@
                 for (int i = 0; i < NF; i++) {                                                                 \
                     VEC v = VADD(a[i][p], VSET1(cv->b[f0 + i]));                                               \
                     if (cv->add) v = VADD(v, VLOAD(cv->add + o[p] + i * VW));                                  \
-                    if (cv->relu) v = VMAX(v, VZERO);                                                          \
+                    if (cv->relu) v = VMAX(VZERO, v);            /* a NaN stays NaN, as torch's */      \
                     VSTORE(cv->dst + o[p] + i * VW, v);                                                        \
                 }                                                                                              \
         }                                                                                                      \
@@ -87,7 +87,7 @@ static void KFN(conv)(const ResConv *cv) {
 /* Map `m` (h x w cells of c channels, border 1) max-pooled 3x3 with stride 2 and padding 1 into
  * `out` ((h - 1) / 2 + 1 x (w - 1) / 2 + 1 cells, border 1 zeroed): the border stands for the
  * padding, exactly, as the maps come out of a ReLU (no value below zero) and every window holds
- * a pixel of the map. */
+ * a pixel of the map. A NaN in a window makes its maximum NaN, as torch's does. */
 static void KFN(max_pool)(const float *m, int64_t h, int64_t w, int64_t c, float *out) {
     const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1, pix = c * VW;
     memset(out, 0, sizeof(float) * (size_t)((ho + 2) * (wo + 2) * pix));
@@ -98,7 +98,7 @@ static void KFN(max_pool)(const float *m, int64_t h, int64_t w, int64_t c, float
                 VEC v = VLOAD(m + ((2 * y) * (w + 2) + 2 * x) * pix + e);
                 for (int64_t dy = 0; dy < 3; dy++)
                     for (int64_t dx = 0; dx < 3; dx++)
-                        v = VMAX(v, VLOAD(m + ((2 * y + dy) * (w + 2) + 2 * x + dx) * pix + e));
+                        v = VMAXN(v, VLOAD(m + ((2 * y + dy) * (w + 2) + 2 * x + dx) * pix + e));
                 VSTORE(o + e, v);
             }
         }

@@ -9,6 +9,7 @@
 #undef VMAX
 #undef VADD
 #undef VMUL
+#undef VMAXN
 #undef VTILE
 #undef VEC_AVX512
 #undef VEC_AVX2

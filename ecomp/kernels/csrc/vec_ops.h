@@ -1,8 +1,9 @@
 /* The vector operations of one copy of the lanes kernels (conv.c, resnet.c): define VEC_AVX512 or
  * VEC_AVX2, then include this under that copy's target options; vec_done.h undefines it all.
  * VEC is the vector type and VW its floats; VZERO, VSET1(x), VLOAD(p), VSTORE(p, v),
- * VFMA(a, b, c) (a * b + c, rounded once), VMAX, VADD, VMUL its operations, VTILE its VW x VW
- * tile copy (transpose.h). */
+ * VFMA(a, b, c) (a * b + c, rounded once), VMAX, VADD, VMUL its operations (VMAX(a, b) is b
+ * where either is NaN, as the instruction is; VMAXN(a, b) NaN where either is), VTILE its
+ * VW x VW tile copy (transpose.h). */
 #if defined(VEC_AVX512)
 #define VEC __m512
 #define VW 16
@@ -14,6 +15,7 @@
 #define VMAX(a, b) _mm512_max_ps(a, b)
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VMAXN(a, b) _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a)
 #define VTILE tile_avx512
 #elif defined(VEC_AVX2)
 #define VEC __m256
@@ -26,5 +28,6 @@
 #define VMAX(a, b) _mm256_max_ps(a, b)
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VMAXN(a, b) _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q))
 #define VTILE tile_avx2
 #endif
