@@ -79,6 +79,29 @@ def test_the_c_pass_is_the_per_network_loop_on_random_plans(case, features):
     assert_matches_the_loop(pop, x, features)
 
 
+@pytest.mark.parametrize("features", ["flat", "pooled"])
+def test_last_images_of_several_networks_in_one_vector_give_the_same_bits(monkeypatch, features):
+    """Where a batch's last few images would fill a quarter or half of a vector, that vector holds
+    them for four or two networks of one architecture: each lane's operations are the same, so the
+    outputs are the same bits as one network per vector. Nine individuals of one architecture (two
+    groups of four and one left) and three of others; 3, 21, 37 and 100 images leave 3, 5, 5 and 4
+    (vectors of 16; 3, 5, 5 and 4 of 8 with AVX2), 30 and 32 leave 14 and none."""
+    parent = resnet8(4)
+    pop = l1_population(parent, 4, 1.0, 0.5).take([0, 1, 1, 1, 1, 1, 2, 1, 1, 1, 3, 1])
+    for i in range(pop.size):           # the copies of individual 1 made unlike: each lane's network shows
+        pop.members[i] = [(w * (1 + 0.05 * i), b + 0.01 * i) for w, b in pop.members[i]]
+    for n in (3, 21, 37, 100, 30, 32):
+        x = torch.rand(n, parent.in_features, generator=torch.Generator().manual_seed(n))
+        packed = res_native.forward(pop, x, features)
+        monkeypatch.setattr(res_native, "PACK_TAILS", False)
+        alone = res_native.forward(pop, x, features)
+        monkeypatch.setattr(res_native, "PACK_TAILS", True)
+        assert torch.equal(packed[0], alone[0]), n
+        for got_l, want_l in zip(packed[1], alone[1], strict=True):
+            assert all(torch.equal(g, w) for g, w in zip(got_l, want_l, strict=True)), n
+    assert res_native._tasks(pop, 100, 16)[1] == 4 and res_native._tasks(pop, 21, 16)[1] == 2
+
+
 def test_the_run_takes_the_c_pass_and_large_maps_or_bfloat16_the_pytorch_one(monkeypatch):
     parent = resnet8(2)
     pop = l1_population(parent, 4, 0.9, 0.5)
@@ -91,7 +114,7 @@ def test_the_run_takes_the_c_pass_and_large_maps_or_bfloat16_the_pytorch_one(mon
         half = res_forward.forward(pop, x, "flat", backend=resolve("cpu"))[0]
     assert not torch.equal(half, logits)                               # rounded to bfloat16 on the way
     torch.testing.assert_close(half, logits, rtol=0.05, atol=0.05)
-    monkeypatch.setattr(res_native, "MAX_THREAD_BYTES", 1024)          # below any five maps of 16 images
+    monkeypatch.setattr(res_native, "MAX_THREAD_BYTES", 1024)          # below any six maps of 16 images
     assert res_native.forward(pop, x, "flat") is None
     torch.testing.assert_close(res_forward.forward(pop, x, "flat", backend=resolve("cpu"))[0], logits,
                                rtol=1e-5, atol=1e-5)

@@ -51,7 +51,7 @@ SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "lanes_bod
            "blocked.c", "blocked_body.h", "peak.c", "transpose.h", "vec_ops.h", "vec_done.h")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 20
+ABI_VERSION = 21
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -160,7 +160,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_conv_lanes.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.ecomp_conv_lanes.restype = ctypes.c_int
     lib.ecomp_resnet_forward.argtypes = [*[ctypes.c_int64] * 8, _i64, ctypes.c_int64, *[_i64] * 5, ctypes.c_int64,
-                                         ctypes.c_int64, ctypes.c_int]
+                                         ctypes.c_int64, _i64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     lib.ecomp_resnet_forward.restype = ctypes.c_int
     lib.ecomp_gram_blocked.argtypes = [_i64, _i64, _i32, _i64, ctypes.c_int64, _f32, *span]
     lib.ecomp_gram_blocked.restype = ctypes.c_int

@@ -5,7 +5,7 @@ buffers from the stem to the classifier.
 :func:`ecomp.kernels.res_forward.forward` takes it on the CPU where the run's backend has the C
 library (``Backend.native_copies``), and the PyTorch pass wherever :func:`forward` returns None:
 no vector copy here, a library without OpenMP, tensors other than float32 on the CPU,
-``torch.autocast`` on (``evolution.precision=bfloat16``), or maps so large that a thread's five
+``torch.autocast`` on (``evolution.precision=bfloat16``), or maps so large that a thread's six
 of them for 16 images exceed ``MAX_THREAD_BYTES``. Its results agree with the loop's
 (:func:`res_forward.forward_loop`) within float rounding; flat features come in ``(H, W, C)``
 order, as the PyTorch pass's channels-last blocks give them (the distances between images, all
@@ -25,6 +25,7 @@ from ecomp.nets.resnet import ResPlan
 
 _i64 = ctypes.POINTER(ctypes.c_int64)
 MAX_THREAD_BYTES = 256 << 20    # each thread's maps at most (ResNet-8 on 28x28: 4.6 MB; on 224x224, 1.3 GB)
+PACK_TAILS = True               # the last few images of several networks in one vector (_tasks); the tests turn it off
 
 
 def _ints(values: list[int]) -> Tensor:
@@ -41,6 +42,23 @@ def runs_here(plan: ResPlan, x: Tensor) -> bool:
     return (lib.ecomp_conv_block() > 0 and bool(lib.ecomp_openmp()) and plan.stem_pool in (0, 3)
             and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2
             and not torch.is_autocast_enabled("cpu"))     # evolution.precision=bfloat16: oneDNN's bfloat16
+
+
+def _tasks(pop: NetPopulation, n: int, vw: int) -> tuple[Tensor, int]:
+    """The C pass's tasks (rows of four networks, first image, images, networks per vector: its
+    ``ResTask``) and the most networks a task interleaves. Each network's images go ``vw`` at a
+    time; the last few (``n % vw``, four of 100 in vectors of 16), where they would fill a quarter
+    of a vector or half of one, share it with the same few of three or one other network of the
+    same architecture (``PACK_TAILS``), each lane computing what it would alone."""
+    tail = n % vw
+    per = (4 if tail <= vw // 4 else 2 if tail <= vw // 2 else 1) if tail and PACK_TAILS else 1
+    rows = [(j, -1, -1, -1, i0, vw, 1) for j in range(pop.size) for i0 in range(0, n - tail, vw)]
+    if tail:
+        for members in pop.groups().values():
+            whole = len(members) - len(members) % per
+            rows += [(*members[k:k + per], *[-1] * (4 - per), n - tail, tail, per) for k in range(0, whole, per)]
+            rows += [(j, -1, -1, -1, n - tail, tail, 1) for j in members[whole:]]
+    return _ints([v for r in rows for v in r]).view(-1, 7), per
 
 
 @torch.no_grad()
@@ -71,7 +89,7 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
     pad = plan.stem_padding
     largest = max([(ih + 2 * pad) * (iw + 2 * pad) * ch]
                   + [(hh + 2) * (ww + 2) * o for geo in geometry.values() for o, _, hh, ww in geo])
-    if 5 * largest * 16 * 4 > MAX_THREAD_BYTES:                 # a thread's five maps of 16 images
+    if 6 * largest * 16 * 4 > MAX_THREAD_BYTES:                 # a thread's six maps of 16 images
         return None
     keep = [(wt.contiguous(), bias.contiguous()) for wt, bias in layers]     # alive during the call
     # one tensor per network and block: each below glibc's mmap threshold, so that with
@@ -82,9 +100,11 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tens
     block = _ints([v for i1, i2, ip in blocks for v in (i1, i2, -1 if ip is None else ip)])
     tables = [_ints(width), _ints([wt.data_ptr() for wt, _ in keep]), _ints([bias.data_ptr() for _, bias in keep]),
               _ints([t.data_ptr() for t in outs])]
+    tasks, pack = _tasks(pop, n, load().ecomp_conv_block())
+    params = max(sum(wt.numel() + bias.numel() for wt, bias in member) for member in pop.members)
     done = load().ecomp_resnet_forward(x.data_ptr(), n, ch, ih, iw, plan.stem_pool, nets, nl, _arg(conv), len(blocks),
                                        _arg(block), *[_arg(t) for t in tables], int(mean), logits.data_ptr(),
-                                       torch.get_num_threads())
+                                       _arg(tasks), tasks.shape[0], params * pack, torch.get_num_threads())
     if done != 0:
         return None
     nb = len(blocks)

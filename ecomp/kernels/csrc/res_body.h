@@ -12,11 +12,13 @@
 /* Filters f0 .. f0 + NF - 1 of convolution `cv` on output cells c0 .. c1 - 1 (cells numbered row
  * by row), four cells at a time (the last four repeating the last cell): each lane's dot product
  * summed k = 0 .. K - 1 in torch's (c, ky, kx) order with one rounding per step, then the bias,
- * the shortcut's value where there is one, and the ReLU where asked. */
-#define KFN_CELLS(NF)                                                                                          \
-    static void KFN(cells_##NF)(const ResConv *cv, int64_t f0, int64_t c0, int64_t c1) {                      \
+ * the shortcut's value where there is one, and the ReLU where asked. P: the weights and biases
+ * are P networks' interleaved (float q of each group of P is network q's) and repeat over the
+ * lanes, lane l holding network l % P's image (a task of P networks' last few images). */
+#define KFN_CELLS(NF, P)                                                                                       \
+    static void KFN(cells_##NF##_##P)(const ResConv *cv, int64_t f0, int64_t c0, int64_t c1) {                \
         const int64_t K = cv->K, st = cv->stride, off = cv->src_border - cv->pad;                             \
-        const float *w = cv->w + f0 * K;                                                                       \
+        const float *w = cv->w + f0 * K * P;                                                                   \
         for (int64_t cell = c0; cell < c1; cell += 4) {                                                        \
             const float *x[4];                                                                                 \
             int64_t o[4];                                                                                      \
@@ -33,26 +35,38 @@
                 VEC xv[4];                                                                                     \
                 for (int p = 0; p < 4; p++) xv[p] = VLOAD(x[p] + d);                                           \
                 for (int i = 0; i < NF; i++) {                                                                 \
-                    const VEC wv = VSET1(w[i * K + k]);                                                        \
+                    const VEC wv = VBC##P(w + (i * K + k) * P);                                                \
                     for (int p = 0; p < 4; p++) a[i][p] = VFMA(xv[p], wv, a[i][p]);                            \
                 }                                                                                              \
             }                                                                                                  \
             const int np = c1 - cell < 4 ? (int)(c1 - cell) : 4;                                               \
             for (int p = 0; p < np; p++)                                                                       \
                 for (int i = 0; i < NF; i++) {                                                                 \
-                    VEC v = VADD(a[i][p], VSET1(cv->b[f0 + i]));                                               \
+                    VEC v = VADD(a[i][p], VBC##P(cv->b + (f0 + i) * P));                                       \
                     if (cv->add) v = VADD(v, VLOAD(cv->add + o[p] + i * VW));                                  \
                     if (cv->relu) v = VMAX(VZERO, v);            /* a NaN stays NaN, as torch's */      \
                     VSTORE(cv->dst + o[p] + i * VW, v);                                                        \
                 }                                                                                              \
         }                                                                                                      \
     }
-KFN_CELLS(1)
-KFN_CELLS(2)
-KFN_CELLS(3)
-KFN_CELLS(4)
-KFN_CELLS(5)
-KFN_CELLS(6)
+KFN_CELLS(1, 1)
+KFN_CELLS(2, 1)
+KFN_CELLS(3, 1)
+KFN_CELLS(4, 1)
+KFN_CELLS(5, 1)
+KFN_CELLS(6, 1)
+KFN_CELLS(1, 2)
+KFN_CELLS(2, 2)
+KFN_CELLS(3, 2)
+KFN_CELLS(4, 2)
+KFN_CELLS(5, 2)
+KFN_CELLS(6, 2)
+KFN_CELLS(1, 4)
+KFN_CELLS(2, 4)
+KFN_CELLS(3, 4)
+KFN_CELLS(4, 4)
+KFN_CELLS(5, 4)
+KFN_CELLS(6, 4)
 #undef KFN_CELLS
 
 /* The whole convolution: its output's border zeroed, then a few rows of cells at a time (their
@@ -71,14 +85,18 @@ static void KFN(conv)(const ResConv *cv) {
         const int64_t c1 = cells - c0 < chunk ? cells : c0 + chunk;
         for (int64_t f0 = 0, left = (cv->cout + NFMAX - 1) / NFMAX; f0 < cv->cout; left--) {
             const int64_t nf = (cv->cout - f0 + left - 1) / left;
-            switch (nf) {
-            case 1: KFN(cells_1)(cv, f0, c0, c1); break;
-            case 2: KFN(cells_2)(cv, f0, c0, c1); break;
-            case 3: KFN(cells_3)(cv, f0, c0, c1); break;
-            case 4: KFN(cells_4)(cv, f0, c0, c1); break;
-            case 5: KFN(cells_5)(cv, f0, c0, c1); break;
-            default: KFN(cells_6)(cv, f0, c0, c1); break;
-            }
+            #define RES_CELLS(P) switch (nf) {                                                                 \
+                case 1: KFN(cells_1_##P)(cv, f0, c0, c1); break;                                               \
+                case 2: KFN(cells_2_##P)(cv, f0, c0, c1); break;                                               \
+                case 3: KFN(cells_3_##P)(cv, f0, c0, c1); break;                                               \
+                case 4: KFN(cells_4_##P)(cv, f0, c0, c1); break;                                               \
+                case 5: KFN(cells_5_##P)(cv, f0, c0, c1); break;                                               \
+                default: KFN(cells_6_##P)(cv, f0, c0, c1); break;                                              \
+                }
+            if (cv->P == 4) RES_CELLS(4)
+            else if (cv->P == 2) RES_CELLS(2)
+            else RES_CELLS(1)
+            #undef RES_CELLS
             f0 += nf;
         }
     }
@@ -116,26 +134,48 @@ static void KFN(means)(const float *m, int64_t h, int64_t w, int64_t c, float *m
     for (int64_t ch = 0; ch < c; ch++) VSTORE(mean + ch * VW, VMUL(VLOAD(mean + ch * VW), s));
 }
 
-/* A block's output (map `m`, h x w cells of c channels) as each image's features, rows `ld` floats
- * apart in `out`: flat in (y, x, c) order by tile transposes, or (mean_features) the channels' means. */
-static void KFN(features_out)(const float *m, int64_t h, int64_t w, int64_t c, int64_t ni, int mean_features,
-                              float *scratch, float *out, int64_t ld) {
-    if (mean_features) {
-        KFN(means)(m, h, w, c, scratch);
-        for (int64_t l = 0; l < ni; l++)
-            for (int64_t ch = 0; ch < c; ch++) out[l * ld + ch] = scratch[ch * VW + l];
-        return;
-    }
-    for (int64_t y = 0; y < h; y++)         /* a row's cells' channels, VW lanes each */
-        KFN(lanes_out)(m + ((y + 1) * (w + 2) + 1) * c * VW, w * c, ni, out + y * w * c, ld);
+/* Lanes of P interleaved networks' images (lane l: image l / P of network l % P; P = 1: the
+ * images themselves) from lanes 0 .. ni - 1 of each of `count` vectors, in place. */
+static void KFN(spread)(float *m, int64_t count, int64_t ni, int64_t P) {
+    int32_t idx[VW];
+    for (int l = 0; l < VW; l++) idx[l] = l < ni * P ? (int32_t)(l / P) : VW - 1;      /* lane VW - 1: zero */
+    for (int64_t e = 0; e < count; e++) VSTORE(m + e * VW, VPERM(VLOAD(m + e * VW), idx));
 }
 
-/* Layer l of network j (`width` its channels, `wp` and `bp` its weights' and biases' addresses) as
+/* A block's output (map `m`, h x w cells of c channels) as each of the task's P networks' images'
+ * features, network q's rows `ld` floats apart from out[q]: flat in (y, x, c) order by tile
+ * transposes (through `row`, where P > 1, network q's lanes gathered first), or
+ * (mean_features) the channels' means. */
+static void KFN(features_out)(const float *m, int64_t h, int64_t w, int64_t c, int64_t ni, int64_t P,
+                              int mean_features, float *scratch, float *row, float *const *out, int64_t ld) {
+    if (mean_features) {
+        KFN(means)(m, h, w, c, scratch);
+        for (int64_t q = 0; q < P; q++)
+            for (int64_t l = 0; l < ni; l++)
+                for (int64_t ch = 0; ch < c; ch++) out[q][l * ld + ch] = scratch[ch * VW + l * P + q];
+        return;
+    }
+    for (int64_t y = 0; y < h; y++) {       /* a row's cells' channels, VW lanes each */
+        const float *src = m + ((y + 1) * (w + 2) + 1) * c * VW;
+        for (int64_t q = 0; q < P; q++) {
+            if (P > 1) {
+                int32_t idx[VW];
+                for (int l = 0; l < VW; l++) idx[l] = l < ni ? (int32_t)(l * P + q) : 0;
+                for (int64_t e = 0; e < w * c; e++) VSTORE(row + e * VW, VPERM(VLOAD(src + e * VW), idx));
+            }
+            KFN(lanes_out)(P > 1 ? row : src, w * c, ni, out[q] + y * w * c, ld);
+        }
+    }
+}
+
+static inline VEC KFN(bcast)(const float *p, int64_t P) { return P == 4 ? VBC4(p) : P == 2 ? VBC2(p) : VBC1(p); }
+
+/* Layer l (`width` its channels, `lw` and `lb` its weights and biases, P networks' interleaved) as
  * `cv`: a convolution from map `src` (h x w cells, border sb) into `dst`, adding `add` where not
  * NULL, then the ReLU where `relu`. `cv->koff` is room for its offsets. */
-static void KFN(layer)(ResConv *cv, const int64_t *conv, const int64_t *width, const int64_t *wp, const int64_t *bp,
-                       int64_t l, const float *src, int64_t h, int64_t w, int64_t sb, float *dst, const float *add,
-                       int relu) {
+static void KFN(layer)(ResConv *cv, const int64_t *conv, const int64_t *width, const float *const *lw,
+                       const float *const *lb, int64_t l, const float *src, int64_t h, int64_t w, int64_t sb,
+                       float *dst, const float *add, int relu) {
     const int64_t k = conv[3 * l], cin = width[2 * l + 1], swp = w + 2 * sb;
     int64_t *koff = cv->koff;
     cv->src = src, cv->src_wp = swp, cv->src_border = sb, cv->cin = cin, cv->cout = width[2 * l];
@@ -144,60 +184,84 @@ static void KFN(layer)(ResConv *cv, const int64_t *conv, const int64_t *width, c
     for (int64_t c = 0; c < cin; c++)
         for (int64_t y = 0; y < k; y++)
             for (int64_t x = 0; x < k; x++) koff[(c * k + y) * k + x] = ((y * swp + x) * cin + c) * VW;
-    cv->w = (const float *)(intptr_t)wp[l], cv->b = (const float *)(intptr_t)bp[l];
+    cv->w = lw[l], cv->b = lb[l];
     cv->dst = dst, cv->add = add, cv->relu = relu;
     KFN(conv)(cv);
 }
 
-/* Network j on images i0 .. i0 + ni - 1: its maps in the thread's five `slots` (the images, then
- * four maps), `koff` room for the longest convolution's offsets, `scratch` room for the widest
- * layer's channel vectors and the classes' logits. */
-static void KFN(network)(const ResNetDesc *d, int64_t j, int64_t i0, int64_t ni, float *const *slots, int64_t *koff,
-                         float *scratch) {
-    const int64_t *conv = d->conv, *width = d->width + j * d->nl * 2;
-    const int64_t *wp = d->wptr + j * d->nl, *bp = d->bptr + j * d->nl;
+/* Task `t` (networks t->js[0 .. P - 1], of one architecture, on images i0 .. i0 + ni - 1): its
+ * maps in the thread's six `slots` (the images, four maps, a row of features), `koff` room for
+ * the longest convolution's offsets, `scratch` room for the widest layer's channel vectors and
+ * the classes' logits, `pack` room for P networks' weights interleaved, `lw` and `lb` for 2 nl
+ * pointers. */
+static void KFN(network)(const ResNetDesc *d, const ResTask *t, float *const *slots, int64_t *koff, float *scratch,
+                         float *pack, const float **lw, const float **lb) {
+    const int64_t P = t->P, i0 = t->i0, ni = t->ni, nl = d->nl;
+    const int64_t *conv = d->conv, *width = d->width + t->js[0] * nl * 2;
+    for (int64_t l = 0; l < nl; l++) {
+        const float *w0 = (const float *)(intptr_t)d->wptr[t->js[0] * nl + l];
+        const float *b0 = (const float *)(intptr_t)d->bptr[t->js[0] * nl + l];
+        if (P == 1) {
+            lw[l] = w0, lb[l] = b0;
+            continue;
+        }
+        const int64_t k = conv[3 * l] ? conv[3 * l] : 1, nw = width[2 * l] * width[2 * l + 1] * k * k;
+        float *pw = pack, *pb = pack + nw * P;
+        for (int64_t q = 0; q < P; q++) {
+            const float *wq = (const float *)(intptr_t)d->wptr[t->js[q] * nl + l];
+            const float *bq = (const float *)(intptr_t)d->bptr[t->js[q] * nl + l];
+            for (int64_t e = 0; e < nw; e++) pw[e * P + q] = wq[e];
+            for (int64_t e = 0; e < width[2 * l]; e++) pb[e * P + q] = bq[e];
+        }
+        lw[l] = pw, lb[l] = pb;
+        pack += (nw + width[2 * l]) * P;
+    }
     ResConv cv;
-    cv.koff = koff;
-    const int64_t pad0 = conv[2];
-    KFN(images_in)(d->x + i0 * d->cin * d->H * d->W, d->cin * d->H * d->W, d->cin, d->H, d->W, ni, pad0, slots[0]);
+    cv.koff = koff, cv.P = P;
+    const int64_t pad0 = conv[2], row = d->cin * d->H * d->W;
+    KFN(images_in)(d->x + i0 * row, row, d->cin, d->H, d->W, ni, pad0, slots[0]);
+    if (P > 1) KFN(spread)(slots[0], (d->H + 2 * pad0) * (d->W + 2 * pad0) * d->cin, ni, P);
     float *h = slots[1], *inner = slots[2], *proj = slots[3], *out = slots[4];
-    KFN(layer)(&cv, conv, width, wp, bp, 0, slots[0], d->H, d->W, pad0, h, NULL, 1);
+    KFN(layer)(&cv, conv, width, lw, lb, 0, slots[0], d->H, d->W, pad0, h, NULL, 1);
     int64_t hh = cv.ho, hw = cv.wo, hc = cv.cout;
     if (d->stem_pool) {                              /* torchvision's 3x3 max-pooling, stride 2, padding 1 */
         KFN(max_pool)(h, hh, hw, hc, inner);
-        float *t = h;
-        h = inner, inner = t;
+        float *tmp = h;
+        h = inner, inner = tmp;
         hh = (hh - 1) / 2 + 1, hw = (hw - 1) / 2 + 1;
     }
     for (int64_t blk = 0; blk < d->nb; blk++) {
         const int64_t i1 = d->blocks[3 * blk], i2 = d->blocks[3 * blk + 1], ip = d->blocks[3 * blk + 2];
         const float *add = h;
         if (ip >= 0) {
-            KFN(layer)(&cv, conv, width, wp, bp, ip, h, hh, hw, 1, proj, NULL, 0);
+            KFN(layer)(&cv, conv, width, lw, lb, ip, h, hh, hw, 1, proj, NULL, 0);
             add = proj;
         }
-        KFN(layer)(&cv, conv, width, wp, bp, i1, h, hh, hw, 1, inner, NULL, 1);
-        KFN(layer)(&cv, conv, width, wp, bp, i2, inner, cv.ho, cv.wo, 1, out, add, 1);
-        float *t = h;
-        h = out, out = t;
+        KFN(layer)(&cv, conv, width, lw, lb, i1, h, hh, hw, 1, inner, NULL, 1);
+        KFN(layer)(&cv, conv, width, lw, lb, i2, inner, cv.ho, cv.wo, 1, out, add, 1);
+        float *tmp = h;
+        h = out, out = tmp;
         hh = cv.ho, hw = cv.wo, hc = cv.cout;
-        if (d->feat[j * d->nb + blk]) {
+        if (d->feat[t->js[0] * d->nb + blk]) {
             const int64_t ld = d->mean_features ? hc : hh * hw * hc;
-            KFN(features_out)(h, hh, hw, hc, ni, (int)d->mean_features, scratch,
-                              (float *)(intptr_t)d->feat[j * d->nb + blk] + i0 * ld, ld);
+            float *dst[4];
+            for (int64_t q = 0; q < P; q++) dst[q] = (float *)(intptr_t)d->feat[t->js[q] * d->nb + blk] + i0 * ld;
+            KFN(features_out)(h, hh, hw, hc, ni, P, (int)d->mean_features, scratch, slots[5], dst, ld);
         }
     }
     /* global average pooling, then the classifier: each class's logit per lane, summed over the
      * channels in order */
-    const int64_t lc = d->nl - 1, classes = width[2 * lc];
-    const float *fw = (const float *)(intptr_t)wp[lc], *fb = (const float *)(intptr_t)bp[lc];
+    const int64_t lc = nl - 1, classes = width[2 * lc];
     KFN(means)(h, hh, hw, hc, scratch);
     float *r = scratch + hc * VW;
     for (int64_t cls = 0; cls < classes; cls++) {
-        VEC a = VSET1(fb[cls]);
-        for (int64_t ch = 0; ch < hc; ch++) a = VFMA(VSET1(fw[cls * hc + ch]), VLOAD(scratch + ch * VW), a);
+        VEC a = KFN(bcast)(lb[lc] + cls * P, P);
+        for (int64_t ch = 0; ch < hc; ch++)
+            a = VFMA(KFN(bcast)(lw[lc] + (cls * hc + ch) * P, P), VLOAD(scratch + ch * VW), a);
         VSTORE(r + cls * VW, a);
     }
-    for (int64_t l = 0; l < ni; l++)
-        for (int64_t cls = 0; cls < classes; cls++) d->logits[(j * d->n + i0 + l) * classes + cls] = r[cls * VW + l];
+    for (int64_t q = 0; q < P; q++)
+        for (int64_t l = 0; l < ni; l++)
+            for (int64_t cls = 0; cls < classes; cls++)
+                d->logits[(t->js[q] * d->n + i0 + l) * classes + cls] = r[cls * VW + l * P + q];
 }

@@ -40,6 +40,14 @@ typedef struct {
     float *logits;                /* (networks, n, classes) */
 } ResNetDesc;
 
+/* What one thread's step does: networks js[0 .. P - 1] (P of 1, 2 or 4, of one architecture) on
+ * images i0 .. i0 + ni - 1, lane l holding image l / P of network l % P. P > 1 fills the lanes
+ * a batch's last few images would leave empty (100 images are six vectors of 16 and four). */
+typedef struct {
+    const int64_t *js;
+    int64_t P, i0, ni;
+} ResTask;
+
 /* One convolution on the thread's maps (res_body.h's KFN(conv)). */
 typedef struct {
     const float *src;             /* input map, border src_border, padded width src_wp, cin channels */
@@ -50,6 +58,7 @@ typedef struct {
     const float *w, *b;
     int64_t *koff;                /* term k's offset from a window's first input */
     int relu;
+    int64_t P;                    /* networks interleaved in the lanes (KFN_CELLS' P) */
 } ResConv;
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -110,15 +119,16 @@ static void sizes(const ResNetDesc *d, int64_t nets, int64_t *map, int64_t *term
 }
 
 /* For every network j (nets of them) and image i of the batch: logits[j, i] and each block's
- * output features (ResNetDesc above describes the arguments). (Network, block of images) tasks go
- * to `nthreads` OpenMP threads; every output is computed the same way whichever thread takes
- * it. Returns 0, or -1 where no vector copy runs here or memory ran out (nothing is then
- * promised of the outputs). */
+ * output features (ResNetDesc above describes the arguments). `tasks` (ntasks rows of js[0..3], i0,
+ * ni, P: ResTask) go to `nthreads` OpenMP threads, one at a time as threads come free (networks
+ * differ in size); `pack` floats of a thread's buffer hold a task's P networks' weights. Every
+ * output is computed the same way whichever thread or task takes it. Returns 0, or -1 where no
+ * vector copy runs here or memory ran out (nothing is then promised of the outputs). */
 int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int64_t W, int64_t stem_pool,
-                         int64_t nets, int64_t nl,
-                         const int64_t *conv, int64_t nb, const int64_t *blocks, const int64_t *width,
-                         const int64_t *wptr, const int64_t *bptr, const int64_t *feat, int64_t mean_features,
-                         int64_t logits_addr, int nthreads) {
+                         int64_t nets, int64_t nl, const int64_t *conv, int64_t nb, const int64_t *blocks,
+                         const int64_t *width, const int64_t *wptr, const int64_t *bptr, const int64_t *feat,
+                         int64_t mean_features, int64_t logits_addr, const int64_t *tasks, int64_t ntasks,
+                         int64_t pack, int nthreads) {
 #if ECOMP_RES_VECTOR
     const int vw = ecomp_conv_block();
     if (vw == 0 || n < 1 || nets < 1) return -1;
@@ -126,26 +136,33 @@ int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int6
                           wptr, bptr, feat, mean_features, (float *)(intptr_t)logits_addr};
     int64_t map, terms, chans;
     sizes(&d, nets, &map, &terms, &chans);
-    const int64_t nblk = (n + vw - 1) / vw, classes = width[2 * (nl - 1)];
+    const int64_t classes = width[2 * (nl - 1)];
+    for (int64_t t = 0; t < ntasks; t++) {
+        const int64_t P = tasks[7 * t + 6], ni = tasks[7 * t + 5];
+        if ((P != 1 && P != 2 && P != 4) || ni < 1 || ni * P > vw || tasks[7 * t + 4] + ni > n) return -1;
+    }
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        float *buf = malloc(sizeof(float) * (size_t)((5 * map + chans + classes) * vw));
+        float *buf = malloc(sizeof(float) * (size_t)((6 * map + chans + classes) * vw + pack));
         int64_t *koff = malloc(sizeof(int64_t) * (size_t)(terms > 0 ? terms : 1));
-        if (!buf || !koff) {
+        const float **ptrs = malloc(sizeof(float *) * (size_t)(2 * nl));
+        if (!buf || !koff || !ptrs) {
             #pragma omp atomic write
             failed = 1;
         }
-        float *slots[5];
-        for (int s = 0; s < 5; s++) slots[s] = buf ? buf + s * map * vw : NULL;
-        /* networks differ in size: tasks taken one at a time as threads come free */
+        float *slots[6];
+        for (int s = 0; s < 6; s++) slots[s] = buf ? buf + s * map * vw : NULL;
+        float *scratch = buf ? buf + 6 * map * vw : NULL, *packed = buf ? scratch + (chans + classes) * vw : NULL;
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < nets * nblk; t++) {
-            if (!buf || !koff) continue;
-            const int64_t j = t / nblk, i0 = t % nblk * vw, ni = n - i0 < vw ? n - i0 : vw;
-            if (vw == 16) network_avx512(&d, j, i0, ni, slots, koff, buf + 5 * map * vw);
-            else network_avx2(&d, j, i0, ni, slots, koff, buf + 5 * map * vw);
+        for (int64_t t = 0; t < ntasks; t++) {
+            if (!buf || !koff || !ptrs) continue;
+            const int64_t *row = tasks + 7 * t;
+            const ResTask task = {row, row[6], row[4], row[5]};
+            if (vw == 16) network_avx512(&d, &task, slots, koff, scratch, packed, ptrs, ptrs + nl);
+            else network_avx2(&d, &task, slots, koff, scratch, packed, ptrs, ptrs + nl);
         }
+        free(ptrs);
         free(koff);
         free(buf);
     }
@@ -153,7 +170,7 @@ int ecomp_resnet_forward(int64_t x_addr, int64_t n, int64_t cin, int64_t H, int6
 #else
     (void)x_addr; (void)n; (void)cin; (void)H; (void)W; (void)stem_pool; (void)nets; (void)nl; (void)conv; (void)nb;
     (void)blocks; (void)width; (void)wptr; (void)bptr; (void)feat; (void)mean_features; (void)logits_addr;
-    (void)nthreads;
+    (void)tasks; (void)ntasks; (void)pack; (void)nthreads;
     return -1;
 #endif
 }

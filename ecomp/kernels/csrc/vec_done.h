@@ -10,6 +10,10 @@
 #undef VADD
 #undef VMUL
 #undef VMAXN
+#undef VBC1
+#undef VBC2
+#undef VBC4
+#undef VPERM
 #undef VTILE
 #undef VEC_AVX512
 #undef VEC_AVX2

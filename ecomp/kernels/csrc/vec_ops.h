@@ -2,8 +2,9 @@
  * VEC_AVX2, then include this under that copy's target options; vec_done.h undefines it all.
  * VEC is the vector type and VW its floats; VZERO, VSET1(x), VLOAD(p), VSTORE(p, v),
  * VFMA(a, b, c) (a * b + c, rounded once), VMAX, VADD, VMUL its operations (VMAX(a, b) is b
- * where either is NaN, as the instruction is; VMAXN(a, b) NaN where either is), VTILE its
- * VW x VW tile copy (transpose.h). */
+ * where either is NaN, as the instruction is; VMAXN(a, b) NaN where either is), VBC1/2/4(p) the
+ * 1, 2 or 4 floats at p repeated over the lanes, VPERM(v, idx) lane l of v taken from lane idx[l]
+ * (idx: VW int32), VTILE its VW x VW tile copy (transpose.h). */
 #if defined(VEC_AVX512)
 #define VEC __m512
 #define VW 16
@@ -16,6 +17,10 @@
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VMUL(a, b) _mm512_mul_ps(a, b)
 #define VMAXN(a, b) _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a)
+#define VBC1(p) _mm512_set1_ps(*(p))
+#define VBC2(p) _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_load_sd((const double *)(p))))
+#define VBC4(p) _mm512_broadcast_f32x4(_mm_loadu_ps(p))
+#define VPERM(v, idx) _mm512_permutexvar_ps(_mm512_loadu_si512(idx), v)
 #define VTILE tile_avx512
 #elif defined(VEC_AVX2)
 #define VEC __m256
@@ -29,5 +34,9 @@
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define VMUL(a, b) _mm256_mul_ps(a, b)
 #define VMAXN(a, b) _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q))
+#define VBC1(p) _mm256_set1_ps(*(p))
+#define VBC2(p) _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(p)))
+#define VBC4(p) _mm256_broadcast_ps((const __m128 *)(p))
+#define VPERM(v, idx) _mm256_permutevar8x32_ps(v, _mm256_loadu_si256((const __m256i *)(idx)))
 #define VTILE tile_avx2
 #endif
