@@ -407,11 +407,6 @@ def test_conv_pool_equals_convolution_then_pool(n, groups, c, f, size, k, paddin
     again = torch.empty(want.shape)
     assert native.conv_pool(five, w, b, padding, stride, pool, again, groups, order, lanes=lanes)
     assert torch.equal(again, per)
-    if groups == 1:                # the filters' maps in s blocks of their own (s individuals' runs)
-        s = next(d for d in range(2, f + 1) if f % d == 0)
-        blocks = torch.full((s, n, *want.shape[2:4], f // s), float("nan"))
-        assert native.conv_pool(x, w, b, padding, stride, pool, blocks, 1, order, lanes=lanes)
-        assert torch.equal(blocks, per[0].unflatten(3, (s, f // s)).permute(3, 0, 1, 2, 4))
 
 
 @needs_conv
@@ -487,6 +482,8 @@ def test_conv_pool_refuses_what_it_cannot_compute():
     x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
     with pytest.raises(ValueError, match="conv_pool"):                 # output of the wrong size
         native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match="conv_pool"):                 # one group's filters split into blocks
+        native.conv_pool(x, w, b, 0, 1, 2, torch.empty(2, 2, 3, 3, 2))
     with pytest.raises(ValueError, match="conv_pool"):                 # channels not innermost
         native.conv_pool(x, w, b, 0, 1, 2, torch.empty(1, 2, 4, 3, 3).transpose(2, 4))
     with pytest.raises(ValueError, match="order"):
@@ -552,14 +549,14 @@ import sys, torch
 from ecomp.kernels import native
 out = {"block": native.conv_block()}
 gen = torch.Generator().manual_seed(7)
-for name, (n, g, c, f, size, k, pad, pool, order, blocks, lanes) in {
-        "first": (6, 1, 1, 30, 28, 5, 2, 2, "patches", 5, "auto"), "wide": (3, 1, 3, 53, 16, 3, 1, 2, "patches", 1, "auto"),
-        "later": (5, 9, 6, 15, 14, 5, 0, 2, "pixels", 1, "filters"), "odd": (4, 3, 5, 9, 11, 3, 0, 3, "pixels", 1, "filters"),
-        "images": (21, 3, 6, 15, 14, 5, 1, 2, "pixels", 1, "images")}.items():
+for name, (n, g, c, f, size, k, pad, pool, order, lanes) in {
+        "first": (6, 1, 1, 30, 28, 5, 2, 2, "patches", "auto"), "wide": (3, 1, 3, 53, 16, 3, 1, 2, "patches", "auto"),
+        "later": (5, 9, 6, 15, 14, 5, 0, 2, "pixels", "filters"), "odd": (4, 3, 5, 9, 11, 3, 0, 3, "pixels", "filters"),
+        "images": (21, 3, 6, 15, 14, 5, 1, 2, "pixels", "images")}.items():
     x = torch.randn(n, g * c, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(g * f, c, k, k, generator=gen), torch.randn(g * f, generator=gen)
     side = ((size + 2 * pad - k) + 1) // pool
-    o = torch.full((max(g, blocks), n, side, side, f // blocks), float("nan"))
+    o = torch.full((g, n, side, side, f), float("nan"))
     assert native.conv_pool(x, w, b, pad, 1, pool, o, g, order, lanes=lanes)
     out[name] = o
 # the images in the lanes from maps whose rows are runs of floats (tile transposes): each group's

@@ -51,7 +51,7 @@ SOURCES = ("tsne.c", "tsne_body.h", "ops.c", "conv.c", "conv_body.h", "lanes_bod
            "blocked.c", "blocked_body.h", "peak.c", "transpose.h", "vec_ops.h", "vec_done.h")
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)        # tried first; a compiler without OpenMP builds the serial library
-ABI_VERSION = 21
+ABI_VERSION = 22
 ISAS = ("auto", "avx2", "baseline")     # $ECOMP_KERNEL_ISA: auto picks the best copy the CPU runs
 
 _lock = threading.Lock()
@@ -152,8 +152,7 @@ def _build() -> ctypes.CDLL:
     lib.ecomp_gather_runs.restype = None
     lib.ecomp_conv_block.argtypes = []
     lib.ecomp_conv_block.restype = ctypes.c_int
-    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, *[ctypes.c_int64] * 3,
-                                    ctypes.c_int]
+    lib.ecomp_conv_pool.argtypes = [ctypes.c_int64, _i64, *[ctypes.c_int64] * 15, _i64, ctypes.c_int64, ctypes.c_int]
     lib.ecomp_conv_pool.restype = ctypes.c_int
     lib.ecomp_pad_transpose.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_int]
     lib.ecomp_pad_transpose.restype = ctypes.c_int

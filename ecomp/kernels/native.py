@@ -329,14 +329,12 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     the unpooled output in memory. ``x`` ``(n, groups * C, H, W)`` or ``(groups, n, C, H, W)``
     (any strides), ``w`` ``(groups * f, C, k, k)``, ``b`` ``(groups * f,)``; ``out`` ``(groups, n, H', W', f)``
     with unit stride over ``f`` (a channels-last ``(n, groups * f, H', W')`` map seen as that is
-    one), or with one group ``(s, n, H', W', f / s)``: the filters' maps in ``s`` blocks of
-    their own (one per individual of a population's run, where each has ``f / s`` filters).
-    Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
+    one). Each dot product is summed in ``order`` with fused multiply-adds: ``patches``
     ``(c, ky, kx)``, ``pixels`` ``(ky, kx, c)`` then the bias (:data:`SUM_ORDERS`).
     ``filters``: ``conv_filters(w, b, groups, order)``, if already built. ``lanes``: what the
     vectors' lanes hold, ``images`` (for groups of a few filters on many images), ``filters``, or
-    ``auto`` (whichever fills them better); the same operations per output, so the same bits. False (``out`` untouched) where the library has no
-    vector copy here (:func:`conv_block`)."""
+    ``auto`` (whichever fills them better); the same operations per output, so the same bits.
+    False (``out`` untouched) where the library has no vector copy here (:func:`conv_block`)."""
     vw = conv_block()
     if vw == 0:
         return False
@@ -349,26 +347,24 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
     k = w.shape[-1]
     c, f = gc // groups, w.shape[0] // groups
     pooled = tuple(((d + 2 * padding - k) // stride + 1) // max(pool, 1) for d in (hh, ww))
-    blocks = out.shape[0] if groups == 1 and out.dim() == 5 and out.shape[0] > 0 else 1
-    per_block = f // blocks                                 # f: every group's maps are a block of their own
     if ((x.dim() == 5 and x.shape[0] != groups) or gc % groups or w.shape[0] % groups or tuple(w.shape[1:]) != (c, k, k)
-            or tuple(b.shape) != (groups * f,) or f % blocks
-            or tuple(out.shape) != (max(blocks, groups), n, *pooled, per_block) or (per_block > 1 and out.stride(4) != 1)
+            or tuple(b.shape) != (groups * f,)
+            or tuple(out.shape) != (groups, n, *pooled, f) or (f > 1 and out.stride(4) != 1)
             or pool < 1 or stride < 1 or padding < 0 or order not in SUM_ORDERS or lanes not in LANES
             or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b, out))):
         raise ValueError(f"conv_pool: expected float32 CPU x (n, g*C, H, W), w (g*f, C, k, k), b (g*f,), out "
-                         f"(g, n, H', W', f) (one group: (s, n, H', W', f/s)) with unit stride over f, order in "
+                         f"(g, n, H', W', f) with unit stride over f, order in "
                          f"{sorted(SUM_ORDERS)} and lanes in {sorted(LANES)}; got {tuple(x.shape)}, {tuple(w.shape)}, "
                          f"{tuple(b.shape)}, {tuple(out.shape)}, {order!r}, {lanes!r}, groups={groups}")
     wt, bp = filters if filters is not None else conv_filters(w, b, groups, order)
     if wt.shape[:2] != (groups, c * k * k) or wt.shape[2] % vw or wt.shape[2] < f or bp.shape != (groups, wt.shape[2]):
         raise ValueError(f"conv_pool: filters {tuple(wt.shape)}, {tuple(bp.shape)} are not conv_filters' of w, b")
     xs = (ctypes.c_int64 * 5)(*xs)
-    os_ = (ctypes.c_int64 * 4)(out.stride(0) if blocks == 1 else 0, *out.stride()[1:4])
+    os_ = (ctypes.c_int64 * 4)(*out.stride()[:4])
     lib = load()
     done = lib.ecomp_conv_pool(x.data_ptr(), xs, n, groups, c, hh, ww, wt.data_ptr(), bp.data_ptr(), f, wt.shape[2],
-                               k, padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_, per_block,
-                               out.stride(0), LANES[lanes], torch.get_num_threads() if lib.ecomp_openmp() else 1)
+                               k, padding, stride, pool, SUM_ORDERS[order], out.data_ptr(), os_, LANES[lanes],
+                               torch.get_num_threads() if lib.ecomp_openmp() else 1)
     return done == 0
 
 

@@ -95,8 +95,8 @@ void ecomp_conv_force_avx2(void) {}
  * results are copied out image by image. Same operations per output as the pass below. */
 static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                            const float *wt, const float *b, int64_t f, int64_t fpad, int64_t k, int64_t pad,
-                           int64_t stride, int64_t p, int64_t order, float *out, const int64_t *os, int64_t split,
-                           int64_t split_ld, int nthreads, int vw) {
+                           int64_t stride, int64_t p, int64_t order, float *out, const int64_t *os, int nthreads,
+                           int vw) {
     const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
     const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
     const int64_t npos = p * p, cells = ph * pw, nv = (n + vw - 1) / vw;
@@ -126,9 +126,9 @@ static int conv_pool_lanes(const float *x, const int64_t *xs, int64_t n, int64_t
             if (!t || !r) continue;
             const int64_t j = task / nv, i0 = task % nv * vw, ni = n - i0 < vw ? n - i0 : vw;
             if (vw == 16) lanes_task_avx512(x, xs, j, i0, ni, cin, H, W, pad, t, koff, K, wt + j * K * fpad, fpad,
-                                            b + j * fpad, f, pos, npos, cells, pw, r, out, os, split, split_ld);
+                                            b + j * fpad, f, pos, npos, cells, pw, r, out, os);
             else lanes_task_avx2(x, xs, j, i0, ni, cin, H, W, pad, t, koff, K, wt + j * K * fpad, fpad, b + j * fpad,
-                                 f, pos, npos, cells, pw, r, out, os, split, split_ld);
+                                 f, pos, npos, cells, pw, r, out, os);
         }
         free(r);
         free(t);
@@ -186,26 +186,23 @@ int ecomp_conv_lanes(int64_t n, int64_t f) {
  * x: image i's channel c of group j, pixel (y, x) at i * xs[0] + j * xs[1] + c * xs[2] + y * xs[3] + x * xs[4];
  * wt (g, K, fpad): each group's filters, row k the k-th term of the sum (order 0: (c, ky, kx), as
  * the patches' GEMM sums; order 1: (ky, kx, c), as oneDNN's channels-last convolution sums), zero
- * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c, or with
- * split < f at ... + (c / split) * split_ld + c % split (f channels of several individuals of
- * `split` channels each, each individual's maps a block of its own, split_ld floats apart).
+ * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c.
  * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. `lanes`: 1 the images in
  * the vectors' lanes (conv_pool_lanes), 0 the filters, -1 whichever fills them better; the same
  * operations per output either way, so the same bits. Returns 0, or -1 where no
  * vector copy runs here (or memory ran out: nothing is then promised of out). */
 int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                     int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
-                    int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int64_t split, int64_t split_ld,
-                    int64_t lanes, int nthreads) {
+                    int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int64_t lanes, int nthreads) {
 #if ECOMP_CONV_VECTOR
     const int vw = ecomp_conv_block();
-    if (vw == 0 || fpad % vw != 0 || fpad < f || split < 1) return -1;
+    if (vw == 0 || fpad % vw != 0 || fpad < f) return -1;
     const float *x = (const float *)(intptr_t)x_addr, *wt = (const float *)(intptr_t)wt_addr;
     const float *b = (const float *)(intptr_t)b_addr;
     float *out = (float *)(intptr_t)out_addr;
     if (lanes == 1 || (lanes < 0 && ecomp_conv_lanes(n, f) == 1))
-        return conv_pool_lanes(x, xs, n, g, cin, H, W, wt, b, f, fpad, k, pad, stride, p, order, out, os, split,
-                               split_ld, nthreads, vw);
+        return conv_pool_lanes(x, xs, n, g, cin, H, W, wt, b, f, fpad, k, pad, stride, p, order, out, os, nthreads,
+                               vw);
     const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, K = cin * k * k;
     const int64_t Ho = (Hp - k) / stride + 1, Wo = (Wp - k) / stride + 1, ph = Ho / p, pw = Wo / p;
     const int64_t npos = p * p, cells = ph * pw;
@@ -224,15 +221,13 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
             for (int64_t dy = 0; dy < p; dy++)
                 for (int64_t dx = 0; dx < p; dx++)
                     pos[(y * pw + xx) * npos + dy * p + dx] = ((y * p + dy) * stride) * sy + ((xx * p + dx) * stride) * sx;
-    /* One group (a first stage: every individual's filters on the same image) whose image's maps
-     * are whole runs in `out` (per block, cells x per floats): each image's maps are made in a
-     * buffer of the thread's, then copied out run by run. The kernel's stores are a few floats
-     * per cell and block, scattered over every block; made straight into `out`, a 16 MB map
-     * that is not in the cache, each one waits for its line to be read in (the stage ran at about
-     * 0.6 of the rate it reaches on a map left in the cache). The buffer (at most a few hundred KB)
-     * stays in the thread's cache and the copies are sequential. Same values. */
-    const int64_t per = split < f ? split : f;
-    const int staged = g == 1 && os[3] == per && os[2] == pw * per;
+    /* One group whose image's maps are one run in `out` (cells x f floats): each image's maps are
+     * made in a buffer of the thread's, then copied out at once. The kernel's stores are a few
+     * floats per cell and block of channels; made straight into `out`, a large map that is not
+     * in the cache, each one waits for its line to be read in (the stage ran at about 0.6 of the
+     * rate it reaches on a map left in the cache). The buffer (at most a few hundred KB) stays in
+     * the thread's cache and the copy is sequential. Same values. */
+    const int staged = g == 1 && os[3] == f && os[2] == pw * f;
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -261,16 +256,14 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
                 }
             const float *img = direct ? xi : xp;
             float *o = out + j * os[0] + i * os[1];
-            /* where the maps go: `o` as the caller lays them out, or the buffer, block b's run at b * cells * per */
+            /* where the maps go: `o` as the caller lays them out, or the buffer */
             float *dst = stage ? stage : o;
-            const int64_t ly = stage ? pw * per : os[2], lx = stage ? per : os[3], lb = stage ? cells * per : split_ld;
+            const int64_t ly = stage ? pw * f : os[2], lx = stage ? f : os[3];
             if (vw == 16) conv_pool_image_avx512(img, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
-                                                 ly, lx, pw, split, lb, dst);
+                                                 ly, lx, pw, dst);
             else conv_pool_image_avx2(img, koff, K, wt + j * K * fpad, fpad, b + j * fpad, f, pos, npos, cells,
-                                      ly, lx, pw, split, lb, dst);
-            if (stage)
-                for (int64_t blk = 0; blk < f / per; blk++)
-                    memcpy(o + blk * split_ld, stage + blk * cells * per, sizeof(float) * (size_t)(cells * per));
+                                      ly, lx, pw, dst);
+            if (stage) memcpy(o, stage, sizeof(float) * (size_t)(cells * f));
         }
         free(stage);
         free(xp);
@@ -279,8 +272,8 @@ int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int
     return failed ? -1 : 0;
 #else
     (void)x_addr; (void)xs; (void)n; (void)g; (void)cin; (void)H; (void)W; (void)wt_addr; (void)b_addr; (void)f;
-    (void)fpad; (void)k; (void)pad; (void)stride; (void)p; (void)order; (void)out_addr; (void)os; (void)split;
-    (void)split_ld; (void)lanes; (void)nthreads;
+    (void)fpad; (void)k; (void)pad; (void)stride; (void)p; (void)order; (void)out_addr; (void)os; (void)lanes;
+    (void)nthreads;
     return -1;
 #endif
 }

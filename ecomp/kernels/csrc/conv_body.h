@@ -11,15 +11,14 @@
  * each cell, the maximum over its window positions (four at a time, the last four repeating
  * their last position, which leaves the maximum as it is) of the positions' dot products, each
  * summed from k = 0 to K - 1 with one rounding per step, then the bias and the ReLU, stored
- * (nc_f channels, from channel blk0 * split + at0 of the blocks of `split` channels, split_ld
- * apart). Cells past the last repeat the last one. `xp` is the image (zero-padded where the
+ * (nc_f channels, from channel c0 of a cell's). Cells past the last repeat the last one. `xp` is the image (zero-padded where the
  * stage pads), `pos` the cells' window positions (npos per cell) as offsets into it, `koff`
  * each k's offset from a position. */
 #define KFN_PASS(NC, NV)                                                                                       \
     static void KFN(pass_##NC##_##NV)(const float *xp, const int64_t *koff, int64_t K, const float *w,           \
                                       int64_t fpad, const float *b, const int64_t *pos, int64_t npos,           \
                                       int64_t cells, int64_t ld_y, int64_t ld_x, int64_t pw, int64_t nc_f,      \
-                                      int64_t blk0, int64_t at0, int64_t split, int64_t split_ld, float *o) {   \
+                                      int64_t c0, float *o) {                                                   \
         for (int64_t cell = 0; cell < cells; cell += NC) {                                                     \
             int64_t cs[NC];                                                                                    \
             for (int c = 0; c < NC; c++) cs[c] = cell + c < cells ? cell + c : cells - 1;                      \
@@ -52,15 +51,8 @@
             for (int c = 0; c < NC && (c == 0 || cs[c] != cs[c - 1]); c++) {                                  \
                 float r[NV * VW];                                                                              \
                 for (int v = 0; v < NV; v++) VSTORE(r + v * VW, VMAX(VADD(m[c][v], VLOAD(b + v * VW)), VZERO)); \
-                float *oc = o + (cs[c] / pw) * ld_y + (cs[c] % pw) * ld_x;                                     \
-                for (int64_t ch = 0, blk = blk0, at = at0; ch < nc_f;) {      /* runs of one block each */     \
-                    const int64_t run = split - at < nc_f - ch ? split - at : nc_f - ch;                        \
-                    float *dst = oc + blk * split_ld + at;                                                     \
-                    for (int64_t s = 0; s < run; s += VW) VSTORE_N(dst + s, r + ch + s, run - s < VW ? run - s : VW); \
-                    ch += run;                                                                                 \
-                    at += run;                                                                                 \
-                    if (at == split) at = 0, blk++;                                                            \
-                }                                                                                              \
+                float *dst = o + (cs[c] / pw) * ld_y + (cs[c] % pw) * ld_x + c0;                               \
+                for (int64_t s = 0; s < nc_f; s += VW) VSTORE_N(dst + s, r + s, nc_f - s < VW ? nc_f - s : VW);  \
             }                                                                                                  \
         }                                                                                                      \
     }
@@ -74,21 +66,17 @@ KFN_PASS_X(NC2, 2)
 
 /* One image's (one group's) pooled maps, block of channels by block: two vectors at a time, the
  * last block of one vector. `wt` the filters (K rows of fpad channels), `b` the biases (fpad),
- * `o` the cells' outputs (f channels each; rows ld_y, cells ld_x apart; channel c at
- * (c / split) * split_ld + c % split). */
+ * `o` the cells' outputs (f channels each; rows ld_y, cells ld_x apart). */
 static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K, const float *wt, int64_t fpad,
                                  const float *b, int64_t f, const int64_t *pos, int64_t npos, int64_t cells,
-                                 int64_t ld_y, int64_t ld_x, int64_t pw, int64_t split, int64_t split_ld, float *o) {
+                                 int64_t ld_y, int64_t ld_x, int64_t pw, float *o) {
     for (int64_t c0 = 0; c0 < fpad;) {
         const int nv = fpad - c0 >= 2 * VW ? 2 : 1;
         const int64_t nc_f = f - c0 < nv * VW ? f - c0 : nv * VW;        /* channels of the block */
-        const int64_t blk0 = c0 / split, at0 = c0 % split;               /* where its first one goes */
         if (nv == 2)
-            KFN_PASS_OF(NC2, 2)(xp, koff, K, wt + c0, fpad, b + c0, pos, npos, cells, ld_y, ld_x, pw, nc_f, blk0, at0,
-                                split, split_ld, o);
+            KFN_PASS_OF(NC2, 2)(xp, koff, K, wt + c0, fpad, b + c0, pos, npos, cells, ld_y, ld_x, pw, nc_f, c0, o);
         else
-            KFN_PASS_OF(NC1, 1)(xp, koff, K, wt + c0, fpad, b + c0, pos, npos, cells, ld_y, ld_x, pw, nc_f, blk0, at0,
-                                split, split_ld, o);
+            KFN_PASS_OF(NC1, 1)(xp, koff, K, wt + c0, fpad, b + c0, pos, npos, cells, ld_y, ld_x, pw, nc_f, c0, o);
         c0 += nv * VW;
     }
 }
@@ -100,13 +88,12 @@ static void KFN(conv_pool_image)(const float *xp, const int64_t *koff, int64_t K
 /* Group j's pass on images i0 .. i0 + ni - 1 (ni <= VW): their maps (x, strides xs as
  * ecomp_conv_pool's) copied into `t` images innermost, every filter run NFMAX at a time (the
  * registers: NF x 4 accumulators and four inputs), the results `r` copied out image by image
- * (out, os, split, split_ld as ecomp_conv_pool's). The copies are VTILE's tile transposes where
+ * (out, os as ecomp_conv_pool's). The copies are VTILE's tile transposes where
  * a map's row and an image's pooled maps are contiguous, element by element elsewhere. */
 static void KFN(lanes_task)(const float *x, const int64_t *xs, int64_t j, int64_t i0, int64_t ni, int64_t cin,
                             int64_t H, int64_t W, int64_t pad, float *t, const int64_t *koff, int64_t K,
                             const float *w, int64_t fpad, const float *b, int64_t f, const int64_t *pos, int64_t npos,
-                            int64_t cells, int64_t pw, float *r, float *out, const int64_t *os, int64_t split,
-                            int64_t split_ld) {
+                            int64_t cells, int64_t pw, float *r, float *out, const int64_t *os) {
     const int64_t Wp = W + 2 * pad, row = W * cin;
     const float *x0 = x + i0 * xs[0] + j * xs[1];
     for (int64_t y = 0; y < H; y++) {
@@ -125,7 +112,7 @@ static void KFN(lanes_task)(const float *x, const int64_t *xs, int64_t j, int64_
      * next one is computed: stored all at once, the lines of a large output wait for memory one
      * after the other and the FMAs wait for them */
     float *o = out + j * os[0] + i0 * os[1];
-    const int tiled = split >= f && os[3] == f && os[2] == pw * f;
+    const int tiled = os[3] == f && os[2] == pw * f;
     const int64_t chunk = f >= 128 ? 1 : 128 / f;
     for (int64_t c0 = 0; c0 < cells; c0 += chunk) {
         const int64_t nc = cells - c0 < chunk ? cells - c0 : chunk;
@@ -154,7 +141,7 @@ static void KFN(lanes_task)(const float *x, const int64_t *xs, int64_t j, int64_
             for (int64_t l = 0; l < ni; l++)
                 for (int64_t cell = c0; cell < c0 + nc; cell++) {
                     float *oc = o + l * os[1] + (cell / pw) * os[2] + (cell % pw) * os[3];
-                    for (int64_t c = 0; c < f; c++) oc[(c / split) * split_ld + c % split] = r[(cell * f + c) * VW + l];
+                    for (int64_t c = 0; c < f; c++) oc[c] = r[(cell * f + c) * VW + l];
                 }
     }
 }

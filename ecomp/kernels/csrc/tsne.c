@@ -119,7 +119,7 @@ void ecomp_force_baseline(void) {
 #endif
 }
 
-int ecomp_abi_version(void) { return 21; }
+int ecomp_abi_version(void) { return 22; }
 
 /* 1 if built with OpenMP (the entry points then use `nthreads` threads themselves). */
 int ecomp_openmp(void) {
