@@ -11,10 +11,12 @@ speed only, and the tests force each path against its straightforward oracle.
   the CPU; else PyTorch with one warning), ``native`` (an error if they cannot be had) or
   ``torch``.
 * ``native_copies``: crossover's copies by the C kernels (and in place once the population has
-  one architecture), and a convolutional population's fused convolution stages
-  (:func:`ecomp.kernels.native.conv_pool`): the CPU's float32 path whenever the library builds,
-  whatever ``similarity.kernels`` says, because the copies are exact either way and the fused
-  stages sum in the order of the PyTorch path they replace (the same bits on the CPUs measured).
+  one architecture), a convolutional population's fused convolution stages
+  (:func:`ecomp.kernels.native.conv_pool`) and a residual population's whole pass
+  (:mod:`ecomp.kernels.res_native`): the CPU's float32 path whenever the library builds,
+  whatever ``similarity.kernels`` says, because the copies are exact either way, the fused
+  stages sum in the order of the PyTorch path they replace (the same bits on the CPUs measured)
+  and the residual pass agrees with its oracle within float rounding.
 * ``batched_max_rows``: a one-architecture population's later layers as one batched product
   up to this many images per network (above it, one GEMM per network is at BLAS speed on a
   CPU and the stacked path loses: ``benchmarks/bench_kernels.py``); ``None``: at any batch (a GPU).
@@ -58,8 +60,8 @@ class Backend:
 
     @property
     def native_copies(self) -> bool:
-        """Crossover's copies and the fused convolutions by the C kernels (the library is built on
-        first ask, then cached)."""
+        """Crossover's copies, the fused convolutions and the residual pass by the C kernels (the
+        library is built on first ask, then cached)."""
         return self.device.type == "cpu" and c_library.available()
 
     @property

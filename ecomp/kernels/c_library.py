@@ -12,12 +12,14 @@ into a cache directory (``$ECOMP_CACHE_DIR``, else ``~/.cache/ecomp``), under a 
 hashes the sources, the flags, the compiler's version and the machine, so a changed source
 or compiler gets a fresh build and parallel jobs or cluster nodes sharing a home directory
 never load a stale or half-written one (each build is written to a temporary name and
-renamed). No ``-march=native``: the library carries a baseline and an AVX2 + FMA copy of
-every kernel (the fused convolution: an AVX-512F and an AVX2 + FMA copy, and the PyTorch path
-instead of a baseline one) and picks one at load time, so one build serves every x86-64 node;
-``ECOMP_KERNEL_ISA=baseline`` makes it run the baseline copy on any CPU, ``avx2`` the fused
-convolution's AVX2 copy where the AVX-512 one would run (the tests reach the copies that way;
-``auto``, the default, takes the widest copy the CPU has). No
+renamed). No ``-march=native``: the library carries several copies of its kernels and picks
+one at load time, so one build serves every x86-64 node: the t-SNE kernels and crossover's
+copies a baseline and an AVX2 + FMA copy (the t-SNE Grams an AVX-512F one too); the fused
+convolution, the residual pass, the blocked products and the FMA ceiling an AVX-512F and an
+AVX2 + FMA copy, with the PyTorch path where neither runs. ``ECOMP_KERNEL_ISA=baseline`` makes
+it run the baseline copies on any CPU (and the PyTorch path for the kernels without one),
+``avx2`` the AVX2 copies where the AVX-512 ones would run (the tests reach the copies that way; ``auto``, the default, takes the widest copy the CPU
+has). No
 ``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
 same from run to run and do not depend on the number of threads.
 

@@ -1,4 +1,5 @@
-"""Fused C kernels for the similarity and crossover's copies (the C library: :mod:`ecomp.kernels.c_library`).
+"""Fused C kernels for the similarity, crossover's copies and a convolutional population's
+convolution stages (the C library: :mod:`ecomp.kernels.c_library`).
 
 Why: the PyTorch path (:mod:`ecomp.kernels.tsne_torch`) makes a dozen passes over every ``(N, N)``
 matrix per perplexity iteration and as many again for the KL, each a separate kernel. The C
@@ -325,7 +326,8 @@ def conv_pool(x: Tensor, w: Tensor, b: Tensor, padding: int, stride: int, pool: 
               groups: int = 1, order: str = "patches", filters: tuple[Tensor, Tensor] | None = None,
               lanes: str = "auto") -> bool:
     """A convolution's ``relu(max_pool(conv2d(x, w, b, stride, padding, groups=groups), pool))``
-    in one pass per image and group (``csrc/conv.c``): the pooled maps, without the patches or
+    in one pass (``csrc/conv.c``; a task is a group on a vector's worth of images, or a group's
+    filters on one image, see ``lanes``): the pooled maps, without the patches or
     the unpooled output in memory. ``x`` ``(n, groups * C, H, W)`` or ``(groups, n, C, H, W)``
     (any strides), ``w`` ``(groups * f, C, k, k)``, ``b`` ``(groups * f,)``; ``out`` ``(groups, n, H', W', f)``
     with unit stride over ``f`` (a channels-last ``(n, groups * f, H', W')`` map seen as that is

@@ -1,14 +1,16 @@
 """The forward pass of a population of residual networks on one input batch.
 
-Two ways, with the same results up to float rounding (the tests hold them together):
+Three PyTorch ways, with the same results up to float rounding (the tests hold them together);
+on the CPU a run takes the C pass (:mod:`ecomp.kernels.res_native`) before any of them:
 
 * :func:`forward_loop`: one network at a time (:func:`ecomp.nets.resnet.run`); the oracle.
 * :func:`forward_each`: one network at a time, the stem and the projections as products; the
-  CPU's PyTorch pass (the run's default is the C pass, :mod:`ecomp.kernels.res_native`).
+  CPU's PyTorch pass, where the C pass cannot run.
 * :func:`forward_grouped`: the individuals of one architecture run as one network: the stem's
   filters concatenated into one convolution of the shared images, every later convolution a
   grouped convolution (``groups`` = individuals), the classifier one batched product, on
-  channels-last maps. The default on a GPU; on the CPU the loop is faster (:func:`forward`).
+  channels-last maps. The default on a GPU; on the CPU one network at a time is faster
+  (:func:`forward`).
   Individuals are taken ``chunk`` at a time so that no tensor holds more than
   ``MAX_ELEMENTS`` floats.
 """
@@ -95,7 +97,7 @@ def _run_one(net, x4: Tensor, stem: tuple[Tensor, tuple[int, int]], features: st
 @torch.no_grad()
 def forward_each(pop: NetPopulation, x: Tensor, features: str = "flat") -> tuple[Tensor, list[list[Tensor]]]:
     """:func:`forward_loop`'s results (up to float rounding), one network at a time by
-    :func:`_run_one`: the CPU's default."""
+    :func:`_run_one`: the CPU's PyTorch pass, where the C pass cannot run."""
     n = x.shape[0]
     x4 = x.view(n, *pop.plan.in_shape)
     stem = _stem(x4, pop.plan)
@@ -171,8 +173,8 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool
     """The population's forward pass as :func:`ecomp.kernels.forward.forward` returns it (no
     stacks). On the CPU, where the run's ``backend`` has the C library (``native_copies``), the
     C pass (:mod:`ecomp.kernels.res_native`: every network whole on a vector of images at a
-    time, at the FMA rate where oneDNN's convolutions of an individual's few channels run at
-    about 0.4 of it); where it cannot run, or with no backend, PyTorch's. ``grouped``: None = on
+    time, at 0.63-0.77 of the FMA ceiling where oneDNN's convolutions of an individual's few
+    channels run at 0.27-0.45 of it); where it cannot run, or with no backend, PyTorch's. ``grouped``: None = on
     a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64 channels 1.7-2.5x
     faster one network at a time than as grouped convolutions, on the initial population and on
     converged ones alike (``benchmarks/bench_resnet.py``), so its PyTorch pass is :func:`forward_each`."""

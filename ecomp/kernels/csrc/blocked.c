@@ -1,5 +1,5 @@
-/* Products summed in the GEMM library's order, loaded with ctypes by ecomp.native: the Gram
- * matrices of wide point sets (a convolutional stage's flattened maps, a thousand features and
+/* Products summed in the GEMM library's order, loaded with ctypes by ecomp.kernels.native: the
+ * Gram matrices of wide point sets (a convolutional stage's flattened maps, a thousand features and
  * more per point) and a population's linear stages (each individual's rows times its weights,
  * plus its biases, then the ReLU).
  *

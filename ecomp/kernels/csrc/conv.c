@@ -1,6 +1,6 @@
 /* A convolutional population's convolution stages, one pass each (loaded with ctypes by
- * ecomp.native): convolution, max-pool, bias and ReLU of every individual's filters, written as
- * pooled maps.
+ * ecomp.kernels.native): convolution, max-pool, bias and ReLU of every individual's filters,
+ * written as pooled maps.
  *
  * The PyTorch path (ecomp/kernels/conv_forward.py) builds the first stage's patches for every
  * image, multiplies them with the filters in one GEMM per block of images and pools the
@@ -171,8 +171,8 @@ int ecomp_pad_transpose(int64_t src_addr, int64_t g, int64_t f, int64_t K, int64
 /* What ecomp_conv_pool's vectors hold for `n` images and groups of `f` filters, left to choose: 1
  * the images, where a group has fewer filters than two vectors hold and the images fill more of
  * the lanes than the filters do, weighed by the two inner loops' rates (rates.py --shapes: the
- * images' at the FMA ceiling, the filters' at 0.62-0.76 of it, as their broadcasts wait on the
- * loads): every stage of a population's run of one architecture, a few filters per individual on
+ * images' at the FMA ceiling, a later stage's filters at about 0.75 of it, as their broadcasts
+ * wait on the loads): every stage of a population's run of one architecture, a few filters per individual on
  * 100 images. 0 the filters (groups of two vectors of filters and more, or few images). */
 int ecomp_conv_lanes(int64_t n, int64_t f) {
     const int64_t vw = ecomp_conv_block();
@@ -187,10 +187,11 @@ int ecomp_conv_lanes(int64_t n, int64_t f) {
  * wt (g, K, fpad): each group's filters, row k the k-th term of the sum (order 0: (c, ky, kx), as
  * the patches' GEMM sums; order 1: (ky, kx, c), as oneDNN's channels-last convolution sums), zero
  * columns from f on; b (g, fpad); out at j * os[0] + i * os[1] + y' * os[2] + x' * os[3] + c.
- * (group, image) pairs, group-major, go to `nthreads` OpenMP threads. `lanes`: 1 the images in
- * the vectors' lanes (conv_pool_lanes), 0 the filters, -1 whichever fills them better; the same
- * operations per output either way, so the same bits. Returns 0, or -1 where no
- * vector copy runs here (or memory ran out: nothing is then promised of out). */
+ * Tasks (a group and a vector's worth of images, or a group and an image) go to `nthreads`
+ * OpenMP threads. `lanes`: 1 the images in the vectors' lanes (conv_pool_lanes), 0 the filters,
+ * -1 whichever fills them better; the same operations per output either way, so the same bits.
+ * Returns 0, or -1 where no vector copy runs here (or memory ran out: nothing is then promised
+ * of out). */
 int ecomp_conv_pool(int64_t x_addr, const int64_t *xs, int64_t n, int64_t g, int64_t cin, int64_t H, int64_t W,
                     int64_t wt_addr, int64_t b_addr, int64_t f, int64_t fpad, int64_t k, int64_t pad, int64_t stride,
                     int64_t p, int64_t order, int64_t out_addr, const int64_t *os, int64_t lanes, int nthreads) {

@@ -1,8 +1,8 @@
-/* Crossover for ecomp.recombination (loaded with ctypes by ecomp.native).
+/* Crossover for ecomp.core.recombination (loaded with ctypes by ecomp.kernels.native).
  *
  * Child j of a crossover is its bulk parent's layer with the top-left c x c block and the
  * first c biases taken from its donor parent. The PyTorch fallback in
- * ecomp/recombination.py copies the bulk parent and then assigns the block; here each
+ * ecomp/core/recombination.py copies the bulk parent and then assigns the block; here each
  * child is written in one pass, every byte once, and the children of a layer are shared
  * out over threads. Plain copies: the results are bit for bit those of the fallback. */
 #include <stdint.h>

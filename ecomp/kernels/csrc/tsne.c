@@ -1,6 +1,7 @@
-/* Fused t-SNE similarity kernels for ecomp.native (loaded with ctypes, compiled on first
- * use). See tsne_body.h for the arithmetic and ecomp/native.py for the contract; the
- * PyTorch path in ecomp/similarity.py computes the same quantities and is their test oracle.
+/* Fused t-SNE similarity kernels for ecomp.kernels.native (loaded with ctypes, compiled on first
+ * use). See tsne_body.h for the arithmetic and ecomp/kernels/native.py for the contract; the
+ * PyTorch path in ecomp/kernels/tsne_torch.py computes the same quantities and is their test
+ * oracle.
  *
  * Every entry point works on the point sets [m0, m1) with `nthreads` threads, each with its
  * own scratch, taking sets as it finishes others; a set's arithmetic does not depend on
@@ -8,7 +9,7 @@
  * process where PyTorch's libgomp.so.1 is already loaded, this library binds to that same
  * runtime, so its threads are PyTorch's (two runtimes would spin against each other on
  * the same cores).
- * Without OpenMP the range runs serially and ecomp.native splits it over Python threads. */
+ * Without OpenMP the range runs serially and ecomp.kernels.native splits it over Python threads. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
