@@ -18,10 +18,10 @@ copies a baseline and an AVX2 + FMA copy (the t-SNE Grams an AVX-512F one too); 
 convolution, the residual pass, the blocked products and the FMA ceiling an AVX-512F and an
 AVX2 + FMA copy, with the PyTorch path where neither runs. ``ECOMP_KERNEL_ISA=baseline`` makes
 it run the baseline copies on any CPU (and the PyTorch path for the kernels without one),
-``avx2`` the AVX2 copies where the AVX-512 ones would run (the tests reach the copies that way; ``auto``, the default, takes the widest copy the CPU
-has). No
-``-ffast-math``: IEEE arithmetic, only the marked sums are reordered, so results are the
-same from run to run and do not depend on the number of threads.
+``avx2`` the AVX2 copies where the AVX-512 ones would run (the tests reach the copies that way;
+``auto``, the default, takes the widest copy the CPU has). No ``-ffast-math``: IEEE
+arithmetic, only the marked sums are reordered, so results are the same from run to run and do
+not depend on the number of threads.
 
 Threads: built with ``-fopenmp``, the library binds to the ``libgomp.so.1`` that PyTorch
 has already loaded and uses ``torch.get_num_threads()`` of its threads. A compiler without

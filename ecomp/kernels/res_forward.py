@@ -174,10 +174,11 @@ def forward(pop: NetPopulation, x: Tensor, features: str = "flat", grouped: bool
     stacks). On the CPU, where the run's ``backend`` has the C library (``native_copies``), the
     C pass (:mod:`ecomp.kernels.res_native`: every network whole on a vector of images at a
     time, at 0.63-0.77 of the FMA ceiling where oneDNN's convolutions of an individual's few
-    channels run at 0.27-0.45 of it); where it cannot run, or with no backend, PyTorch's. ``grouped``: None = on
-    a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to 64 channels 1.7-2.5x
-    faster one network at a time than as grouped convolutions, on the initial population and on
-    converged ones alike (``benchmarks/bench_resnet.py``), so its PyTorch pass is :func:`forward_each`."""
+    channels run at 0.27-0.45 of it); where it cannot run, or with no backend, PyTorch's.
+    ``grouped``: None = on a GPU only. On the CPU oneDNN runs a network's convolutions of 4 to
+    64 channels 1.7-2.5x faster one network at a time than as grouped convolutions, on the
+    initial population and on converged ones alike (``benchmarks/bench_resnet.py``), so its
+    PyTorch pass is :func:`forward_each`."""
     if grouped is None:
         grouped = x.device.type != "cpu"
     if not grouped and backend is not None and backend.native_copies:

@@ -24,7 +24,7 @@ from ecomp.nets.net_population import NetPopulation
 from ecomp.nets.resnet import ResPlan
 
 _i64 = ctypes.POINTER(ctypes.c_int64)
-MAX_THREAD_BYTES = 256 << 20    # each thread's six maps at most (ResNet-8 on 28x28: 5.5 MB; ResNet-18 on 224x224: 0.32 GB)
+MAX_THREAD_BYTES = 256 << 20    # a thread's six maps at most (ResNet-8, 28x28: 5.5 MB; ResNet-18, 224x224: 0.32 GB)
 PACK_TAILS = True               # the last few images of several networks in one vector (_tasks); the tests turn it off
 
 

@@ -1,7 +1,7 @@
 /* Products summed in the GEMM library's order, loaded with ctypes by ecomp.kernels.native: the
- * Gram matrices of wide point sets (a convolutional stage's flattened maps, a thousand features and
- * more per point) and a population's linear stages (each individual's rows times its weights,
- * plus its biases, then the ReLU).
+ * Gram matrices of wide point sets (a convolutional stage's flattened maps, a thousand features
+ * and more per point) and a population's linear stages (each individual's rows times its
+ * weights, plus its biases, then the ReLU).
  *
  * Gram matrices came from torch's batched GEMM, which computes both triangles of a symmetric
  * product. Here only the upper triangle is computed (half the products), and it is mirrored: a

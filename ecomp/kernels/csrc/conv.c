@@ -172,8 +172,9 @@ int ecomp_pad_transpose(int64_t src_addr, int64_t g, int64_t f, int64_t K, int64
  * the images, where a group has fewer filters than two vectors hold and the images fill more of
  * the lanes than the filters do, weighed by the two inner loops' rates (rates.py --shapes: the
  * images' at the FMA ceiling, a later stage's filters at about 0.75 of it, as their broadcasts
- * wait on the loads): every stage of a population's run of one architecture, a few filters per individual on
- * 100 images. 0 the filters (groups of two vectors of filters and more, or few images). */
+ * wait on the loads): every stage of a population's run of one architecture, a few filters per
+ * individual on 100 images. 0 the filters (groups of two vectors of filters and more, or few
+ * images). */
 int ecomp_conv_lanes(int64_t n, int64_t f) {
     const int64_t vw = ecomp_conv_block();
     if (vw == 0 || n < 1 || f < 1) return 0;

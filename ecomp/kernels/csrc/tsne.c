@@ -9,7 +9,8 @@
  * process where PyTorch's libgomp.so.1 is already loaded, this library binds to that same
  * runtime, so its threads are PyTorch's (two runtimes would spin against each other on
  * the same cores).
- * Without OpenMP the range runs serially and ecomp.kernels.native splits it over Python threads. */
+ * Without OpenMP the range runs serially and ecomp.kernels.native splits it over Python
+ * threads. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
