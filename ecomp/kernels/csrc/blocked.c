@@ -19,6 +19,7 @@
  * Vector copies only (AVX-512F, else AVX2 + FMA); without them the entry points return -1. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 int ecomp_conv_block(void);    /* conv.c: the vector width that runs here (16, 8, or 0: none) */
 
@@ -101,8 +102,9 @@ int ecomp_gram_blocked(const int64_t *addr, const int64_t *ld, const int32_t *wi
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+:failed)
     {
-        float *bt = malloc(sizeof(float) * npad * (size_t)most);
+        float *bt = malloc(sizeof(float) * (npad * (size_t)most + 16));   /* + what tiles read past it */
         failed += !bt;
+        if (bt) memset(bt, 0, sizeof(float) * (npad * (size_t)most + 16));    /* nothing read is undefined */
         #pragma omp for schedule(dynamic, 4)
         for (int64_t m = m0; m < m1; m++) {
             if (!bt) continue;

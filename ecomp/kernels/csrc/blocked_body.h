@@ -76,13 +76,16 @@ static void KFN(pack)(const float *src, int64_t ld, int64_t count, int64_t k0, i
 }
 
 /* Rows of `a` (na rows, ld apart; `perm` as for a tile) times the packed block bt into g (ldg apart,
- * nc columns), tile by tile; `upper`: only tiles that reach the diagonal or above it (a Gram's
- * upper triangle). */
+ * nc columns), tile by tile; `upper`: a Gram's upper triangle, each group of rows from its own
+ * first row's column on (so its vectors start off the VW grid, and the last may read up to VW
+ * floats past bt's last row: room the caller leaves). A tile's column only sets which lane an
+ * entry's sum runs in, not its order, so the bits do not depend on where tiles start. */
 static void KFN(tiles)(const float *a, const int32_t *perm, int64_t ld, int64_t na, const float *bt, int64_t npad,
                        int64_t kn, int64_t nc, float *g, int64_t ldg, int first, int relu, int upper) {
     for (int64_t i0 = 0; i0 < na; i0 += GR)
-        for (int64_t j0 = upper ? i0 / VW * VW : 0; j0 < npad;) {
-            const int nv = npad - j0 >= NVMAX * VW ? NVMAX : (int)((npad - j0) / VW);
+        for (int64_t j0 = upper ? i0 : 0; j0 < (upper ? nc : npad);) {
+            const int64_t left = upper ? (nc - j0 + VW - 1) / VW : (npad - j0) / VW;   /* vectors to go */
+            const int nv = left >= NVMAX ? NVMAX : (int)left;
             switch (nv) {
             case 1: KFN(tile_1)(a, perm, ld, na, bt, npad, kn, i0, j0, nc, g, ldg, first, relu); break;
 #if NVMAX > 2
@@ -97,7 +100,8 @@ static void KFN(tiles)(const float *a, const int32_t *perm, int64_t ld, int64_t 
 
 /* One set's Gram (n points of width w, point i's features at a + i * ld, unit stride) into g:
  * the upper triangle, block of kb terms by block, then mirrored. `bt` holds kb x npad floats
- * (npad = n rounded up to VW). */
+ * (npad = n rounded up to VW) and VW more: a tile starting off the VW grid reads up to VW floats
+ * past the block's last row, into lanes whose sums are not stored. */
 static void KFN(gram_blocked)(const float *a, int64_t ld, int64_t w, int64_t n, int64_t kb, float *bt, float *g) {
     const int64_t npad = (n + VW - 1) / VW * VW;
     for (int64_t k0 = 0; k0 < w; k0 += kb) {
