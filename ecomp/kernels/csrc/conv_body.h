@@ -10,10 +10,10 @@
 /* NC cells at once for the channel block at `w` (NV vectors; the filters' rows fpad apart): for
  * each cell, the maximum over its window positions (four at a time, the last four repeating
  * their last position, which leaves the maximum as it is) of the positions' dot products, each
- * summed from k = 0 to K - 1 with one rounding per step, then the bias and the ReLU, stored
- * (nc_f channels, from channel c0 of a cell's). Cells past the last repeat the last one. `xp` is the image (zero-padded where the
- * stage pads), `pos` the cells' window positions (npos per cell) as offsets into it, `koff`
- * each k's offset from a position. */
+ * summed from k = 0 to K - 1 with one rounding per step, then the bias and the ReLU, stored as
+ * the cell's channels c0 .. c0 + nc_f - 1. Cells past the last repeat the last one. `xp` is the
+ * image (zero-padded where the stage pads), `pos` the cells' window positions (npos per cell) as
+ * offsets into it, `koff` each k's offset from a position. */
 #define KFN_PASS(NC, NV)                                                                                       \
     static void KFN(pass_##NC##_##NV)(const float *xp, const int64_t *koff, int64_t K, const float *w,           \
                                       int64_t fpad, const float *b, const int64_t *pos, int64_t npos,           \
